@@ -1,0 +1,1 @@
+//! Sans-I/O protocol engines: MessagePack-RPC and length-prefixed Protobuf.

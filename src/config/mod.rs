@@ -1,0 +1,1 @@
+//! Validation of Kong's `pluginserver_*` settings (config issue).

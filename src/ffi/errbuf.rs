@@ -1,0 +1,85 @@
+//! Error reporting through a caller-supplied buffer, and panic containment.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+/// The operation failed; the message says why.
+pub const KPS_ERR_FAILED: i32 = -1;
+/// A pointer or length argument was invalid.
+pub const KPS_ERR_ARGS: i32 = -2;
+/// A panic was caught at the boundary (a bug in this library).
+pub const KPS_ERR_PANIC: i32 = -3;
+/// An output did not fit the caller's buffer.
+pub const KPS_ERR_BUF_TOO_SMALL: i32 = -4;
+
+/// Copies `msg` into `errbuf` (truncated to its capacity) and stores the length written.
+///
+/// # Safety
+/// `errbuf` must be null or valid for `*errbuf_len` bytes of writes; `errbuf_len`
+/// must be null or valid for reads and writes.
+pub unsafe fn write_error(errbuf: *mut u8, errbuf_len: *mut usize, msg: &str) {
+    if errbuf.is_null() || errbuf_len.is_null() {
+        return;
+    }
+    // SAFETY: both pointers are non-null and valid per this function's contract.
+    unsafe {
+        let n = msg.len().min(*errbuf_len);
+        std::ptr::copy_nonoverlapping(msg.as_ptr(), errbuf, n);
+        *errbuf_len = n;
+    }
+}
+
+/// Runs `f`, turning `Err(msg)` into `KPS_ERR_FAILED` and a panic into `KPS_ERR_PANIC`,
+/// with the message written into `errbuf`.
+///
+/// # Safety
+/// As [`write_error`] for `errbuf` and `errbuf_len`.
+pub unsafe fn guard<F>(errbuf: *mut u8, errbuf_len: *mut usize, f: F) -> i32
+where
+    F: FnOnce() -> Result<(), String>,
+{
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => 0,
+        Ok(Err(msg)) => {
+            // SAFETY: forwarded contract.
+            unsafe { write_error(errbuf, errbuf_len, &msg) };
+            KPS_ERR_FAILED
+        }
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            let msg = format!("internal error (panic): {what}");
+            // SAFETY: forwarded contract.
+            unsafe { write_error(errbuf, errbuf_len, &msg) };
+            KPS_ERR_PANIC
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_message_is_truncated_to_the_buffer() {
+        let mut buf = [0u8; 4];
+        let mut len = buf.len();
+        let rc = unsafe { guard(buf.as_mut_ptr(), &mut len, || Err("abcdef".into())) };
+        assert_eq!(rc, KPS_ERR_FAILED);
+        assert_eq!(&buf[..len], b"abcd");
+    }
+
+    #[test]
+    fn panic_becomes_an_error_code() {
+        let mut buf = [0u8; 128];
+        let mut len = buf.len();
+        let rc = unsafe { guard(buf.as_mut_ptr(), &mut len, || panic!("boom")) };
+        assert_eq!(rc, KPS_ERR_PANIC);
+        assert_eq!(
+            std::str::from_utf8(&buf[..len]).unwrap(),
+            "internal error (panic): boom"
+        );
+    }
+}

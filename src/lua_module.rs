@@ -1,0 +1,14 @@
+//! Entry point of the `.so` as a Lua module (`require "kong_plugin_servers"`).
+//!
+//! This side carries Lua values only (the value bridge); plain data and handles go
+//! through the C header. See `../shared/INTERFACES.md`, "The seam".
+
+use mlua::{Lua, Result as LuaResult, Table};
+
+#[mlua::lua_module(skip_memory_check)]
+fn kong_plugin_servers(lua: &Lua) -> LuaResult<Table> {
+    let exports = lua.create_table()?;
+    exports.set("version", env!("CARGO_PKG_VERSION"))?;
+    crate::bridge::register(lua, &exports)?;
+    Ok(exports)
+}

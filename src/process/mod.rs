@@ -1,0 +1,1 @@
+//! Plugin info queries and the plugin server supervisor (process issue).
