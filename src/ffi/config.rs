@@ -1,0 +1,1 @@
+//! `extern "C"` adapters for the config (filled in by its issue).

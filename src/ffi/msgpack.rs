@@ -1,0 +1,1 @@
+//! `extern "C"` adapters for the msgpack (filled in by its issue).

@@ -1,0 +1,1 @@
+//! `extern "C"` adapters for the supervisor (filled in by its issue).
