@@ -51,7 +51,7 @@ fn enc(lua: &Lua, index: &str, expr: &str) -> String {
 fn dec(lua: &Lua, bytes: &[u8], check: &str) -> String {
     let s = lua.create_string(bytes).unwrap();
     lua.globals().set("INPUT", s).unwrap();
-    lua.load(&format!("local v, n = bridge.decode(0, INPUT) {check}"))
+    lua.load(format!("local v, n = bridge.decode(0, INPUT) {check}"))
         .eval::<String>()
         .unwrap()
 }
