@@ -42,7 +42,10 @@ fn diagnose(key: &str, rest: &str, listed: &[Listed]) -> String {
         let suffix = &rest[l.key.len() + 1..];
         let hint = match closest(suffix, suffixes::names()) {
             Some(s) => format!("did you mean pluginserver_{}_{s}?", l.key),
-            None => format!("expected one of: {}", suffixes::names().collect::<Vec<_>>().join(", ")),
+            None => format!(
+                "expected one of: {}",
+                suffixes::names().collect::<Vec<_>>().join(", ")
+            ),
         };
         return format!("{key} (pluginserver {}): unknown setting; {hint}", l.name);
     }
@@ -65,7 +68,10 @@ fn diagnose(key: &str, rest: &str, listed: &[Listed]) -> String {
             Some(k) => format!(
                 "{key}: no pluginserver '{server}' in pluginserver_names; did you mean pluginserver_{k}_{suffix}?"
             ),
-            None => format!("{key}: no pluginserver '{server}' in pluginserver_names ({})", listed_names()),
+            None => format!(
+                "{key}: no pluginserver '{server}' in pluginserver_names ({})",
+                listed_names()
+            ),
         };
     }
 
@@ -76,7 +82,10 @@ fn diagnose(key: &str, rest: &str, listed: &[Listed]) -> String {
         .collect();
     match closest(key, valid.iter().map(String::as_str)) {
         Some(k) => format!("{key}: unknown setting; did you mean {k}?"),
-        None => format!("{key}: unknown setting; expected pluginserver_<name>_<setting> ({})", listed_names()),
+        None => format!(
+            "{key}: unknown setting; expected pluginserver_<name>_<setting> ({})",
+            listed_names()
+        ),
     }
 }
 
@@ -87,13 +96,18 @@ mod tests {
     fn listed(names: &[&str]) -> Vec<Listed> {
         names
             .iter()
-            .map(|n| Listed { name: n.to_string(), key: n.replace('-', "_") })
+            .map(|n| Listed {
+                name: n.to_string(),
+                key: n.replace('-', "_"),
+            })
             .collect()
     }
 
     fn errors_for(keys: &[&str], names: &[&str]) -> Vec<String> {
-        let settings: BTreeMap<String, Value> =
-            keys.iter().map(|k| (k.to_string(), Value::Text("x".into()))).collect();
+        let settings: BTreeMap<String, Value> = keys
+            .iter()
+            .map(|k| (k.to_string(), Value::Text("x".into())))
+            .collect();
         let mut errors = vec![];
         check(&settings, &listed(names), &mut errors);
         errors
@@ -119,8 +133,10 @@ mod tests {
     fn an_unknown_suffix_names_the_server_and_suggests() {
         assert_eq!(
             errors_for(&["pluginserver_go_hello_start_command"], &["go-hello"]),
-            ["pluginserver_go_hello_start_command (pluginserver go-hello): unknown setting; \
-              did you mean pluginserver_go_hello_start_cmd?"]
+            [
+                "pluginserver_go_hello_start_command (pluginserver go-hello): unknown setting; \
+              did you mean pluginserver_go_hello_start_cmd?"
+            ]
         );
         let e = errors_for(&["pluginserver_go_hello_zzz"], &["go-hello"]);
         assert!(
@@ -135,8 +151,10 @@ mod tests {
     fn the_longest_server_key_owns_the_setting() {
         assert_eq!(
             errors_for(&["pluginserver_go_hello_sockt"], &["go", "go-hello"]),
-            ["pluginserver_go_hello_sockt (pluginserver go-hello): unknown setting; \
-              did you mean pluginserver_go_hello_socket?"]
+            [
+                "pluginserver_go_hello_sockt (pluginserver go-hello): unknown setting; \
+              did you mean pluginserver_go_hello_socket?"
+            ]
         );
     }
 
@@ -144,18 +162,24 @@ mod tests {
     fn an_unlisted_server_suggests_the_closest_listed_one() {
         assert_eq!(
             errors_for(&["pluginserver_gohello_socket"], &["go-hello", "py"]),
-            ["pluginserver_gohello_socket: no pluginserver 'gohello' in pluginserver_names; \
-              did you mean pluginserver_go_hello_socket?"]
+            [
+                "pluginserver_gohello_socket: no pluginserver 'gohello' in pluginserver_names; \
+              did you mean pluginserver_go_hello_socket?"
+            ]
         );
         assert_eq!(
             errors_for(&["pluginserver_other_query_cmd"], &["go-hello"]),
-            ["pluginserver_other_query_cmd: no pluginserver 'other' in pluginserver_names \
-              (pluginserver_names is: go-hello)"]
+            [
+                "pluginserver_other_query_cmd: no pluginserver 'other' in pluginserver_names \
+              (pluginserver_names is: go-hello)"
+            ]
         );
         assert_eq!(
             errors_for(&["pluginserver_other_query_cmd"], &[]),
-            ["pluginserver_other_query_cmd: no pluginserver 'other' in pluginserver_names \
-              (pluginserver_names is empty)"]
+            [
+                "pluginserver_other_query_cmd: no pluginserver 'other' in pluginserver_names \
+              (pluginserver_names is empty)"
+            ]
         );
     }
 
@@ -163,7 +187,9 @@ mod tests {
     fn a_key_with_neither_server_nor_setting_is_compared_with_all_keys() {
         assert_eq!(
             errors_for(&["pluginserver_py_sockett"], &["py"]),
-            ["pluginserver_py_sockett (pluginserver py): unknown setting; did you mean pluginserver_py_socket?"]
+            [
+                "pluginserver_py_sockett (pluginserver py): unknown setting; did you mean pluginserver_py_socket?"
+            ]
         );
         assert_eq!(
             errors_for(&["pluginserver_pysocket"], &["py"]),
@@ -171,7 +197,9 @@ mod tests {
         );
         assert_eq!(
             errors_for(&["pluginserver_"], &[]),
-            ["pluginserver_: unknown setting; expected pluginserver_<name>_<setting> (pluginserver_names is empty)"]
+            [
+                "pluginserver_: unknown setting; expected pluginserver_<name>_<setting> (pluginserver_names is empty)"
+            ]
         );
     }
 }

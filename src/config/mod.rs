@@ -85,7 +85,11 @@ pub fn parse(settings: &Settings, opts: &Options) -> Result<Accepted, Rejected> 
 
     let mut defs = Vec::with_capacity(listed.len());
     for server in &listed {
-        let mut check = ServerCheck { settings, server, errors: &mut errors };
+        let mut check = ServerCheck {
+            settings,
+            server,
+            errors: &mut errors,
+        };
         defs.push(check.resolve(prefix.as_deref(), opts, &mut warnings));
     }
     keys::check(settings, &listed, &mut errors);
@@ -104,7 +108,11 @@ fn trim_trailing_slashes(p: &str) -> String {
 
 /// A path as one shell word (quoted only when needed).
 fn shell_word(path: &str) -> String {
-    if !path.is_empty() && path.chars().all(|c| c.is_ascii_alphanumeric() || "_./+-@%,:".contains(c)) {
+    if !path.is_empty()
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_./+-@%,:".contains(c))
+    {
         path.to_string()
     } else {
         format!("'{}'", path.replace('\'', "'\\''"))
@@ -128,7 +136,11 @@ impl ServerCheck<'_> {
     }
 
     fn error(&mut self, suffix: &str, problem: impl std::fmt::Display) {
-        let msg = format!("{} (pluginserver {}): {problem}", self.key(suffix), self.server.name);
+        let msg = format!(
+            "{} (pluginserver {}): {problem}",
+            self.key(suffix),
+            self.server.name
+        );
         self.errors.push(msg);
     }
 
@@ -140,7 +152,9 @@ impl ServerCheck<'_> {
             Kind::Size(d) => (d, "bytes"),
             _ => unreachable!("{suffix} is not a number"),
         };
-        let Some(v) = self.get(suffix) else { return default };
+        let Some(v) = self.get(suffix) else {
+            return default;
+        };
         match value::positive_int(v, unit) {
             Ok(n) => n,
             Err(expected) => {
@@ -155,7 +169,9 @@ impl ServerCheck<'_> {
         let Some(Kind::Flag(default)) = suffixes::kind_of(suffix) else {
             unreachable!("{suffix} is not a flag")
         };
-        let Some(v) = self.get(suffix) else { return default };
+        let Some(v) = self.get(suffix) else {
+            return default;
+        };
         match value::boolean(v) {
             Ok(b) => b,
             Err(expected) => {
@@ -177,15 +193,25 @@ impl ServerCheck<'_> {
                 }
             },
             None => match prefix {
-                Some(p) => (format!("{p}/{}.socket", self.server.name), "default socket path"),
+                Some(p) => (
+                    format!("{p}/{}.socket", self.server.name),
+                    "default socket path",
+                ),
                 None => {
-                    self.error("socket", "not set, and prefix is not set for the default <prefix>/<name>.socket");
+                    self.error(
+                        "socket",
+                        "not set, and prefix is not set for the default <prefix>/<name>.socket",
+                    );
                     return String::new();
                 }
             },
         };
         if socket.len() > MAX_SOCKET_PATH {
-            let hint = if origin == "socket path" { "" } else { "; set a shorter prefix or this setting" };
+            let hint = if origin == "socket path" {
+                ""
+            } else {
+                "; set a shorter prefix or this setting"
+            };
             self.error(
                 "socket",
                 format!(
@@ -207,15 +233,23 @@ impl ServerCheck<'_> {
                 return None;
             }
         };
-        if let Some(prog) = program::program_of(&cmd) {
-            if let Err(problem) = program::resolve(prog, path) {
-                self.error(suffix, format!("{} (command '{cmd}')", problem.describe(prog)));
-            }
+        if let Some(prog) = program::program_of(&cmd)
+            && let Err(problem) = program::resolve(prog, path)
+        {
+            self.error(
+                suffix,
+                format!("{} (command '{cmd}')", problem.describe(prog)),
+            );
         }
         Some(cmd)
     }
 
-    fn resolve(&mut self, prefix: Option<&str>, opts: &Options, warnings: &mut Vec<String>) -> ServerDef {
+    fn resolve(
+        &mut self,
+        prefix: Option<&str>,
+        opts: &Options,
+        warnings: &mut Vec<String>,
+    ) -> ServerDef {
         let name = self.server.name.clone();
         let socket = self.socket(prefix);
 
@@ -239,24 +273,27 @@ impl ServerCheck<'_> {
             }
         };
         let query_command = match self.get("query_cmd").cloned() {
-            Some(v) => self.command("query_cmd", &v, &opts.path).unwrap_or_default(),
+            Some(v) => self
+                .command("query_cmd", &v, &opts.path)
+                .unwrap_or_default(),
             None if default_exists => {
                 uses_default.push(self.key("query_cmd"));
                 format!("{} -dump", shell_word(&bin_str))
             }
             None => {
-                self.errors.push(format!("query_command undefined for pluginserver {name}"));
+                self.errors
+                    .push(format!("query_command undefined for pluginserver {name}"));
                 String::new()
             }
         };
-        if !uses_default.is_empty() {
-            if let Err(problem) = program::check_file(&bin) {
-                self.errors.push(format!(
-                    "{} (pluginserver {name}): default {}",
-                    uses_default.join(" and "),
-                    problem.describe(&bin_str)
-                ));
-            }
+        if !uses_default.is_empty()
+            && let Err(problem) = program::check_file(&bin)
+        {
+            self.errors.push(format!(
+                "{} (pluginserver {name}): default {}",
+                uses_default.join(" and "),
+                problem.describe(&bin_str)
+            ));
         }
 
         let before = self.errors.len();

@@ -24,10 +24,10 @@ fn entries(value: Option<&Value>, errors: &mut Vec<String>) -> Vec<String> {
         Some(Value::Text(s)) if is_none(s) => vec![],
         Some(Value::Text(s)) => s.split(',').map(|e| e.trim().to_string()).collect(),
         Some(Value::List(items)) => {
-            if let [Value::Text(only)] = items.as_slice() {
-                if only.trim() == "NONE" {
-                    return vec![];
-                }
+            if let [Value::Text(only)] = items.as_slice()
+                && only.trim() == "NONE"
+            {
+                return vec![];
             }
             let mut out = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
@@ -74,7 +74,9 @@ pub fn parse(value: Option<&Value>, errors: &mut Vec<String>) -> Vec<Listed> {
         let key = key_of(&name);
         if let Some(prev) = listed.iter().find(|l| l.key == key) {
             if prev.name == name {
-                errors.push(format!("pluginserver_names: duplicate name '{name}' (entry {n})"));
+                errors.push(format!(
+                    "pluginserver_names: duplicate name '{name}' (entry {n})"
+                ));
             } else {
                 errors.push(format!(
                     "pluginserver_names: names '{}' and '{name}' (entry {n}) would share the settings \
@@ -100,7 +102,9 @@ mod tests {
     }
 
     fn list(items: &[&str]) -> Option<Value> {
-        Some(Value::List(items.iter().map(|s| Value::Text(s.to_string())).collect()))
+        Some(Value::List(
+            items.iter().map(|s| Value::Text(s.to_string())).collect(),
+        ))
     }
 
     #[test]
@@ -124,8 +128,14 @@ mod tests {
         assert_eq!(
             l,
             vec![
-                Listed { name: "go-hello".into(), key: "go_hello".into() },
-                Listed { name: "py".into(), key: "py".into() }
+                Listed {
+                    name: "go-hello".into(),
+                    key: "go_hello".into()
+                },
+                Listed {
+                    name: "py".into(),
+                    key: "py".into()
+                }
             ]
         );
     }
@@ -139,7 +149,15 @@ mod tests {
 
     #[test]
     fn empty_invalid_and_duplicate_names_are_all_reported() {
-        let (n, e) = names(list(&["ok", "", "go hello", "OK", "a_b", "a-b", "caf\u{e9}"]));
+        let (n, e) = names(list(&[
+            "ok",
+            "",
+            "go hello",
+            "OK",
+            "a_b",
+            "a-b",
+            "caf\u{e9}",
+        ]));
         assert_eq!(n, ["ok", "a_b"]);
         assert_eq!(
             e,
@@ -158,8 +176,14 @@ mod tests {
     #[test]
     fn non_string_entries_and_values_are_errors() {
         let (_, e) = names(Some(Value::List(vec![Value::Bool(true)])));
-        assert_eq!(e, ["pluginserver_names: entry 1 is true; expected a server name (string)"]);
+        assert_eq!(
+            e,
+            ["pluginserver_names: entry 1 is true; expected a server name (string)"]
+        );
         let (_, e) = names(Some(Value::Number(3.0)));
-        assert_eq!(e, ["pluginserver_names: got 3; expected a list of server names"]);
+        assert_eq!(
+            e,
+            ["pluginserver_names: got 3; expected a list of server names"]
+        );
     }
 }

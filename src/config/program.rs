@@ -34,7 +34,10 @@ pub fn program_of(command: &str) -> Option<&str> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
     NotFound,
-    NotInPath { path: String, not_executable: Vec<PathBuf> },
+    NotInPath {
+        path: String,
+        not_executable: Vec<PathBuf>,
+    },
     Directory,
     NotExecutable,
 }
@@ -46,12 +49,20 @@ impl Problem {
             Problem::NotFound => format!("program '{program}' not found"),
             Problem::Directory => format!("program '{program}' is a directory"),
             Problem::NotExecutable => format!("program '{program}' is not executable"),
-            Problem::NotInPath { path, not_executable } => {
+            Problem::NotInPath {
+                path,
+                not_executable,
+            } => {
                 let mut msg = format!("program '{program}' not found in PATH ({path})");
                 if !not_executable.is_empty() {
-                    let list: Vec<String> =
-                        not_executable.iter().map(|p| p.display().to_string()).collect();
-                    msg.push_str(&format!(" ({} exists but is not executable)", list.join(", ")));
+                    let list: Vec<String> = not_executable
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect();
+                    msg.push_str(&format!(
+                        " ({} exists but is not executable)",
+                        list.join(", ")
+                    ));
                 }
                 msg
             }
@@ -95,7 +106,10 @@ pub fn resolve(program: &str, path: &str) -> Result<PathBuf, Problem> {
             Err(_) => {}
         }
     }
-    Err(Problem::NotInPath { path: path.to_string(), not_executable })
+    Err(Problem::NotInPath {
+        path: path.to_string(),
+        not_executable,
+    })
 }
 
 #[cfg(test)]
@@ -105,7 +119,10 @@ mod tests {
 
     #[test]
     fn program_is_the_first_plain_word() {
-        assert_eq!(program_of("/usr/bin/go-hello -kong-prefix /tmp"), Some("/usr/bin/go-hello"));
+        assert_eq!(
+            program_of("/usr/bin/go-hello -kong-prefix /tmp"),
+            Some("/usr/bin/go-hello")
+        );
         assert_eq!(program_of("  python3  x.py"), Some("python3"));
         assert_eq!(program_of("./bin/x"), Some("./bin/x"));
     }
@@ -135,10 +152,19 @@ mod tests {
         let exe = d.file("exe", 0o755);
         let plain = d.file("plain", 0o644);
         assert_eq!(resolve(exe.to_str().unwrap(), ""), Ok(exe.clone()));
-        assert_eq!(resolve(d.path().to_str().unwrap(), ""), Err(Problem::Directory));
-        assert_eq!(resolve(d.join("missing").to_str().unwrap(), ""), Err(Problem::NotFound));
+        assert_eq!(
+            resolve(d.path().to_str().unwrap(), ""),
+            Err(Problem::Directory)
+        );
+        assert_eq!(
+            resolve(d.join("missing").to_str().unwrap(), ""),
+            Err(Problem::NotFound)
+        );
         // root may read anything but still needs an execute bit
-        assert_eq!(resolve(plain.to_str().unwrap(), ""), Err(Problem::NotExecutable));
+        assert_eq!(
+            resolve(plain.to_str().unwrap(), ""),
+            Err(Problem::NotExecutable)
+        );
     }
 
     #[test]

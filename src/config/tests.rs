@@ -30,7 +30,10 @@ struct Env {
 
 impl Env {
     fn new() -> Self {
-        Env { bin: TestDir::new("conf-bin"), path: TestDir::new("conf-path") }
+        Env {
+            bin: TestDir::new("conf-bin"),
+            path: TestDir::new("conf-path"),
+        }
     }
 
     fn opts(&self) -> Options {
@@ -62,7 +65,13 @@ fn no_names_means_no_servers() {
         if let Some(v) = v {
             s.insert("pluginserver_names".into(), v);
         }
-        assert_eq!(parse(&s, &env.opts()), Ok(Accepted { defs: vec![], warnings: vec![] }));
+        assert_eq!(
+            parse(&s, &env.opts()),
+            Ok(Accepted {
+                defs: vec![],
+                warnings: vec![]
+            })
+        );
     }
 }
 
@@ -86,11 +95,23 @@ fn defaults_of_every_number_and_flag() {
     env.bin("s");
     let d = &parse(&settings(&["s"], &[]), &env.opts()).unwrap().defs[0];
     assert_eq!(
-        (d.query_timeout, d.stop_timeout, d.respawn_delay, d.respawn_delay_max, d.respawn_reset),
+        (
+            d.query_timeout,
+            d.stop_timeout,
+            d.respawn_delay,
+            d.respawn_delay_max,
+            d.respawn_reset
+        ),
         (10_000, 5_000, 1_000, 30_000, 60_000)
     );
     assert_eq!(
-        (d.ready_timeout, d.connect_timeout, d.send_timeout, d.read_timeout, d.log_window),
+        (
+            d.ready_timeout,
+            d.connect_timeout,
+            d.send_timeout,
+            d.read_timeout,
+            d.log_window
+        ),
         (1_000, 1_000, 5_000, 60_000, 1_000)
     );
     assert_eq!((d.fail_open, d.max_message_size), (false, 16_777_216));
@@ -104,8 +125,14 @@ fn settings_use_the_underscored_key_and_override_defaults() {
         &["go-hello"],
         &[
             ("pluginserver_go_hello_socket", t("/run/gh.sock")),
-            ("pluginserver_go_hello_start_cmd", t(&format!("{exe} -kong-prefix /kong"))),
-            ("pluginserver_go_hello_query_cmd", t(&format!("{exe} -dump"))),
+            (
+                "pluginserver_go_hello_start_cmd",
+                t(&format!("{exe} -kong-prefix /kong")),
+            ),
+            (
+                "pluginserver_go_hello_query_cmd",
+                t(&format!("{exe} -dump")),
+            ),
             ("pluginserver_go_hello_read_timeout", t("250")),
             ("pluginserver_go_hello_send_timeout", Value::Number(40.0)),
             ("pluginserver_go_hello_fail_open", t("on")),
@@ -116,7 +143,10 @@ fn settings_use_the_underscored_key_and_override_defaults() {
     assert_eq!(d.socket, "/run/gh.sock");
     assert_eq!(d.start_command, Some(format!("{exe} -kong-prefix /kong")));
     assert_eq!(d.query_command, format!("{exe} -dump"));
-    assert_eq!((d.read_timeout, d.send_timeout, d.max_message_size), (250, 40, 1024));
+    assert_eq!(
+        (d.read_timeout, d.send_timeout, d.max_message_size),
+        (250, 40, 1024)
+    );
     assert!(d.fail_open);
 }
 
@@ -136,7 +166,10 @@ fn an_external_server_has_no_start_command_and_a_warning() {
     let env = Env::new();
     let exe = env.path.file("dump-info", 0o755);
     let _ = exe;
-    let s = settings(&["ext"], &[("pluginserver_ext_query_cmd", t("dump-info --all"))]);
+    let s = settings(
+        &["ext"],
+        &[("pluginserver_ext_query_cmd", t("dump-info --all"))],
+    );
     let a = parse(&s, &env.opts()).unwrap();
     assert_eq!(a.defs[0].start_command, None);
     assert_eq!(a.defs[0].query_command, "dump-info --all");
@@ -163,7 +196,10 @@ fn prefix_trailing_slash_is_dropped() {
     env.bin("s");
     let mut s = settings(&["s"], &[]);
     s.insert("prefix".into(), t("/usr/local/kong/"));
-    assert_eq!(parse(&s, &env.opts()).unwrap().defs[0].socket, "/usr/local/kong/s.socket");
+    assert_eq!(
+        parse(&s, &env.opts()).unwrap().defs[0].socket,
+        "/usr/local/kong/s.socket"
+    );
 }
 
 // ---- beyond Kong ----
@@ -198,7 +234,10 @@ fn a_long_socket_path_is_rejected_with_its_length() {
     let env = Env::new();
     env.bin("s");
     let long = format!("/{}", "d".repeat(110));
-    let e = errors(parse(&settings(&["s"], &[("pluginserver_s_socket", t(&long))]), &env.opts()));
+    let e = errors(parse(
+        &settings(&["s"], &[("pluginserver_s_socket", t(&long))]),
+        &env.opts(),
+    ));
     assert_eq!(
         e,
         [format!(
@@ -209,7 +248,13 @@ fn a_long_socket_path_is_rejected_with_its_length() {
 
     // 107 bytes pass.
     let ok = format!("/{}", "d".repeat(106));
-    assert!(parse(&settings(&["s"], &[("pluginserver_s_socket", t(&ok))]), &env.opts()).is_ok());
+    assert!(
+        parse(
+            &settings(&["s"], &[("pluginserver_s_socket", t(&ok))]),
+            &env.opts()
+        )
+        .is_ok()
+    );
 }
 
 #[test]
@@ -237,7 +282,9 @@ fn a_missing_prefix_is_an_error_only_when_a_default_socket_needs_it() {
     s.remove("prefix");
     assert_eq!(
         errors(parse(&s, &env.opts())),
-        ["pluginserver_s_socket (pluginserver s): not set, and prefix is not set for the default <prefix>/<name>.socket"]
+        [
+            "pluginserver_s_socket (pluginserver s): not set, and prefix is not set for the default <prefix>/<name>.socket"
+        ]
     );
     s.insert("pluginserver_s_socket".into(), t("/run/s.sock"));
     assert!(parse(&s, &env.opts()).is_ok());
@@ -308,11 +355,16 @@ fn bare_names_resolve_through_opts_path_and_shell_constructs_pass() {
     assert_eq!(d.path, env.opts().path);
 
     // The same name is not found with another PATH.
-    let other = Options { path: "/nonexistent-dir".into(), ..env.opts() };
+    let other = Options {
+        path: "/nonexistent-dir".into(),
+        ..env.opts()
+    };
     assert_eq!(
         errors(parse(&s, &other)),
-        ["pluginserver_s_start_cmd (pluginserver s): program 'srv' not found in PATH (/nonexistent-dir) \
-          (command 'srv -p /kong')"]
+        [
+            "pluginserver_s_start_cmd (pluginserver s): program 'srv' not found in PATH (/nonexistent-dir) \
+          (command 'srv -p /kong')"
+        ]
     );
 }
 
@@ -368,9 +420,19 @@ fn every_duration_and_size_is_range_checked() {
         ("max_message_size", "bytes"),
     ];
     for (suffix, unit) in numbers {
-        for bad in [t("0"), t("-1"), t("1.5"), t("abc"), Value::Number(0.5), Value::Bool(false)] {
+        for bad in [
+            t("0"),
+            t("-1"),
+            t("1.5"),
+            t("abc"),
+            Value::Number(0.5),
+            Value::Bool(false),
+        ] {
             let key = format!("pluginserver_s_{suffix}");
-            let e = errors(parse(&settings(&["s"], &[(&key, bad.clone())]), &env.opts()));
+            let e = errors(parse(
+                &settings(&["s"], &[(&key, bad.clone())]),
+                &env.opts(),
+            ));
             assert_eq!(
                 e,
                 [format!(
@@ -385,19 +447,39 @@ fn every_duration_and_size_is_range_checked() {
 fn respawn_delay_max_may_not_be_below_respawn_delay() {
     let env = Env::new();
     env.bin("s");
-    let s = settings(&["s"], &[("pluginserver_s_respawn_delay", t("5000")), ("pluginserver_s_respawn_delay_max", t("500"))]);
+    let s = settings(
+        &["s"],
+        &[
+            ("pluginserver_s_respawn_delay", t("5000")),
+            ("pluginserver_s_respawn_delay_max", t("500")),
+        ],
+    );
     assert_eq!(
         errors(parse(&s, &env.opts())),
-        ["pluginserver_s_respawn_delay_max (pluginserver s): 500 is less than pluginserver_s_respawn_delay (5000); \
-          expected a value >= 5000"]
+        [
+            "pluginserver_s_respawn_delay_max (pluginserver s): 500 is less than pluginserver_s_respawn_delay (5000); \
+          expected a value >= 5000"
+        ]
     );
     // Against the default maximum too.
     let s = settings(&["s"], &[("pluginserver_s_respawn_delay", t("40000"))]);
     assert_eq!(errors(parse(&s, &env.opts())).len(), 1);
     // Equal is fine; an invalid delay is reported once, without a comparison.
-    let s = settings(&["s"], &[("pluginserver_s_respawn_delay", t("500")), ("pluginserver_s_respawn_delay_max", t("500"))]);
+    let s = settings(
+        &["s"],
+        &[
+            ("pluginserver_s_respawn_delay", t("500")),
+            ("pluginserver_s_respawn_delay_max", t("500")),
+        ],
+    );
     assert!(parse(&s, &env.opts()).is_ok());
-    let s = settings(&["s"], &[("pluginserver_s_respawn_delay", t("x")), ("pluginserver_s_respawn_delay_max", t("500"))]);
+    let s = settings(
+        &["s"],
+        &[
+            ("pluginserver_s_respawn_delay", t("x")),
+            ("pluginserver_s_respawn_delay_max", t("500")),
+        ],
+    );
     assert_eq!(errors(parse(&s, &env.opts())).len(), 1);
 }
 
@@ -406,7 +488,10 @@ fn a_bad_prefix_is_reported() {
     let env = Env::new();
     let mut s = Settings::new();
     s.insert("prefix".into(), Value::Bool(true));
-    assert_eq!(errors(parse(&s, &env.opts())), ["prefix: got true; expected a non-empty directory path"]);
+    assert_eq!(
+        errors(parse(&s, &env.opts())),
+        ["prefix: got true; expected a non-empty directory path"]
+    );
 }
 
 #[test]
@@ -422,7 +507,10 @@ fn other_settings_are_ignored() {
 fn a_default_dir_with_spaces_is_quoted_in_the_commands() {
     let d = TestDir::new("conf bin dir");
     let bin = d.file("s", 0o755).display().to_string();
-    let opts = Options { default_dir: d.path().display().to_string(), path: "/bin".into() };
+    let opts = Options {
+        default_dir: d.path().display().to_string(),
+        path: "/bin".into(),
+    };
     let def = &parse(&settings(&["s"], &[]), &opts).unwrap().defs[0];
     assert_eq!(def.start_command, Some(format!("'{bin}'")));
     assert_eq!(def.query_command, format!("'{bin}' -dump"));
@@ -432,5 +520,8 @@ fn a_default_dir_with_spaces_is_quoted_in_the_commands() {
 fn default_options_use_usr_local_bin_and_the_process_path() {
     let o = Options::default();
     assert_eq!(o.default_dir, "/usr/local/bin");
-    assert_eq!(o.path, std::env::var("PATH").unwrap_or_else(|_| SH_DEFAULT_PATH.into()));
+    assert_eq!(
+        o.path,
+        std::env::var("PATH").unwrap_or_else(|_| SH_DEFAULT_PATH.into())
+    );
 }

@@ -166,6 +166,9 @@ mod tests {
         assert_eq!(t("x").to_string(), "'x'");
         assert_eq!(Value::Number(1.5).to_string(), "1.5");
         assert_eq!(Value::Other("function".into()).to_string(), "a function");
-        assert_eq!(Value::List(vec![t("a"), Value::Bool(false)]).to_string(), "['a', false]");
+        assert_eq!(
+            Value::List(vec![t("a"), Value::Bool(false)]).to_string(),
+            "['a', false]"
+        );
     }
 }
