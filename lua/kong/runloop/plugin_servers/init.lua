@@ -1,25 +1,145 @@
 -- kong.runloop.plugin_servers: Kong's module API over the native engine.
--- Exports start, stop, load_schema, load_plugin (as Kong's callers expect) and status.
+--
+-- Keeps Kong's exports and return shapes (start, stop, load_schema, load_plugin) so
+-- that kong.init, kong.db.schema.plugin_loader and kong.db.dao.plugins need no
+-- change, and adds status(). Nothing here raises: Kong calls start/stop from
+-- init_worker/exit_worker, where an error crash-loops workers or skips cleanup.
+
+local conf = require "kong.runloop.plugin_servers.conf"
+local process = require "kong.runloop.plugin_servers.process"
+local plugin = require "kong.runloop.plugin_servers.plugin"
+local counters = require "kong.runloop.plugin_servers.counters"
+
+local ngx = ngx
+local log = ngx.log
+local ERR = ngx.ERR
+local WARN = ngx.WARN
+local concat = table.concat
+local pcall = pcall
+
+local NO_PLUGIN = "no plugin found"
+
 local _M = {}
 
+-- Per process (master, inherited by workers): server definitions, plugin infos
+-- and plugin objects. A failure is kept and returned on every call, never raised.
+local servers, servers_err
+local infos, infos_err
+local plugins = {}
+
+local function load_servers()
+  if servers or servers_err then
+    return servers, servers_err
+  end
+  local ok, defs, errors, warnings = pcall(conf.parse, (kong and kong.configuration) or {})
+  if not ok then
+    servers_err = "invalid plugin server configuration: " .. tostring(defs)
+    return nil, servers_err
+  end
+  for _, w in ipairs(warnings or {}) do
+    log(WARN, "[pluginserver] ", w)
+  end
+  if defs then
+    servers = defs
+  else
+    servers_err = "invalid plugin server configuration: " .. concat(errors or {}, "; ")
+  end
+  return servers, servers_err
+end
+
+local function load_infos()
+  if infos or infos_err then
+    return infos, infos_err
+  end
+  local defs, err = load_servers()
+  if not defs then
+    infos_err = err
+    return nil, err
+  end
+  local ok, list, qerr = pcall(process.query, defs)
+  if not ok or not list then
+    infos_err = "failed loading external plugins: " .. tostring(ok and qerr or list)
+    return nil, infos_err
+  end
+  infos = {}
+  for _, info in ipairs(list) do
+    infos[info.name] = info
+  end
+  return infos
+end
+
+local function get_info(name)
+  local all, err = load_infos()
+  if not all then
+    return nil, err
+  end
+  local info = all[name]
+  if not info or not info.PRIORITY then
+    return nil, NO_PLUGIN
+  end
+  return info
+end
+
+function _M.load_schema(name)
+  local info, err = get_info(name)
+  if not info then
+    return false, err
+  end
+  return true, info.schema
+end
+
+function _M.load_plugin(name)
+  local cached = plugins[name]
+  if cached then
+    return true, cached
+  end
+  local info, err = get_info(name)
+  if not info then
+    return false, err
+  end
+  local ok, obj, perr = pcall(plugin.new, info)
+  if not ok or not obj then
+    return false, "failed loading external plugin " .. name .. ": " .. tostring(ok and perr or obj)
+  end
+  plugins[name] = obj
+  return true, obj
+end
+
 function _M.start()
+  local defs, err = load_servers()
+  if not defs then
+    log(ERR, "[pluginserver] ", err)
+    return true
+  end
+  local ok, perr = pcall(process.start, defs)
+  if not ok then
+    log(ERR, "[pluginserver] failed starting plugin servers: ", tostring(perr))
+  end
   return true
 end
 
 function _M.stop()
+  local ok, err = pcall(process.stop)
+  if not ok then
+    log(ERR, "[pluginserver] failed stopping plugin servers: ", tostring(err))
+  end
   return true
 end
 
-function _M.load_schema(_name)
-  return false, "no plugin found"
-end
-
-function _M.load_plugin(_name)
-  return false, "no plugin found"
-end
-
+-- Process state (from the supervisor) beside the counters of every worker.
 function _M.status()
-  return {}
+  local defs, err = load_servers()
+  if not defs then
+    return nil, err
+  end
+  local list, serr = process.status(defs)
+  if not list then
+    return nil, serr
+  end
+  for _, entry in ipairs(list) do
+    entry.counters = counters.get(entry.name)
+  end
+  return list
 end
 
 return _M
