@@ -21,6 +21,11 @@ pub use value::{MAX_INT_SETTING, Value};
 use names::Listed;
 use suffixes::Kind;
 
+/// The setting suffixes of one server (`pluginserver_<k>_<suffix>`), in doc order.
+pub fn setting_names() -> impl Iterator<Item = &'static str> {
+    suffixes::names()
+}
+
 /// Kong's `DEFAULT_PLUGINSERVER_PATH`.
 pub const DEFAULT_DIR: &str = "/usr/local/bin";
 

@@ -6,6 +6,9 @@
 //! `{"ok": true, "defs": [ServerDef...], "warnings": [...]}` or
 //! `{"ok": false, "errors": [...], "warnings": [...]}`.
 
+use std::ffi::CString;
+use std::sync::OnceLock;
+
 use serde_json::{Map, Value as Json, json};
 
 use super::errbuf::{KPS_ERR_ARGS, guard, write_error};
@@ -98,6 +101,29 @@ pub fn parse_json(input: &[u8]) -> Result<Vec<u8>, String> {
         Err(r) => json!({ "ok": false, "errors": r.errors, "warnings": r.warnings }),
     };
     serde_json::to_vec(&result).map_err(|e| format!("config output: {e}"))
+}
+
+/// Returns the per-server setting suffixes (`socket,start_cmd,...`) as a static
+/// NUL-terminated, comma-separated string, so that the Lua side can read them from
+/// a settings table it cannot iterate (Kong's `kong.configuration` is a proxy).
+///
+/// # Errors
+/// None.
+///
+/// # Panics
+/// None.
+///
+/// # Safety
+/// None: the pointer is to memory that lives as long as the library; do not free it.
+#[unsafe(no_mangle)]
+pub extern "C" fn kps_config_setting_names() -> *const std::ffi::c_char {
+    static NAMES: OnceLock<CString> = OnceLock::new();
+    NAMES
+        .get_or_init(|| {
+            let list: Vec<&str> = config::setting_names().collect();
+            CString::new(list.join(",")).unwrap_or_default()
+        })
+        .as_ptr()
 }
 
 /// Creates a config handle, which owns the output of its parse calls.
@@ -290,6 +316,17 @@ mod tests {
             (KPS_ERR_FAILED, "config input: expected a JSON object")
         );
         unsafe { kps_config_free(h) };
+    }
+
+    #[test]
+    fn setting_names_list_every_suffix() {
+        let names = unsafe { std::ffi::CStr::from_ptr(kps_config_setting_names()) };
+        let names = names.to_str().unwrap();
+        assert!(
+            names.starts_with("socket,start_cmd,query_cmd,query_timeout,"),
+            "{names}"
+        );
+        assert_eq!(names.split(',').count(), 15);
     }
 
     #[test]

@@ -47,6 +47,20 @@ const char *kps_version(void);
 // must be null or valid for reads and writes.
 int32_t kps_selftest_panic(uint8_t *errbuf, size_t *errbuf_len);
 
+// Returns the per-server setting suffixes (`socket,start_cmd,...`) as a static
+// NUL-terminated, comma-separated string, so that the Lua side can read them from
+// a settings table it cannot iterate (Kong's `kong.configuration` is a proxy).
+//
+// # Errors
+// None.
+//
+// # Panics
+// None.
+//
+// # Safety
+// None: the pointer is to memory that lives as long as the library; do not free it.
+const char *kps_config_setting_names(void);
+
 // Creates a config handle, which owns the output of its parse calls.
 // Release it with `kps_config_free`.
 //
