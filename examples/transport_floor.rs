@@ -11,7 +11,10 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Instant;
 
 fn thread_cpu_ns() -> u128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid timespec to write into.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
@@ -29,7 +32,10 @@ fn serve(listener: UnixListener, request_bytes: usize, reply_bytes: usize) {
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("number")).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("number"))
+        .collect();
     let round_trips = *args.first().unwrap_or(&200_000);
     let request_bytes = *args.get(1).unwrap_or(&48);
     let reply_bytes = *args.get(2).unwrap_or(&64);
