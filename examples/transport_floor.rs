@@ -3,7 +3,8 @@
 //! reply of a fixed size for every request of a fixed size; the client reports its
 //! own CPU time and the wall time per round trip.
 //!
-//! `cargo run --release --example transport_floor -- [round_trips] [request_bytes] [reply_bytes]`
+//! `cargo run --release --example transport_floor -- [round_trips] [request_bytes] [reply_bytes] [pin]`
+//! With `pin` = 1 the client runs on core 0 and the server on core 1.
 //! prints one line: `round_trips=N client_cpu_ns=.. wall_ns=.. (per round trip)`.
 
 use std::io::{Read, Write};
@@ -18,6 +19,15 @@ fn thread_cpu_ns() -> u128 {
     // SAFETY: ts is a valid timespec to write into.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
+}
+
+fn pin_to(cpu: usize) {
+    // SAFETY: set is a plain bitmask owned by this frame.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
 }
 
 fn serve(listener: UnixListener, request_bytes: usize, reply_bytes: usize) {
@@ -39,6 +49,7 @@ fn main() {
     let round_trips = *args.first().unwrap_or(&200_000);
     let request_bytes = *args.get(1).unwrap_or(&48);
     let reply_bytes = *args.get(2).unwrap_or(&64);
+    let pin = args.get(3) == Some(&1);
 
     let dir = std::env::temp_dir().join(format!("kps-floor-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -48,10 +59,16 @@ fn main() {
     // SAFETY: the child only runs the echo loop and exits; no locks are held here.
     let pid = unsafe { libc::fork() };
     if pid == 0 {
+        if pin {
+            pin_to(1);
+        }
         serve(listener, request_bytes, reply_bytes);
         std::process::exit(0);
     }
     drop(listener);
+    if pin {
+        pin_to(0);
+    }
 
     let mut conn = UnixStream::connect(&path).expect("connect");
     let req = vec![1u8; request_bytes];

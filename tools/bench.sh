@@ -12,12 +12,9 @@ echo "|---|---|"
 # Transport floor: one unix-socket round trip with no codec work, client pinned to
 # core 0 and server to core 1 when the machine has two cores.
 floor() {
-  local line
-  if [ "$(nproc)" -ge 2 ]; then
-    line=$(taskset -c 0 target/release/examples/transport_floor "$@")
-  else
-    line=$(target/release/examples/transport_floor "$@")
-  fi
+  local line pin=0
+  [ "$(nproc)" -ge 2 ] && pin=1
+  line=$(target/release/examples/transport_floor "$@" "$pin")
   local cpu wall
   cpu=$(sed -E 's/.*client_cpu_ns=([0-9]+).*/\1/' <<<"$line")
   wall=$(sed -E 's/.*wall_ns=([0-9]+).*/\1/' <<<"$line")
