@@ -12,16 +12,19 @@ echo "|---|---|"
 # Transport floor: one unix-socket round trip with no codec work, client pinned to
 # core 0 and server to core 1 when the machine has two cores.
 floor() {
-  local line pin=0
-  [ "$(nproc)" -ge 2 ] && pin=1
-  line=$(target/release/examples/transport_floor "$@" "$pin")
+  local line pin=$4 where="any core"
+  [ "$pin" = 1 ] && where="client core 0, server core 1"
+  line=$(target/release/examples/transport_floor "$@")
   local cpu wall
   cpu=$(sed -E 's/.*client_cpu_ns=([0-9]+).*/\1/' <<<"$line")
   wall=$(sed -E 's/.*wall_ns=([0-9]+).*/\1/' <<<"$line")
-  echo "| transport floor, $2 B request / $3 B reply | client CPU ${cpu} ns, wall ${wall} ns per round trip |"
+  echo "| transport floor, $2 B request / $3 B reply, $where | client CPU ${cpu} ns, wall ${wall} ns per round trip |"
 }
-floor 100000 48 64
-floor 50000 2048 128
+floor 100000 48 64 0
+floor 50000 2048 128 0
+if [ "$(nproc)" -ge 2 ]; then
+  floor 20000 48 64 1
+fi
 
 if [ -f tools/bench_codec.lua ]; then
   luajit tools/bench_codec.lua
