@@ -1,6 +1,7 @@
 //! Error reporting through a caller-supplied buffer, and panic containment.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Once;
 
 /// The operation failed; the message says why.
 pub const KPS_ERR_FAILED: i32 = -1;
@@ -28,6 +29,17 @@ pub unsafe fn write_error(errbuf: *mut u8, errbuf_len: *mut usize, msg: &str) {
     }
 }
 
+/// Replaces the default panic hook (which prints a backtrace into nginx's error log)
+/// with one line on stderr; the message also comes back to Lua through `errbuf`.
+fn install_quiet_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            eprintln!("[kong_plugin_servers] {info}");
+        }));
+    });
+}
+
 /// Runs `f`, turning `Err(msg)` into `KPS_ERR_FAILED` and a panic into `KPS_ERR_PANIC`,
 /// with the message written into `errbuf`.
 ///
@@ -37,6 +49,7 @@ pub unsafe fn guard<F>(errbuf: *mut u8, errbuf_len: *mut usize, f: F) -> i32
 where
     F: FnOnce() -> Result<(), String>,
 {
+    install_quiet_panic_hook();
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => 0,
         Ok(Err(msg)) => {

@@ -1,0 +1,80 @@
+# kong_plugin_servers: build, install, test, benchmark and demo.
+#   make deps    install what builds and tests need (idempotent)
+#   make build   release .so + kps-helper in target/release
+#   make test    every suite; ends with one "N passed, N failed" line
+#   make demo    the main job: nginx + real plugin servers, end to end
+#   make install PREFIX=/usr/local   (or LUA_LIB_DIR=... LUA_CLIB_DIR=...)
+
+PREFIX       ?= /usr/local
+LUA_LIB_DIR  ?= $(PREFIX)/share/lua/5.1
+LUA_CLIB_DIR ?= $(PREFIX)/lib/lua/5.1
+CARGO        ?= cargo
+BUSTED       ?= busted --lua=luajit
+
+RELEASE_DIR  := target/release
+SO           := $(RELEASE_DIR)/libkong_plugin_servers.so
+HELPER       := $(RELEASE_DIR)/kps-helper
+LUA_TREE     := lua/kong/runloop/plugin_servers
+
+APT_PACKAGES := nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache luajit2 \
+                libluajit2-5.1-dev lua-cjson lua-messagepack lua-busted lua-luassert \
+                lua-penlight lua-socket luarocks pkg-config wrk protobuf-compiler curl
+
+.PHONY: all build header deps deps-apt deps-fixtures test test-rust test-unit test-integration \
+        demo bench install uninstall clean
+
+all: build
+
+build:
+	$(CARGO) build --release --workspace
+
+header:
+	$(CARGO) run --quiet --no-default-features --example gen_header
+
+deps: deps-apt deps-fixtures
+	$(CARGO) fetch
+
+deps-apt:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else echo "Debian packages: all present"; fi
+
+deps-fixtures:
+	@if [ -f fixtures/plugins/Makefile ]; then $(MAKE) -C fixtures/plugins all; fi
+
+test: build
+	tools/run-tests.sh
+
+test-rust:
+	$(CARGO) test --no-default-features --workspace
+
+test-unit: build
+	$(BUSTED) --run=unit
+
+test-integration: build
+	$(BUSTED) --run=integration
+
+demo: build
+	tools/demo.sh
+
+bench: build
+	tools/bench.sh
+
+install: build
+	install -d $(DESTDIR)$(LUA_LIB_DIR)/kong/runloop/plugin_servers/rpc $(DESTDIR)$(LUA_CLIB_DIR)
+	install -m 0644 $(LUA_TREE)/*.lua $(DESTDIR)$(LUA_LIB_DIR)/kong/runloop/plugin_servers/
+	install -m 0644 $(LUA_TREE)/rpc/*.lua $(DESTDIR)$(LUA_LIB_DIR)/kong/runloop/plugin_servers/rpc/
+	install -m 0755 $(SO) $(DESTDIR)$(LUA_CLIB_DIR)/kong_plugin_servers.so
+	install -m 0755 $(HELPER) $(DESTDIR)$(LUA_CLIB_DIR)/kps-helper
+
+uninstall:
+	rm -rf $(DESTDIR)$(LUA_LIB_DIR)/kong/runloop/plugin_servers
+	rm -f $(DESTDIR)$(LUA_CLIB_DIR)/kong_plugin_servers.so $(DESTDIR)$(LUA_CLIB_DIR)/kps-helper
+
+clean:
+	$(CARGO) clean
+	rm -rf build spec/tmp

@@ -1,0 +1,424 @@
+-- The integration rig: runs Debian's nginx with the shim and the Kong-like host of
+-- fixtures/host on a free loopback port with its own prefix, and gives specs a small
+-- API over it. Everything it starts, it stops (by PID), including every process that
+-- descends from its nginx.
+--
+--   local nginx = require "spec.helpers.nginx"
+--   local h = assert(nginx.start { workers = 2, configuration = {...}, plugins = {...} })
+--   local res = h:request { path = "/", headers = { host = "example.test" } }
+--   h:wait_log("started, pid %d+", 5)
+--   h:stop()
+
+local cjson = require "cjson.safe"
+local socket = require "socket"
+local procs = require "spec.helpers.procs"
+
+local _M = {}
+local Host = {}
+Host.__index = Host
+
+local NGINX = "/usr/sbin/nginx"
+
+local function repo_root()
+  local src = debug.getinfo(1, "S").source:sub(2)
+  local dir = src:match("^(.*)/spec/helpers/nginx%.lua$") or "."
+  local p = io.popen("cd '" .. dir .. "' && pwd")
+  local abs = p:read("*l")
+  p:close()
+  return abs
+end
+
+_M.root = repo_root()
+
+local function sh(cmd)
+  local ok, _, code = os.execute(cmd)
+  return ok == true or ok == 0, code
+end
+
+local function read(path)
+  local f = io.open(path, "rb")
+  if not f then
+    return nil
+  end
+  local data = f:read("*a")
+  f:close()
+  return data
+end
+
+local function write(path, data)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+end
+
+function _M.sleep(s)
+  socket.sleep(s)
+end
+
+function _M.now()
+  return socket.gettime()
+end
+
+function _M.free_port()
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
+end
+
+-- Polls fn every `step` seconds until it returns a truthy value or `timeout` passes.
+function _M.wait_until(fn, timeout, step)
+  local deadline = socket.gettime() + (timeout or 5)
+  repeat
+    local v = fn()
+    if v then
+      return v
+    end
+    socket.sleep(step or 0.02)
+  until socket.gettime() > deadline
+  return nil
+end
+
+local function render(template, vars)
+  return (template:gsub("%${([%w_]+)}", function(k)
+    local v = vars[k]
+    assert(v ~= nil, "template variable missing: " .. k)
+    return tostring(v)
+  end))
+end
+
+function _M.make_prefix()
+  local p = io.popen("mktemp -d /tmp/kps-spec-XXXXXX")
+  local dir = p:read("*l")
+  p:close()
+  for _, sub in ipairs({ "conf", "logs", "temp" }) do
+    assert(sh("mkdir -p '" .. dir .. "/" .. sub .. "'"))
+  end
+  return dir
+end
+
+-- Writes conf/nginx.conf and kps_host.json into prefix; returns the port.
+function _M.render(prefix, opts)
+  local root = _M.root
+  local port = opts.port or _M.free_port()
+  local lua_path = table.concat({
+    root .. "/lua/?.lua", root .. "/lua/?/init.lua",
+    root .. "/fixtures/host/lua/?.lua", root .. "/fixtures/host/lua/?/init.lua",
+  }, ";")
+  local lua_cpath = opts.lua_cpath or (root .. "/target/release/lib?.so")
+  local template = assert(read(root .. "/fixtures/host/nginx.conf.tpl"))
+  write(prefix .. "/conf/nginx.conf", render(template, {
+    workers = opts.workers or 1,
+    log_level = opts.log_level or "info",
+    port = port,
+    lua_path = lua_path,
+    lua_cpath = lua_cpath,
+  }))
+  local configuration = {}
+  for k, v in pairs(opts.configuration or {}) do
+    configuration[k] = v
+  end
+  configuration.prefix = configuration.prefix or prefix
+  -- Debian's cjson encodes {} as an object: write the plugin array by hand
+  local plugins = opts.plugins or {}
+  local plugins_json = #plugins == 0 and "[]" or assert(cjson.encode(plugins))
+  write(prefix .. "/kps_host.json", '{"configuration":' .. assert(cjson.encode(configuration))
+        .. ',"plugins":' .. plugins_json .. "}")
+  return port
+end
+
+-- Starts nginx; returns a Host, or nil and the reason (with the error log).
+function _M.start(opts)
+  opts = opts or {}
+  local prefix = opts.prefix or _M.make_prefix()
+  local port = _M.render(prefix, opts)
+  local h = setmetatable({
+    prefix = prefix, port = port, workers = opts.workers or 1, known = {},
+  }, Host)
+  local ok = sh(NGINX .. " -p '" .. prefix .. "/' -c conf/nginx.conf -e logs/error.log >'"
+                .. prefix .. "/logs/start.out' 2>&1")
+  if not ok then
+    local why = "nginx failed to start:\n" .. (read(prefix .. "/logs/start.out") or "")
+      .. "\n" .. (h:error_log() or "")
+    h:stop()
+    return nil, why
+  end
+  local ready = _M.wait_until(function()
+    local log = h:error_log() or ""
+    local n = 0
+    for _ in log:gmatch("%[kps_host%] worker %d+ ready") do
+      n = n + 1
+    end
+    return n >= h.workers
+  end, opts.start_timeout or 10)
+  if not ready then
+    local why = "nginx workers did not become ready:\n" .. (h:error_log() or "")
+    h:stop()
+    return nil, why
+  end
+  h:remember_descendants()
+  return h
+end
+
+function Host:master_pid()
+  local text = read(self.prefix .. "/logs/nginx.pid")
+  return text and tonumber(text:match("%d+"))
+end
+
+function Host:worker_pids()
+  local master = self:master_pid()
+  local list = {}
+  if not master then
+    return list
+  end
+  for _, pid in ipairs(procs.descendants(master)) do
+    local ppid = procs.stat(pid)
+    if ppid == master and (procs.cmdline(pid) or ""):find("worker process", 1, true) then
+      list[#list + 1] = pid
+    end
+  end
+  table.sort(list)
+  return list
+end
+
+-- Records every current descendant of nginx, so that stop() can end them all.
+function Host:remember_descendants()
+  local master = self:master_pid()
+  if master then
+    self.known[master] = self.known[master] or procs.cmdline(master)
+    for _, pid in ipairs(procs.descendants(master)) do
+      self.known[pid] = self.known[pid] or procs.cmdline(pid)
+    end
+  end
+end
+
+function Host:error_log()
+  return read(self.prefix .. "/logs/error.log")
+end
+
+-- Lines of the error log matching a Lua pattern.
+function Host:log_lines(pattern)
+  local out = {}
+  for line in (self:error_log() or ""):gmatch("[^\n]+") do
+    if line:find(pattern) then
+      out[#out + 1] = line
+    end
+  end
+  return out
+end
+
+function Host:count_log(pattern)
+  return #self:log_lines(pattern)
+end
+
+function Host:wait_log(pattern, timeout, count)
+  count = count or 1
+  local lines = _M.wait_until(function()
+    local l = self:log_lines(pattern)
+    return #l >= count and l
+  end, timeout or 5)
+  if not lines then
+    return nil, "no line matching '" .. pattern .. "' in " .. self.prefix .. "/logs/error.log"
+  end
+  return lines[count]
+end
+
+-- Minimal HTTP/1.1 client (Connection: close). Returns { status, headers, body }
+-- (header names lower-cased; repeated headers joined as arrays), or nil, err.
+function Host:request(opts)
+  opts = opts or {}
+  local c = socket.tcp()
+  c:settimeout(opts.timeout or 10)
+  local ok, err = c:connect("127.0.0.1", self.port)
+  if not ok then
+    return nil, "connect: " .. tostring(err)
+  end
+  local body = opts.body or ""
+  local lines = { (opts.method or "GET") .. " " .. (opts.path or "/") .. " HTTP/1.1" }
+  local headers = { host = "localhost", connection = "close" }
+  for k, v in pairs(opts.headers or {}) do
+    headers[k:lower()] = v
+  end
+  if #body > 0 then
+    headers["content-length"] = #body
+  end
+  for k, v in pairs(headers) do
+    lines[#lines + 1] = k .. ": " .. tostring(v)
+  end
+  local sent, serr = c:send(table.concat(lines, "\r\n") .. "\r\n\r\n" .. body)
+  if not sent then
+    c:close()
+    return nil, "send: " .. tostring(serr)
+  end
+  local raw, rerr, partial = c:receive("*a")
+  c:close()
+  raw = raw or partial
+  if not raw or raw == "" then
+    return nil, "receive: " .. tostring(rerr)
+  end
+  local head, rest = raw:match("^(.-)\r\n\r\n(.*)$")
+  if not head then
+    return nil, "bad response: " .. raw
+  end
+  local status = tonumber(head:match("^HTTP/%d%.%d (%d+)"))
+  local res = { status = status, headers = {}, body = rest }
+  for name, value in head:gmatch("\r\n([^:\r\n]+):%s*([^\r\n]*)") do
+    name = name:lower()
+    local old = res.headers[name]
+    if old == nil then
+      res.headers[name] = value
+    elseif type(old) == "table" then
+      old[#old + 1] = value
+    else
+      res.headers[name] = { old, value }
+    end
+  end
+  if (res.headers["transfer-encoding"] or ""):lower() == "chunked" then
+    local out, pos = {}, 1
+    while true do
+      local size_hex, after = rest:match("^(%x+)[^\r\n]*\r\n()", pos)
+      if not size_hex then break end
+      local size = tonumber(size_hex, 16)
+      if size == 0 then break end
+      out[#out + 1] = rest:sub(after, after + size - 1)
+      pos = after + size + 2
+    end
+    res.body = table.concat(out)
+  end
+  return res
+end
+
+-- Runs Lua code in a worker; returns the result as a string (tables as JSON), or
+-- nil and the error.
+function Host:eval(code)
+  local res, err = self:request { method = "POST", path = "/__host/eval", body = code }
+  if not res then
+    return nil, err
+  end
+  if res.status ~= 200 then
+    return nil, res.body
+  end
+  return res.body
+end
+
+-- Like eval, for code that returns a table: the decoded table.
+function Host:eval_json(code)
+  local text, err = self:eval(code)
+  if not text then
+    return nil, err
+  end
+  return cjson.decode(text)
+end
+
+-- Replaces the plugin list ({ name, config, id? } entries); a changed config gets a
+-- new __seq__. Returns the stored list.
+function Host:set_plugins(list)
+  local res, err = self:request {
+    method = "POST", path = "/__host/plugins", body = #list == 0 and "[]" or assert(cjson.encode(list)),
+  }
+  if not res then
+    return nil, err
+  end
+  if res.status ~= 200 then
+    return nil, res.body
+  end
+  return cjson.decode(res.body)
+end
+
+local function wait_gone(pids, timeout)
+  return _M.wait_until(function()
+    for _, pid in ipairs(pids) do
+      if procs.alive(pid) then
+        return false
+      end
+    end
+    return true
+  end, timeout)
+end
+
+function Host:signal(sig)
+  local master = self:master_pid()
+  if master then
+    procs.kill(master, sig)
+  end
+end
+
+-- nginx -s reload; waits until the old workers are gone and the new ones ready.
+function Host:reload(timeout)
+  self:remember_descendants()
+  local old = self:worker_pids()
+  local before = self:count_log("%[kps_host%] worker %d+ ready")
+  self:signal("HUP")
+  local ok = _M.wait_until(function()
+    return self:count_log("%[kps_host%] worker %d+ ready") >= before + self.workers
+  end, timeout or 10) and wait_gone(old, timeout or 10)
+  self:remember_descendants()
+  return ok and true or nil, ok and nil or "reload did not complete"
+end
+
+-- Graceful stop (nginx -s quit); waits for the master to exit.
+function Host:quit(timeout)
+  self:remember_descendants()
+  local master = self:master_pid()
+  if not master then
+    return true
+  end
+  procs.kill(master, "QUIT")
+  return wait_gone({ master }, timeout or 10)
+end
+
+-- SIGKILL of the master and every worker at once (a crash of the whole nginx).
+function Host:kill9()
+  self:remember_descendants()
+  local master = self:master_pid()
+  local pids = self:worker_pids()
+  if master then
+    pids[#pids + 1] = master
+  end
+  for _, pid in ipairs(pids) do
+    procs.kill(pid, "KILL")
+  end
+  return wait_gone(pids, 5)
+end
+
+-- PIDs of processes started by this nginx that are still alive.
+function Host:leftovers()
+  local out = {}
+  for pid, cmdline in pairs(self.known) do
+    -- the same command line guards against a PID reused by an unrelated process
+    if procs.alive(pid) and procs.cmdline(pid) == cmdline then
+      out[#out + 1] = pid
+    end
+  end
+  table.sort(out)
+  return out
+end
+
+-- Idempotent: stops nginx (quit, then KILL after a grace period) and kills every
+-- process that descended from it and is still alive.
+function Host:stop()
+  if self.stopped then
+    return true
+  end
+  self.stopped = true
+  self:remember_descendants()
+  local master = self:master_pid()
+  if master and procs.alive(master) then
+    procs.kill(master, "QUIT")
+    if not wait_gone({ master }, 5) then
+      procs.kill(master, "KILL")
+      wait_gone({ master }, 2)
+    end
+  end
+  -- give the engine's own shutdown a moment before ending stragglers ourselves
+  wait_gone(self:leftovers(), 2)
+  for _, pid in ipairs(self:leftovers()) do
+    procs.kill(pid, "KILL")
+  end
+  if os.getenv("KPS_KEEP_PREFIX") ~= "1" then
+    sh("rm -rf '" .. self.prefix .. "'")
+  end
+  return true
+end
+
+return _M

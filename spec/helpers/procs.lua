@@ -1,0 +1,80 @@
+-- Process helpers for specs (Linux /proc): liveness, parent links, descendants,
+-- open file descriptors. Only ever signals PIDs that a spec started or that
+-- descend from one.
+local _M = {}
+
+local function read(path)
+  local f = io.open(path, "rb")
+  if not f then
+    return nil
+  end
+  local data = f:read("*a")
+  f:close()
+  return data
+end
+
+-- Returns ppid, state and command name of pid, or nil when it is gone.
+function _M.stat(pid)
+  local text = read("/proc/" .. pid .. "/stat")
+  if not text then
+    return nil
+  end
+  local comm, state, ppid = text:match("^%d+ %((.*)%) (%S) (%d+)")
+  return tonumber(ppid), state, comm
+end
+
+function _M.alive(pid)
+  local _, state = _M.stat(pid)
+  return state ~= nil and state ~= "Z"
+end
+
+function _M.cmdline(pid)
+  local text = read("/proc/" .. pid .. "/cmdline")
+  return text and text:gsub("%z", " "):gsub(" $", "") or nil
+end
+
+local function all_pids()
+  local list = {}
+  local p = io.popen("ls /proc")
+  for name in p:lines() do
+    if name:match("^%d+$") then
+      list[#list + 1] = tonumber(name)
+    end
+  end
+  p:close()
+  return list
+end
+
+-- Every live descendant of pid (children, grandchildren, ...).
+function _M.descendants(pid)
+  local children = {}
+  for _, p in ipairs(all_pids()) do
+    local ppid = _M.stat(p)
+    if ppid then
+      children[ppid] = children[ppid] or {}
+      table.insert(children[ppid], p)
+    end
+  end
+  local out, queue = {}, { pid }
+  while #queue > 0 do
+    local cur = table.remove(queue)
+    for _, c in ipairs(children[cur] or {}) do
+      out[#out + 1] = c
+      queue[#queue + 1] = c
+    end
+  end
+  return out
+end
+
+function _M.fd_count(pid)
+  local p = io.popen("ls /proc/" .. pid .. "/fd 2>/dev/null | wc -l")
+  local n = tonumber(p:read("*a"))
+  p:close()
+  return n
+end
+
+function _M.kill(pid, signal)
+  return os.execute("kill -" .. (signal or "TERM") .. " " .. tonumber(pid) .. " 2>/dev/null")
+end
+
+return _M

@@ -1,0 +1,108 @@
+-- make demo: validates a sample kong.conf with mistakes, then starts nginx (two
+-- workers) with the Kong-like host, the shim and the real hello plugin servers,
+-- sends a request through them, prints what they did and the servers' status,
+-- and stops everything.
+package.path = "./spec/?.lua;./?.lua;./lua/?.lua;./lua/?/init.lua;" .. package.path
+
+local nginx = require "spec.helpers.nginx"
+local cjson = require "cjson.safe"
+
+local function section(title)
+  io.write("\n== ", title, "\n")
+end
+
+local function exists(path)
+  local f = io.open(path, "rb")
+  if f then f:close() end
+  return f ~= nil
+end
+
+-- 1. Config validation of a kong.conf with one mistake of each kind.
+if exists("tools/check-conf.lua") and exists("fixtures/demo/bad_settings.lua") then
+  section("validating fixtures/demo/bad_settings.lua (one mistake of each kind)")
+  io.stdout:flush()
+  os.execute("luajit tools/check-conf.lua fixtures/demo/bad_settings.lua")  -- exits 1: invalid on purpose
+end
+
+-- 2. The hello plugins in a real nginx.
+local ok_fixtures, fixtures = pcall(require, "spec.helpers.fixtures")
+local names = {}
+if ok_fixtures then
+  for _, name in ipairs({ "go-hello", "py-hello", "js-hello" }) do
+    if fixtures.available(name) then
+      names[#names + 1] = name
+    else
+      io.write("(skipping ", name, ": not built; run `make deps`)\n")
+    end
+  end
+end
+
+local prefix = nginx.make_prefix()
+local configuration = ok_fixtures and #names > 0 and fixtures.settings(names, prefix)
+  or { pluginserver_names = {} }
+configuration.pluginserver_names = configuration.pluginserver_names or names
+local plugins = {}
+for _, name in ipairs(names) do
+  plugins[#plugins + 1] = { name = name, config = { message = "Kong" } }
+end
+
+section("starting nginx (2 workers) with plugin servers: " .. (#names > 0 and table.concat(names, ", ") or "none"))
+local h, err = nginx.start {
+  prefix = prefix, workers = 2, configuration = configuration, plugins = plugins, log_level = "info",
+}
+if not h then
+  io.write(err, "\n")
+  os.exit(1)
+end
+
+local ok, run_err = pcall(function()
+  for _, line in ipairs(h:log_lines("%[kps_host%] worker %d+ ready")) do
+    io.write(line:match("%[kps_host%].*"), "\n")
+  end
+  for _, line in ipairs(h:log_lines("%[pluginserver%]")) do
+    io.write(line:match("%[pluginserver%].*"), "\n")
+  end
+
+  -- wait until every managed server is ready (bounded), then send a request
+  nginx.wait_until(function()
+    local status = h:eval_json("return require('kong.runloop.plugin_servers').status()")
+    if type(status) ~= "table" then return false end
+    for _, s in ipairs(status) do
+      if s.state ~= "ready" and s.state ~= "external" then return false end
+    end
+    return true
+  end, 10)
+
+  section("GET / with Host: demo.test")
+  local res, rerr = h:request { path = "/", headers = { host = "demo.test" } }
+  if not res then
+    io.write("request failed: ", tostring(rerr), "\n")
+  else
+    io.write("status ", res.status, "\n")
+    local keys = {}
+    for k in pairs(res.headers) do keys[#keys + 1] = k end
+    table.sort(keys)
+    for _, k in ipairs(keys) do
+      if k:find("^x%-hello") or k == "server" then
+        io.write(k, ": ", tostring(res.headers[k]), "\n")
+      end
+    end
+  end
+
+  section("status()")
+  io.write(h:eval("return require('cjson').encode(require('kong.runloop.plugin_servers').status())") or "", "\n")
+
+  local errors = h:log_lines("%[error%]")
+  if #errors > 0 then
+    section("error log lines")
+    for _, line in ipairs(errors) do io.write(line, "\n") end
+  end
+end)
+
+section("stopping nginx")
+h:stop()
+io.write("stopped; processes left behind: ", #h:leftovers(), "\n")
+if not ok then
+  io.write("demo failed: ", tostring(run_err), "\n")
+  os.exit(1)
+end
