@@ -8,6 +8,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// Longest unix socket path: `sun_path` holds 108 bytes including the NUL.
+#define MAX_SOCKET_PATH 107
+
+// Upper bound for durations and sizes: nginx keeps timeouts in a C `int` of
+// milliseconds, and a LuaJIT string cannot reach 2 GiB.
+#define MAX_INT_SETTING (uint64_t)INT32_MAX
+
 // The operation failed; the message says why.
 #define KPS_ERR_FAILED -1
 
@@ -32,6 +39,9 @@
 
 #define NGX_INFO 7
 
+// Owns the output of the last `kps_config_parse` made with it.
+typedef struct KpsConfig KpsConfig;
+
 // The result of one info query: JSON text owned by the handle.
 typedef struct KpsQuery KpsQuery;
 
@@ -54,6 +64,71 @@ const char *kps_version(void);
 // `errbuf` must be null or valid for `*errbuf_len` bytes of writes; `errbuf_len`
 // must be null or valid for reads and writes.
 int32_t kps_selftest_panic(uint8_t *errbuf, size_t *errbuf_len);
+
+// Returns the per-server setting suffixes (`socket,start_cmd,...`) as a static
+// NUL-terminated, comma-separated string, so that the Lua side can read them from
+// a settings table it cannot iterate (Kong's `kong.configuration` is a proxy).
+//
+// # Errors
+// None.
+//
+// # Panics
+// None.
+//
+// # Safety
+// None: the pointer is to memory that lives as long as the library; do not free it.
+const char *kps_config_setting_names(void);
+
+// Creates a config handle, which owns the output of its parse calls.
+// Release it with `kps_config_free`.
+//
+// # Errors
+// None.
+//
+// # Panics
+// None (allocation failure aborts the process, as everywhere in Rust).
+//
+// # Safety
+// None: the returned pointer is owned by the caller until `kps_config_free`.
+KpsConfig *kps_config_new(void);
+
+// Releases a handle made by `kps_config_new`; null is ignored.
+//
+// # Errors
+// None.
+//
+// # Panics
+// None.
+//
+// # Safety
+// `config` must be null or a pointer from `kps_config_new` not yet freed; output
+// borrowed from it becomes invalid.
+void kps_config_free(KpsConfig *config);
+
+// Validates Kong's `pluginserver_*` settings given as JSON (`input`, `input_len`
+// bytes) and points `*out`/`*out_len` at the JSON result, which stays valid until
+// the next call on `config` or its release. Returns 0 when a result was produced,
+// including the result "these settings are invalid" (`"ok": false` with every error).
+//
+// # Errors
+// `KPS_ERR_ARGS` (-2) for a null pointer; `KPS_ERR_FAILED` (-1) when the input is
+// not JSON of the documented shape; the message is written into `errbuf`.
+//
+// # Panics
+// Never across the boundary: a panic becomes `KPS_ERR_PANIC` (-3) with a message.
+//
+// # Safety
+// `config` must come from `kps_config_new`; `input` must be valid for `input_len`
+// bytes of reads; `out` and `out_len` valid for one write each; `errbuf` null or
+// valid for `*errbuf_len` bytes of writes, `errbuf_len` null or valid for reads and
+// writes. No other thread may use `config` during the call.
+int32_t kps_config_parse(KpsConfig *config,
+                         const uint8_t *input,
+                         size_t input_len,
+                         const uint8_t **out,
+                         size_t *out_len,
+                         uint8_t *errbuf,
+                         size_t *errbuf_len);
 
 // Runs every server's query command (in parallel, each bounded by its
 // `query_timeout`; no thread or process is left when it returns) and stores the
