@@ -6,6 +6,25 @@ local procs = require "spec.helpers.procs"
 local fixtures = require "spec.helpers.fixtures"
 
 -- Small timings for every server (specs never wait for a default).
+-- SIGKILL of the whole nginx, master first: a master that outlives its workers
+-- even briefly respawns them (and a new worker 0 would start new servers).
+local function kill9(h)
+  h:remember_descendants()
+  local master = assert(h:master_pid())
+  local workers = h:worker_pids()
+  assert(procs.kill(master, "KILL"))
+  assert(nginx.wait_until(function() return not procs.alive(master) end, 5))
+  for _, pid in ipairs(workers) do
+    procs.kill(pid, "KILL")
+  end
+  return nginx.wait_until(function()
+    for _, pid in ipairs(workers) do
+      if procs.alive(pid) then return false end
+    end
+    return true
+  end, 5)
+end
+
 local function settings(names, prefix)
   local conf = fixtures.settings(names, prefix)
   for _, name in ipairs(names) do
@@ -157,8 +176,7 @@ describe("real plugin servers go-hello + py-hello together", function()
     for _, name in ipairs({ "go-hello", "py-hello", "js-hello" }) do
       pids[#pids + 1] = assert(wait_ready(h, name)).pid
     end
-    h:remember_descendants()
-    assert(h:kill9())
+    assert(kill9(h))
     assert(nginx.wait_until(function()
       for _, pid in ipairs(pids) do
         if procs.alive(pid) then return false end
@@ -166,5 +184,14 @@ describe("real plugin servers go-hello + py-hello together", function()
       return true
     end, 5), "a plugin server outlived nginx")
     assert(nginx.wait_until(function() return #h:leftovers() == 0 end, 5))
+    -- nothing was respawned either: no process names this prefix any more
+    local p = io.popen("ls /proc")
+    for entry in p:lines() do
+      local pid = tonumber(entry)
+      if pid and procs.alive(pid) then
+        assert.is_nil((procs.cmdline(pid) or ""):find(h.prefix, 1, true), "left: " .. tostring(procs.cmdline(pid)))
+      end
+    end
+    p:close()
   end)
 end)

@@ -11,6 +11,25 @@ local PATH = "/usr/local/bin:/usr/bin:/bin"
 local DUMP = SERVERS .. "/two_plugins_dump.sh"
 
 -- kong.conf-style settings for stand-in servers: name -> { start = cmd, ... }.
+-- SIGKILL of the whole nginx, master first: a master that outlives its workers
+-- even briefly respawns them (and a new worker 0 would start new servers).
+local function kill9(h)
+  h:remember_descendants()
+  local master = assert(h:master_pid())
+  local workers = h:worker_pids()
+  assert(procs.kill(master, "KILL"))
+  assert(nginx.wait_until(function() return not procs.alive(master) end, 5))
+  for _, pid in ipairs(workers) do
+    procs.kill(pid, "KILL")
+  end
+  return nginx.wait_until(function()
+    for _, pid in ipairs(workers) do
+      if procs.alive(pid) then return false end
+    end
+    return true
+  end, 5)
+end
+
 local function settings(prefix, servers)
   local conf = { prefix = prefix, pluginserver_names = {} }
   for _, s in ipairs(servers) do
@@ -26,6 +45,29 @@ local function settings(prefix, servers)
     conf[k .. "_query_timeout"] = tostring(s.query_timeout or 5000)
   end
   return conf
+end
+
+-- Live processes whose command line mentions text (e.g. a spec's prefix).
+local function processes_with(text)
+  local out = {}
+  local p = io.popen("ls /proc")
+  for name in p:lines() do
+    local pid = tonumber(name)
+    if pid and procs.alive(pid) and (procs.cmdline(pid) or ""):find(text, 1, true) then
+      out[#out + 1] = pid
+    end
+  end
+  p:close()
+  return out
+end
+
+-- The worker that supervises: the parent of kps-helper.
+local function supervising_worker(h)
+  for _, pid in ipairs(procs.descendants(h:master_pid())) do
+    if (procs.cmdline(pid) or ""):find("kps-helper", 1, true) then
+      return (procs.stat(pid)), pid
+    end
+  end
 end
 
 local function listen_cmd(prefix, name, extra)
@@ -161,12 +203,30 @@ describe("plugin server supervisor (stand-in servers)", function()
     local a = assert(wait_state(h, "lsn", "ready"))
     local line = assert(h:wait_log("%[stubborn:%d+%] ignore_term: running", 5))
     local b = tonumber(line:match("%[stubborn:(%d+)%]"))
-    h:remember_descendants()
-    assert(h:kill9())
+    assert(kill9(h))
     assert(nginx.wait_until(function()
       return not procs.alive(a.pid) and not procs.alive(b)
     end, 5), "plugin servers outlived nginx")
     assert(nginx.wait_until(function() return #h:leftovers() == 0 end, 5))
+    assert.same({}, processes_with(h.prefix))
+  end)
+
+  it("replaces the servers of a crashed worker 0 (they die with it)", function()
+    h = start(function(prefix)
+      return { { name = "lsn", start = listen_cmd(prefix, "lsn") } }
+    end)
+    local first = assert(wait_state(h, "lsn", "ready"))
+    local worker0, helper = supervising_worker(h)
+    assert.equal(helper, (procs.stat(first.pid)), "the server is a child of kps-helper")
+    assert(procs.kill(worker0, "KILL"))
+    assert(nginx.wait_until(function() return not procs.alive(first.pid) end, 5), "server outlived its worker")
+    local second = assert(nginx.wait_until(function()
+      local s = status_of(h, "lsn")
+      return s.state == "ready" and s.pid ~= first.pid and s
+    end, 10))
+    assert.is_true(procs.alive(second.pid))
+    local new_worker0 = supervising_worker(h)
+    assert.not_equal(worker0, new_worker0)
   end)
 
   it("hands the servers over on reload: the old ones stop before the new ones start", function()
