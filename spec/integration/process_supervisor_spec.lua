@@ -74,12 +74,12 @@ local function listen_cmd(prefix, name, extra)
   return SERVERS .. "/listen.py " .. prefix .. "/" .. name .. ".socket" .. (extra or "")
 end
 
-local function start(servers, workers)
+local function start(servers, workers, plugins)
   local prefix = nginx.make_prefix()
   local list = servers(prefix)
   local h = assert(nginx.start {
     prefix = prefix, workers = workers or 2, log_level = "info",
-    configuration = settings(prefix, list),
+    configuration = settings(prefix, list), plugins = plugins,
   })
   return h
 end
@@ -230,11 +230,14 @@ describe("plugin server supervisor (stand-in servers)", function()
   end)
 
   it("hands the servers over on reload: the old ones stop before the new ones start", function()
+    -- with a configured plugin, the master runs the info query at init and again on reload
     h = start(function(prefix)
-      return { { name = "lsn", start = listen_cmd(prefix, "lsn") } }
-    end)
+      return { { name = "lsn", start = listen_cmd(prefix, "lsn"), query = DUMP } }
+    end, 2, { { name = "two-a", config = {} } })
+    assert.equal(1, h:count_log("%[pluginserver%] loaded #2 external plugins info"))
     local first = assert(wait_state(h, "lsn", "ready"))
     assert(h:reload())
+    assert(h:wait_log("%[pluginserver%] loaded #2 external plugins info", 5, 2))
     assert(h:wait_log("successfully stopped pluginserver 'lsn', pid " .. first.pid, 5))
     local second = assert(nginx.wait_until(function()
       local s = status_of(h, "lsn")
@@ -242,6 +245,18 @@ describe("plugin server supervisor (stand-in servers)", function()
     end, 5))
     assert.equal(0, second.restarts)
     assert.is_false(procs.alive(first.pid))
+    -- one set of servers per socket: the old one was gone before the new one started
+    local stopped_at, started_at
+    local n = 0
+    for line in h:error_log():gmatch("[^\n]+") do
+      n = n + 1
+      if line:find("successfully stopped pluginserver 'lsn', pid " .. first.pid, 1, true) then
+        stopped_at = n
+      elseif line:find("started, pid " .. second.pid, 1, true) then
+        started_at = n
+      end
+    end
+    assert.is_true(stopped_at < started_at)
     -- the master ran the info query again (with nginx's SIGCHLD handler installed) without errors
     assert.same({}, h:log_lines("failed loading external plugins"))
   end)
