@@ -55,8 +55,23 @@
 // A `serverPid` notification: `id` = the pid.
 #define KPS_MP_SERVER_PID 6
 
+// Smallest delay used even if configured lower, so a crash loop stays cheap.
+#define MIN_DELAY_MS 10
+
+// nginx log levels (the values of `ngx.DEBUG` ... `ngx.ERR`).
+#define NGX_ERR 4
+
+#define NGX_WARN 5
+
+#define NGX_NOTICE 6
+
+#define NGX_INFO 7
+
 // Owns the output of the last `kps_config_parse` made with it.
 typedef struct KpsConfig KpsConfig;
+
+// The result of one info query: JSON text owned by the handle.
+typedef struct KpsQuery KpsQuery;
 
 // Opaque: message ids and limits of one plugin in one worker.
 typedef struct kps_mp_session kps_mp_session;
@@ -378,5 +393,123 @@ int32_t kps_mp_stream_poll(kps_mp_stream *stream,
                            kps_mp_event *ev,
                            uint8_t *errbuf,
                            size_t *errbuf_len);
+
+// Runs every server's query command (in parallel, each bounded by its
+// `query_timeout`; no thread or process is left when it returns) and stores the
+// plugin infos in a new handle at `*out`: a JSON array of
+// `{ server (1-based index into defs), name, PRIORITY, VERSION, schema, phases, protocol }`,
+// read with `kps_query_json`, released with `kps_query_free`.
+//
+// # Errors
+// `KPS_ERR_FAILED` with every failing server's message (one per line): bad
+// definitions, non-zero exit, timeout, no JSON, wrong shape, unnamed plugin,
+// plugin name claimed twice. `KPS_ERR_ARGS` for null pointers.
+//
+// # Panics
+// Never across the boundary (`KPS_ERR_PANIC`).
+//
+// # Safety
+// `defs` valid for `defs_len` bytes of reads; `out` valid for a write;
+// `errbuf`/`errbuf_len` as in `kps_selftest_panic`.
+int32_t kps_query_run(const uint8_t *defs,
+                      size_t defs_len,
+                      KpsQuery **out,
+                      uint8_t *errbuf,
+                      size_t *errbuf_len);
+
+// Borrows the JSON text of a query result; valid until `kps_query_free(q)`.
+//
+// # Errors
+// None.
+//
+// # Panics
+// Never.
+//
+// # Safety
+// `q` must come from `kps_query_run` and not be freed; `out`/`out_len` valid for writes.
+void kps_query_json(const KpsQuery *q, const uint8_t **out, size_t *out_len);
+
+// Releases a query result (null is ignored).
+//
+// # Errors
+// None.
+//
+// # Panics
+// Never.
+//
+// # Safety
+// `q` must come from `kps_query_run` and be freed once.
+void kps_query_free(KpsQuery *q);
+
+// Starts the supervisor thread of this process for the managed servers among
+// `defs` (a JSON array of server definitions, `conf.parse`'s tables). `old_pids`
+// (a JSON object `{ name: pid }`, may be empty) names servers of a previous
+// generation that must be gone before the same socket is served again.
+// `kps-helper` is looked for beside this library.
+//
+// Returns 0 when the supervisor started, 1 when one was already running in this
+// process (nothing changes).
+//
+// # Errors
+// `KPS_ERR_FAILED` with a message: bad JSON, helper not found, thread not created.
+//
+// # Panics
+// Never across the boundary (`KPS_ERR_PANIC`).
+//
+// # Safety
+// `defs` valid for `defs_len` bytes, `old_pids` for `old_pids_len` bytes (either
+// may be null with length 0); `errbuf`/`errbuf_len` as in `kps_selftest_panic`.
+int32_t kps_supervisor_start(const uint8_t *defs,
+                             size_t defs_len,
+                             const uint8_t *old_pids,
+                             size_t old_pids_len,
+                             uint8_t *errbuf,
+                             size_t *errbuf_len);
+
+// Asks the supervisor to stop every server (SIGTERM, SIGKILL after `stop_timeout`)
+// and waits up to `wait_ms` for it to finish. With `wait_ms` 0 it only asks.
+//
+// Returns 1 when no supervisor runs any more, 0 when it is still stopping (call
+// again or drain until the `done` report).
+//
+// # Errors
+// None.
+//
+// # Panics
+// Never across the boundary (returns 0).
+//
+// # Safety
+// None: no pointers.
+int32_t kps_supervisor_stop(uint64_t wait_ms);
+
+// The longest a stop can take, in ms: the largest `stop_timeout` plus the wait
+// after SIGKILL (0 without a supervisor).
+//
+// # Errors
+// None.
+//
+// # Panics
+// Never across the boundary (returns 0).
+//
+// # Safety
+// None: no pointers.
+uint64_t kps_supervisor_stop_bound_ms(void);
+
+// Takes the pending reports of the supervisor as a JSON array of objects:
+// `{"kind":"log","level":<ngx level>,"msg":...}`,
+// `{"kind":"state","name","state","pid","restarts","last_exit","started_at"}`,
+// `{"kind":"done"}`. Writes the bytes to `*out`/`*out_len` (empty when there is
+// nothing) and returns the number of reports.
+//
+// # Errors
+// `KPS_ERR_ARGS` when `out` or `out_len` is null.
+//
+// # Panics
+// Never across the boundary (`KPS_ERR_PANIC`).
+//
+// # Safety
+// `out`/`out_len` valid for writes. The bytes stay valid until the next call of
+// this function (from any thread: call it from one Lua state only).
+int32_t kps_supervisor_drain(const uint8_t **out, size_t *out_len);
 
 #endif  /* KONG_PLUGIN_SERVERS_H */

@@ -14,4 +14,5 @@ pub use errbuf::{
 // One file per object or area; each owned by its issue.
 mod config;
 mod msgpack;
+mod query;
 mod supervisor;
