@@ -248,6 +248,41 @@ describe("MessagePack plugins", function()
     end)
   end)
 
+  describe("with supervised servers", function()
+    it("serves the next requests once a server killed with -9 is respawned", function()
+      local settings = fx.settings({ "py-hello", "js-hello" }, prefix)
+      for _, k in ipairs { "py_hello", "js_hello" } do
+        timings(k, settings)
+        settings["pluginserver_" .. k .. "_respawn_delay"] = "100"
+        settings["pluginserver_" .. k .. "_ready_timeout"] = "5000"
+      end
+      h = start_nginx(settings, {
+        { name = "py-hello", config = { message = "Kong!" } },
+        { name = "js-hello", config = { message = "Kong!" } },
+      }, 2)
+      local res = assert(h:request {})
+      assert.equal(200, res.status)
+      local py_pid = tonumber(res.headers["x-python-pid"])
+      local js_pid = tonumber(res.headers["x-javascript-pid"])
+      procs.kill(py_pid, "KILL")
+      procs.kill(js_pid, "KILL")
+      -- Each request waits for the respawned servers (ready_timeout), then succeeds
+      -- on fresh instances.
+      for _ = 1, 4 do
+        res = assert(h:request { headers = { host = "d.test" } })
+        assert.equal(200, res.status)
+        assert.equal("Python says Kong! to d.test", res.headers["x-hello-from-python"])
+        assert.equal("Javascript says Kong! to d.test", res.headers["x-hello-from-javascript"])
+        assert.not_equal(py_pid, tonumber(res.headers["x-python-pid"]))
+        assert.not_equal(js_pid, tonumber(res.headers["x-javascript-pid"]))
+      end
+      local st = assert(h:eval_json [[return require("kong.runloop.plugin_servers").status()]])
+      assert.equal("ready", st[1].state)
+      assert.is_true(st[1].restarts >= 1)
+      assert.is_true(st[1].counters.instance_starts >= 2)
+    end)
+  end)
+
   describe("with a server that is down", function()
     it("fail_open skips the plugin, logs why and counts it", function()
       local settings = settings_for(prefix, { "py-hello" }, timings("py_hello", {
