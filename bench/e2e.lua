@@ -19,6 +19,8 @@ local fixtures = require "spec.helpers.fixtures"
 local procs = require "spec.helpers.procs"
 
 local SECONDS = tonumber(arg[1]) or 3
+-- The transport floor's client CPU per round trip (ns), from tools/bench.sh.
+local FLOOR_NS = tonumber(os.getenv("KPS_FLOOR_NS"))
 local CONNECTIONS = { 1, 16 }
 local TWO_CORES = tonumber(io.popen("nproc"):read("*l")) >= 2
 local HZ = 100
@@ -227,8 +229,12 @@ local function run(sc)
         text = text .. string.format(", plugin server CPU %.0f µs/req, %.1f PDK calls/req", s_us, per_req)
         if baseline[c] and per_req > 0 then
           local extra = w_ns - baseline[c]
+          local per_rt = extra / (per_req + 1)
           text = text .. string.format(", worker CPU above no-plugin **%.1f µs per PDK call**, %.1f µs per round trip",
-                                       extra / per_req / 1000, extra / (per_req + 1) / 1000)
+                                       extra / per_req / 1000, per_rt / 1000)
+          if FLOOR_NS then
+            text = text .. string.format(" = **%.1f× the floor** (target ≤ 2×)", per_rt / FLOOR_NS)
+          end
         end
       else
         baseline[c] = w_ns
