@@ -65,7 +65,10 @@ fn epoll_client(conn: &mut UnixStream, req: &[u8], reply: &mut [u8], round_trips
         u64: 0,
     };
     // SAFETY: ev is a valid event to copy in.
-    assert_eq!(unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) }, 0);
+    assert_eq!(
+        unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) },
+        0
+    );
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; 8];
     let mut waits = 0u64;
     for _ in 0..round_trips {
