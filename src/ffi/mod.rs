@@ -12,4 +12,5 @@ pub use errbuf::{KPS_ERR_ARGS, KPS_ERR_BUF_TOO_SMALL, KPS_ERR_FAILED, KPS_ERR_PA
 // One file per object or area; each owned by its issue.
 mod config;
 mod msgpack;
+mod protobuf;
 mod supervisor;
