@@ -8,6 +8,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// Index of the "unknown method" entry.
+#define UNKNOWN 0
+
+// Length of the little-endian frame prefix.
+#define PREFIX 4
+
 // The operation failed; the message says why.
 #define KPS_ERR_FAILED -1
 
@@ -19,6 +25,48 @@
 
 // An output did not fit the caller's buffer.
 #define KPS_ERR_BUF_TOO_SMALL -4
+
+// `KpsPbEvent.kind`: more bytes are needed.
+#define KPS_PB_NONE 0
+
+// `KpsPbEvent.kind`: an `InstanceStatus` arrived (`instance_id`, `started_at`).
+#define KPS_PB_STATUS 1
+
+// `KpsPbEvent.kind`: a PDK call (`method`, `name`, `args`); answer with `kps_pb_reply`.
+#define KPS_PB_CALL 2
+
+// `KpsPbEvent.kind`: the event finished (end frame and `RpcReturn` received).
+#define KPS_PB_DONE 3
+
+// `kps_pb_closed`: no byte of the reply had arrived (retry allowed once).
+#define KPS_PB_CLOSED_BEFORE_REPLY 1
+
+// `kps_pb_closed`: part of the reply or event had arrived (a failure).
+#define KPS_PB_CLOSED_LATER 0
+
+// Sequences of one plugin in one worker.
+typedef struct KpsPbSession KpsPbSession;
+
+// One request (an instance command or a whole event) on one connection.
+typedef struct KpsPbStream KpsPbStream;
+
+// What `kps_pb_poll` found. Pointers borrow the stream's buffer.
+typedef struct {
+  // One of `KPS_PB_NONE`, `KPS_PB_STATUS`, `KPS_PB_CALL`, `KPS_PB_DONE`.
+  int32_t kind;
+  // Call: index into the PDK method table, 0 for a name the Protobuf service lacks.
+  uint16_t method;
+  // Status: the instance id.
+  int32_t instance_id;
+  // Status: the instance's start time (seconds).
+  int64_t started_at;
+  // Call: the method name as sent.
+  const uint8_t *name;
+  size_t name_len;
+  // Call: the encoded input message (possibly empty).
+  const uint8_t *args;
+  size_t args_len;
+} KpsPbEvent;
 
 // Returns the library version as a NUL-terminated static string.
 //
@@ -39,5 +87,237 @@ const char *kps_version(void);
 // `errbuf` must be null or valid for `*errbuf_len` bytes of writes; `errbuf_len`
 // must be null or valid for reads and writes.
 int32_t kps_selftest_panic(uint8_t *errbuf, size_t *errbuf_len);
+
+// Makes a session. Release it with `kps_pb_session_free`.
+//
+// # Errors
+// None.
+//
+// # Panics
+// None (allocation failure aborts the process, as everywhere in Rust).
+//
+// # Safety
+// None: the returned pointer is owned by the caller until `kps_pb_session_free`.
+KpsPbSession *kps_pb_session_new(void);
+
+// Releases a session; null is ignored.
+//
+// # Errors
+// None.
+//
+// # Panics
+// None.
+//
+// # Safety
+// `session` must be null or a pointer from `kps_pb_session_new` not yet freed.
+void kps_pb_session_free(KpsPbSession *session);
+
+// Makes a stream that refuses frames longer than `max_message_size` bytes.
+// Release it with `kps_pb_stream_free`.
+//
+// # Errors
+// None.
+//
+// # Panics
+// None (allocation failure aborts the process).
+//
+// # Safety
+// None: the returned pointer is owned by the caller until `kps_pb_stream_free`.
+KpsPbStream *kps_pb_stream_new(uint32_t max_message_size);
+
+// Releases a stream; null is ignored. Pointers borrowed from it become invalid.
+//
+// # Errors
+// None.
+//
+// # Panics
+// None.
+//
+// # Safety
+// `stream` must be null or a pointer from `kps_pb_stream_new` not yet freed.
+void kps_pb_stream_free(KpsPbStream *stream);
+
+// Starts the stream over for a fresh connection checkout; null is ignored.
+//
+// # Errors
+// None.
+//
+// # Panics
+// None.
+//
+// # Safety
+// `stream` must be null or a live pointer from `kps_pb_stream_new`.
+void kps_pb_stream_reset(KpsPbStream *stream);
+
+// 1 when the connection may go back to the pool (no request pending, nothing
+// unread, no error), else 0 (also for null).
+//
+// # Errors
+// None.
+//
+// # Panics
+// None.
+//
+// # Safety
+// `stream` must be null or a live pointer from `kps_pb_stream_new`.
+int32_t kps_pb_stream_reusable(const KpsPbStream *stream);
+
+// Builds `RpcCall{cmd_start_instance{name, config}}` (one frame) and points `out`
+// at it. `config` is the JSON text of the plugin configuration.
+//
+// # Errors
+// `KPS_ERR_ARGS` (-2) for a null pointer; `KPS_ERR_FAILED` (-1) when a request is
+// already pending on the stream, unread bytes remain, the stream failed, `name`
+// is not UTF-8 or the message exceeds `max_message_size`.
+//
+// # Panics
+// Never across the boundary: a panic becomes `KPS_ERR_PANIC` (-3) with a message.
+//
+// # Safety
+// `session`/`stream` from their `_new`; `name` valid for `name_len` bytes and
+// `config` for `config_len` bytes of reads; `out`/`out_len` valid for one write;
+// `errbuf` null or valid for `*errbuf_len` bytes, `errbuf_len` null or valid.
+// No other thread may use the handles during the call.
+int32_t kps_pb_start_instance(KpsPbSession *session,
+                              KpsPbStream *stream,
+                              const uint8_t *name,
+                              size_t name_len,
+                              const uint8_t *config,
+                              size_t config_len,
+                              const uint8_t **out,
+                              size_t *out_len,
+                              uint8_t *errbuf,
+                              size_t *errbuf_len);
+
+// Builds `RpcCall{cmd_close_instance{instance_id}}` and points `out` at it.
+//
+// # Errors
+// As `kps_pb_start_instance`.
+//
+// # Panics
+// Never across the boundary.
+//
+// # Safety
+// As `kps_pb_start_instance`.
+int32_t kps_pb_close_instance(KpsPbSession *session,
+                              KpsPbStream *stream,
+                              int32_t instance_id,
+                              const uint8_t **out,
+                              size_t *out_len,
+                              uint8_t *errbuf,
+                              size_t *errbuf_len);
+
+// Builds `RpcCall{cmd_get_instance_status{instance_id}}` and points `out` at it.
+//
+// # Errors
+// As `kps_pb_start_instance`.
+//
+// # Panics
+// Never across the boundary.
+//
+// # Safety
+// As `kps_pb_start_instance`.
+int32_t kps_pb_get_instance_status(KpsPbSession *session,
+                                   KpsPbStream *stream,
+                                   int32_t instance_id,
+                                   const uint8_t **out,
+                                   size_t *out_len,
+                                   uint8_t *errbuf,
+                                   size_t *errbuf_len);
+
+// Builds `RpcCall{cmd_handle_event{instance_id, event_name}}` and points `out`
+// at it; the stream then expects PDK calls and the end of the event.
+//
+// # Errors
+// As `kps_pb_start_instance` (`event` must be UTF-8).
+//
+// # Panics
+// Never across the boundary.
+//
+// # Safety
+// As `kps_pb_start_instance`; `event` valid for `event_len` bytes of reads.
+int32_t kps_pb_handle_event(KpsPbSession *session,
+                            KpsPbStream *stream,
+                            int32_t instance_id,
+                            const uint8_t *event,
+                            size_t event_len,
+                            const uint8_t **out,
+                            size_t *out_len,
+                            uint8_t *errbuf,
+                            size_t *errbuf_len);
+
+// Frames the answer to the PDK call last reported (`value`: the encoded output
+// message, `value_len` 0 for "no value") and points `out` at the frame.
+//
+// # Errors
+// `KPS_ERR_ARGS` (-2) for a null pointer (`value` may be null when `value_len`
+// is 0); `KPS_ERR_FAILED` (-1) when no call waits for a reply, the stream
+// failed, or the value exceeds `max_message_size`.
+//
+// # Panics
+// Never across the boundary.
+//
+// # Safety
+// `stream` from `kps_pb_stream_new`; `value` valid for `value_len` bytes of
+// reads; `out`/`out_len` valid for one write; errbuf as above.
+int32_t kps_pb_reply(KpsPbStream *stream,
+                     const uint8_t *value,
+                     size_t value_len,
+                     const uint8_t **out,
+                     size_t *out_len,
+                     uint8_t *errbuf,
+                     size_t *errbuf_len);
+
+// Appends `len` received bytes to the stream.
+//
+// # Errors
+// `KPS_ERR_ARGS` (-2) for a null pointer; `KPS_ERR_FAILED` (-1) when the stream
+// failed earlier (the message repeats why).
+//
+// # Panics
+// Never across the boundary.
+//
+// # Safety
+// `stream` from `kps_pb_stream_new`; `bytes` valid for `len` bytes of reads;
+// errbuf as above. Pointers borrowed from the stream become invalid.
+int32_t kps_pb_feed(KpsPbStream *stream,
+                    const uint8_t *bytes,
+                    size_t len,
+                    uint8_t *errbuf,
+                    size_t *errbuf_len);
+
+// Reports the next complete event into `*ev` (`kind` `KPS_PB_NONE` when more
+// bytes are needed). Call pointers borrow the stream until its next call.
+//
+// # Errors
+// `KPS_ERR_ARGS` (-2) for a null pointer; `KPS_ERR_FAILED` (-1) for a protocol
+// error (an oversized frame, an undecodable or unexpected `RpcReturn`, a wrong
+// sequence, bytes with no request pending, a poll while a call waits for its
+// reply); the stream is then unusable until reset.
+//
+// # Panics
+// Never across the boundary.
+//
+// # Safety
+// `stream` from `kps_pb_stream_new`; `ev` valid for one write; errbuf as above.
+int32_t kps_pb_poll(KpsPbStream *stream, KpsPbEvent *ev, uint8_t *errbuf, size_t *errbuf_len);
+
+// Tells the stream that the peer closed the connection. Returns
+// `KPS_PB_CLOSED_BEFORE_REPLY` (1) when no byte of the pending reply had arrived
+// (for an event: closed before the first callback frame, which go-pdk does for
+// an unknown instance; re-create the instance and retry once), else
+// `KPS_PB_CLOSED_LATER` (0); a description goes into `(msg, msg_len)`. The
+// stream is unusable until reset. Null `stream` returns `KPS_PB_CLOSED_LATER`.
+//
+// # Errors
+// None (the classification is the result).
+//
+// # Panics
+// None.
+//
+// # Safety
+// `stream` null or from `kps_pb_stream_new`; `msg` null or valid for `*msg_len`
+// bytes of writes, `msg_len` null or valid for reads and writes.
+int32_t kps_pb_closed(KpsPbStream *stream, uint8_t *msg, size_t *msg_len);
 
 #endif  /* KONG_PLUGIN_SERVERS_H */

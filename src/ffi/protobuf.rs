@@ -100,7 +100,9 @@ pub unsafe extern "C" fn kps_pb_session_free(session: *mut KpsPbSession) {
 /// None: the returned pointer is owned by the caller until `kps_pb_stream_free`.
 #[unsafe(no_mangle)]
 pub extern "C" fn kps_pb_stream_new(max_message_size: u32) -> *mut KpsPbStream {
-    Box::into_raw(Box::new(KpsPbStream(Stream::new(max_message_size as usize))))
+    Box::into_raw(Box::new(KpsPbStream(Stream::new(
+        max_message_size as usize,
+    ))))
 }
 
 /// Releases a stream; null is ignored. Pointers borrowed from it become invalid.
@@ -193,7 +195,11 @@ unsafe fn set_out(bytes: &[u8], out: *mut *const u8, out_len: *mut usize) {
 /// # Safety
 /// `ptr` valid for `len` bytes of reads (or `len` 0).
 unsafe fn text<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a str, String> {
-    let bytes = if len == 0 { &[][..] } else { unsafe { slice::from_raw_parts(ptr, len) } };
+    let bytes = if len == 0 {
+        &[][..]
+    } else {
+        unsafe { slice::from_raw_parts(ptr, len) }
+    };
     std::str::from_utf8(bytes).map_err(|_| format!("{what} is not UTF-8"))
 }
 
@@ -237,7 +243,9 @@ pub unsafe extern "C" fn kps_pb_start_instance(
         call("kps_pb_start_instance", ok, errbuf, errbuf_len, || {
             let name = text(name, name_len, "plugin name")?;
             let config = slice::from_raw_parts(config, config_len);
-            let bytes = (*stream).0.start_instance(&mut (*session).0, name, config)?;
+            let bytes = (*stream)
+                .0
+                .start_instance(&mut (*session).0, name, config)?;
             set_out(bytes, out, out_len);
             Ok(())
         })
@@ -299,7 +307,9 @@ pub unsafe extern "C" fn kps_pb_get_instance_status(
     // SAFETY: pointers checked non-null by `call`, valid per the contract.
     unsafe {
         call("kps_pb_get_instance_status", ok, errbuf, errbuf_len, || {
-            let bytes = (*stream).0.get_instance_status(&mut (*session).0, instance_id)?;
+            let bytes = (*stream)
+                .0
+                .get_instance_status(&mut (*session).0, instance_id)?;
             set_out(bytes, out, out_len);
             Ok(())
         })
@@ -329,12 +339,18 @@ pub unsafe extern "C" fn kps_pb_handle_event(
     errbuf: *mut u8,
     errbuf_len: *mut usize,
 ) -> i32 {
-    let ok = !session.is_null() && !stream.is_null() && !event.is_null() && !out.is_null() && !out_len.is_null();
+    let ok = !session.is_null()
+        && !stream.is_null()
+        && !event.is_null()
+        && !out.is_null()
+        && !out_len.is_null();
     // SAFETY: pointers checked non-null by `call`, valid per the contract.
     unsafe {
         call("kps_pb_handle_event", ok, errbuf, errbuf_len, || {
             let event = text(event, event_len, "event name")?;
-            let bytes = (*stream).0.handle_event(&mut (*session).0, instance_id, event)?;
+            let bytes = (*stream)
+                .0
+                .handle_event(&mut (*session).0, instance_id, event)?;
             set_out(bytes, out, out_len);
             Ok(())
         })
@@ -365,11 +381,18 @@ pub unsafe extern "C" fn kps_pb_reply(
     errbuf: *mut u8,
     errbuf_len: *mut usize,
 ) -> i32 {
-    let ok = !stream.is_null() && (!value.is_null() || value_len == 0) && !out.is_null() && !out_len.is_null();
+    let ok = !stream.is_null()
+        && (!value.is_null() || value_len == 0)
+        && !out.is_null()
+        && !out_len.is_null();
     // SAFETY: pointers checked non-null by `call`, valid per the contract.
     unsafe {
         call("kps_pb_reply", ok, errbuf, errbuf_len, || {
-            let value = if value_len == 0 { &[][..] } else { slice::from_raw_parts(value, value_len) };
+            let value = if value_len == 0 {
+                &[][..]
+            } else {
+                slice::from_raw_parts(value, value_len)
+            };
             let bytes = (*stream).0.reply(value)?;
             set_out(bytes, out, out_len);
             Ok(())
@@ -401,7 +424,11 @@ pub unsafe extern "C" fn kps_pb_feed(
     // SAFETY: pointers checked non-null by `call`, valid per the contract.
     unsafe {
         call("kps_pb_feed", ok, errbuf, errbuf_len, || {
-            let bytes = if len == 0 { &[][..] } else { slice::from_raw_parts(bytes, len) };
+            let bytes = if len == 0 {
+                &[][..]
+            } else {
+                slice::from_raw_parts(bytes, len)
+            };
             (*stream).0.feed(bytes)
         })
     }
@@ -442,7 +469,10 @@ pub unsafe extern "C" fn kps_pb_poll(
             e.args_len = 0;
             match s.poll()? {
                 None => {}
-                Some(Event::Status { instance_id, started_at }) => {
+                Some(Event::Status {
+                    instance_id,
+                    started_at,
+                }) => {
                     e.kind = KPS_PB_STATUS;
                     e.instance_id = instance_id;
                     e.started_at = started_at;
@@ -480,7 +510,11 @@ pub unsafe extern "C" fn kps_pb_poll(
 /// `stream` null or from `kps_pb_stream_new`; `msg` null or valid for `*msg_len`
 /// bytes of writes, `msg_len` null or valid for reads and writes.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_pb_closed(stream: *mut KpsPbStream, msg: *mut u8, msg_len: *mut usize) -> i32 {
+pub unsafe extern "C" fn kps_pb_closed(
+    stream: *mut KpsPbStream,
+    msg: *mut u8,
+    msg_len: *mut usize,
+) -> i32 {
     // SAFETY: null or live per the contract.
     let Some(s) = (unsafe { stream.as_mut() }) else {
         return KPS_PB_CLOSED_LATER;

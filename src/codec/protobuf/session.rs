@@ -23,7 +23,8 @@ use std::ops::Range;
 use prost::Message;
 
 use super::messages::{
-    Call, CmdCloseInstance, CmdGetInstanceStatus, CmdHandleEvent, CmdStartInstance, Return, RpcCall, RpcReturn,
+    Call, CmdCloseInstance, CmdGetInstanceStatus, CmdHandleEvent, CmdStartInstance, Return,
+    RpcCall, RpcReturn,
 };
 use super::method_index;
 
@@ -61,7 +62,11 @@ pub enum Event {
     /// the name is not a method of the Protobuf service; then `name` says which);
     /// `args` is the encoded input message, empty when the call has none.
     /// Answer with [`Stream::reply`] before polling again.
-    Call { method: u16, name: Range<usize>, args: Range<usize> },
+    Call {
+        method: u16,
+        name: Range<usize>,
+        args: Range<usize>,
+    },
     /// The event finished: the end frame and the `RpcReturn` arrived.
     Done,
 }
@@ -101,13 +106,23 @@ impl Session {
 enum State {
     Idle,
     /// Waiting for the `RpcReturn` of `req`.
-    AwaitReturn { seq: i64, req: Request },
+    AwaitReturn {
+        seq: i64,
+        req: Request,
+    },
     /// Event: waiting for a method-name frame (or the empty end frame).
-    AwaitMethod { seq: i64 },
+    AwaitMethod {
+        seq: i64,
+    },
     /// Event: the name frame (at `consumed`, `name_len` bytes) is in; waiting for the args frame.
-    AwaitArgs { seq: i64, name_len: usize },
+    AwaitArgs {
+        seq: i64,
+        name_len: usize,
+    },
     /// Event: a call was reported; waiting for [`Stream::reply`].
-    AwaitReply { seq: i64 },
+    AwaitReply {
+        seq: i64,
+    },
 }
 
 /// Decoding and encoding state of one request on one connection.
@@ -189,6 +204,11 @@ impl Stream {
         self.calls
     }
 
+    #[cfg(test)]
+    pub(super) fn inbuf_capacity(&self) -> usize {
+        self.inbuf.capacity()
+    }
+
     fn check_usable(&self) -> Result<(), String> {
         match &self.failed {
             Some(e) => Err(e.clone()),
@@ -219,7 +239,8 @@ impl Stream {
                 self.max_message_size
             ));
         }
-        let prefix = u32::try_from(len).map_err(|_| format!("message of {len} bytes does not fit a frame"))?;
+        let prefix = u32::try_from(len)
+            .map_err(|_| format!("message of {len} bytes does not fit a frame"))?;
         self.out.clear();
         self.out.reserve(PREFIX + len);
         self.out.extend_from_slice(&prefix.to_le_bytes());
@@ -228,10 +249,19 @@ impl Stream {
         Ok(())
     }
 
-    fn send_call(&mut self, session: &mut Session, req: Request, call: Call) -> Result<&[u8], String> {
+    fn send_call(
+        &mut self,
+        session: &mut Session,
+        req: Request,
+        call: Call,
+    ) -> Result<&[u8], String> {
         self.check_usable()?;
         if let Some(pending) = self.pending() {
-            return Err(format!("cannot send {}: the reply to {} is pending", req.name(), pending.name()));
+            return Err(format!(
+                "cannot send {}: the reply to {} is pending",
+                req.name(),
+                pending.name()
+            ));
         }
         if self.has_unread() {
             return Err(format!(
@@ -240,12 +270,20 @@ impl Stream {
                 self.inbuf.len() - self.consumed
             ));
         }
-        let msg = RpcCall { sequence: session.take_sequence(), call: Some(call) };
-        self.frame(msg.encoded_len(), |out| msg.encode(out).expect("a Vec grows as needed"))
-            .map_err(|e| format!("cannot send {}: {e}", req.name()))?;
+        let msg = RpcCall {
+            sequence: session.take_sequence(),
+            call: Some(call),
+        };
+        self.frame(msg.encoded_len(), |out| {
+            msg.encode(out).expect("a Vec grows as needed")
+        })
+        .map_err(|e| format!("cannot send {}: {e}", req.name()))?;
         self.state = match req {
             Request::HandleEvent => State::AwaitMethod { seq: msg.sequence },
-            _ => State::AwaitReturn { seq: msg.sequence, req },
+            _ => State::AwaitReturn {
+                seq: msg.sequence,
+                req,
+            },
         };
         self.received = 0;
         self.calls = 0;
@@ -253,26 +291,54 @@ impl Stream {
     }
 
     /// `cmd_start_instance`; `config` is the JSON text of the plugin configuration.
-    pub fn start_instance(&mut self, session: &mut Session, name: &str, config: &[u8]) -> Result<&[u8], String> {
-        let cmd = CmdStartInstance { name: name.to_owned(), config: config.to_vec() };
+    pub fn start_instance(
+        &mut self,
+        session: &mut Session,
+        name: &str,
+        config: &[u8],
+    ) -> Result<&[u8], String> {
+        let cmd = CmdStartInstance {
+            name: name.to_owned(),
+            config: config.to_vec(),
+        };
         self.send_call(session, Request::StartInstance, Call::CmdStartInstance(cmd))
     }
 
     /// `cmd_close_instance`.
-    pub fn close_instance(&mut self, session: &mut Session, instance_id: i32) -> Result<&[u8], String> {
+    pub fn close_instance(
+        &mut self,
+        session: &mut Session,
+        instance_id: i32,
+    ) -> Result<&[u8], String> {
         let cmd = CmdCloseInstance { instance_id };
         self.send_call(session, Request::CloseInstance, Call::CmdCloseInstance(cmd))
     }
 
     /// `cmd_get_instance_status`.
-    pub fn get_instance_status(&mut self, session: &mut Session, instance_id: i32) -> Result<&[u8], String> {
+    pub fn get_instance_status(
+        &mut self,
+        session: &mut Session,
+        instance_id: i32,
+    ) -> Result<&[u8], String> {
         let cmd = CmdGetInstanceStatus { instance_id };
-        self.send_call(session, Request::GetInstanceStatus, Call::CmdGetInstanceStatus(cmd))
+        self.send_call(
+            session,
+            Request::GetInstanceStatus,
+            Call::CmdGetInstanceStatus(cmd),
+        )
     }
 
     /// `cmd_handle_event` for the phase `event`.
-    pub fn handle_event(&mut self, session: &mut Session, instance_id: i32, event: &str) -> Result<&[u8], String> {
-        let cmd = CmdHandleEvent { instance_id, event_name: event.to_owned() };
+    pub fn handle_event(
+        &mut self,
+        session: &mut Session,
+        instance_id: i32,
+        event: &str,
+    ) -> Result<&[u8], String> {
+        let cmd = CmdHandleEvent {
+            instance_id,
+            event_name: event.to_owned(),
+        };
         self.send_call(session, Request::HandleEvent, Call::CmdHandleEvent(cmd))
     }
 
@@ -283,7 +349,8 @@ impl Stream {
         let State::AwaitReply { seq } = self.state else {
             return Err("no PDK call is waiting for a reply".to_string());
         };
-        self.frame(value.len(), |out| out.extend_from_slice(value)).map_err(|e| format!("cannot reply: {e}"))?;
+        self.frame(value.len(), |out| out.extend_from_slice(value))
+            .map_err(|e| format!("cannot reply: {e}"))?;
         self.state = State::AwaitMethod { seq };
         self.calls += 1;
         Ok(&self.out)
@@ -332,7 +399,10 @@ impl Stream {
             match self.state {
                 State::Idle => {
                     return if self.has_unread() {
-                        Err(format!("{} bytes received with no request pending", self.inbuf.len() - self.consumed))
+                        Err(format!(
+                            "{} bytes received with no request pending",
+                            self.inbuf.len() - self.consumed
+                        ))
                     } else {
                         Ok(None)
                     };
@@ -346,9 +416,15 @@ impl Stream {
                     };
                     if body.is_empty() {
                         self.consumed = body.end;
-                        self.state = State::AwaitReturn { seq, req: Request::HandleEvent };
+                        self.state = State::AwaitReturn {
+                            seq,
+                            req: Request::HandleEvent,
+                        };
                     } else {
-                        self.state = State::AwaitArgs { seq, name_len: body.len() };
+                        self.state = State::AwaitArgs {
+                            seq,
+                            name_len: body.len(),
+                        };
                     }
                 }
                 State::AwaitArgs { seq, name_len } => {
@@ -375,17 +451,25 @@ impl Stream {
 
     fn parse_return(&self, seq: i64, req: Request, body: Range<usize>) -> Result<Event, String> {
         let what = req.name();
+        if body.is_empty() {
+            // go-pdk's answer to the commands it does not implement.
+            return Err(format!("the reply to {what} is an empty frame"));
+        }
         let msg = RpcReturn::decode(&self.inbuf[body.clone()])
             .map_err(|e| format!("the reply to {what} is not an RpcReturn ({e})"))?;
         if msg.sequence != seq {
-            return Err(format!("the reply to {what} has sequence {} (expected {seq})", msg.sequence));
+            return Err(format!(
+                "the reply to {what} has sequence {} (expected {seq})",
+                msg.sequence
+            ));
         }
         match (req, msg.r#return) {
             (Request::HandleEvent, None) => Ok(Event::Done),
             (Request::HandleEvent, Some(_)) => Err(format!("the reply to {what} carries a value")),
-            (_, Some(Return::InstanceStatus(st))) => {
-                Ok(Event::Status { instance_id: st.instance_id, started_at: st.started_at })
-            }
+            (_, Some(Return::InstanceStatus(st))) => Ok(Event::Status {
+                instance_id: st.instance_id,
+                started_at: st.started_at,
+            }),
             (_, _) => Err(format!("the reply to {what} has no instance_status")),
         }
     }
@@ -398,17 +482,29 @@ impl Stream {
         let (kind, msg) = match pending {
             Some(req) if self.received == 0 => (
                 Closed::BeforeReply,
-                format!("connection closed by the plugin server before any reply to {}", req.name()),
+                format!(
+                    "connection closed by the plugin server before any reply to {}",
+                    req.name()
+                ),
             ),
             Some(Request::HandleEvent) => (
                 Closed::Later,
-                format!("connection closed by the plugin server during the event, after {} PDK calls", self.calls),
+                format!(
+                    "connection closed by the plugin server during the event, after {} PDK calls",
+                    self.calls
+                ),
             ),
             Some(req) => (
                 Closed::Later,
-                format!("connection closed by the plugin server in the middle of the reply to {}", req.name()),
+                format!(
+                    "connection closed by the plugin server in the middle of the reply to {}",
+                    req.name()
+                ),
             ),
-            None => (Closed::Later, "connection closed by the plugin server".to_string()),
+            None => (
+                Closed::Later,
+                "connection closed by the plugin server".to_string(),
+            ),
         };
         self.failed = Some(msg.clone());
         (kind, msg)
