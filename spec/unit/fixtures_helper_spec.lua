@@ -112,7 +112,7 @@ describe("spec.helpers.fixtures", function()
   end)
 
   it("lists what each real dump must report", function()
-    assert.same({ "go-hello", "py-hello", "js-hello" }, fixtures.names)
+    assert.same({ "go-hello", "py-hello", "js-hello", "go-coverage" }, fixtures.names)
     assert.equal("ProtoBuf:1", fixtures.expected["go-hello"].protocol)
     assert.equal(100, fixtures.expected["py-hello"].priority)
     assert.same({ "access" }, fixtures.expected["js-hello"].phases)
