@@ -690,8 +690,8 @@ fn conversation() -> Vec<(String, Vec<Step>)> {
 /// Replays the conversation; each received stretch is fed in pieces cut by `split`.
 /// Returns how many events were checked.
 fn replay(split: &dyn Fn(&[u8]) -> Vec<Vec<u8>>) -> usize {
-    let mut session = Session::new();
-    let mut stream = Stream::new(1 << 20);
+    let mut session = Session::new(1 << 20);
+    let mut stream = Stream::new(session.max_message_size());
     let mut checked = 0;
     for (label, steps) in conversation() {
         let mut expect: std::collections::VecDeque<&Step> = steps.iter().collect();

@@ -1,63 +1,68 @@
 //! `extern "C"` adapters for the Protobuf engine (`codec::protobuf`), the hot path
 //! of Go plugins: scalars and byte pointers only.
 //!
-//! Lua owns one `KpsPbSession` per plugin per worker (sequences) and one
-//! `KpsPbStream` per request in flight on a connection (reset at checkout).
-//! A request function builds the frames to send into the stream's output,
-//! `kps_pb_feed` appends what the socket returned, `kps_pb_poll` reports the next
-//! complete event into a caller-owned `KpsPbEvent`, `kps_pb_reply` frames the
-//! answer to a PDK call, and `kps_pb_closed` classifies an end of stream.
+//! Lua owns one `kps_pb_session` per plugin per worker (sequences, frame limit) and one
+//! `kps_pb_stream` per request in flight on a connection (reset at checkout).
+//! A request builder (`kps_pb_stream_<command>`) builds the frames to send into the stream's output,
+//! `kps_pb_stream_feed` appends what the socket returned, `kps_pb_stream_poll` reports the next
+//! complete event into a caller-owned `kps_pb_event`, `kps_pb_stream_reply` frames the
+//! answer to a PDK call, and `kps_pb_stream_closed` classifies an end of stream.
 //! Output and event pointers are borrowed from the stream: valid until the next
 //! call on it.
 
+#![allow(non_camel_case_types)]
+
+use std::ptr;
 use std::slice;
 
 use super::errbuf::{KPS_ERR_ARGS, guard, write_error};
 use crate::codec::protobuf::{Closed, Event, Session, Stream};
 
 /// Sequences of one plugin in one worker.
-pub struct KpsPbSession(Session);
+pub struct kps_pb_session(Session);
 
 /// One request (an instance command or a whole event) on one connection.
-pub struct KpsPbStream(Stream);
+pub struct kps_pb_stream(Stream);
 
-/// `KpsPbEvent.kind`: more bytes are needed.
+/// `kps_pb_event.kind`: more bytes are needed.
 pub const KPS_PB_NONE: i32 = 0;
-/// `KpsPbEvent.kind`: an `InstanceStatus` arrived (`instance_id`, `started_at`).
+/// `kps_pb_event.kind`: an `InstanceStatus` arrived (`id` = instance id, `started_at`).
 pub const KPS_PB_STATUS: i32 = 1;
-/// `KpsPbEvent.kind`: a PDK call (`method`, `name`, `args`); answer with `kps_pb_reply`.
+/// `kps_pb_event.kind`: a PDK call (`method`, `text` = name, `value` = encoded input); answer with `kps_pb_stream_reply`.
 pub const KPS_PB_CALL: i32 = 2;
-/// `KpsPbEvent.kind`: the event finished (end frame and `RpcReturn` received).
+/// `kps_pb_event.kind`: the event finished (end frame and `RpcReturn` received).
 pub const KPS_PB_DONE: i32 = 3;
 
-/// `kps_pb_closed`: no byte of the reply had arrived (retry allowed once).
+/// `kps_pb_stream_closed`: no byte of the reply had arrived (retry allowed once).
 pub const KPS_PB_CLOSED_BEFORE_REPLY: i32 = 1;
-/// `kps_pb_closed`: part of the reply or event had arrived (a failure).
+/// `kps_pb_stream_closed`: part of the reply or event had arrived (a failure).
 pub const KPS_PB_CLOSED_LATER: i32 = 0;
 
-/// What `kps_pb_poll` found. Pointers borrow the stream's buffer.
+/// What `kps_pb_stream_poll` found, as scalars and borrowed bytes (the shape of
+/// `kps_mp_event`, so that the Lua transports read both alike).
 #[repr(C)]
-pub struct KpsPbEvent {
+pub struct kps_pb_event {
     /// One of `KPS_PB_NONE`, `KPS_PB_STATUS`, `KPS_PB_CALL`, `KPS_PB_DONE`.
     pub kind: i32,
     /// Call: index into the PDK method table, 0 for a name the Protobuf service lacks.
-    pub method: u16,
+    pub method: i32,
     /// Status: the instance id.
-    pub instance_id: i32,
+    pub id: i64,
     /// Status: the instance's start time (seconds).
     pub started_at: i64,
+    /// Call: the encoded input message (`value_len` 0 when the call has none).
+    pub value: *const u8,
+    pub value_len: usize,
     /// Call: the method name as sent.
-    pub name: *const u8,
-    pub name_len: usize,
-    /// Call: the encoded input message (possibly empty).
-    pub args: *const u8,
-    pub args_len: usize,
+    pub text: *const u8,
+    pub text_len: usize,
 }
 
-/// Makes a session. Release it with `kps_pb_session_free`.
+/// Makes a session. `max_message_size` bounds every frame received or sent
+/// (bytes). Release it with `kps_pb_session_free`.
 ///
 /// # Errors
-/// None.
+/// Returns NULL when `max_message_size` is 0 or does not fit a frame's 32-bit length.
 ///
 /// # Panics
 /// None (allocation failure aborts the process, as everywhere in Rust).
@@ -65,8 +70,11 @@ pub struct KpsPbEvent {
 /// # Safety
 /// None: the returned pointer is owned by the caller until `kps_pb_session_free`.
 #[unsafe(no_mangle)]
-pub extern "C" fn kps_pb_session_new() -> *mut KpsPbSession {
-    Box::into_raw(Box::new(KpsPbSession(Session::new())))
+pub extern "C" fn kps_pb_session_new(max_message_size: u64) -> *mut kps_pb_session {
+    match u32::try_from(max_message_size) {
+        Ok(max) if max > 0 => Box::into_raw(Box::new(kps_pb_session(Session::new(max as usize)))),
+        _ => ptr::null_mut(),
+    }
 }
 
 /// Releases a session; null is ignored.
@@ -80,29 +88,30 @@ pub extern "C" fn kps_pb_session_new() -> *mut KpsPbSession {
 /// # Safety
 /// `session` must be null or a pointer from `kps_pb_session_new` not yet freed.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_pb_session_free(session: *mut KpsPbSession) {
+pub unsafe extern "C" fn kps_pb_session_free(session: *mut kps_pb_session) {
     if !session.is_null() {
         // SAFETY: per the contract, `session` came from Box::into_raw and is freed once.
         drop(unsafe { Box::from_raw(session) });
     }
 }
 
-/// Makes a stream that refuses frames longer than `max_message_size` bytes.
-/// Release it with `kps_pb_stream_free`.
+/// Makes a stream with the session's frame limit. Release it with `kps_pb_stream_free`.
 ///
 /// # Errors
-/// None.
+/// Returns NULL when `session` is NULL.
 ///
 /// # Panics
 /// None (allocation failure aborts the process).
 ///
 /// # Safety
-/// None: the returned pointer is owned by the caller until `kps_pb_stream_free`.
+/// `session` must be NULL or a live session handle. The stream does not keep it.
 #[unsafe(no_mangle)]
-pub extern "C" fn kps_pb_stream_new(max_message_size: u32) -> *mut KpsPbStream {
-    Box::into_raw(Box::new(KpsPbStream(Stream::new(
-        max_message_size as usize,
-    ))))
+pub unsafe extern "C" fn kps_pb_stream_new(session: *const kps_pb_session) -> *mut kps_pb_stream {
+    // SAFETY: null or live per the contract.
+    let Some(s) = (unsafe { session.as_ref() }) else {
+        return ptr::null_mut();
+    };
+    Box::into_raw(Box::new(kps_pb_stream(Stream::new(s.0.max_message_size()))))
 }
 
 /// Releases a stream; null is ignored. Pointers borrowed from it become invalid.
@@ -116,7 +125,7 @@ pub extern "C" fn kps_pb_stream_new(max_message_size: u32) -> *mut KpsPbStream {
 /// # Safety
 /// `stream` must be null or a pointer from `kps_pb_stream_new` not yet freed.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_pb_stream_free(stream: *mut KpsPbStream) {
+pub unsafe extern "C" fn kps_pb_stream_free(stream: *mut kps_pb_stream) {
     if !stream.is_null() {
         // SAFETY: per the contract, `stream` came from Box::into_raw and is freed once.
         drop(unsafe { Box::from_raw(stream) });
@@ -134,15 +143,16 @@ pub unsafe extern "C" fn kps_pb_stream_free(stream: *mut KpsPbStream) {
 /// # Safety
 /// `stream` must be null or a live pointer from `kps_pb_stream_new`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_pb_stream_reset(stream: *mut KpsPbStream) {
+pub unsafe extern "C" fn kps_pb_stream_reset(stream: *mut kps_pb_stream) {
     // SAFETY: null or live per the contract.
     if let Some(s) = unsafe { stream.as_mut() } {
         s.0.reset();
     }
 }
 
-/// 1 when the connection may go back to the pool (no request pending, nothing
-/// unread, no error), else 0 (also for null).
+/// 1 when bytes beyond the reported messages are buffered, else 0 (also for
+/// NULL). A connection goes back to the pool only after `KPS_PB_DONE` or
+/// `KPS_PB_STATUS` with nothing unread.
 ///
 /// # Errors
 /// None.
@@ -153,12 +163,11 @@ pub unsafe extern "C" fn kps_pb_stream_reset(stream: *mut KpsPbStream) {
 /// # Safety
 /// `stream` must be null or a live pointer from `kps_pb_stream_new`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_pb_stream_reusable(stream: *const KpsPbStream) -> i32 {
+pub unsafe extern "C" fn kps_pb_stream_has_unread(stream: *const kps_pb_stream) -> i32 {
     // SAFETY: null or live per the contract.
-    match unsafe { stream.as_ref() } {
-        Some(s) => i32::from(s.0.is_idle() && !s.0.has_unread()),
-        None => 0,
-    }
+    unsafe { stream.as_ref() }
+        .is_some_and(|s| s.0.has_unread())
+        .into()
 }
 
 /// Checks the pointers shared by all calls and runs `f` under the panic guard.
@@ -220,9 +229,9 @@ unsafe fn text<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a str, St
 /// `errbuf` null or valid for `*errbuf_len` bytes, `errbuf_len` null or valid.
 /// No other thread may use the handles during the call.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_pb_start_instance(
-    session: *mut KpsPbSession,
-    stream: *mut KpsPbStream,
+pub unsafe extern "C" fn kps_pb_stream_start_instance(
+    session: *mut kps_pb_session,
+    stream: *mut kps_pb_stream,
     name: *const u8,
     name_len: usize,
     config: *const u8,
@@ -240,32 +249,38 @@ pub unsafe extern "C" fn kps_pb_start_instance(
         && !out_len.is_null();
     // SAFETY: pointers checked non-null by `call`, valid per the contract.
     unsafe {
-        call("kps_pb_start_instance", ok, errbuf, errbuf_len, || {
-            let name = text(name, name_len, "plugin name")?;
-            let config = slice::from_raw_parts(config, config_len);
-            let bytes = (*stream)
-                .0
-                .start_instance(&mut (*session).0, name, config)?;
-            set_out(bytes, out, out_len);
-            Ok(())
-        })
+        call(
+            "kps_pb_stream_start_instance",
+            ok,
+            errbuf,
+            errbuf_len,
+            || {
+                let name = text(name, name_len, "plugin name")?;
+                let config = slice::from_raw_parts(config, config_len);
+                let bytes = (*stream)
+                    .0
+                    .start_instance(&mut (*session).0, name, config)?;
+                set_out(bytes, out, out_len);
+                Ok(())
+            },
+        )
     }
 }
 
 /// Builds `RpcCall{cmd_close_instance{instance_id}}` and points `out` at it.
 ///
 /// # Errors
-/// As `kps_pb_start_instance`.
+/// As `kps_pb_stream_start_instance`.
 ///
 /// # Panics
 /// Never across the boundary.
 ///
 /// # Safety
-/// As `kps_pb_start_instance`.
+/// As `kps_pb_stream_start_instance`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_pb_close_instance(
-    session: *mut KpsPbSession,
-    stream: *mut KpsPbStream,
+pub unsafe extern "C" fn kps_pb_stream_close_instance(
+    session: *mut kps_pb_session,
+    stream: *mut kps_pb_stream,
     instance_id: i32,
     out: *mut *const u8,
     out_len: *mut usize,
@@ -275,28 +290,34 @@ pub unsafe extern "C" fn kps_pb_close_instance(
     let ok = !session.is_null() && !stream.is_null() && !out.is_null() && !out_len.is_null();
     // SAFETY: pointers checked non-null by `call`, valid per the contract.
     unsafe {
-        call("kps_pb_close_instance", ok, errbuf, errbuf_len, || {
-            let bytes = (*stream).0.close_instance(&mut (*session).0, instance_id)?;
-            set_out(bytes, out, out_len);
-            Ok(())
-        })
+        call(
+            "kps_pb_stream_close_instance",
+            ok,
+            errbuf,
+            errbuf_len,
+            || {
+                let bytes = (*stream).0.close_instance(&mut (*session).0, instance_id)?;
+                set_out(bytes, out, out_len);
+                Ok(())
+            },
+        )
     }
 }
 
 /// Builds `RpcCall{cmd_get_instance_status{instance_id}}` and points `out` at it.
 ///
 /// # Errors
-/// As `kps_pb_start_instance`.
+/// As `kps_pb_stream_start_instance`.
 ///
 /// # Panics
 /// Never across the boundary.
 ///
 /// # Safety
-/// As `kps_pb_start_instance`.
+/// As `kps_pb_stream_start_instance`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_pb_get_instance_status(
-    session: *mut KpsPbSession,
-    stream: *mut KpsPbStream,
+pub unsafe extern "C" fn kps_pb_stream_get_instance_status(
+    session: *mut kps_pb_session,
+    stream: *mut kps_pb_stream,
     instance_id: i32,
     out: *mut *const u8,
     out_len: *mut usize,
@@ -306,13 +327,19 @@ pub unsafe extern "C" fn kps_pb_get_instance_status(
     let ok = !session.is_null() && !stream.is_null() && !out.is_null() && !out_len.is_null();
     // SAFETY: pointers checked non-null by `call`, valid per the contract.
     unsafe {
-        call("kps_pb_get_instance_status", ok, errbuf, errbuf_len, || {
-            let bytes = (*stream)
-                .0
-                .get_instance_status(&mut (*session).0, instance_id)?;
-            set_out(bytes, out, out_len);
-            Ok(())
-        })
+        call(
+            "kps_pb_stream_get_instance_status",
+            ok,
+            errbuf,
+            errbuf_len,
+            || {
+                let bytes = (*stream)
+                    .0
+                    .get_instance_status(&mut (*session).0, instance_id)?;
+                set_out(bytes, out, out_len);
+                Ok(())
+            },
+        )
     }
 }
 
@@ -320,17 +347,17 @@ pub unsafe extern "C" fn kps_pb_get_instance_status(
 /// at it; the stream then expects PDK calls and the end of the event.
 ///
 /// # Errors
-/// As `kps_pb_start_instance` (`event` must be UTF-8).
+/// As `kps_pb_stream_start_instance` (`event` must be UTF-8).
 ///
 /// # Panics
 /// Never across the boundary.
 ///
 /// # Safety
-/// As `kps_pb_start_instance`; `event` valid for `event_len` bytes of reads.
+/// As `kps_pb_stream_start_instance`; `event` valid for `event_len` bytes of reads.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_pb_handle_event(
-    session: *mut KpsPbSession,
-    stream: *mut KpsPbStream,
+pub unsafe extern "C" fn kps_pb_stream_handle_event(
+    session: *mut kps_pb_session,
+    stream: *mut kps_pb_stream,
     instance_id: i32,
     event: *const u8,
     event_len: usize,
@@ -346,7 +373,7 @@ pub unsafe extern "C" fn kps_pb_handle_event(
         && !out_len.is_null();
     // SAFETY: pointers checked non-null by `call`, valid per the contract.
     unsafe {
-        call("kps_pb_handle_event", ok, errbuf, errbuf_len, || {
+        call("kps_pb_stream_handle_event", ok, errbuf, errbuf_len, || {
             let event = text(event, event_len, "event name")?;
             let bytes = (*stream)
                 .0
@@ -372,8 +399,8 @@ pub unsafe extern "C" fn kps_pb_handle_event(
 /// `stream` from `kps_pb_stream_new`; `value` valid for `value_len` bytes of
 /// reads; `out`/`out_len` valid for one write; errbuf as above.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_pb_reply(
-    stream: *mut KpsPbStream,
+pub unsafe extern "C" fn kps_pb_stream_reply(
+    stream: *mut kps_pb_stream,
     value: *const u8,
     value_len: usize,
     out: *mut *const u8,
@@ -387,7 +414,7 @@ pub unsafe extern "C" fn kps_pb_reply(
         && !out_len.is_null();
     // SAFETY: pointers checked non-null by `call`, valid per the contract.
     unsafe {
-        call("kps_pb_reply", ok, errbuf, errbuf_len, || {
+        call("kps_pb_stream_reply", ok, errbuf, errbuf_len, || {
             let value = if value_len == 0 {
                 &[][..]
             } else {
@@ -413,8 +440,8 @@ pub unsafe extern "C" fn kps_pb_reply(
 /// `stream` from `kps_pb_stream_new`; `bytes` valid for `len` bytes of reads;
 /// errbuf as above. Pointers borrowed from the stream become invalid.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_pb_feed(
-    stream: *mut KpsPbStream,
+pub unsafe extern "C" fn kps_pb_stream_feed(
+    stream: *mut kps_pb_stream,
     bytes: *const u8,
     len: usize,
     errbuf: *mut u8,
@@ -423,7 +450,7 @@ pub unsafe extern "C" fn kps_pb_feed(
     let ok = !stream.is_null() && (!bytes.is_null() || len == 0);
     // SAFETY: pointers checked non-null by `call`, valid per the contract.
     unsafe {
-        call("kps_pb_feed", ok, errbuf, errbuf_len, || {
+        call("kps_pb_stream_feed", ok, errbuf, errbuf_len, || {
             let bytes = if len == 0 {
                 &[][..]
             } else {
@@ -449,24 +476,28 @@ pub unsafe extern "C" fn kps_pb_feed(
 /// # Safety
 /// `stream` from `kps_pb_stream_new`; `ev` valid for one write; errbuf as above.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_pb_poll(
-    stream: *mut KpsPbStream,
-    ev: *mut KpsPbEvent,
+pub unsafe extern "C" fn kps_pb_stream_poll(
+    stream: *mut kps_pb_stream,
+    ev: *mut kps_pb_event,
     errbuf: *mut u8,
     errbuf_len: *mut usize,
 ) -> i32 {
     let ok = !stream.is_null() && !ev.is_null();
     // SAFETY: pointers checked non-null by `call`, valid per the contract.
     unsafe {
-        call("kps_pb_poll", ok, errbuf, errbuf_len, || {
+        call("kps_pb_stream_poll", ok, errbuf, errbuf_len, || {
             let s = &mut (*stream).0;
             let e = &mut *ev;
-            e.kind = KPS_PB_NONE;
-            e.method = 0;
-            e.name = std::ptr::null();
-            e.name_len = 0;
-            e.args = std::ptr::null();
-            e.args_len = 0;
+            *e = kps_pb_event {
+                kind: KPS_PB_NONE,
+                method: 0,
+                id: 0,
+                started_at: 0,
+                value: ptr::null(),
+                value_len: 0,
+                text: ptr::null(),
+                text_len: 0,
+            };
             match s.poll()? {
                 None => {}
                 Some(Event::Status {
@@ -474,17 +505,15 @@ pub unsafe extern "C" fn kps_pb_poll(
                     started_at,
                 }) => {
                     e.kind = KPS_PB_STATUS;
-                    e.instance_id = instance_id;
+                    e.id = i64::from(instance_id);
                     e.started_at = started_at;
                 }
                 Some(Event::Call { method, name, args }) => {
                     e.kind = KPS_PB_CALL;
-                    e.method = method;
+                    e.method = i32::from(method);
                     let (n, a) = (s.bytes(&name), s.bytes(&args));
-                    e.name = n.as_ptr();
-                    e.name_len = n.len();
-                    e.args = a.as_ptr();
-                    e.args_len = a.len();
+                    (e.text, e.text_len) = (n.as_ptr(), n.len());
+                    (e.value, e.value_len) = (a.as_ptr(), a.len());
                 }
                 Some(Event::Done) => e.kind = KPS_PB_DONE,
             }
@@ -510,8 +539,8 @@ pub unsafe extern "C" fn kps_pb_poll(
 /// `stream` null or from `kps_pb_stream_new`; `msg` null or valid for `*msg_len`
 /// bytes of writes, `msg_len` null or valid for reads and writes.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_pb_closed(
-    stream: *mut KpsPbStream,
+pub unsafe extern "C" fn kps_pb_stream_closed(
+    stream: *mut kps_pb_stream,
     msg: *mut u8,
     msg_len: *mut usize,
 ) -> i32 {

@@ -83,15 +83,24 @@ pub enum Closed {
     Later,
 }
 
-/// Sequences of one plugin in one worker.
-#[derive(Debug, Default)]
+/// Sequences of one plugin in one worker, and the frame limit of its streams.
+#[derive(Debug)]
 pub struct Session {
     counter: i64,
+    max_message_size: usize,
 }
 
 impl Session {
-    pub fn new() -> Self {
-        Session { counter: 0 }
+    /// `max_message_size`: the largest frame body accepted or sent.
+    pub fn new(max_message_size: usize) -> Self {
+        Session {
+            counter: 0,
+            max_message_size,
+        }
+    }
+
+    pub fn max_message_size(&self) -> usize {
+        self.max_message_size
     }
 
     /// The next sequence. Kong bumps its counter once and sends counter + 1

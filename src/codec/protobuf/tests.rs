@@ -60,13 +60,13 @@ fn sent_call(bytes: &[u8]) -> RpcCall {
 }
 
 fn new() -> (Session, Stream) {
-    (Session::new(), Stream::new(MAX))
+    (Session::new(MAX), Stream::new(MAX))
 }
 
 #[test]
 fn sequences_follow_kong_2_3_4_and_are_per_session() {
     let (mut session, mut stream) = new();
-    let mut other = Session::new();
+    let mut other = Session::new(MAX);
     let mut seqs = Vec::new();
     for _ in 0..3 {
         seqs.push(sent_call(stream.close_instance(&mut session, 1).unwrap()).sequence);
@@ -431,7 +431,7 @@ fn a_close_with_nothing_pending_is_not_retryable() {
 
 #[test]
 fn reset_keeps_small_buffers_and_releases_large_ones() {
-    let (mut session, mut stream) = (Session::new(), Stream::new(1 << 20));
+    let (mut session, mut stream) = (Session::new(1 << 20), Stream::new(1 << 20));
     stream.handle_event(&mut session, 1, "access").unwrap();
     stream
         .feed(&pdk_call("kong.log.serialize", &vec![0; 200 * 1024]))

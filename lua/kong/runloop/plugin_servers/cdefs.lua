@@ -24,47 +24,48 @@ static const int KPS_ERR_PANIC = -3;
 // An output did not fit the caller's buffer.
 static const int KPS_ERR_BUF_TOO_SMALL = -4;
 
-// `KpsPbEvent.kind`: more bytes are needed.
+// `kps_pb_event.kind`: more bytes are needed.
 static const int KPS_PB_NONE = 0;
 
-// `KpsPbEvent.kind`: an `InstanceStatus` arrived (`instance_id`, `started_at`).
+// `kps_pb_event.kind`: an `InstanceStatus` arrived (`id` = instance id, `started_at`).
 static const int KPS_PB_STATUS = 1;
 
-// `KpsPbEvent.kind`: a PDK call (`method`, `name`, `args`); answer with `kps_pb_reply`.
+// `kps_pb_event.kind`: a PDK call (`method`, `text` = name, `value` = encoded input); answer with `kps_pb_stream_reply`.
 static const int KPS_PB_CALL = 2;
 
-// `KpsPbEvent.kind`: the event finished (end frame and `RpcReturn` received).
+// `kps_pb_event.kind`: the event finished (end frame and `RpcReturn` received).
 static const int KPS_PB_DONE = 3;
 
-// `kps_pb_closed`: no byte of the reply had arrived (retry allowed once).
+// `kps_pb_stream_closed`: no byte of the reply had arrived (retry allowed once).
 static const int KPS_PB_CLOSED_BEFORE_REPLY = 1;
 
-// `kps_pb_closed`: part of the reply or event had arrived (a failure).
+// `kps_pb_stream_closed`: part of the reply or event had arrived (a failure).
 static const int KPS_PB_CLOSED_LATER = 0;
 
 // Sequences of one plugin in one worker.
-typedef struct KpsPbSession KpsPbSession;
+typedef struct kps_pb_session kps_pb_session;
 
 // One request (an instance command or a whole event) on one connection.
-typedef struct KpsPbStream KpsPbStream;
+typedef struct kps_pb_stream kps_pb_stream;
 
-// What `kps_pb_poll` found. Pointers borrow the stream's buffer.
+// What `kps_pb_stream_poll` found, as scalars and borrowed bytes (the shape of
+// `kps_mp_event`, so that the Lua transports read both alike).
 typedef struct {
   // One of `KPS_PB_NONE`, `KPS_PB_STATUS`, `KPS_PB_CALL`, `KPS_PB_DONE`.
   int32_t kind;
   // Call: index into the PDK method table, 0 for a name the Protobuf service lacks.
-  uint16_t method;
+  int32_t method;
   // Status: the instance id.
-  int32_t instance_id;
+  int64_t id;
   // Status: the instance's start time (seconds).
   int64_t started_at;
+  // Call: the encoded input message (`value_len` 0 when the call has none).
+  const uint8_t *value;
+  size_t value_len;
   // Call: the method name as sent.
-  const uint8_t *name;
-  size_t name_len;
-  // Call: the encoded input message (possibly empty).
-  const uint8_t *args;
-  size_t args_len;
-} KpsPbEvent;
+  const uint8_t *text;
+  size_t text_len;
+} kps_pb_event;
 
 // Returns the library version as a NUL-terminated static string.
 //
@@ -86,17 +87,18 @@ const char *kps_version(void);
 // must be null or valid for reads and writes.
 int32_t kps_selftest_panic(uint8_t *errbuf, size_t *errbuf_len);
 
-// Makes a session. Release it with `kps_pb_session_free`.
+// Makes a session. `max_message_size` bounds every frame received or sent
+// (bytes). Release it with `kps_pb_session_free`.
 //
 // # Errors
-// None.
+// Returns NULL when `max_message_size` is 0 or does not fit a frame's 32-bit length.
 //
 // # Panics
 // None (allocation failure aborts the process, as everywhere in Rust).
 //
 // # Safety
 // None: the returned pointer is owned by the caller until `kps_pb_session_free`.
-KpsPbSession *kps_pb_session_new(void);
+kps_pb_session *kps_pb_session_new(uint64_t max_message_size);
 
 // Releases a session; null is ignored.
 //
@@ -108,20 +110,19 @@ KpsPbSession *kps_pb_session_new(void);
 //
 // # Safety
 // `session` must be null or a pointer from `kps_pb_session_new` not yet freed.
-void kps_pb_session_free(KpsPbSession *session);
+void kps_pb_session_free(kps_pb_session *session);
 
-// Makes a stream that refuses frames longer than `max_message_size` bytes.
-// Release it with `kps_pb_stream_free`.
+// Makes a stream with the session's frame limit. Release it with `kps_pb_stream_free`.
 //
 // # Errors
-// None.
+// Returns NULL when `session` is NULL.
 //
 // # Panics
 // None (allocation failure aborts the process).
 //
 // # Safety
-// None: the returned pointer is owned by the caller until `kps_pb_stream_free`.
-KpsPbStream *kps_pb_stream_new(uint32_t max_message_size);
+// `session` must be NULL or a live session handle. The stream does not keep it.
+kps_pb_stream *kps_pb_stream_new(const kps_pb_session *session);
 
 // Releases a stream; null is ignored. Pointers borrowed from it become invalid.
 //
@@ -133,7 +134,7 @@ KpsPbStream *kps_pb_stream_new(uint32_t max_message_size);
 //
 // # Safety
 // `stream` must be null or a pointer from `kps_pb_stream_new` not yet freed.
-void kps_pb_stream_free(KpsPbStream *stream);
+void kps_pb_stream_free(kps_pb_stream *stream);
 
 // Starts the stream over for a fresh connection checkout; null is ignored.
 //
@@ -145,10 +146,11 @@ void kps_pb_stream_free(KpsPbStream *stream);
 //
 // # Safety
 // `stream` must be null or a live pointer from `kps_pb_stream_new`.
-void kps_pb_stream_reset(KpsPbStream *stream);
+void kps_pb_stream_reset(kps_pb_stream *stream);
 
-// 1 when the connection may go back to the pool (no request pending, nothing
-// unread, no error), else 0 (also for null).
+// 1 when bytes beyond the reported messages are buffered, else 0 (also for
+// NULL). A connection goes back to the pool only after `KPS_PB_DONE` or
+// `KPS_PB_STATUS` with nothing unread.
 //
 // # Errors
 // None.
@@ -158,7 +160,7 @@ void kps_pb_stream_reset(KpsPbStream *stream);
 //
 // # Safety
 // `stream` must be null or a live pointer from `kps_pb_stream_new`.
-int32_t kps_pb_stream_reusable(const KpsPbStream *stream);
+int32_t kps_pb_stream_has_unread(const kps_pb_stream *stream);
 
 // Builds `RpcCall{cmd_start_instance{name, config}}` (one frame) and points `out`
 // at it. `config` is the JSON text of the plugin configuration.
@@ -176,73 +178,73 @@ int32_t kps_pb_stream_reusable(const KpsPbStream *stream);
 // `config` for `config_len` bytes of reads; `out`/`out_len` valid for one write;
 // `errbuf` null or valid for `*errbuf_len` bytes, `errbuf_len` null or valid.
 // No other thread may use the handles during the call.
-int32_t kps_pb_start_instance(KpsPbSession *session,
-                              KpsPbStream *stream,
-                              const uint8_t *name,
-                              size_t name_len,
-                              const uint8_t *config,
-                              size_t config_len,
-                              const uint8_t **out,
-                              size_t *out_len,
-                              uint8_t *errbuf,
-                              size_t *errbuf_len);
+int32_t kps_pb_stream_start_instance(kps_pb_session *session,
+                                     kps_pb_stream *stream,
+                                     const uint8_t *name,
+                                     size_t name_len,
+                                     const uint8_t *config,
+                                     size_t config_len,
+                                     const uint8_t **out,
+                                     size_t *out_len,
+                                     uint8_t *errbuf,
+                                     size_t *errbuf_len);
 
 // Builds `RpcCall{cmd_close_instance{instance_id}}` and points `out` at it.
 //
 // # Errors
-// As `kps_pb_start_instance`.
+// As `kps_pb_stream_start_instance`.
 //
 // # Panics
 // Never across the boundary.
 //
 // # Safety
-// As `kps_pb_start_instance`.
-int32_t kps_pb_close_instance(KpsPbSession *session,
-                              KpsPbStream *stream,
-                              int32_t instance_id,
-                              const uint8_t **out,
-                              size_t *out_len,
-                              uint8_t *errbuf,
-                              size_t *errbuf_len);
+// As `kps_pb_stream_start_instance`.
+int32_t kps_pb_stream_close_instance(kps_pb_session *session,
+                                     kps_pb_stream *stream,
+                                     int32_t instance_id,
+                                     const uint8_t **out,
+                                     size_t *out_len,
+                                     uint8_t *errbuf,
+                                     size_t *errbuf_len);
 
 // Builds `RpcCall{cmd_get_instance_status{instance_id}}` and points `out` at it.
 //
 // # Errors
-// As `kps_pb_start_instance`.
+// As `kps_pb_stream_start_instance`.
 //
 // # Panics
 // Never across the boundary.
 //
 // # Safety
-// As `kps_pb_start_instance`.
-int32_t kps_pb_get_instance_status(KpsPbSession *session,
-                                   KpsPbStream *stream,
-                                   int32_t instance_id,
-                                   const uint8_t **out,
-                                   size_t *out_len,
-                                   uint8_t *errbuf,
-                                   size_t *errbuf_len);
+// As `kps_pb_stream_start_instance`.
+int32_t kps_pb_stream_get_instance_status(kps_pb_session *session,
+                                          kps_pb_stream *stream,
+                                          int32_t instance_id,
+                                          const uint8_t **out,
+                                          size_t *out_len,
+                                          uint8_t *errbuf,
+                                          size_t *errbuf_len);
 
 // Builds `RpcCall{cmd_handle_event{instance_id, event_name}}` and points `out`
 // at it; the stream then expects PDK calls and the end of the event.
 //
 // # Errors
-// As `kps_pb_start_instance` (`event` must be UTF-8).
+// As `kps_pb_stream_start_instance` (`event` must be UTF-8).
 //
 // # Panics
 // Never across the boundary.
 //
 // # Safety
-// As `kps_pb_start_instance`; `event` valid for `event_len` bytes of reads.
-int32_t kps_pb_handle_event(KpsPbSession *session,
-                            KpsPbStream *stream,
-                            int32_t instance_id,
-                            const uint8_t *event,
-                            size_t event_len,
-                            const uint8_t **out,
-                            size_t *out_len,
-                            uint8_t *errbuf,
-                            size_t *errbuf_len);
+// As `kps_pb_stream_start_instance`; `event` valid for `event_len` bytes of reads.
+int32_t kps_pb_stream_handle_event(kps_pb_session *session,
+                                   kps_pb_stream *stream,
+                                   int32_t instance_id,
+                                   const uint8_t *event,
+                                   size_t event_len,
+                                   const uint8_t **out,
+                                   size_t *out_len,
+                                   uint8_t *errbuf,
+                                   size_t *errbuf_len);
 
 // Frames the answer to the PDK call last reported (`value`: the encoded output
 // message, `value_len` 0 for "no value") and points `out` at the frame.
@@ -258,13 +260,13 @@ int32_t kps_pb_handle_event(KpsPbSession *session,
 // # Safety
 // `stream` from `kps_pb_stream_new`; `value` valid for `value_len` bytes of
 // reads; `out`/`out_len` valid for one write; errbuf as above.
-int32_t kps_pb_reply(KpsPbStream *stream,
-                     const uint8_t *value,
-                     size_t value_len,
-                     const uint8_t **out,
-                     size_t *out_len,
-                     uint8_t *errbuf,
-                     size_t *errbuf_len);
+int32_t kps_pb_stream_reply(kps_pb_stream *stream,
+                            const uint8_t *value,
+                            size_t value_len,
+                            const uint8_t **out,
+                            size_t *out_len,
+                            uint8_t *errbuf,
+                            size_t *errbuf_len);
 
 // Appends `len` received bytes to the stream.
 //
@@ -278,11 +280,11 @@ int32_t kps_pb_reply(KpsPbStream *stream,
 // # Safety
 // `stream` from `kps_pb_stream_new`; `bytes` valid for `len` bytes of reads;
 // errbuf as above. Pointers borrowed from the stream become invalid.
-int32_t kps_pb_feed(KpsPbStream *stream,
-                    const uint8_t *bytes,
-                    size_t len,
-                    uint8_t *errbuf,
-                    size_t *errbuf_len);
+int32_t kps_pb_stream_feed(kps_pb_stream *stream,
+                           const uint8_t *bytes,
+                           size_t len,
+                           uint8_t *errbuf,
+                           size_t *errbuf_len);
 
 // Reports the next complete event into `*ev` (`kind` `KPS_PB_NONE` when more
 // bytes are needed). Call pointers borrow the stream until its next call.
@@ -298,7 +300,10 @@ int32_t kps_pb_feed(KpsPbStream *stream,
 //
 // # Safety
 // `stream` from `kps_pb_stream_new`; `ev` valid for one write; errbuf as above.
-int32_t kps_pb_poll(KpsPbStream *stream, KpsPbEvent *ev, uint8_t *errbuf, size_t *errbuf_len);
+int32_t kps_pb_stream_poll(kps_pb_stream *stream,
+                           kps_pb_event *ev,
+                           uint8_t *errbuf,
+                           size_t *errbuf_len);
 
 // Tells the stream that the peer closed the connection. Returns
 // `KPS_PB_CLOSED_BEFORE_REPLY` (1) when no byte of the pending reply had arrived
@@ -316,5 +321,5 @@ int32_t kps_pb_poll(KpsPbStream *stream, KpsPbEvent *ev, uint8_t *errbuf, size_t
 // # Safety
 // `stream` null or from `kps_pb_stream_new`; `msg` null or valid for `*msg_len`
 // bytes of writes, `msg_len` null or valid for reads and writes.
-int32_t kps_pb_closed(KpsPbStream *stream, uint8_t *msg, size_t *msg_len);
+int32_t kps_pb_stream_closed(kps_pb_stream *stream, uint8_t *msg, size_t *msg_len);
 ]]
