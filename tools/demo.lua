@@ -21,7 +21,7 @@ end
 if exists("tools/check-conf.lua") and exists("fixtures/demo/bad_settings.lua") then
   section("validating fixtures/demo/bad_settings.lua (one mistake of each kind)")
   io.stdout:flush()
-  os.execute("luajit tools/check-conf.lua fixtures/demo/bad_settings.lua")
+  os.execute("luajit tools/check-conf.lua fixtures/demo/bad_settings.lua")  -- exits 1: invalid on purpose
 end
 
 -- 2. The hello plugins in a real nginx.

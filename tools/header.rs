@@ -4,7 +4,8 @@
 use std::path::Path;
 
 pub fn generate_header(crate_dir: &Path) -> String {
-    let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml");
+    let config =
+        cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml");
     let mut out = Vec::new();
     cbindgen::Builder::new()
         .with_crate(crate_dir)
@@ -23,10 +24,10 @@ pub fn cdefs_from_header(header: &str) -> String {
         let trimmed = line.trim_start();
         if let Some(def) = trimmed.strip_prefix("#define ") {
             // Integer constants become `static const int`, which ffi.cdef accepts.
-            if let Some((name, value)) = def.split_once(' ') {
-                if value.trim().parse::<i64>().is_ok() {
-                    body.push_str(&format!("static const int {name} = {};\n", value.trim()));
-                }
+            if let Some((name, value)) = def.split_once(' ')
+                && value.trim().parse::<i64>().is_ok()
+            {
+                body.push_str(&format!("static const int {name} = {};\n", value.trim()));
             }
             continue;
         }

@@ -367,16 +367,21 @@ function Host:quit(timeout)
   return wait_gone({ master }, timeout or 10)
 end
 
--- SIGKILL of the master and every worker at once (a crash of the whole nginx).
+-- SIGKILL of the master, then of every worker (a crash of the whole nginx). The
+-- master goes first, or it would replace the killed workers.
 function Host:kill9()
   self:remember_descendants()
   local master = self:master_pid()
   local pids = self:worker_pids()
   if master then
-    pids[#pids + 1] = master
+    procs.kill(master, "KILL")
+    wait_gone({ master }, 5)
   end
   for _, pid in ipairs(pids) do
     procs.kill(pid, "KILL")
+  end
+  if master then
+    pids[#pids + 1] = master
   end
   return wait_gone(pids, 5)
 end

@@ -29,8 +29,8 @@ local function check_tree(lua_dir, clib_dir)
   local f = assert(io.open(script, "w"))
   f:write(code)
   f:close()
-  -- LUA_PATH/LUA_CPATH name only the installed tree (plus the spec stub for ngx)
-  local rc, out = run(("LUA_PATH='%s/?.lua;%s/?/init.lua' LUA_CPATH='%s/?.so' luajit %s"):format(
+  -- the installed tree comes first; the system paths (";;") supply cjson, as in Kong
+  local rc, out = run(("LUA_PATH='%s/?.lua;%s/?/init.lua;;' LUA_CPATH='%s/?.so;;' luajit %s"):format(
     lua_dir, lua_dir, clib_dir, script))
   os.remove(script)
   return rc, out

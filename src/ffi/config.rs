@@ -1,1 +1,341 @@
-//! `extern "C"` adapters for the config (filled in by its issue).
+//! `extern "C"` adapters for config validation. A cold path: the settings go in as
+//! JSON text and the result comes out as JSON text (cjson on the Lua side).
+//!
+//! Input: `{"settings": {...}, "opts": {"default_dir": "...", "path": "..."}}`
+//! (`opts` and its fields optional). Output:
+//! `{"ok": true, "defs": [ServerDef...], "warnings": [...]}` or
+//! `{"ok": false, "errors": [...], "warnings": [...]}`.
+
+use std::ffi::CString;
+use std::sync::OnceLock;
+
+use serde_json::{Map, Value as Json, json};
+
+use super::errbuf::{KPS_ERR_ARGS, guard, write_error};
+use crate::config::{self, Options, Settings, Value};
+
+/// Owns the output of the last `kps_config_parse` made with it.
+pub struct KpsConfig {
+    out: Vec<u8>,
+}
+
+/// One raw JSON setting as a config value; `null` means "not set".
+fn to_value(j: &Json) -> Option<Value> {
+    Some(match j {
+        Json::Null => return None,
+        Json::String(s) => Value::Text(s.clone()),
+        Json::Bool(b) => Value::Bool(*b),
+        Json::Number(n) => Value::Number(n.as_f64().unwrap_or(f64::NAN)),
+        Json::Array(items) => Value::List(
+            items
+                .iter()
+                .map(|i| to_value(i).unwrap_or_else(|| Value::Other("null".into())))
+                .collect(),
+        ),
+        // cjson encodes an empty Lua table as `{}`.
+        Json::Object(m) if m.is_empty() => Value::List(vec![]),
+        // The Lua side marks values JSON cannot carry (functions, userdata) by type.
+        Json::Object(m) => match m.get("$type") {
+            Some(Json::String(kind)) if m.len() == 1 => Value::Other(kind.clone()),
+            _ => Value::Other("table".into()),
+        },
+    })
+}
+
+fn opt_string(opts: &Map<String, Json>, key: &str) -> Result<Option<String>, String> {
+    match opts.get(key) {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(format!("opts.{key}: expected a string, got {other}")),
+    }
+}
+
+/// The JSON-in, JSON-out core of `kps_config_parse`.
+///
+/// # Errors
+/// The input is not JSON of the documented shape. Invalid *settings* are not an
+/// error here: they are the `"ok": false` result.
+pub fn parse_json(input: &[u8]) -> Result<Vec<u8>, String> {
+    let doc: Json = serde_json::from_slice(input)
+        .map_err(|e| format!("config input is not valid JSON: {e}"))?;
+    let Json::Object(doc) = doc else {
+        return Err("config input: expected a JSON object".into());
+    };
+
+    let mut settings = Settings::new();
+    match doc.get("settings") {
+        None | Some(Json::Null) => {}
+        Some(Json::Object(m)) => {
+            for (k, v) in m {
+                if k != "prefix" && !k.starts_with("pluginserver_") {
+                    continue;
+                }
+                if let Some(v) = to_value(v) {
+                    settings.insert(k.clone(), v);
+                }
+            }
+        }
+        Some(other) => {
+            return Err(format!(
+                "config input: settings must be an object, got {other}"
+            ));
+        }
+    }
+
+    let mut options = Options::default();
+    match doc.get("opts") {
+        None | Some(Json::Null) => {}
+        Some(Json::Object(m)) => {
+            if let Some(d) = opt_string(m, "default_dir")? {
+                options.default_dir = d;
+            }
+            if let Some(p) = opt_string(m, "path")? {
+                options.path = p;
+            }
+        }
+        Some(other) => return Err(format!("config input: opts must be an object, got {other}")),
+    }
+
+    let result = match config::parse(&settings, &options) {
+        Ok(a) => json!({ "ok": true, "defs": a.defs, "warnings": a.warnings }),
+        Err(r) => json!({ "ok": false, "errors": r.errors, "warnings": r.warnings }),
+    };
+    serde_json::to_vec(&result).map_err(|e| format!("config output: {e}"))
+}
+
+/// Returns the per-server setting suffixes (`socket,start_cmd,...`) as a static
+/// NUL-terminated, comma-separated string, so that the Lua side can read them from
+/// a settings table it cannot iterate (Kong's `kong.configuration` is a proxy).
+///
+/// # Errors
+/// None.
+///
+/// # Panics
+/// None.
+///
+/// # Safety
+/// None: the pointer is to memory that lives as long as the library; do not free it.
+#[unsafe(no_mangle)]
+pub extern "C" fn kps_config_setting_names() -> *const std::ffi::c_char {
+    static NAMES: OnceLock<CString> = OnceLock::new();
+    NAMES
+        .get_or_init(|| {
+            let list: Vec<&str> = config::setting_names().collect();
+            CString::new(list.join(",")).unwrap_or_default()
+        })
+        .as_ptr()
+}
+
+/// Creates a config handle, which owns the output of its parse calls.
+/// Release it with `kps_config_free`.
+///
+/// # Errors
+/// None.
+///
+/// # Panics
+/// None (allocation failure aborts the process, as everywhere in Rust).
+///
+/// # Safety
+/// None: the returned pointer is owned by the caller until `kps_config_free`.
+#[unsafe(no_mangle)]
+pub extern "C" fn kps_config_new() -> *mut KpsConfig {
+    Box::into_raw(Box::new(KpsConfig { out: Vec::new() }))
+}
+
+/// Releases a handle made by `kps_config_new`; null is ignored.
+///
+/// # Errors
+/// None.
+///
+/// # Panics
+/// None.
+///
+/// # Safety
+/// `config` must be null or a pointer from `kps_config_new` not yet freed; output
+/// borrowed from it becomes invalid.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_config_free(config: *mut KpsConfig) {
+    if !config.is_null() {
+        // SAFETY: per the contract, `config` came from Box::into_raw and is freed once.
+        drop(unsafe { Box::from_raw(config) });
+    }
+}
+
+/// Validates Kong's `pluginserver_*` settings given as JSON (`input`, `input_len`
+/// bytes) and points `*out`/`*out_len` at the JSON result, which stays valid until
+/// the next call on `config` or its release. Returns 0 when a result was produced,
+/// including the result "these settings are invalid" (`"ok": false` with every error).
+///
+/// # Errors
+/// `KPS_ERR_ARGS` (-2) for a null pointer; `KPS_ERR_FAILED` (-1) when the input is
+/// not JSON of the documented shape; the message is written into `errbuf`.
+///
+/// # Panics
+/// Never across the boundary: a panic becomes `KPS_ERR_PANIC` (-3) with a message.
+///
+/// # Safety
+/// `config` must come from `kps_config_new`; `input` must be valid for `input_len`
+/// bytes of reads; `out` and `out_len` valid for one write each; `errbuf` null or
+/// valid for `*errbuf_len` bytes of writes, `errbuf_len` null or valid for reads and
+/// writes. No other thread may use `config` during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_config_parse(
+    config: *mut KpsConfig,
+    input: *const u8,
+    input_len: usize,
+    out: *mut *const u8,
+    out_len: *mut usize,
+    errbuf: *mut u8,
+    errbuf_len: *mut usize,
+) -> i32 {
+    if config.is_null() || input.is_null() || out.is_null() || out_len.is_null() {
+        // SAFETY: forwarded errbuf contract.
+        unsafe { write_error(errbuf, errbuf_len, "kps_config_parse: null argument") };
+        return KPS_ERR_ARGS;
+    }
+    // SAFETY: non-null and valid per the caller's contract.
+    let (handle, input) = unsafe { (&mut *config, std::slice::from_raw_parts(input, input_len)) };
+    // SAFETY: forwarded errbuf contract; `out`/`out_len` are valid for writes.
+    unsafe {
+        guard(errbuf, errbuf_len, || {
+            handle.out = parse_json(input)?;
+            *out = handle.out.as_ptr();
+            *out_len = handle.out.len();
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ffi::{KPS_ERR_ARGS, KPS_ERR_FAILED};
+
+    fn call(h: *mut KpsConfig, input: &str) -> (i32, String) {
+        let mut out: *const u8 = std::ptr::null();
+        let mut out_len = 0usize;
+        let mut err = [0u8; 256];
+        let mut err_len = err.len();
+        let rc = unsafe {
+            kps_config_parse(
+                h,
+                input.as_ptr(),
+                input.len(),
+                &mut out,
+                &mut out_len,
+                err.as_mut_ptr(),
+                &mut err_len,
+            )
+        };
+        if rc == 0 {
+            let bytes = unsafe { std::slice::from_raw_parts(out, out_len) };
+            (rc, String::from_utf8(bytes.to_vec()).unwrap())
+        } else {
+            (rc, String::from_utf8(err[..err_len].to_vec()).unwrap())
+        }
+    }
+
+    #[test]
+    fn valid_settings_give_ok_defs_with_a_null_start_command_for_external_servers() {
+        let h = kps_config_new();
+        let (rc, out) = call(
+            h,
+            r#"{"settings":{"prefix":"/kong","pluginserver_names":["Ext"],
+                "pluginserver_ext_query_cmd":"/bin/sh -c true","pluginserver_ext_fail_open":true,
+                "log_level":{"ignored":1}},
+               "opts":{"default_dir":"/nonexistent","path":"/bin"}}"#,
+        );
+        unsafe { kps_config_free(h) };
+        assert_eq!(rc, 0);
+        let v: Json = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["ok"], true);
+        let def = &v["defs"][0];
+        assert_eq!(def["name"], "ext");
+        assert_eq!(def["socket"], "/kong/ext.socket");
+        assert_eq!(def["start_command"], Json::Null);
+        assert_eq!(def["query_command"], "/bin/sh -c true");
+        assert_eq!(def["path"], "/bin");
+        assert_eq!(def["fail_open"], true);
+        assert_eq!(def["read_timeout"], 60000);
+        assert_eq!(
+            v["warnings"][0],
+            "start_command undefined for pluginserver ext; assuming external process management"
+        );
+    }
+
+    #[test]
+    fn invalid_settings_are_a_result_not_a_call_failure() {
+        let h = kps_config_new();
+        let (rc, out) = call(
+            h,
+            r#"{"settings":{"prefix":"/k","pluginserver_names":"a"},"opts":{"default_dir":"/nonexistent"}}"#,
+        );
+        unsafe { kps_config_free(h) };
+        assert_eq!(rc, 0);
+        let v: Json = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["errors"][0], "query_command undefined for pluginserver a");
+    }
+
+    #[test]
+    fn json_values_map_to_config_values() {
+        assert_eq!(to_value(&json!(null)), None);
+        assert_eq!(to_value(&json!({})), Some(Value::List(vec![])));
+        assert_eq!(
+            to_value(&json!({"$type": "function"})),
+            Some(Value::Other("function".into()))
+        );
+        assert_eq!(
+            to_value(&json!({"a": 1})),
+            Some(Value::Other("table".into()))
+        );
+        assert_eq!(
+            to_value(&json!(["a", null, 2])),
+            Some(Value::List(vec![
+                Value::Text("a".into()),
+                Value::Other("null".into()),
+                Value::Number(2.0)
+            ]))
+        );
+    }
+
+    #[test]
+    fn malformed_input_fails_with_a_message() {
+        let h = kps_config_new();
+        let (rc, msg) = call(h, "{not json");
+        assert_eq!(rc, KPS_ERR_FAILED);
+        assert!(msg.starts_with("config input is not valid JSON"), "{msg}");
+        let (rc, msg) = call(h, r#"{"opts":{"path":5}}"#);
+        assert_eq!(
+            (rc, msg.as_str()),
+            (KPS_ERR_FAILED, "opts.path: expected a string, got 5")
+        );
+        let (rc, msg) = call(h, "[]");
+        assert_eq!(
+            (rc, msg.as_str()),
+            (KPS_ERR_FAILED, "config input: expected a JSON object")
+        );
+        unsafe { kps_config_free(h) };
+    }
+
+    #[test]
+    fn setting_names_list_every_suffix() {
+        let names = unsafe { std::ffi::CStr::from_ptr(kps_config_setting_names()) };
+        let names = names.to_str().unwrap();
+        assert!(
+            names.starts_with("socket,start_cmd,query_cmd,query_timeout,"),
+            "{names}"
+        );
+        assert_eq!(names.split(',').count(), 15);
+    }
+
+    #[test]
+    fn null_arguments_are_refused() {
+        let (rc, msg) = call(std::ptr::null_mut(), "{}");
+        assert_eq!(
+            (rc, msg.as_str()),
+            (KPS_ERR_ARGS, "kps_config_parse: null argument")
+        );
+        unsafe { kps_config_free(std::ptr::null_mut()) };
+    }
+}

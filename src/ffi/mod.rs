@@ -7,10 +7,13 @@
 mod errbuf;
 mod library;
 
-pub use errbuf::{KPS_ERR_ARGS, KPS_ERR_BUF_TOO_SMALL, KPS_ERR_FAILED, KPS_ERR_PANIC, guard, write_error};
+pub use errbuf::{
+    KPS_ERR_ARGS, KPS_ERR_BUF_TOO_SMALL, KPS_ERR_FAILED, KPS_ERR_PANIC, guard, write_error,
+};
 
 // One file per object or area; each owned by its issue.
 mod config;
 mod msgpack;
 mod protobuf;
+mod query;
 mod supervisor;

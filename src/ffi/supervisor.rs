@@ -1,1 +1,153 @@
-//! `extern "C"` adapters for the supervisor (filled in by its issue).
+//! `extern "C"` adapters for the supervisor: start, stop, drain its reports.
+//! Cold path: definitions go in and reports come out as JSON text.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::errbuf::guard;
+use crate::config::ServerDef;
+use crate::process::{handle, helper_link};
+
+/// Most reports returned by one drain call.
+const DRAIN_MAX: usize = 1000;
+
+/// The bytes of the last drain, borrowed by the caller until the next drain.
+static DRAIN_OUT: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+/// # Safety
+/// `ptr` must be valid for `len` bytes of reads (or `len` must be 0).
+unsafe fn json_arg<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a [u8], String> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if ptr.is_null() {
+        return Err(format!("{what}: null pointer"));
+    }
+    // SAFETY: forwarded contract.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+/// Starts the supervisor thread of this process for the managed servers among
+/// `defs` (a JSON array of server definitions, `conf.parse`'s tables). `old_pids`
+/// (a JSON object `{ name: pid }`, may be empty) names servers of a previous
+/// generation that must be gone before the same socket is served again.
+/// `kps-helper` is looked for beside this library.
+///
+/// Returns 0 when the supervisor started, 1 when one was already running in this
+/// process (nothing changes).
+///
+/// # Errors
+/// `KPS_ERR_FAILED` with a message: bad JSON, helper not found, thread not created.
+///
+/// # Panics
+/// Never across the boundary (`KPS_ERR_PANIC`).
+///
+/// # Safety
+/// `defs` valid for `defs_len` bytes, `old_pids` for `old_pids_len` bytes (either
+/// may be null with length 0); `errbuf`/`errbuf_len` as in `kps_selftest_panic`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_supervisor_start(
+    defs: *const u8,
+    defs_len: usize,
+    old_pids: *const u8,
+    old_pids_len: usize,
+    errbuf: *mut u8,
+    errbuf_len: *mut usize,
+) -> i32 {
+    let mut already = false;
+    // SAFETY: forwarded contract.
+    let rc = unsafe {
+        guard(errbuf, errbuf_len, || {
+            let defs: Vec<ServerDef> = serde_json::from_slice(json_arg(defs, defs_len, "defs")?)
+                .map_err(|e| format!("invalid server definitions: {e}"))?;
+            let old = json_arg(old_pids, old_pids_len, "old_pids")?;
+            let old: HashMap<String, i32> = if old.is_empty() {
+                HashMap::new()
+            } else {
+                serde_json::from_slice(old).map_err(|e| format!("invalid old pids: {e}"))?
+            };
+            let helper = helper_link::helper_beside_library()?;
+            already = !handle::start(defs, old, helper)?;
+            Ok(())
+        })
+    };
+    if rc == 0 && already { 1 } else { rc }
+}
+
+/// Asks the supervisor to stop every server (SIGTERM, SIGKILL after `stop_timeout`)
+/// and waits up to `wait_ms` for it to finish. With `wait_ms` 0 it only asks.
+///
+/// Returns 1 when no supervisor runs any more, 0 when it is still stopping (call
+/// again or drain until the `done` report).
+///
+/// # Errors
+/// None.
+///
+/// # Panics
+/// Never across the boundary (returns 0).
+///
+/// # Safety
+/// None: no pointers.
+#[unsafe(no_mangle)]
+pub extern "C" fn kps_supervisor_stop(wait_ms: u64) -> i32 {
+    std::panic::catch_unwind(|| handle::stop(Duration::from_millis(wait_ms)) as i32).unwrap_or(0)
+}
+
+/// The longest a stop can take, in ms: the largest `stop_timeout` plus the wait
+/// after SIGKILL (0 without a supervisor).
+///
+/// # Errors
+/// None.
+///
+/// # Panics
+/// Never across the boundary (returns 0).
+///
+/// # Safety
+/// None: no pointers.
+#[unsafe(no_mangle)]
+pub extern "C" fn kps_supervisor_stop_bound_ms() -> u64 {
+    std::panic::catch_unwind(handle::stop_bound_ms).unwrap_or(0)
+}
+
+/// Takes the pending reports of the supervisor as a JSON array of objects:
+/// `{"kind":"log","level":<ngx level>,"msg":...}`,
+/// `{"kind":"state","name","state","pid","restarts","last_exit","started_at"}`,
+/// `{"kind":"done"}`. Writes the bytes to `*out`/`*out_len` (empty when there is
+/// nothing) and returns the number of reports.
+///
+/// # Errors
+/// `KPS_ERR_ARGS` when `out` or `out_len` is null.
+///
+/// # Panics
+/// Never across the boundary (`KPS_ERR_PANIC`).
+///
+/// # Safety
+/// `out`/`out_len` valid for writes. The bytes stay valid until the next call of
+/// this function (from any thread: call it from one Lua state only).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_supervisor_drain(out: *mut *const u8, out_len: *mut usize) -> i32 {
+    if out.is_null() || out_len.is_null() {
+        return super::KPS_ERR_ARGS;
+    }
+    let result = std::panic::catch_unwind(|| {
+        let reports = handle::drain(DRAIN_MAX);
+        let mut buf = DRAIN_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        buf.clear();
+        if !reports.is_empty() {
+            serde_json::to_writer(&mut *buf, &reports).expect("reports serialize");
+        }
+        (buf.as_ptr(), buf.len(), reports.len() as i32)
+    });
+    match result {
+        Ok((ptr, len, n)) => {
+            // SAFETY: both pointers checked non-null; valid per contract.
+            unsafe {
+                *out = ptr;
+                *out_len = len;
+            }
+            n
+        }
+        Err(_) => super::KPS_ERR_PANIC,
+    }
+}

@@ -1,1 +1,13 @@
 //! Plugin info queries and the plugin server supervisor (process issue).
+//!
+//! - [`query`]: runs the query commands (in the nginx master, at `init`).
+//! - [`supervisor`]: the thread that owns the managed servers (worker 0), with
+//!   [`helper_link`] (talks to `kps-helper`), [`probe`] (readiness) and [`backoff`].
+//! - [`handle`]: the one supervisor of this process, as the FFI layer sees it.
+
+pub mod backoff;
+pub mod handle;
+pub mod helper_link;
+pub mod probe;
+pub mod query;
+pub mod supervisor;

@@ -12,6 +12,12 @@ static const int UNKNOWN = 0;
 // Length of the little-endian frame prefix.
 static const int PREFIX = 4;
 
+// Longest unix socket path: `sun_path` holds 108 bytes including the NUL.
+static const int MAX_SOCKET_PATH = 107;
+
+// Upper bound for durations and sizes: nginx keeps timeouts in a C `int` of
+// milliseconds, and a LuaJIT string cannot reach 2 GiB.
+
 // The operation failed; the message says why.
 static const int KPS_ERR_FAILED = -1;
 
@@ -41,6 +47,24 @@ static const int KPS_PB_CLOSED_BEFORE_REPLY = 1;
 
 // `kps_pb_stream_closed`: part of the reply or event had arrived (a failure).
 static const int KPS_PB_CLOSED_LATER = 0;
+
+// Smallest delay used even if configured lower, so a crash loop stays cheap.
+static const int MIN_DELAY_MS = 10;
+
+// nginx log levels (the values of `ngx.DEBUG` ... `ngx.ERR`).
+static const int NGX_ERR = 4;
+
+static const int NGX_WARN = 5;
+
+static const int NGX_NOTICE = 6;
+
+static const int NGX_INFO = 7;
+
+// Owns the output of the last `kps_config_parse` made with it.
+typedef struct KpsConfig KpsConfig;
+
+// The result of one info query: JSON text owned by the handle.
+typedef struct KpsQuery KpsQuery;
 
 // Sequences of one plugin in one worker.
 typedef struct kps_pb_session kps_pb_session;
@@ -86,6 +110,71 @@ const char *kps_version(void);
 // `errbuf` must be null or valid for `*errbuf_len` bytes of writes; `errbuf_len`
 // must be null or valid for reads and writes.
 int32_t kps_selftest_panic(uint8_t *errbuf, size_t *errbuf_len);
+
+// Returns the per-server setting suffixes (`socket,start_cmd,...`) as a static
+// NUL-terminated, comma-separated string, so that the Lua side can read them from
+// a settings table it cannot iterate (Kong's `kong.configuration` is a proxy).
+//
+// # Errors
+// None.
+//
+// # Panics
+// None.
+//
+// # Safety
+// None: the pointer is to memory that lives as long as the library; do not free it.
+const char *kps_config_setting_names(void);
+
+// Creates a config handle, which owns the output of its parse calls.
+// Release it with `kps_config_free`.
+//
+// # Errors
+// None.
+//
+// # Panics
+// None (allocation failure aborts the process, as everywhere in Rust).
+//
+// # Safety
+// None: the returned pointer is owned by the caller until `kps_config_free`.
+KpsConfig *kps_config_new(void);
+
+// Releases a handle made by `kps_config_new`; null is ignored.
+//
+// # Errors
+// None.
+//
+// # Panics
+// None.
+//
+// # Safety
+// `config` must be null or a pointer from `kps_config_new` not yet freed; output
+// borrowed from it becomes invalid.
+void kps_config_free(KpsConfig *config);
+
+// Validates Kong's `pluginserver_*` settings given as JSON (`input`, `input_len`
+// bytes) and points `*out`/`*out_len` at the JSON result, which stays valid until
+// the next call on `config` or its release. Returns 0 when a result was produced,
+// including the result "these settings are invalid" (`"ok": false` with every error).
+//
+// # Errors
+// `KPS_ERR_ARGS` (-2) for a null pointer; `KPS_ERR_FAILED` (-1) when the input is
+// not JSON of the documented shape; the message is written into `errbuf`.
+//
+// # Panics
+// Never across the boundary: a panic becomes `KPS_ERR_PANIC` (-3) with a message.
+//
+// # Safety
+// `config` must come from `kps_config_new`; `input` must be valid for `input_len`
+// bytes of reads; `out` and `out_len` valid for one write each; `errbuf` null or
+// valid for `*errbuf_len` bytes of writes, `errbuf_len` null or valid for reads and
+// writes. No other thread may use `config` during the call.
+int32_t kps_config_parse(KpsConfig *config,
+                         const uint8_t *input,
+                         size_t input_len,
+                         const uint8_t **out,
+                         size_t *out_len,
+                         uint8_t *errbuf,
+                         size_t *errbuf_len);
 
 // Makes a session. `max_message_size` bounds every frame received or sent
 // (bytes). Release it with `kps_pb_session_free`.
@@ -322,4 +411,122 @@ int32_t kps_pb_stream_poll(kps_pb_stream *stream,
 // `stream` null or from `kps_pb_stream_new`; `msg` null or valid for `*msg_len`
 // bytes of writes, `msg_len` null or valid for reads and writes.
 int32_t kps_pb_stream_closed(kps_pb_stream *stream, uint8_t *msg, size_t *msg_len);
+
+// Runs every server's query command (in parallel, each bounded by its
+// `query_timeout`; no thread or process is left when it returns) and stores the
+// plugin infos in a new handle at `*out`: a JSON array of
+// `{ server (1-based index into defs), name, PRIORITY, VERSION, schema, phases, protocol }`,
+// read with `kps_query_json`, released with `kps_query_free`.
+//
+// # Errors
+// `KPS_ERR_FAILED` with every failing server's message (one per line): bad
+// definitions, non-zero exit, timeout, no JSON, wrong shape, unnamed plugin,
+// plugin name claimed twice. `KPS_ERR_ARGS` for null pointers.
+//
+// # Panics
+// Never across the boundary (`KPS_ERR_PANIC`).
+//
+// # Safety
+// `defs` valid for `defs_len` bytes of reads; `out` valid for a write;
+// `errbuf`/`errbuf_len` as in `kps_selftest_panic`.
+int32_t kps_query_run(const uint8_t *defs,
+                      size_t defs_len,
+                      KpsQuery **out,
+                      uint8_t *errbuf,
+                      size_t *errbuf_len);
+
+// Borrows the JSON text of a query result; valid until `kps_query_free(q)`.
+//
+// # Errors
+// None.
+//
+// # Panics
+// Never.
+//
+// # Safety
+// `q` must come from `kps_query_run` and not be freed; `out`/`out_len` valid for writes.
+void kps_query_json(const KpsQuery *q, const uint8_t **out, size_t *out_len);
+
+// Releases a query result (null is ignored).
+//
+// # Errors
+// None.
+//
+// # Panics
+// Never.
+//
+// # Safety
+// `q` must come from `kps_query_run` and be freed once.
+void kps_query_free(KpsQuery *q);
+
+// Starts the supervisor thread of this process for the managed servers among
+// `defs` (a JSON array of server definitions, `conf.parse`'s tables). `old_pids`
+// (a JSON object `{ name: pid }`, may be empty) names servers of a previous
+// generation that must be gone before the same socket is served again.
+// `kps-helper` is looked for beside this library.
+//
+// Returns 0 when the supervisor started, 1 when one was already running in this
+// process (nothing changes).
+//
+// # Errors
+// `KPS_ERR_FAILED` with a message: bad JSON, helper not found, thread not created.
+//
+// # Panics
+// Never across the boundary (`KPS_ERR_PANIC`).
+//
+// # Safety
+// `defs` valid for `defs_len` bytes, `old_pids` for `old_pids_len` bytes (either
+// may be null with length 0); `errbuf`/`errbuf_len` as in `kps_selftest_panic`.
+int32_t kps_supervisor_start(const uint8_t *defs,
+                             size_t defs_len,
+                             const uint8_t *old_pids,
+                             size_t old_pids_len,
+                             uint8_t *errbuf,
+                             size_t *errbuf_len);
+
+// Asks the supervisor to stop every server (SIGTERM, SIGKILL after `stop_timeout`)
+// and waits up to `wait_ms` for it to finish. With `wait_ms` 0 it only asks.
+//
+// Returns 1 when no supervisor runs any more, 0 when it is still stopping (call
+// again or drain until the `done` report).
+//
+// # Errors
+// None.
+//
+// # Panics
+// Never across the boundary (returns 0).
+//
+// # Safety
+// None: no pointers.
+int32_t kps_supervisor_stop(uint64_t wait_ms);
+
+// The longest a stop can take, in ms: the largest `stop_timeout` plus the wait
+// after SIGKILL (0 without a supervisor).
+//
+// # Errors
+// None.
+//
+// # Panics
+// Never across the boundary (returns 0).
+//
+// # Safety
+// None: no pointers.
+uint64_t kps_supervisor_stop_bound_ms(void);
+
+// Takes the pending reports of the supervisor as a JSON array of objects:
+// `{"kind":"log","level":<ngx level>,"msg":...}`,
+// `{"kind":"state","name","state","pid","restarts","last_exit","started_at"}`,
+// `{"kind":"done"}`. Writes the bytes to `*out`/`*out_len` (empty when there is
+// nothing) and returns the number of reports.
+//
+// # Errors
+// `KPS_ERR_ARGS` when `out` or `out_len` is null.
+//
+// # Panics
+// Never across the boundary (`KPS_ERR_PANIC`).
+//
+// # Safety
+// `out`/`out_len` valid for writes. The bytes stay valid until the next call of
+// this function (from any thread: call it from one Lua state only).
+int32_t kps_supervisor_drain(const uint8_t **out, size_t *out_len);
 ]]

@@ -31,18 +31,20 @@ local function load_servers()
   if servers or servers_err then
     return servers, servers_err
   end
-  local ok, defs, errors, warnings = pcall(conf.parse, (kong and kong.configuration) or {})
+  -- parse returns `defs, warnings` or `nil, errors, warnings`
+  local ok, defs, second, third = pcall(conf.parse, (kong and kong.configuration) or {})
   if not ok then
     servers_err = "invalid plugin server configuration: " .. tostring(defs)
     return nil, servers_err
   end
+  local warnings = (defs and second) or third
   for _, w in ipairs(warnings or {}) do
     log(WARN, "[pluginserver] ", w)
   end
   if defs then
     servers = defs
   else
-    servers_err = "invalid plugin server configuration: " .. concat(errors or {}, "; ")
+    servers_err = "invalid plugin server configuration: " .. concat(second or {}, "; ")
   end
   return servers, servers_err
 end

@@ -1,25 +1,304 @@
--- kong.runloop.plugin_servers.process: info queries and the supervisor (process issue).
+-- kong.runloop.plugin_servers.process: plugin info queries and the supervisor of
+-- the plugin server processes, both in Rust (src/process); this module adapts.
+--
+-- query(defs)  -> array of info records { name, PRIORITY, VERSION, schema, phases,
+--                 protocol, server_def }, one per plugin, or nil, err
+-- start(defs)  -> true   (worker 0 of the http subsystem supervises; never raises)
+-- stop()       -> true   (bounded by stop_timeout; never raises)
+-- status(defs) -> array of { name, pid, state, restarts, last_exit, uptime } or nil, err
+--
+-- The supervisor thread reports through a channel; worker 0 drains it every 10 ms,
+-- writes the lines with ngx.log and the states into the shared dict (state.lua).
+
+local ffi = require "ffi"
+local cjson = require("cjson.safe").new()
+local state = require "kong.runloop.plugin_servers.state"
+
+local ngx = ngx
+local log = ngx.log
+local ERR = ngx.ERR
+local WARN = ngx.WARN
+local NOTICE = ngx.NOTICE
+local type = type
+local pcall = pcall
+local ipairs = ipairs
+local pairs = pairs
+local next = next
+local tonumber = tonumber
+local require = require
+local tostring = tostring
+local ffi_new = ffi.new
+local ffi_str = ffi.string
+local ffi_gc = ffi.gc
+
+local NULL = cjson.null
+-- Period of the drain timer (seconds): readiness shows in the dict within it.
+local DRAIN_PERIOD = 0.01
+-- Margin on top of the Rust stop bound for the final reports (ms).
+local STOP_MARGIN_MS = 500
+
 local _M = {}
 
--- Returns an array of plugin info records, or nil, err.
-function _M.query(_defs)
-  return nil, "plugin info query not implemented"
+local lib, lib_err
+local function load_lib()
+  if lib or lib_err then
+    return lib, lib_err
+  end
+  local ok, l = pcall(require, "kong.runloop.plugin_servers.lib")
+  if ok then
+    lib = l
+  else
+    lib_err = tostring(l)
+  end
+  return lib, lib_err
 end
 
-function _M.start(_defs)
+local function denull(v)
+  if v == NULL then
+    return nil
+  end
+  return v
+end
+
+-- Plain data of the defs for Rust (no metatables, functions or cdata).
+local function encode_defs(defs)
+  local list = {}
+  for i, def in ipairs(defs) do
+    local copy = {}
+    for k, v in pairs(def) do
+      local t = type(v)
+      if t == "string" or t == "number" or t == "boolean" then
+        copy[k] = v
+      end
+    end
+    list[i] = copy
+  end
+  if #list == 0 then
+    return "[]"
+  end
+  return cjson.encode(list)
+end
+
+function _M.query(defs)
+  local l, err = load_lib()
+  if not l then
+    return nil, err
+  end
+  log(NOTICE, "[pluginserver] loading external plugins info")
+  local json, eerr = encode_defs(defs)
+  if not json then
+    return nil, "cannot encode server definitions: " .. tostring(eerr)
+  end
+  local out = ffi_new("KpsQuery *[1]")
+  local buf, len = l.errbuf()
+  local rc = l.C.kps_query_run(json, #json, out, buf, len)
+  if rc ~= 0 then
+    return nil, l.errmsg()
+  end
+  local q = ffi_gc(out[0], l.C.kps_query_free)
+  local ptr, plen = ffi_new("const uint8_t *[1]"), ffi_new("size_t[1]")
+  l.C.kps_query_json(q, ptr, plen)
+  local text = ffi_str(ptr[0], plen[0])
+  l.C.kps_query_free(ffi_gc(q, nil))
+
+  local list, derr = cjson.decode(text)
+  if type(list) ~= "table" then
+    return nil, "cannot decode the plugin infos: " .. tostring(derr)
+  end
+  local infos = {}
+  for i, raw in ipairs(list) do
+    local def = defs[raw.server]
+    -- Kong's callers read the protocol from the server definition too.
+    def.protocol = raw.protocol
+    infos[i] = {
+      name = raw.name,
+      PRIORITY = denull(raw.PRIORITY),
+      VERSION = denull(raw.VERSION),
+      schema = denull(raw.schema),
+      phases = denull(raw.phases),
+      protocol = raw.protocol,
+      server_def = def,
+    }
+  end
+  log(NOTICE, "[pluginserver] loaded #", #infos, " external plugins info")
+  return infos
+end
+
+-- Supervisor of this worker (worker 0 only).
+local supervising = false -- start() succeeded here
+local finished = false    -- the supervisor reported "done"
+local stopping = false
+local timer_running = false
+local my_pid
+
+local out_ptr, out_len
+
+-- Moves pending reports into the log and the dict; returns how many there were.
+local function drain()
+  local l = lib
+  if not out_ptr then
+    out_ptr, out_len = ffi_new("const uint8_t *[1]"), ffi_new("size_t[1]")
+  end
+  local n = l.C.kps_supervisor_drain(out_ptr, out_len)
+  if n <= 0 then
+    return 0
+  end
+  local reports = cjson.decode(ffi_str(out_ptr[0], out_len[0]))
+  if type(reports) ~= "table" then
+    log(ERR, "[pluginserver] undecodable supervisor reports")
+    return n
+  end
+  for _, r in ipairs(reports) do
+    local kind = r.kind
+    if kind == "log" then
+      log(r.level, r.msg)
+    elseif kind == "state" then
+      state.set(r.name, {
+        state = r.state,
+        pid = denull(r.pid),
+        restarts = r.restarts,
+        last_exit = denull(r.last_exit),
+        started_at = denull(r.started_at),
+      }, my_pid)
+    elseif kind == "done" then
+      finished = true
+    end
+  end
+  return n
+end
+
+local function drain_all()
+  for _ = 1, 100 do
+    if drain() == 0 then
+      return
+    end
+  end
+end
+
+local function stop_bound_ms()
+  return tonumber(lib.C.kps_supervisor_stop_bound_ms()) + STOP_MARGIN_MS
+end
+
+-- Stops from a timer: asks, then drains every 10 ms until done (bounded).
+local function stop_in_timer()
+  if stopping or finished then
+    return
+  end
+  stopping = true
+  lib.C.kps_supervisor_stop(0)
+  local deadline = ngx.now() + stop_bound_ms() / 1000
+  while not finished do
+    drain_all()
+    ngx.update_time()
+    if finished or ngx.now() >= deadline then
+      break
+    end
+    local ok = pcall(ngx.sleep, DRAIN_PERIOD)
+    if not ok then
+      break
+    end
+  end
+  if not finished then
+    lib.C.kps_supervisor_stop(stop_bound_ms())
+    drain_all()
+  end
+end
+
+local function drain_timer(premature)
+  if premature or ngx.worker.exiting() then
+    -- A reload or quit: stop now, not at the end of the graceful shutdown, so
+    -- that the new worker 0 can take over the sockets.
+    local ok, err = pcall(stop_in_timer)
+    if not ok then
+      log(ERR, "[pluginserver] failed stopping plugin servers: ", tostring(err))
+    end
+    return
+  end
+  local ok, err = pcall(drain_all)
+  if not ok then
+    log(ERR, "[pluginserver] failed draining supervisor reports: ", tostring(err))
+  end
+end
+
+function _M.start(defs)
+  if ngx.config.subsystem ~= "http" or ngx.worker.id() ~= 0 then
+    return true
+  end
+  if supervising then
+    return true
+  end
+  local l, err = load_lib()
+  if not l then
+    log(ERR, "[pluginserver] cannot start plugin servers: ", err)
+    return true
+  end
+  local managed = {}
+  local dict_ok, dict_err = state.dict()
+  if not dict_ok then
+    log(ERR, "[pluginserver] ", dict_err)
+  end
+  my_pid = ngx.worker.pid()
+  local old = state.claim(my_pid, defs)
+  for _, def in ipairs(defs) do
+    if def.start_command then
+      managed[#managed + 1] = def
+    else
+      state.set(def.name, { state = "external" }, my_pid)
+    end
+  end
+  if #managed == 0 then
+    return true
+  end
+
+  local json = encode_defs(managed)
+  local old_json = next(old) and cjson.encode(old) or ""
+  local buf, len = l.errbuf()
+  local rc = l.C.kps_supervisor_start(json, #json, old_json, #old_json, buf, len)
+  if rc < 0 then
+    local msg = l.errmsg()
+    for _, def in ipairs(managed) do
+      log(ERR, "[pluginserver] cannot start pluginserver '", def.name, "': ", msg)
+      state.set(def.name, { state = "failed" }, my_pid)
+    end
+    return true
+  end
+  if rc == 1 then
+    log(NOTICE, "[pluginserver] the supervisor of this process is already running")
+  end
+  supervising, finished, stopping = true, false, false
+  if not timer_running then
+    local ok, terr = ngx.timer.every(DRAIN_PERIOD, drain_timer)
+    if ok then
+      timer_running = true
+    else
+      log(ERR, "[pluginserver] cannot create the supervisor drain timer: ", tostring(terr))
+    end
+  end
   return true
 end
 
 function _M.stop()
+  if not supervising or not lib then
+    return true
+  end
+  if not finished then
+    stopping = true
+    lib.C.kps_supervisor_stop(stop_bound_ms())
+  end
+  drain_all()
+  supervising = false
   return true
 end
 
 function _M.status(defs)
-  local list = {}
-  for i, def in ipairs(defs) do
-    list[i] = { name = def.name, state = def.start_command and "stopped" or "external", restarts = 0 }
+  return state.status(defs)
+end
+
+-- For specs: drain now (worker 0).
+_M._drain = function()
+  if lib and supervising then
+    drain_all()
   end
-  return list
 end
 
 return _M

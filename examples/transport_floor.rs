@@ -1,0 +1,95 @@
+//! The transport floor: the lowest cost of one request/reply round trip over a unix
+//! stream socket on this machine, with no codec work. A server process echoes a
+//! reply of a fixed size for every request of a fixed size; the client reports its
+//! own CPU time and the wall time per round trip.
+//!
+//! `cargo run --release --example transport_floor -- [round_trips] [request_bytes] [reply_bytes] [pin]`
+//! With `pin` = 1 the client runs on core 0 and the server on core 1.
+//! prints one line: `round_trips=N client_cpu_ns=.. wall_ns=.. (per round trip)`.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::Instant;
+
+fn thread_cpu_ns() -> u128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u128 * 1_000_000_000 + ts.tv_nsec as u128
+}
+
+fn pin_to(cpu: usize) {
+    // SAFETY: set is a plain bitmask owned by this frame.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn serve(listener: UnixListener, request_bytes: usize, reply_bytes: usize) {
+    let (mut conn, _) = listener.accept().expect("accept");
+    let mut req = vec![0u8; request_bytes];
+    let reply = vec![7u8; reply_bytes];
+    while conn.read_exact(&mut req).is_ok() {
+        if conn.write_all(&reply).is_err() {
+            break;
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("number"))
+        .collect();
+    let round_trips = *args.first().unwrap_or(&200_000);
+    let request_bytes = *args.get(1).unwrap_or(&48);
+    let reply_bytes = *args.get(2).unwrap_or(&64);
+    let pin = args.get(3) == Some(&1);
+
+    let dir = std::env::temp_dir().join(format!("kps-floor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("floor.socket");
+    let listener = UnixListener::bind(&path).expect("bind");
+
+    // SAFETY: the child only runs the echo loop and exits; no locks are held here.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        if pin {
+            pin_to(1);
+        }
+        serve(listener, request_bytes, reply_bytes);
+        std::process::exit(0);
+    }
+    drop(listener);
+    if pin {
+        pin_to(0);
+    }
+
+    let mut conn = UnixStream::connect(&path).expect("connect");
+    let req = vec![1u8; request_bytes];
+    let mut reply = vec![0u8; reply_bytes];
+    let cpu0 = thread_cpu_ns();
+    let wall0 = Instant::now();
+    for _ in 0..round_trips {
+        conn.write_all(&req).expect("write");
+        conn.read_exact(&mut reply).expect("read");
+    }
+    let wall = wall0.elapsed().as_nanos();
+    let cpu = thread_cpu_ns() - cpu0;
+    drop(conn);
+    let mut status = 0;
+    // SAFETY: pid is our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!(
+        "round_trips={round_trips} request_bytes={request_bytes} reply_bytes={reply_bytes} client_cpu_ns={} wall_ns={}",
+        cpu / round_trips as u128,
+        wall / round_trips as u128
+    );
+}

@@ -1,0 +1,225 @@
+-- kong.runloop.plugin_servers.state: per-server process state in the shared dict
+-- `kong_plugin_servers`, readable from every worker.
+--
+-- Owns the keys `ps:owner` (pid of the worker whose supervisor writes the state)
+-- and `ps:srv:<name>` (JSON: state, pid, restarts, last_exit, started_at). Written
+-- by worker 0's drain timer (process.lua); read by status() and by the RPC code
+-- through wait_ready().
+
+local cjson = require("cjson.safe").new()
+
+local ngx = ngx
+local type = type
+local pairs = pairs
+local ipairs = ipairs
+local pcall = pcall
+local require = require
+local tostring = tostring
+local min = math.min
+local floor = math.floor
+local ngx_now = ngx.now
+local update_time = ngx.update_time
+
+local DICT = "kong_plugin_servers"
+local OWNER_KEY = "ps:owner"
+local SERVER_KEY = "ps:srv:"
+-- A waiting request looks at the dict at least this often (seconds).
+local POLL = 0.01
+
+local NULL = cjson.null
+
+local _M = {
+  DICT = DICT,
+  MISSING_DICT = "shared dict '" .. DICT .. "' not found; add "
+    .. "'nginx_http_lua_shared_dict = " .. DICT .. " 1m' to kong.conf",
+}
+
+local function dict()
+  local shared = ngx.shared
+  return shared and shared[DICT]
+end
+
+-- The dict, or nil and the message naming the kong.conf line that declares it.
+function _M.dict()
+  local d = dict()
+  if not d then
+    return nil, _M.MISSING_DICT
+  end
+  return d
+end
+
+-- Per-worker wake-ups for requests waiting on a server (posted by set()).
+local semaphores = {}
+local semaphore_lib
+do
+  local ok, lib = pcall(require, "ngx.semaphore")
+  semaphore_lib = ok and lib or nil
+end
+
+local function semaphore(name)
+  local sema = semaphores[name]
+  if not sema and semaphore_lib then
+    sema = semaphore_lib.new(0)
+    semaphores[name] = sema
+  end
+  return sema
+end
+
+local function wake(name)
+  local sema = semaphores[name]
+  if sema then
+    local waiting = -sema:count()
+    if waiting > 0 then
+      sema:post(waiting)
+    end
+  end
+end
+
+local function denull(v)
+  if v == NULL then
+    return nil
+  end
+  return v
+end
+
+-- The entry of one server: { state, pid, restarts, last_exit, started_at } or nil.
+function _M.get(name)
+  local d = dict()
+  if not d then
+    return nil
+  end
+  local raw = d:get(SERVER_KEY .. name)
+  if not raw then
+    return nil
+  end
+  local e = cjson.decode(raw)
+  if type(e) ~= "table" then
+    return nil
+  end
+  e.pid = denull(e.pid)
+  e.last_exit = denull(e.last_exit)
+  e.started_at = denull(e.started_at)
+  return e
+end
+
+-- Makes `owner` (a worker pid) the writer of the state and returns the pids the
+-- previous owner's servers had ({ [name] = pid }), so that the new supervisor can
+-- wait for them to be gone before serving the same sockets.
+function _M.claim(owner, defs)
+  local d = dict()
+  if not d then
+    return {}
+  end
+  local old = {}
+  for _, def in ipairs(defs) do
+    local e = _M.get(def.name)
+    if e and e.pid and e.state ~= "external" then
+      old[def.name] = e.pid
+    end
+  end
+  d:set(OWNER_KEY, owner)
+  return old
+end
+
+function _M.owner()
+  local d = dict()
+  return d and d:get(OWNER_KEY)
+end
+
+-- Stores a server's entry, if `owner` still owns the state (an old worker 0 that
+-- finishes its stop after a reload must not overwrite the new one's state).
+-- Wakes the requests of this worker that wait for the server.
+function _M.set(name, entry, owner)
+  local d = dict()
+  if not d then
+    return nil, _M.MISSING_DICT
+  end
+  if owner and d:get(OWNER_KEY) ~= owner then
+    return nil, "not the owner"
+  end
+  local ok, err = d:set(SERVER_KEY .. name, cjson.encode({
+    state = entry.state,
+    pid = entry.pid,
+    restarts = entry.restarts or 0,
+    last_exit = entry.last_exit,
+    started_at = entry.started_at,
+  }))
+  wake(name)
+  return ok, err
+end
+
+-- status() entries, in defs order: { name, pid, state, restarts, last_exit, uptime }.
+function _M.status(defs)
+  if not dict() then
+    return nil, _M.MISSING_DICT
+  end
+  update_time()
+  local now = ngx_now()
+  local list = {}
+  for i, def in ipairs(defs) do
+    local e = _M.get(def.name) or {}
+    local state = e.state or (def.start_command and "stopped" or "external")
+    local running = e.started_at and (state == "starting" or state == "ready")
+    list[i] = {
+      name = def.name,
+      pid = e.pid,
+      state = state,
+      restarts = e.restarts or 0,
+      last_exit = e.last_exit,
+      uptime = running and floor((now - e.started_at) * 1000) / 1000 or 0,
+    }
+  end
+  return list
+end
+
+local function sleep(sema, seconds)
+  if sema then
+    local ok = pcall(sema.wait, sema, seconds)
+    if ok then
+      return
+    end
+  end
+  ngx.sleep(seconds)
+end
+
+-- Waits (at most timeout_ms) until a managed server is ready. Returns its pid, 0
+-- for an external server (no pid known; the caller just connects), or nil and
+-- a message naming the server and its state.
+function _M.wait_ready(name, timeout_ms)
+  if not dict() then
+    return nil, _M.MISSING_DICT
+  end
+  update_time()
+  local deadline = ngx_now() + (timeout_ms or 0) / 1000
+  while true do
+    local e = _M.get(name)
+    local state = e and e.state
+    if state == "ready" then
+      return e.pid
+    elseif state == "external" then
+      return 0
+    elseif state == nil then
+      return nil, "pluginserver '" .. name .. "' has no state (not supervised)"
+    elseif state == "failed" or state == "stopped" then
+      return nil, "pluginserver '" .. name .. "' is " .. state
+    end
+    update_time()
+    local left = deadline - ngx_now()
+    if left <= 0 then
+      return nil, "pluginserver '" .. name .. "' not ready after " .. tostring(timeout_ms)
+        .. " ms (state " .. state .. ")"
+    end
+    sleep(semaphore(name), min(POLL, left))
+  end
+end
+
+-- For specs: every key this module owns.
+function _M.keys(names)
+  local keys = { OWNER_KEY }
+  for _, name in pairs(names) do
+    keys[#keys + 1] = SERVER_KEY .. name
+  end
+  return keys
+end
+
+return _M

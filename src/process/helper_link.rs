@@ -1,0 +1,244 @@
+//! The supervisor's side of `kps-helper`: starts it, sends spawn/kill commands,
+//! and turns its report lines into events on a channel (read by a small thread).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{ChildStdin, Command, Stdio};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, unbounded};
+use serde::Serialize;
+
+#[path = "../../helper/src/wire.rs"]
+mod wire;
+
+/// How a server ended, as the helper's `waitpid` saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "exit {c}"),
+            Exit::Signal(s) => write!(f, "signal {s}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HelperEvent {
+    Spawned {
+        id: u64,
+        pid: i32,
+    },
+    SpawnFailed {
+        id: u64,
+        message: String,
+    },
+    Output {
+        pid: i32,
+        line: String,
+    },
+    Exited {
+        pid: i32,
+        exit: Exit,
+    },
+    /// The helper closed its stdout: it exited.
+    Gone,
+}
+
+fn parse_line(line: &str) -> Option<HelperEvent> {
+    let f: Vec<&str> = line.split('\t').collect();
+    Some(match f.as_slice() {
+        ["spawned", id, pid] => HelperEvent::Spawned {
+            id: id.parse().ok()?,
+            pid: pid.parse().ok()?,
+        },
+        ["spawnfail", id, msg] => HelperEvent::SpawnFailed {
+            id: id.parse().ok()?,
+            message: wire::unescape(msg),
+        },
+        ["out", pid, text] => HelperEvent::Output {
+            pid: pid.parse().ok()?,
+            line: wire::unescape(text),
+        },
+        ["exit", pid, "code", n] => HelperEvent::Exited {
+            pid: pid.parse().ok()?,
+            exit: Exit::Code(n.parse().ok()?),
+        },
+        ["exit", pid, "signal", n] => HelperEvent::Exited {
+            pid: pid.parse().ok()?,
+            exit: Exit::Signal(n.parse().ok()?),
+        },
+        _ => return None,
+    })
+}
+
+/// A running `kps-helper`. Dropping it closes the helper's stdin: the helper then
+/// kills what is left of its children and exits.
+pub struct HelperLink {
+    pid: u32,
+    stdin: Option<ChildStdin>,
+    pub events: Receiver<HelperEvent>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl HelperLink {
+    /// Starts the helper. Call it from the thread that supervises: the helper's
+    /// parent-death signal fires when that thread ends.
+    pub fn start(helper: &Path) -> Result<Self, String> {
+        let mut child = Command::new(helper)
+            .arg(std::process::id().to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", helper.display()))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stdin = child.stdin.take();
+        let pid = child.id();
+        // Never waited through std: nginx's SIGCHLD handler reaps the helper.
+        drop(child);
+        let (tx, rx) = unbounded();
+        let reader = std::thread::Builder::new()
+            .name("kps-helper-reader".into())
+            .spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(ev) = parse_line(&line)
+                        && tx.send(ev).is_err()
+                    {
+                        return;
+                    }
+                }
+                let _ = tx.send(HelperEvent::Gone);
+            })
+            .map_err(|e| format!("cannot start the helper reader thread: {e}"))?;
+        Ok(HelperLink {
+            pid,
+            stdin,
+            events: rx,
+            reader: Some(reader),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn send(&mut self, line: &str) -> Result<(), String> {
+        let stdin = self.stdin.as_mut().ok_or("the helper is closed")?;
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|_| stdin.flush())
+            .map_err(|e| format!("cannot talk to kps-helper: {e}"))
+    }
+
+    /// Asks for `/bin/sh -c "exec <command>"` with `PATH=path`; answered by
+    /// `Spawned`/`SpawnFailed` with the same id.
+    pub fn spawn(&mut self, id: u64, path: &str, command: &str) -> Result<(), String> {
+        let line = format!(
+            "spawn\t{id}\t{}\t{}",
+            wire::escape(path.as_bytes()),
+            wire::escape(command.as_bytes())
+        );
+        self.send(&line)
+    }
+
+    /// Signals the process group of one of the helper's children.
+    pub fn kill(&mut self, pid: i32, signal: i32) -> Result<(), String> {
+        self.send(&format!("kill\t{pid}\t{signal}"))
+    }
+
+    /// Closes the helper's stdin and waits for its reader thread (it ends when the
+    /// helper exits, which is bounded by the helper's own reap limit).
+    pub fn close(mut self) {
+        self.stdin = None;
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+impl Drop for HelperLink {
+    fn drop(&mut self) {
+        self.stdin = None;
+    }
+}
+
+/// Where `kps-helper` is installed: beside the shared object this code was loaded
+/// from (found with `dladdr` on one of our own functions), never through `PATH`.
+pub fn helper_beside_library() -> Result<PathBuf, String> {
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    let addr = helper_beside_library as *const libc::c_void;
+    // SAFETY: dladdr only reads the address and fills info.
+    let ok = unsafe { libc::dladdr(addr, &mut info) };
+    if ok == 0 || info.dli_fname.is_null() {
+        return Err(
+            "cannot find the path of the kong_plugin_servers library (dladdr failed)".into(),
+        );
+    }
+    // SAFETY: dli_fname is a NUL-terminated string owned by the loader.
+    let lib = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) }
+        .to_string_lossy()
+        .into_owned();
+    let lib = std::fs::canonicalize(&lib).unwrap_or_else(|_| PathBuf::from(&lib));
+    let dir = lib
+        .parent()
+        .ok_or_else(|| format!("library path {} has no directory", lib.display()))?;
+    let helper = dir.join("kps-helper");
+    if helper.is_file() {
+        Ok(helper)
+    } else {
+        Err(format!(
+            "kps-helper not found at {} (it is installed beside {})",
+            helper.display(),
+            lib.display()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_lines_parse() {
+        assert_eq!(
+            parse_line("spawned\t3\t42"),
+            Some(HelperEvent::Spawned { id: 3, pid: 42 })
+        );
+        assert_eq!(
+            parse_line("out\t42\ta\\tb"),
+            Some(HelperEvent::Output {
+                pid: 42,
+                line: "a\tb".into()
+            })
+        );
+        assert_eq!(
+            parse_line("exit\t42\tsignal\t9"),
+            Some(HelperEvent::Exited {
+                pid: 42,
+                exit: Exit::Signal(9)
+            })
+        );
+        assert_eq!(parse_line("exit\t42\tcode\tx"), None);
+        assert_eq!(parse_line("nonsense"), None);
+    }
+
+    #[test]
+    fn exits_serialize_as_the_status_shape() {
+        assert_eq!(
+            serde_json::to_string(&Exit::Code(3)).unwrap(),
+            r#"{"code":3}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Exit::Signal(9)).unwrap(),
+            r#"{"signal":9}"#
+        );
+    }
+}

@@ -1,0 +1,623 @@
+//! The supervisor thread: spawns managed plugin servers through `kps-helper`,
+//! probes their sockets for readiness, respawns them with backoff and stops them.
+//! It never touches Lua: everything it has to say goes out as [`Report`]s on a
+//! channel that the shim drains on a timer.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, Sender, select};
+use serde::Serialize;
+
+use super::backoff::Backoff;
+use super::helper_link::{Exit, HelperEvent, HelperLink};
+use super::probe::{Probe, probe_socket, remove_stale_socket};
+use crate::config::ServerDef;
+
+/// Probe period while a server starts (readiness must show within 10 ms).
+const PROBE_FAST: Duration = Duration::from_millis(10);
+/// Probe period once `ready_timeout` has passed without the socket accepting.
+const PROBE_SLOW: Duration = Duration::from_millis(250);
+/// Period of the check for a previous generation's server to be gone.
+const OLD_PID_POLL: Duration = Duration::from_millis(10);
+/// After SIGKILL, how long to wait for the exit before giving up.
+pub const KILL_WAIT: Duration = Duration::from_millis(1000);
+
+/// nginx log levels (the values of `ngx.DEBUG` ... `ngx.ERR`).
+pub const NGX_ERR: u8 = 4;
+pub const NGX_WARN: u8 = 5;
+pub const NGX_NOTICE: u8 = 6;
+pub const NGX_INFO: u8 = 7;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Starting,
+    Ready,
+    Backoff,
+    Stopped,
+    Failed,
+}
+
+/// What the supervisor tells the shim.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Report {
+    /// A line for `ngx.log` at `level`.
+    Log { level: u8, msg: String },
+    /// A server's new state (for the shared dict).
+    State {
+        name: String,
+        state: State,
+        pid: Option<i32>,
+        restarts: u32,
+        last_exit: Option<Exit>,
+        /// Wall-clock start of the current process (seconds since the epoch).
+        started_at: Option<f64>,
+    },
+    /// The supervisor has stopped every server and ended.
+    Done,
+}
+
+pub enum Command {
+    Stop,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// A server of the previous generation (same socket) must be gone first.
+    WaitOld {
+        pid: i32,
+        deadline: Instant,
+    },
+    /// Spawn asked for; waiting for the helper's answer.
+    Spawning {
+        id: u64,
+    },
+    Starting {
+        probe: Probe,
+    },
+    Ready,
+    Backoff {
+        until: Instant,
+    },
+    Stopping {
+        deadline: Instant,
+        killed: bool,
+    },
+    Stopped,
+    Failed,
+}
+
+struct Server {
+    def: ServerDef,
+    command: String,
+    phase: Phase,
+    pid: Option<i32>,
+    started: Option<Instant>,
+    started_wall: Option<f64>,
+    /// Spawns in this generation; `restarts` is all but the first.
+    spawns: u32,
+    restarts: u32,
+    last_exit: Option<Exit>,
+    backoff: Backoff,
+}
+
+impl Server {
+    fn is_done(&self) -> bool {
+        matches!(self.phase, Phase::Stopped | Phase::Failed)
+    }
+}
+
+/// The supervisor thread's state.
+pub struct Supervisor {
+    servers: Vec<Server>,
+    reports: Sender<Report>,
+    helper_path: PathBuf,
+    helper: Option<HelperLink>,
+    next_id: u64,
+    stopping: bool,
+}
+
+fn wall_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+}
+
+impl Supervisor {
+    /// `old_pids`: per server name, the pid a previous generation (HUP reload,
+    /// crashed worker) was running on the same socket.
+    pub fn new(
+        defs: Vec<ServerDef>,
+        old_pids: HashMap<String, i32>,
+        helper_path: PathBuf,
+        reports: Sender<Report>,
+    ) -> Self {
+        let now = Instant::now();
+        let servers = defs
+            .into_iter()
+            .filter_map(|def| {
+                let command = def.start_command.clone()?;
+                let phase = match old_pids.get(&def.name) {
+                    Some(&pid) if pid_alive(pid) => Phase::WaitOld {
+                        pid,
+                        deadline: now + Duration::from_millis(def.stop_timeout),
+                    },
+                    _ => Phase::Backoff { until: now },
+                };
+                Some(Server {
+                    backoff: Backoff::new(
+                        def.respawn_delay,
+                        def.respawn_delay_max,
+                        def.respawn_reset,
+                    ),
+                    def,
+                    command,
+                    phase,
+                    pid: None,
+                    started: None,
+                    started_wall: None,
+                    spawns: 0,
+                    restarts: 0,
+                    last_exit: None,
+                })
+            })
+            .collect();
+        Supervisor {
+            servers,
+            reports,
+            helper_path,
+            helper: None,
+            next_id: 1,
+            stopping: false,
+        }
+    }
+
+    fn log(&self, level: u8, msg: String) {
+        let _ = self.reports.send(Report::Log { level, msg });
+    }
+
+    fn publish(&self, i: usize, state: State) {
+        let s = &self.servers[i];
+        let _ = self.reports.send(Report::State {
+            name: s.def.name.clone(),
+            state,
+            pid: s.pid,
+            restarts: s.restarts,
+            last_exit: s.last_exit,
+            started_at: s.started_wall,
+        });
+    }
+
+    /// Runs until `Stop` (or the command channel closes) and every server is down.
+    pub fn run(mut self, commands: Receiver<Command>) {
+        match HelperLink::start(&self.helper_path) {
+            Ok(h) => self.helper = Some(h),
+            Err(e) => {
+                for i in 0..self.servers.len() {
+                    self.log(
+                        NGX_ERR,
+                        format!(
+                            "[pluginserver] cannot start pluginserver '{}': {e}",
+                            self.servers[i].def.name
+                        ),
+                    );
+                    self.servers[i].phase = Phase::Failed;
+                    self.publish(i, State::Failed);
+                }
+                let _ = self.reports.send(Report::Done);
+                return;
+            }
+        }
+        for i in 0..self.servers.len() {
+            if let Phase::WaitOld { pid, .. } = self.servers[i].phase {
+                self.log(
+                    NGX_NOTICE,
+                    format!(
+                        "[pluginserver] waiting for the previous pluginserver '{}', pid {pid}, to exit",
+                        self.servers[i].def.name
+                    ),
+                );
+            }
+            self.publish(i, State::Starting);
+        }
+        loop {
+            self.tick(Instant::now());
+            if self.stopping && self.servers.iter().all(Server::is_done) {
+                break;
+            }
+            let timeout = self.next_deadline().map_or(Duration::from_secs(1), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            let events = self.helper.as_ref().map(|h| h.events.clone());
+            let Some(events) = events else { break };
+            select! {
+                recv(commands) -> cmd => match cmd {
+                    Ok(Command::Stop) | Err(_) => self.begin_stop(),
+                },
+                recv(events) -> ev => match ev {
+                    Ok(ev) => self.on_event(ev),
+                    Err(_) => self.on_event(HelperEvent::Gone),
+                },
+                default(timeout) => {}
+            }
+        }
+        if let Some(h) = self.helper.take() {
+            h.close();
+        }
+        let _ = self.reports.send(Report::Done);
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.servers
+            .iter()
+            .filter_map(|s| match &s.phase {
+                Phase::WaitOld { deadline, .. } => {
+                    Some((Instant::now() + OLD_PID_POLL).min(*deadline))
+                }
+                Phase::Starting { probe } => Some(probe.next),
+                Phase::Backoff { until } => Some(*until),
+                Phase::Stopping { deadline, .. } => Some(*deadline),
+                _ => None,
+            })
+            .min()
+    }
+
+    fn tick(&mut self, now: Instant) {
+        for i in 0..self.servers.len() {
+            match self.servers[i].phase {
+                Phase::WaitOld { pid, deadline } => {
+                    if !pid_alive(pid) {
+                        self.spawn(i);
+                    } else if now >= deadline {
+                        let name = self.servers[i].def.name.clone();
+                        self.log(
+                            NGX_WARN,
+                            format!("[pluginserver] previous pluginserver '{name}', pid {pid}, still running; killing it"),
+                        );
+                        // Only a process group leader is one of ours (servers run in their own group).
+                        // SAFETY: plain syscalls.
+                        unsafe {
+                            if libc::getpgid(pid) == pid {
+                                libc::kill(-pid, libc::SIGKILL);
+                            }
+                        }
+                        self.spawn(i);
+                    }
+                }
+                Phase::Backoff { until } if now >= until => self.spawn(i),
+                Phase::Starting { ref probe } if now >= probe.next => self.probe(i, now),
+                Phase::Stopping { deadline, killed } if now >= deadline => {
+                    self.escalate(i, now, killed)
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn spawn(&mut self, i: usize) {
+        if self.stopping {
+            self.servers[i].phase = Phase::Stopped;
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let s = &self.servers[i];
+        let name = s.def.name.clone();
+        remove_stale_socket(&s.def.socket);
+        self.log(
+            NGX_NOTICE,
+            format!("[pluginserver] starting pluginserver process for {name}"),
+        );
+        let (path, command) = (s.def.path.clone(), s.command.clone());
+        let sent = match self.helper.as_mut() {
+            Some(h) => h.spawn(id, &path, &command),
+            None => Err("kps-helper is not running".into()),
+        };
+        match sent {
+            Ok(()) => self.servers[i].phase = Phase::Spawning { id },
+            Err(e) => self.spawn_failed(i, &e),
+        }
+    }
+
+    fn spawn_failed(&mut self, i: usize, err: &str) {
+        let name = self.servers[i].def.name.clone();
+        self.log(
+            NGX_ERR,
+            format!("[pluginserver] could not start pluginserver '{name}': {err}"),
+        );
+        self.schedule_respawn(i, 0);
+    }
+
+    fn schedule_respawn(&mut self, i: usize, uptime_ms: u64) {
+        let s = &mut self.servers[i];
+        s.pid = None;
+        s.started = None;
+        s.started_wall = None;
+        if self.stopping {
+            s.phase = Phase::Stopped;
+            self.publish(i, State::Stopped);
+            return;
+        }
+        let delay = s.backoff.next_delay(uptime_ms);
+        s.phase = Phase::Backoff {
+            until: Instant::now() + Duration::from_millis(delay),
+        };
+        let name = s.def.name.clone();
+        self.log(
+            NGX_NOTICE,
+            format!("[pluginserver] respawning pluginserver '{name}' in {delay} ms"),
+        );
+        self.publish(i, State::Backoff);
+    }
+
+    fn probe(&mut self, i: usize, now: Instant) {
+        let s = &mut self.servers[i];
+        let Phase::Starting { ref mut probe } = s.phase else {
+            return;
+        };
+        match probe_socket(&s.def.socket) {
+            Ok(()) => {
+                s.phase = Phase::Ready;
+                let (name, pid) = (s.def.name.clone(), s.pid.unwrap_or(0));
+                self.log(
+                    NGX_NOTICE,
+                    format!("[pluginserver] pluginserver '{name}' is ready, pid {pid}"),
+                );
+                self.publish(i, State::Ready);
+            }
+            Err(err) => {
+                let late = now >= probe.ready_deadline;
+                probe.next = now + if late { PROBE_SLOW } else { PROBE_FAST };
+                if late && !probe.warned {
+                    probe.warned = true;
+                    let msg = format!(
+                        "[pluginserver] pluginserver '{}', pid {}, is not accepting connections on {} after {} ms ({err}); still waiting",
+                        s.def.name,
+                        s.pid.unwrap_or(0),
+                        s.def.socket,
+                        s.def.ready_timeout
+                    );
+                    self.log(NGX_WARN, msg);
+                }
+            }
+        }
+    }
+
+    fn server_of_pid(&self, pid: i32) -> Option<usize> {
+        self.servers.iter().position(|s| s.pid == Some(pid))
+    }
+
+    fn on_event(&mut self, ev: HelperEvent) {
+        match ev {
+            HelperEvent::Spawned { id, pid } => {
+                let Some(i) = self
+                    .servers
+                    .iter()
+                    .position(|s| matches!(s.phase, Phase::Spawning { id: x } if x == id))
+                else {
+                    return;
+                };
+                let now = Instant::now();
+                let s = &mut self.servers[i];
+                s.spawns += 1;
+                s.restarts = s.spawns - 1;
+                s.pid = Some(pid);
+                s.started = Some(now);
+                s.started_wall = Some(wall_now());
+                s.phase = Phase::Starting {
+                    probe: Probe::new(now, Duration::from_millis(s.def.ready_timeout)),
+                };
+                let name = s.def.name.clone();
+                self.log(
+                    NGX_NOTICE,
+                    format!("[pluginserver] started, pid {pid} ({name})"),
+                );
+                self.publish(i, State::Starting);
+                if self.stopping {
+                    self.terminate(i);
+                }
+            }
+            HelperEvent::SpawnFailed { id, message } => {
+                if let Some(i) = self
+                    .servers
+                    .iter()
+                    .position(|s| matches!(s.phase, Phase::Spawning { id: x } if x == id))
+                {
+                    self.spawn_failed(i, &message);
+                }
+            }
+            HelperEvent::Output { pid, line } => {
+                let name = self
+                    .server_of_pid(pid)
+                    .map_or("?", |i| self.servers[i].def.name.as_str());
+                self.log(NGX_INFO, format!("[{name}:{pid}] {line}"));
+            }
+            HelperEvent::Exited { pid, exit } => {
+                if let Some(i) = self.server_of_pid(pid) {
+                    self.on_exit(i, pid, exit);
+                }
+            }
+            HelperEvent::Gone => self.on_helper_gone(),
+        }
+    }
+
+    fn on_exit(&mut self, i: usize, pid: i32, exit: Exit) {
+        let s = &mut self.servers[i];
+        let uptime_ms = s.started.map_or(0, |t| t.elapsed().as_millis() as u64);
+        s.last_exit = Some(exit);
+        let name = s.def.name.clone();
+        let was_stopping = matches!(s.phase, Phase::Stopping { .. });
+        if was_stopping {
+            s.pid = None;
+            s.started = None;
+            s.started_wall = None;
+            s.phase = Phase::Stopped;
+            self.log(
+                NGX_NOTICE,
+                format!("external pluginserver '{name}' terminated: {exit}"),
+            );
+            self.log(
+                NGX_NOTICE,
+                format!("[pluginserver] successfully stopped pluginserver '{name}', pid {pid}"),
+            );
+            self.publish(i, State::Stopped);
+            return;
+        }
+        if exit == Exit::Code(127) {
+            let cmd = s.command.clone();
+            s.pid = None;
+            s.started = None;
+            s.started_wall = None;
+            s.phase = Phase::Failed;
+            self.log(
+                NGX_WARN,
+                format!("external pluginserver '{name}' terminated: {exit}"),
+            );
+            self.log(
+                NGX_ERR,
+                format!("[pluginserver] external pluginserver {name:?} start command {cmd:?} exited with \"command not found\""),
+            );
+            self.log(
+                NGX_NOTICE,
+                format!("[pluginserver] exiting: pluginserver '{name}' not respawned."),
+            );
+            self.publish(i, State::Failed);
+            return;
+        }
+        self.log(
+            NGX_WARN,
+            format!("external pluginserver '{name}' terminated: {exit}"),
+        );
+        self.schedule_respawn(i, uptime_ms);
+    }
+
+    /// The helper died (killed from outside): its servers died with it
+    /// (parent-death signal). Start a new helper and respawn them with backoff.
+    fn on_helper_gone(&mut self) {
+        self.helper = None;
+        if !self.stopping {
+            self.log(
+                NGX_ERR,
+                "[pluginserver] kps-helper exited unexpectedly; restarting it".into(),
+            );
+        }
+        match HelperLink::start(&self.helper_path) {
+            Ok(h) if !self.stopping => self.helper = Some(h),
+            Ok(h) => h.close(),
+            Err(e) => self.log(NGX_ERR, format!("[pluginserver] {e}")),
+        }
+        for i in 0..self.servers.len() {
+            let s = &self.servers[i];
+            match s.phase {
+                Phase::Stopped | Phase::Failed | Phase::WaitOld { .. } | Phase::Backoff { .. } => {}
+                _ if self.helper.is_none() => {
+                    self.servers[i].pid = None;
+                    self.servers[i].phase = if self.stopping {
+                        Phase::Stopped
+                    } else {
+                        Phase::Failed
+                    };
+                    self.publish(
+                        i,
+                        if self.stopping {
+                            State::Stopped
+                        } else {
+                            State::Failed
+                        },
+                    );
+                }
+                _ => {
+                    let uptime = s.started.map_or(0, |t| t.elapsed().as_millis() as u64);
+                    self.schedule_respawn(i, uptime);
+                }
+            }
+        }
+    }
+
+    fn terminate(&mut self, i: usize) {
+        let s = &mut self.servers[i];
+        let deadline = Instant::now() + Duration::from_millis(s.def.stop_timeout);
+        s.phase = Phase::Stopping {
+            deadline,
+            killed: false,
+        };
+        if let (Some(pid), Some(h)) = (s.pid, self.helper.as_mut()) {
+            let _ = h.kill(pid, libc::SIGTERM);
+        }
+    }
+
+    fn begin_stop(&mut self) {
+        if self.stopping {
+            return;
+        }
+        self.stopping = true;
+        for i in 0..self.servers.len() {
+            match self.servers[i].phase {
+                Phase::Starting { .. } | Phase::Ready => self.terminate(i),
+                // The pid is not known yet: SIGTERM goes out when it is.
+                Phase::Spawning { .. } => {
+                    let deadline =
+                        Instant::now() + Duration::from_millis(self.servers[i].def.stop_timeout);
+                    self.servers[i].phase = Phase::Stopping {
+                        deadline,
+                        killed: false,
+                    };
+                }
+                Phase::WaitOld { .. } | Phase::Backoff { .. } => {
+                    self.servers[i].phase = Phase::Stopped;
+                    self.publish(i, State::Stopped);
+                }
+                Phase::Stopping { .. } | Phase::Stopped | Phase::Failed => {}
+            }
+        }
+    }
+
+    /// SIGKILL after the SIGTERM grace; give up (with an error) after that.
+    fn escalate(&mut self, i: usize, now: Instant, killed: bool) {
+        let s = &mut self.servers[i];
+        let name = s.def.name.clone();
+        let Some(pid) = s.pid else {
+            s.phase = Phase::Stopped;
+            self.publish(i, State::Stopped);
+            return;
+        };
+        if !killed {
+            let grace = s.def.stop_timeout;
+            s.phase = Phase::Stopping {
+                deadline: now + KILL_WAIT,
+                killed: true,
+            };
+            self.log(
+                NGX_WARN,
+                format!("[pluginserver] pluginserver '{name}', pid {pid}, did not stop within {grace} ms of SIGTERM; sending SIGKILL"),
+            );
+            if let Some(h) = self.helper.as_mut() {
+                let _ = h.kill(pid, libc::SIGKILL);
+            }
+        } else {
+            s.phase = Phase::Stopped;
+            self.log(
+                NGX_ERR,
+                format!("[pluginserver] failed to stop pluginserver '{name}', pid {pid}: still running after SIGKILL"),
+            );
+            self.publish(i, State::Stopped);
+        }
+    }
+}
+
+/// Longest time `stop` can take for these definitions.
+pub fn stop_bound(defs: &[ServerDef]) -> Duration {
+    let grace = defs.iter().map(|d| d.stop_timeout).max().unwrap_or(0);
+    Duration::from_millis(grace) + KILL_WAIT
+}
