@@ -2,4 +2,5 @@
 //! the PDK method table both use.
 
 pub mod methods;
+pub mod msgpack;
 pub mod protobuf;
