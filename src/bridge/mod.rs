@@ -10,10 +10,14 @@
 //! - `methods() -> { [index] = { name = ..., terminal = true|nil } }` (index ≥ 1;
 //!   0 is the unknown method) and `method_index(name) -> index`.
 //!
+//! - `pb_encode`, `pb_decode`: the same for Protobuf messages (`protobuf/`).
+//!
 //! Only bytes and small integers cross from here to the C side.
 
 mod decode;
 mod encode;
+mod protobuf;
+mod walk;
 
 #[cfg(test)]
 mod tests;
@@ -137,5 +141,5 @@ pub fn register(lua: &Lua, exports: &Table) -> LuaResult<()> {
     exports.set("methods", lua.create_function(lua_methods)?)?;
     exports.set("method_index", lua.create_function(lua_method_index)?)?;
     exports.set("MAX_DEPTH", MAX_DEPTH)?;
-    Ok(())
+    protobuf::register(lua, exports)
 }
