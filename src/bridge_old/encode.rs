@@ -1,0 +1,119 @@
+//! Lua value → MessagePack bytes, walking tables directly (no serde detour).
+//!
+//! Rules (Kong's encoder, PROTOCOL.md §4.1, with INTERFACES.md's number rule):
+//! nil and `cjson.null`/`ngx.null` (a NULL lightuserdata) → nil; a whole finite
+//! number with |x| ≤ 2^53 → the smallest integer form, any other number → float64;
+//! a string → str (bin where the method's [`Shape`] says raw body); a table whose
+//! keys are exactly 1..n (n ≥ 1) → array, any other non-empty table → map, an empty
+//! table → empty array (empty map where the shape is a multimap). Functions,
+//! threads, userdata and cdata cannot be encoded; nor can cyclic or too-deep tables.
+
+use mlua::{Table, Value};
+use rmp::encode;
+
+use super::walk::{self, EncodeError, Guard, Layout};
+use crate::codec::methods::Shape;
+
+pub use super::walk::MAX_DEPTH;
+
+type Res = Result<(), EncodeError>;
+
+fn put<T, E: std::fmt::Debug>(r: Result<T, E>) {
+    // Writing into a Vec cannot fail.
+    r.expect("writing to a Vec");
+}
+
+/// Encodes `value` into `out` (appending), shaped for a method whose result shape is `shape`.
+pub fn encode(out: &mut Vec<u8>, shape: Shape, value: &Value) -> Result<(), String> {
+    let mut walker = Walker {
+        out,
+        guard: Guard::default(),
+    };
+    let r = match (shape, value) {
+        (Shape::MultiMap, Value::Table(t)) => walker.multimap(t),
+        (Shape::RawBody, Value::String(s)) => {
+            let b = s.as_bytes();
+            put(encode::write_bin(walker.out, &b));
+            Ok(())
+        }
+        _ => walker.value(value),
+    };
+    r.map_err(|e| e.to_string())
+}
+
+struct Walker<'a> {
+    out: &'a mut Vec<u8>,
+    guard: Guard,
+}
+
+impl Walker<'_> {
+    fn number(&mut self, n: f64) {
+        match walk::whole(n) {
+            Some(i) => put(encode::write_sint(self.out, i)),
+            None => put(encode::write_f64(self.out, n)),
+        }
+    }
+
+    fn value(&mut self, v: &Value) -> Res {
+        match v {
+            Value::Nil => put(encode::write_nil(self.out)),
+            Value::Boolean(b) => put(encode::write_bool(self.out, *b)),
+            Value::Integer(i) => self.number(*i as f64),
+            Value::Number(n) => self.number(*n),
+            Value::String(s) => {
+                let b = s.as_bytes();
+                put(encode::write_str_len(self.out, b.len() as u32));
+                self.out.extend_from_slice(&b);
+            }
+            Value::LightUserData(p) if p.0.is_null() => put(encode::write_nil(self.out)),
+            Value::Table(t) => return self.table(t),
+            other => return Err(walk::unsupported(other)),
+        }
+        Ok(())
+    }
+
+    fn table(&mut self, t: &Table) -> Res {
+        self.guard.enter(t)?;
+        match walk::layout(t)? {
+            Layout::Empty => put(encode::write_array_len(self.out, 0)),
+            Layout::Array(n) => {
+                put(encode::write_array_len(self.out, n as u32));
+                walk::each_item(t, n, |v| self.value(v))?;
+            }
+            Layout::Map(n) => {
+                put(encode::write_map_len(self.out, n as u32));
+                walk::each_pair(t, |k, v| {
+                    self.value(k)?;
+                    self.value(v)
+                })?;
+            }
+        }
+        self.guard.leave();
+        Ok(())
+    }
+
+    /// Header/query maps as the PDKs expect them: always a map; a string value → a
+    /// one-element array, `true` → an empty array, a table → its array.
+    fn multimap(&mut self, t: &Table) -> Res {
+        self.guard.enter(t)?;
+        let count = match walk::layout(t)? {
+            Layout::Empty => 0,
+            Layout::Array(n) | Layout::Map(n) => n,
+        };
+        put(encode::write_map_len(self.out, count as u32));
+        walk::each_pair(t, |k, v| {
+            self.value(k)?;
+            match v {
+                Value::Boolean(true) => put(encode::write_array_len(self.out, 0)),
+                Value::String(_) => {
+                    put(encode::write_array_len(self.out, 1));
+                    self.value(v)?;
+                }
+                _ => self.value(v)?,
+            }
+            Ok(())
+        })?;
+        self.guard.leave();
+        Ok(())
+    }
+}
