@@ -5,10 +5,6 @@
 //! bridge. Both are exported from the same `.so`.
 
 pub mod bridge;
-// TEMPORARY reference for the differential test of the raw bridge.
-#[cfg(test)]
-#[allow(dead_code)]
-mod bridge_old;
 pub mod codec;
 pub mod config;
 pub mod ffi;

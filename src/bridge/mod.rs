@@ -24,8 +24,6 @@ mod stack;
 mod walk;
 
 #[cfg(test)]
-mod diff_tests;
-#[cfg(test)]
 mod tests;
 
 use std::cell::RefCell;
