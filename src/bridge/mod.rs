@@ -7,7 +7,7 @@
 //! - `decode(index, bytes) -> value [, n] | nil, err`: the Lua value of one
 //!   MessagePack value; `n` is the element count when it is an array (Args
 //!   may hold nils, so `#t` cannot be trusted).
-//! - `methods() -> { [index] = { name = ..., terminal = true|nil } }` (index ≥ 1;
+//! - `methods() -> { [index] = { name = ..., terminal = true|nil, pb_in, pb_out } }` (index ≥ 1;
 //!   0 is the unknown method) and `method_index(name) -> index`.
 //!
 //! - `pb_encode`, `pb_decode`: the same for Protobuf messages (`protobuf/`).
@@ -121,6 +121,10 @@ fn lua_methods(lua: &Lua, _: ()) -> LuaResult<Table> {
         entry.set("name", m.name)?;
         if m.terminal {
             entry.set("terminal", true)?;
+        }
+        if let Some((input, output)) = m.pb {
+            entry.set("pb_in", format!("{input:?}"))?;
+            entry.set("pb_out", format!("{output:?}"))?;
         }
         all.raw_set(i, entry)?;
     }
