@@ -8,9 +8,9 @@
 //! table → empty array (empty map where the shape is a multimap). Functions,
 //! threads, userdata and cdata cannot be encoded; nor can cyclic or too-deep tables.
 
-use mlua::{Table, Value};
 use rmp::encode;
 
+use super::stack::{Stack, Table, Val};
 use super::walk::{self, EncodeError, Guard, Layout};
 use crate::codec::methods::Shape;
 
@@ -24,16 +24,16 @@ fn put<T, E: std::fmt::Debug>(r: Result<T, E>) {
 }
 
 /// Encodes `value` into `out` (appending), shaped for a method whose result shape is `shape`.
-pub fn encode(out: &mut Vec<u8>, shape: Shape, value: &Value) -> Result<(), String> {
+pub fn encode(out: &mut Vec<u8>, shape: Shape, s: &Stack, value: Val<'_>) -> Result<(), String> {
     let mut walker = Walker {
         out,
+        s,
         guard: Guard::default(),
     };
     let r = match (shape, value) {
-        (Shape::MultiMap, Value::Table(t)) => walker.multimap(t),
-        (Shape::RawBody, Value::String(s)) => {
-            let b = s.as_bytes();
-            put(encode::write_bin(walker.out, &b));
+        (Shape::MultiMap, Val::Table(t)) => walker.multimap(t),
+        (Shape::RawBody, Val::Str(b)) => {
+            put(encode::write_bin(walker.out, b));
             Ok(())
         }
         _ => walker.value(value),
@@ -43,6 +43,7 @@ pub fn encode(out: &mut Vec<u8>, shape: Shape, value: &Value) -> Result<(), Stri
 
 struct Walker<'a> {
     out: &'a mut Vec<u8>,
+    s: &'a Stack,
     guard: Guard,
 }
 
@@ -54,35 +55,34 @@ impl Walker<'_> {
         }
     }
 
-    fn value(&mut self, v: &Value) -> Res {
+    fn value(&mut self, v: Val<'_>) -> Res {
         match v {
-            Value::Nil => put(encode::write_nil(self.out)),
-            Value::Boolean(b) => put(encode::write_bool(self.out, *b)),
-            Value::Integer(i) => self.number(*i as f64),
-            Value::Number(n) => self.number(*n),
-            Value::String(s) => {
-                let b = s.as_bytes();
+            Val::Nil => put(encode::write_nil(self.out)),
+            Val::Bool(b) => put(encode::write_bool(self.out, b)),
+            Val::Num(n) => self.number(n),
+            Val::Str(b) => {
                 put(encode::write_str_len(self.out, b.len() as u32));
-                self.out.extend_from_slice(&b);
+                self.out.extend_from_slice(b);
             }
-            Value::LightUserData(p) if p.0.is_null() => put(encode::write_nil(self.out)),
-            Value::Table(t) => return self.table(t),
+            Val::Light(p) if p.is_null() => put(encode::write_nil(self.out)),
+            Val::Table(t) => return self.table(t),
             other => return Err(walk::unsupported(other)),
         }
         Ok(())
     }
 
-    fn table(&mut self, t: &Table) -> Res {
-        self.guard.enter(t)?;
-        match walk::layout(t)? {
+    fn table(&mut self, t: Table<'_>) -> Res {
+        let s = self.s;
+        self.guard.enter(s, t)?;
+        match walk::layout(s, t)? {
             Layout::Empty => put(encode::write_array_len(self.out, 0)),
             Layout::Array(n) => {
                 put(encode::write_array_len(self.out, n as u32));
-                walk::each_item(t, n, |v| self.value(v))?;
+                walk::each_item(s, t, n, |v| self.value(v))?;
             }
             Layout::Map(n) => {
                 put(encode::write_map_len(self.out, n as u32));
-                walk::each_pair(t, |k, v| {
+                walk::each_pair(s, t, |k, v| {
                     self.value(k)?;
                     self.value(v)
                 })?;
@@ -94,18 +94,19 @@ impl Walker<'_> {
 
     /// Header/query maps as the PDKs expect them: always a map; a string value → a
     /// one-element array, `true` → an empty array, a table → its array.
-    fn multimap(&mut self, t: &Table) -> Res {
-        self.guard.enter(t)?;
-        let count = match walk::layout(t)? {
+    fn multimap(&mut self, t: Table<'_>) -> Res {
+        let s = self.s;
+        self.guard.enter(s, t)?;
+        let count = match walk::layout(s, t)? {
             Layout::Empty => 0,
             Layout::Array(n) | Layout::Map(n) => n,
         };
         put(encode::write_map_len(self.out, count as u32));
-        walk::each_pair(t, |k, v| {
+        walk::each_pair(s, t, |k, v| {
             self.value(k)?;
             match v {
-                Value::Boolean(true) => put(encode::write_array_len(self.out, 0)),
-                Value::String(_) => {
+                Val::Bool(true) => put(encode::write_array_len(self.out, 0)),
+                Val::Str(_) => {
                     put(encode::write_array_len(self.out, 1));
                     self.value(v)?;
                 }

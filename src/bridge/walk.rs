@@ -2,8 +2,9 @@
 //! table is classified (array, map, empty), cycles and nesting depth, the number
 //! rule, what counts as null, and errors that name where in the value they
 //! happened. Each encoder only decides how to write what the walk finds.
+//! Values are read in place on the Lua stack ([`super::stack`]).
 
-use mlua::{Table, Value};
+use super::stack::{Overflow, Stack, Table, Val};
 
 /// Deepest table nesting a value may have.
 pub const MAX_DEPTH: usize = 100;
@@ -27,7 +28,7 @@ impl EncodeError {
     }
 
     /// Adds one level (the key under which the failure happened).
-    pub fn at(mut self, key: &Value) -> Self {
+    pub fn at(mut self, key: Val<'_>) -> Self {
         self.path.push(key_text(key));
         self
     }
@@ -49,26 +50,32 @@ impl std::fmt::Display for EncodeError {
     }
 }
 
-impl From<mlua::Error> for EncodeError {
-    fn from(e: mlua::Error) -> Self {
+impl From<Overflow> for EncodeError {
+    fn from(e: Overflow) -> Self {
         EncodeError::new(e.to_string())
     }
 }
 
-fn key_text(key: &Value) -> String {
+impl From<String> for EncodeError {
+    fn from(msg: String) -> Self {
+        EncodeError::new(msg)
+    }
+}
+
+fn key_text(key: Val<'_>) -> String {
     match key {
-        Value::String(s) => s.to_string_lossy(),
-        Value::Integer(i) => format!("[{i}]"),
-        Value::Number(n) => format!("[{n}]"),
+        Val::Str(s) => String::from_utf8_lossy(s).into_owned(),
+        // Rust prints whole floats without a fraction: `[2]`, like an integer.
+        Val::Num(n) => format!("[{n}]"),
         other => format!("[{}]", other.type_name()),
     }
 }
 
 /// nil, or the NULL lightuserdata of `cjson.null`/`ngx.null`.
-pub fn is_null(v: &Value) -> bool {
+pub fn is_null(v: Val<'_>) -> bool {
     match v {
-        Value::Nil => true,
-        Value::LightUserData(p) => p.0.is_null(),
+        Val::Nil => true,
+        Val::Light(p) => p.is_null(),
         _ => false,
     }
 }
@@ -77,15 +84,6 @@ pub fn is_null(v: &Value) -> bool {
 /// (INTERFACES.md "Numbers"); `None` means "send it as a float".
 pub fn whole(n: f64) -> Option<i64> {
     (n.is_finite() && n.fract() == 0.0 && n.abs() <= MAX_EXACT).then_some(n as i64)
-}
-
-/// The value of a Lua number (mlua reports integers when the host uses them).
-pub fn number(v: &Value) -> Option<f64> {
-    match v {
-        Value::Integer(i) => Some(*i as f64),
-        Value::Number(n) => Some(*n),
-        _ => None,
-    }
 }
 
 /// How a table is laid out.
@@ -99,21 +97,17 @@ pub enum Layout {
 }
 
 /// Counts the entries of `t` and tells an array (keys exactly 1..n) from a map.
-pub fn layout(t: &Table) -> Result<Layout, EncodeError> {
-    let n = t.raw_len();
+pub fn layout(s: &Stack, t: Table<'_>) -> Result<Layout, EncodeError> {
+    let n = s.raw_len(t);
     let mut count = 0usize;
     let mut sequence = true;
-    for pair in t.pairs::<Value, Value>() {
-        let (k, _) = pair?;
+    s.each_pair(t, |k, _| {
         count += 1;
         if sequence {
-            sequence = match k {
-                Value::Integer(i) => i >= 1 && (i as usize) <= n,
-                Value::Number(x) => x.fract() == 0.0 && x >= 1.0 && x <= n as f64,
-                _ => false,
-            };
+            sequence = matches!(k, Val::Num(x) if x.fract() == 0.0 && x >= 1.0 && x <= n as f64);
         }
-    }
+        Ok::<_, EncodeError>(())
+    })?;
     Ok(match count {
         0 => Layout::Empty,
         _ if sequence && count == n => Layout::Array(count),
@@ -129,8 +123,8 @@ pub struct Guard {
 
 impl Guard {
     /// Call before walking into `t`; pair with [`Guard::leave`].
-    pub fn enter(&mut self, t: &Table) -> Result<(), EncodeError> {
-        let p = t.to_pointer();
+    pub fn enter(&mut self, s: &Stack, t: Table<'_>) -> Result<(), EncodeError> {
+        let p = s.pointer(t);
         if self.path.contains(&p) {
             return Err(EncodeError::new("cannot encode a cyclic table"));
         }
@@ -148,32 +142,30 @@ impl Guard {
     }
 }
 
-/// Calls `f(i, value)` for i in 1..=n; a failure names the index.
+/// Calls `f(value)` for t[1..=n]; a failure names the index.
 pub fn each_item(
-    t: &Table,
+    s: &Stack,
+    t: Table<'_>,
     n: usize,
-    mut f: impl FnMut(&Value) -> Result<(), EncodeError>,
+    mut f: impl for<'v> FnMut(Val<'v>) -> Result<(), EncodeError>,
 ) -> Result<(), EncodeError> {
     for i in 1..=n {
-        let v: Value = t.raw_get(i)?;
-        f(&v).map_err(|e| e.at(&Value::Integer(i as i64)))?;
+        s.item(t, i, &mut f)?
+            .map_err(|e| e.at(Val::Num(i as f64)))?;
     }
     Ok(())
 }
 
 /// Calls `f(key, value)` for every entry; a failure names the key.
 pub fn each_pair(
-    t: &Table,
-    mut f: impl FnMut(&Value, &Value) -> Result<(), EncodeError>,
+    s: &Stack,
+    t: Table<'_>,
+    mut f: impl for<'v> FnMut(Val<'v>, Val<'v>) -> Result<(), EncodeError>,
 ) -> Result<(), EncodeError> {
-    for pair in t.pairs::<Value, Value>() {
-        let (k, v) = pair?;
-        f(&k, &v).map_err(|e| e.at(&k))?;
-    }
-    Ok(())
+    s.each_pair(t, |k, v| f(k, v).map_err(|e| e.at(k)))
 }
 
 /// The error for a value no encoder can represent.
-pub fn unsupported(v: &Value) -> EncodeError {
+pub fn unsupported(v: Val<'_>) -> EncodeError {
     EncodeError::new(format!("cannot encode a {} value", v.type_name()))
 }

@@ -7,9 +7,9 @@
 //! `null_value` is nil. Unset fields of entity tables (`Consumer`,
 //! `AuthenticatedCredential`) are left out, so nil means "not given".
 
-use mlua::{Lua, Table, Value};
 use prost::Message;
 
+use super::super::stack::{NewTable, Stack};
 use crate::codec::methods::PbType;
 use crate::codec::protobuf::messages::google::{self, Kind, ListValue, Struct};
 use crate::codec::protobuf::messages::{
@@ -19,147 +19,226 @@ use crate::codec::protobuf::messages::{
 
 type Res<T> = Result<T, String>;
 
-fn lua_err(e: mlua::Error) -> String {
-    e.to_string()
-}
-
 fn parse<M: Message + Default>(ty: PbType, bytes: &[u8]) -> Res<M> {
     M::decode(bytes).map_err(|e| format!("cannot decode the {ty:?} argument: {e}"))
 }
 
-/// The arguments of a call whose input type is `ty`: `None` for no arguments,
-/// else the values in order (a `None` is nil).
-pub fn decode(lua: &Lua, ty: PbType, bytes: &[u8]) -> Res<Option<Vec<Value>>> {
-    let s = |b: &[u8]| lua.create_string(b).map(Value::String).map_err(lua_err);
-    let args = match ty {
+/// The argument array under construction: each value pushed goes to the next
+/// index (a nil leaves a hole).
+struct Args<'s> {
+    s: &'s Stack,
+    t: NewTable,
+    n: usize,
+}
+
+impl<'s> Args<'s> {
+    fn new(s: &'s Stack, n: usize) -> Res<Self> {
+        Ok(Args {
+            s,
+            t: s.new_table(n, 0)?,
+            n: 0,
+        })
+    }
+
+    /// Adds the value `push` pushes.
+    fn add(&mut self, push: impl FnOnce(&Stack) -> Res<()>) -> Res<()> {
+        push(self.s)?;
+        self.n += 1;
+        self.s.set_item(&self.t, self.n);
+        Ok(())
+    }
+
+    fn str(&mut self, b: &[u8]) -> Res<()> {
+        self.add(|s| Ok(s.push_str(b)?))
+    }
+
+    fn num(&mut self, n: f64) -> Res<()> {
+        self.add(|s| Ok(s.push_num(n)?))
+    }
+
+    fn bool(&mut self, b: bool) -> Res<()> {
+        self.add(|s| Ok(s.push_bool(b)?))
+    }
+
+    /// Pushes the count after the table; the two results.
+    fn finish(self) -> Res<usize> {
+        self.s.push_num(self.n as f64)?;
+        Ok(2)
+    }
+}
+
+/// Pushes the arguments of a call whose input type is `ty`: nothing for no
+/// arguments, else the argument array and its length. Returns how many values
+/// were pushed.
+pub fn decode(s: &Stack, ty: PbType, bytes: &[u8]) -> Res<usize> {
+    let mut a;
+    match ty {
         PbType::Empty => {
             parse::<google::Empty>(ty, bytes)?;
-            return Ok(None);
+            return Ok(0);
         }
-        PbType::Bool => vec![Value::Boolean(parse::<Bool>(ty, bytes)?.v)],
-        PbType::Int => vec![Value::Number(f64::from(parse::<Int>(ty, bytes)?.v))],
-        PbType::Number => vec![Value::Number(parse::<Number>(ty, bytes)?.v)],
-        PbType::String => vec![s(parse::<Str>(ty, bytes)?.v.as_bytes())?],
-        PbType::ByteString => vec![s(&parse::<ByteString>(ty, bytes)?.v)?],
+        PbType::Bool => {
+            let v = parse::<Bool>(ty, bytes)?.v;
+            a = Args::new(s, 1)?;
+            a.bool(v)?;
+        }
+        PbType::Int => {
+            let v = parse::<Int>(ty, bytes)?.v;
+            a = Args::new(s, 1)?;
+            a.num(f64::from(v))?;
+        }
+        PbType::Number => {
+            let v = parse::<Number>(ty, bytes)?.v;
+            a = Args::new(s, 1)?;
+            a.num(v)?;
+        }
+        PbType::String => {
+            let v = parse::<Str>(ty, bytes)?.v;
+            a = Args::new(s, 1)?;
+            a.str(v.as_bytes())?;
+        }
+        PbType::ByteString => {
+            let v = parse::<ByteString>(ty, bytes)?.v;
+            a = Args::new(s, 1)?;
+            a.str(&v)?;
+        }
         PbType::Kv => {
             let kv = parse::<Kv>(ty, bytes)?;
-            vec![s(kv.k.as_bytes())?, value(lua, kv.v.as_ref())?]
+            a = Args::new(s, 2)?;
+            a.str(kv.k.as_bytes())?;
+            a.add(|s| value(s, kv.v.as_ref()))?;
         }
         PbType::Target => {
             let t = parse::<Target>(ty, bytes)?;
-            vec![s(t.host.as_bytes())?, Value::Number(f64::from(t.port))]
+            a = Args::new(s, 2)?;
+            a.str(t.host.as_bytes())?;
+            a.num(f64::from(t.port))?;
         }
         PbType::ExitArgs => {
             let e = parse::<ExitArgs>(ty, bytes)?;
-            let headers = match &e.headers {
-                Some(h) => Value::Table(structure(lua, h)?),
-                None => Value::Nil,
-            };
-            vec![Value::Number(f64::from(e.status)), s(&e.body)?, headers]
+            a = Args::new(s, 3)?;
+            a.num(f64::from(e.status))?;
+            a.str(&e.body)?;
+            a.add(|s| match &e.headers {
+                Some(h) => structure(s, h),
+                None => Ok(s.push_nil()?),
+            })?;
         }
         PbType::ConsumerSpec => {
             let c = parse::<ConsumerSpec>(ty, bytes)?;
-            vec![s(c.id.as_bytes())?, Value::Boolean(c.by_username)]
+            a = Args::new(s, 2)?;
+            a.str(c.id.as_bytes())?;
+            a.bool(c.by_username)?;
         }
         PbType::AuthenticateArgs => {
-            let a = parse::<AuthenticateArgs>(ty, bytes)?;
-            let consumer = match &a.consumer {
-                Some(c) => Value::Table(consumer(lua, c)?),
-                None => Value::Nil,
-            };
-            let credential = match &a.credential {
-                Some(c) => Value::Table(credential(lua, c)?),
-                None => Value::Nil,
-            };
-            vec![consumer, credential]
+            let auth = parse::<AuthenticateArgs>(ty, bytes)?;
+            a = Args::new(s, 2)?;
+            a.add(|s| match &auth.consumer {
+                Some(c) => consumer(s, c),
+                None => Ok(s.push_nil()?),
+            })?;
+            a.add(|s| match &auth.credential {
+                Some(c) => credential(s, c),
+                None => Ok(s.push_nil()?),
+            })?;
         }
         PbType::ListValue => {
             let l = parse::<ListValue>(ty, bytes)?;
-            l.values
-                .iter()
-                .map(|v| value(lua, Some(v)))
-                .collect::<Res<_>>()?
+            a = Args::new(s, l.values.len())?;
+            for v in &l.values {
+                a.add(|s| value(s, Some(v)))?;
+            }
         }
-        PbType::Struct => vec![Value::Table(structure(lua, &parse::<Struct>(ty, bytes)?)?)],
-        PbType::Value => vec![value(lua, Some(&parse::<google::Value>(ty, bytes)?))?],
+        PbType::Struct => {
+            let st = parse::<Struct>(ty, bytes)?;
+            a = Args::new(s, 1)?;
+            a.add(|s| structure(s, &st))?;
+        }
+        PbType::Value => {
+            let v = parse::<google::Value>(ty, bytes)?;
+            a = Args::new(s, 1)?;
+            a.add(|s| value(s, Some(&v)))?;
+        }
         other => {
             return Err(format!(
                 "{other:?} is not an argument type of the Protobuf service"
             ));
         }
-    };
-    Ok(Some(args))
+    }
+    a.finish()
 }
 
-/// A `google.protobuf.Value` as a Lua value; an unset Value is nil.
-pub fn value(lua: &Lua, v: Option<&google::Value>) -> Res<Value> {
+/// Pushes a `google.protobuf.Value` as a Lua value; an unset Value is nil.
+pub fn value(s: &Stack, v: Option<&google::Value>) -> Res<()> {
     let Some(kind) = v.and_then(|v| v.kind.as_ref()) else {
-        return Ok(Value::Nil);
+        return Ok(s.push_nil()?);
     };
-    Ok(match kind {
-        Kind::NullValue(_) => Value::Nil,
-        Kind::NumberValue(n) => Value::Number(*n),
-        Kind::StringValue(s) => Value::String(lua.create_string(s).map_err(lua_err)?),
-        Kind::BoolValue(b) => Value::Boolean(*b),
-        Kind::StructValue(s) => Value::Table(structure(lua, s)?),
-        Kind::ListValue(l) => Value::Table(list(lua, l)?),
-    })
-}
-
-fn structure(lua: &Lua, s: &Struct) -> Res<Table> {
-    let t = lua
-        .create_table_with_capacity(0, s.fields.len())
-        .map_err(lua_err)?;
-    for (k, v) in &s.fields {
-        t.raw_set(k.as_str(), value(lua, Some(v))?)
-            .map_err(lua_err)?;
-    }
-    Ok(t)
-}
-
-/// A list as a Lua array; a null element leaves a hole.
-fn list(lua: &Lua, l: &ListValue) -> Res<Table> {
-    let t = lua
-        .create_table_with_capacity(l.values.len(), 0)
-        .map_err(lua_err)?;
-    for (i, v) in l.values.iter().enumerate() {
-        let v = value(lua, Some(v))?;
-        if !v.is_nil() {
-            t.raw_set(i + 1, v).map_err(lua_err)?;
-        }
-    }
-    Ok(t)
-}
-
-/// Sets `name` only when the field is not its default.
-fn set_text(t: &Table, name: &str, v: &str) -> Res<()> {
-    if !v.is_empty() {
-        t.raw_set(name, v).map_err(lua_err)?;
+    match kind {
+        Kind::NullValue(_) => s.push_nil()?,
+        Kind::NumberValue(n) => s.push_num(*n)?,
+        Kind::StringValue(st) => s.push_str(st.as_bytes())?,
+        Kind::BoolValue(b) => s.push_bool(*b)?,
+        Kind::StructValue(st) => structure(s, st)?,
+        Kind::ListValue(l) => list(s, l)?,
     }
     Ok(())
 }
 
-fn consumer(lua: &Lua, c: &Consumer) -> Res<Table> {
-    let t = lua.create_table().map_err(lua_err)?;
-    set_text(&t, "id", &c.id)?;
-    if c.created_at != 0 {
-        t.raw_set("created_at", c.created_at as f64)
-            .map_err(lua_err)?;
+fn structure(s: &Stack, st: &Struct) -> Res<()> {
+    let t = s.new_table(0, st.fields.len())?;
+    for (k, v) in &st.fields {
+        s.push_str(k.as_bytes())?;
+        value(s, Some(v))?;
+        s.set_pair(&t);
     }
-    set_text(&t, "username", &c.username)?;
-    set_text(&t, "custom_id", &c.custom_id)?;
-    if !c.tags.is_empty() {
-        let tags = lua
-            .create_sequence_from(c.tags.iter().map(String::as_str))
-            .map_err(lua_err)?;
-        t.raw_set("tags", tags).map_err(lua_err)?;
-    }
-    Ok(t)
+    Ok(())
 }
 
-fn credential(lua: &Lua, c: &AuthenticatedCredential) -> Res<Table> {
-    let t = lua.create_table().map_err(lua_err)?;
-    set_text(&t, "id", &c.id)?;
-    set_text(&t, "consumer_id", &c.consumer_id)?;
-    Ok(t)
+/// A list as a Lua array; a null element leaves a hole.
+fn list(s: &Stack, l: &ListValue) -> Res<()> {
+    let t = s.new_table(l.values.len(), 0)?;
+    for (i, v) in l.values.iter().enumerate() {
+        value(s, Some(v))?;
+        s.set_item(&t, i + 1);
+    }
+    Ok(())
+}
+
+/// Pushes `name = v` into `t` only when the field is not its default.
+fn set_text(s: &Stack, t: &NewTable, name: &str, v: &str) -> Res<()> {
+    if !v.is_empty() {
+        s.push_str(name.as_bytes())?;
+        s.push_str(v.as_bytes())?;
+        s.set_pair(t);
+    }
+    Ok(())
+}
+
+fn consumer(s: &Stack, c: &Consumer) -> Res<()> {
+    let t = s.new_table(0, 5)?;
+    set_text(s, &t, "id", &c.id)?;
+    if c.created_at != 0 {
+        s.push_str(b"created_at")?;
+        s.push_num(c.created_at as f64)?;
+        s.set_pair(&t);
+    }
+    set_text(s, &t, "username", &c.username)?;
+    set_text(s, &t, "custom_id", &c.custom_id)?;
+    if !c.tags.is_empty() {
+        s.push_str(b"tags")?;
+        let tags = s.new_table(c.tags.len(), 0)?;
+        for (i, tag) in c.tags.iter().enumerate() {
+            s.push_str(tag.as_bytes())?;
+            s.set_item(&tags, i + 1);
+        }
+        s.set_pair(&t);
+    }
+    Ok(())
+}
+
+fn credential(s: &Stack, c: &AuthenticatedCredential) -> Res<()> {
+    let t = s.new_table(0, 2)?;
+    set_text(s, &t, "id", &c.id)?;
+    set_text(s, &t, "consumer_id", &c.consumer_id)?;
+    Ok(())
 }

@@ -4,7 +4,7 @@
 //! Lua API (errors come back as `nil, message`, never raised):
 //! - `pb_decode(index, bytes) -> args, n | nil | nil, err`: the input message of
 //!   PDK method `index` unwrapped into call arguments (`args[1..n]`, holes for
-//!   nil); a bare `nil` when the method takes none.
+//!   nil); nothing when the method takes none.
 //! - `pb_encode(index, value) -> bytes | nil, err`: the Lua result wrapped into
 //!   the method's output message; `""` is the empty message.
 
@@ -14,17 +14,12 @@ mod results;
 #[cfg(test)]
 mod tests;
 
-use std::cell::RefCell;
+use std::ffi::c_int;
 
-use mlua::{Lua, MultiValue, Result as LuaResult, Table, Value};
+use mlua::ffi::lua_State;
 
-use super::{arg_index, fail, method};
+use super::{arg_bytes, arg_index, entry, method, with_out};
 use crate::codec::methods::{PbType, Shape};
-
-thread_local! {
-    // Reused output buffer, as the MessagePack side has.
-    static OUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
 
 /// The (input, output) types of method `index`.
 fn types(index: i64) -> Result<(PbType, PbType, bool), String> {
@@ -39,72 +34,30 @@ fn types(index: i64) -> Result<(PbType, PbType, bool), String> {
     }
 }
 
-/// Encodes `value` as the output message of method `index`; the bytes go to `f`.
-pub fn encode_with<R>(index: i64, value: &Value, f: impl FnOnce(&[u8]) -> R) -> Result<R, String> {
-    let (_, output, multimap) = types(index)?;
-    OUT.with(|cell| {
-        let mut out = cell.borrow_mut();
-        out.clear();
-        results::encode(&mut out, output, multimap, value).map_err(|e| e.to_string())?;
-        let r = f(&out);
-        if out.capacity() > 64 * 1024 {
-            *out = Vec::new();
-        }
-        Ok(r)
-    })
-}
-
-/// The call arguments in the input message of method `index` (`None`: no arguments).
-pub fn decode_args(lua: &Lua, index: i64, bytes: &[u8]) -> Result<Option<Vec<Value>>, String> {
-    let (input, _, _) = types(index)?;
-    args::decode(lua, input, bytes)
-}
-
-fn lua_encode(lua: &Lua, (index, value): (Value, Value)) -> LuaResult<MultiValue> {
-    let index = match arg_index(&index) {
-        Ok(i) => i,
-        Err(e) => return fail(lua, e),
-    };
-    match encode_with(index, &value, |b| lua.create_string(b)) {
-        Ok(s) => Ok(MultiValue::from_iter([Value::String(s?)])),
-        Err(e) => fail(lua, e),
+/// `pb_encode(index, value)`.
+pub unsafe extern "C-unwind" fn lua_encode(l: *mut lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function.
+    unsafe {
+        entry(l, |s| {
+            let (_, output, multimap) = types(arg_index(s.arg(1))?)?;
+            with_out(|out| {
+                results::encode(out, output, multimap, s, s.arg(2)).map_err(|e| e.to_string())?;
+                s.push_str(out)?;
+                Ok(1)
+            })
+        })
     }
 }
 
-fn lua_decode(lua: &Lua, (index, bytes): (Value, Value)) -> LuaResult<MultiValue> {
-    let index = match arg_index(&index) {
-        Ok(i) => i,
-        Err(e) => return fail(lua, e),
-    };
-    let Value::String(bytes) = bytes else {
-        return fail(
-            lua,
-            format!("bytes must be a string, got {}", bytes.type_name()),
-        );
-    };
-    let b = bytes.as_bytes();
-    match decode_args(lua, index, &b) {
-        Ok(None) => Ok(MultiValue::new()),
-        Ok(Some(args)) => {
-            let n = args.len();
-            let t = lua.create_table_with_capacity(n, 0)?;
-            for (i, v) in args.into_iter().enumerate() {
-                if !v.is_nil() {
-                    t.raw_set(i + 1, v)?;
-                }
-            }
-            Ok(MultiValue::from_iter([
-                Value::Table(t),
-                Value::Number(n as f64),
-            ]))
-        }
-        Err(e) => fail(lua, e),
+/// `pb_decode(index, bytes)`.
+pub unsafe extern "C-unwind" fn lua_decode(l: *mut lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function.
+    unsafe {
+        entry(l, |s| {
+            let index = arg_index(s.arg(1))?;
+            let bytes = arg_bytes(s.arg(2))?;
+            let (input, _, _) = types(index)?;
+            Ok(args::decode(s, input, bytes)? as c_int)
+        })
     }
-}
-
-/// Adds `pb_encode` and `pb_decode` to the module table.
-pub fn register(lua: &Lua, exports: &Table) -> LuaResult<()> {
-    exports.set("pb_encode", lua.create_function(lua_encode)?)?;
-    exports.set("pb_decode", lua.create_function(lua_decode)?)?;
-    Ok(())
 }

@@ -13,9 +13,9 @@
 //! MessagePack encoder (`super::super::walk`): keys 1..n → list, other non-empty
 //! tables → struct; an empty table is an empty struct here (Kong's `[1]` test).
 
-use mlua::{Table, Value};
 use prost::Message;
 
+use super::super::stack::{Stack, Table, Val};
 use super::super::walk::{self, EncodeError, Guard, Layout};
 use crate::codec::methods::PbType;
 use crate::codec::protobuf::messages::google::{self, Kind, ListValue, NullValue, Struct};
@@ -29,8 +29,9 @@ type Res<T> = Result<T, EncodeError>;
 
 /// Encodes `value` as the output message `ty` into `out` (appending). `multimap`:
 /// the method returns headers or query arguments.
-pub fn encode(out: &mut Vec<u8>, ty: PbType, multimap: bool, value: &Value) -> Res<()> {
+pub fn encode(out: &mut Vec<u8>, ty: PbType, multimap: bool, s: &Stack, value: Val<'_>) -> Res<()> {
     let mut w = Writer {
+        s,
         guard: Guard::default(),
         multimap,
     };
@@ -53,13 +54,13 @@ pub fn encode(out: &mut Vec<u8>, ty: PbType, multimap: bool, value: &Value) -> R
         PbType::String | PbType::ByteString => ByteString { v: bytes(value)? }.encode(out),
         PbType::Struct => w.root_struct(value)?.encode(out),
         PbType::ListValue => w.root_list(value)?.encode(out),
-        PbType::RawBodyResult => raw_body(value)?.encode(out),
-        PbType::UriCapturesResult => uri_captures(&table(value)?)?.encode(out),
-        PbType::Route => route(&table(value)?)?.encode(out),
-        PbType::Service => service(&table(value)?)?.encode(out),
-        PbType::Consumer => consumer(&table(value)?)?.encode(out),
-        PbType::AuthenticatedCredential => credential(&table(value)?)?.encode(out),
-        PbType::MemoryStats => memory_stats(&table(value)?)?.encode(out),
+        PbType::RawBodyResult => raw_body(s, value)?.encode(out),
+        PbType::UriCapturesResult => uri_captures(s, table(value)?)?.encode(out),
+        PbType::Route => route(s, table(value)?)?.encode(out),
+        PbType::Service => service(s, table(value)?)?.encode(out),
+        PbType::Consumer => consumer(s, table(value)?)?.encode(out),
+        PbType::AuthenticatedCredential => credential(s, table(value)?)?.encode(out),
+        PbType::MemoryStats => memory_stats(s, table(value)?)?.encode(out),
         other => {
             return Err(EncodeError::new(format!(
                 "{other:?} is not a result type of the Protobuf service"
@@ -70,27 +71,30 @@ pub fn encode(out: &mut Vec<u8>, ty: PbType, multimap: bool, value: &Value) -> R
     Ok(())
 }
 
-fn mismatch(want: &str, v: &Value) -> EncodeError {
+fn mismatch(want: &str, v: Val<'_>) -> EncodeError {
     EncodeError::new(format!("expected {want}, got {}", v.type_name()))
 }
 
-fn boolean(v: &Value) -> Res<bool> {
+fn boolean(v: Val<'_>) -> Res<bool> {
     match v {
-        Value::Boolean(b) => Ok(*b),
+        Val::Bool(b) => Ok(b),
         other => Err(mismatch("a boolean", other)),
     }
 }
 
-fn float(v: &Value) -> Res<f64> {
-    walk::number(v).ok_or_else(|| mismatch("a number", v))
+fn float(v: Val<'_>) -> Res<f64> {
+    match v {
+        Val::Num(n) => Ok(n),
+        other => Err(mismatch("a number", other)),
+    }
 }
 
-fn int64(v: &Value) -> Res<i64> {
+fn int64(v: Val<'_>) -> Res<i64> {
     let n = float(v)?;
     walk::whole(n).ok_or_else(|| EncodeError::new(format!("expected an integer, got {n}")))
 }
 
-fn int32(v: &Value) -> Res<i32> {
+fn int32(v: Val<'_>) -> Res<i32> {
     let n = int64(v)?;
     i32::try_from(n).map_err(|_| EncodeError::new(format!("{n} does not fit a 32-bit integer")))
 }
@@ -103,50 +107,58 @@ fn number_text(n: f64) -> String {
     }
 }
 
-fn bytes(v: &Value) -> Res<Vec<u8>> {
+fn bytes(v: Val<'_>) -> Res<Vec<u8>> {
     match v {
-        Value::String(s) => Ok(s.as_bytes().to_vec()),
-        Value::Integer(_) | Value::Number(_) => {
-            Ok(number_text(walk::number(v).unwrap_or_default()).into_bytes())
-        }
+        Val::Str(b) => Ok(b.to_vec()),
+        Val::Num(n) => Ok(number_text(n).into_bytes()),
         other => Err(mismatch("a string", other)),
     }
 }
 
 /// Protobuf `string` fields must be UTF-8 (go-pdk's decoder checks).
-fn text(v: &Value) -> Res<String> {
+fn text(v: Val<'_>) -> Res<String> {
     String::from_utf8(bytes(v)?)
         .map_err(|_| EncodeError::new("string is not valid UTF-8 (a Protobuf string)"))
 }
 
-fn table(v: &Value) -> Res<Table> {
+fn table(v: Val<'_>) -> Res<Table<'_>> {
     match v {
-        Value::Table(t) => Ok(t.clone()),
+        Val::Table(t) => Ok(t),
         other => Err(mismatch("a table", other)),
     }
 }
 
-struct Writer {
+/// The length of an array table; a map is an error, an empty table `[]`.
+fn array_len(s: &Stack, t: Table<'_>) -> Res<usize> {
+    match walk::layout(s, t)? {
+        Layout::Empty => Ok(0),
+        Layout::Array(n) => Ok(n),
+        Layout::Map(_) => Err(EncodeError::new("expected an array, got a map")),
+    }
+}
+
+struct Writer<'s> {
+    s: &'s Stack,
     guard: Guard,
     multimap: bool,
 }
 
-impl Writer {
-    fn value(&mut self, v: &Value) -> Res<google::Value> {
+impl Writer<'_> {
+    fn value(&mut self, v: Val<'_>) -> Res<google::Value> {
         let kind = match v {
-            Value::Boolean(b) => Kind::BoolValue(*b),
-            Value::Integer(_) | Value::Number(_) => Kind::NumberValue(float(v)?),
-            Value::String(_) => Kind::StringValue(text(v)?),
-            Value::Table(t) => self.table(t)?,
+            Val::Bool(b) => Kind::BoolValue(b),
+            Val::Num(n) => Kind::NumberValue(n),
+            Val::Str(_) => Kind::StringValue(text(v)?),
+            Val::Table(t) => self.table(t)?,
             _ if walk::is_null(v) => Kind::NullValue(NullValue::NullValue as i32),
             other => return Err(walk::unsupported(other)),
         };
         Ok(google::Value { kind: Some(kind) })
     }
 
-    fn table(&mut self, t: &Table) -> Res<Kind> {
-        self.guard.enter(t)?;
-        let kind = match walk::layout(t)? {
+    fn table(&mut self, t: Table<'_>) -> Res<Kind> {
+        self.guard.enter(self.s, t)?;
+        let kind = match walk::layout(self.s, t)? {
             Layout::Array(n) => Kind::ListValue(self.list(t, n)?),
             Layout::Empty | Layout::Map(_) => Kind::StructValue(self.fields(t, false)?),
         };
@@ -154,9 +166,9 @@ impl Writer {
         Ok(kind)
     }
 
-    fn list(&mut self, t: &Table, n: usize) -> Res<ListValue> {
+    fn list(&mut self, t: Table<'_>, n: usize) -> Res<ListValue> {
         let mut values = Vec::with_capacity(n);
-        walk::each_item(t, n, |v| {
+        walk::each_item(self.s, t, n, |v| {
             values.push(self.value(v)?);
             Ok(())
         })?;
@@ -165,12 +177,12 @@ impl Writer {
 
     /// Every entry as a struct field (number keys as their text). `multimap`:
     /// a `true` value is an empty list (a query flag).
-    fn fields(&mut self, t: &Table, multimap: bool) -> Res<Struct> {
-        let mut s = Struct::default();
-        walk::each_pair(t, |k, v| {
+    fn fields(&mut self, t: Table<'_>, multimap: bool) -> Res<Struct> {
+        let mut st = Struct::default();
+        walk::each_pair(self.s, t, |k, v| {
             let key = match k {
-                Value::String(_) => text(k)?,
-                Value::Integer(_) | Value::Number(_) => number_text(float(k)?),
+                Val::Str(_) => text(k)?,
+                Val::Num(n) => number_text(n),
                 other => {
                     return Err(EncodeError::new(format!(
                         "a struct key must be a string, got {}",
@@ -179,54 +191,58 @@ impl Writer {
                 }
             };
             let value = match v {
-                Value::Boolean(true) if multimap => google::Value {
+                Val::Bool(true) if multimap => google::Value {
                     kind: Some(Kind::ListValue(ListValue::default())),
                 },
                 _ => self.value(v)?,
             };
-            s.fields.insert(key, value);
+            st.fields.insert(key, value);
             Ok(())
         })?;
-        Ok(s)
+        Ok(st)
     }
 
-    fn root_struct(&mut self, v: &Value) -> Res<Struct> {
+    fn root_struct(&mut self, v: Val<'_>) -> Res<Struct> {
         let t = table(v)?;
-        self.guard.enter(&t)?;
-        let s = self.fields(&t, self.multimap)?;
+        self.guard.enter(self.s, t)?;
+        let st = self.fields(t, self.multimap)?;
         self.guard.leave();
-        Ok(s)
+        Ok(st)
     }
 
-    fn root_list(&mut self, v: &Value) -> Res<ListValue> {
+    fn root_list(&mut self, v: Val<'_>) -> Res<ListValue> {
         let t = table(v)?;
-        self.guard.enter(&t)?;
-        let n = match walk::layout(&t)? {
-            Layout::Empty => 0,
-            Layout::Array(n) => n,
-            Layout::Map(_) => return Err(EncodeError::new("expected an array, got a map")),
-        };
-        let l = self.list(&t, n)?;
+        self.guard.enter(self.s, t)?;
+        let n = array_len(self.s, t)?;
+        let l = self.list(t, n)?;
         self.guard.leave();
         Ok(l)
     }
 }
 
-/// Reads the fields of an entity table by name; a missing or null field is the
-/// default, a field of the wrong type an error naming it.
-struct Fields<'a>(&'a Table);
+/// Reads the fields of an entity table by name (with metamethods, as a Lua
+/// `t.name` would); a missing or null field is the default, a field of the
+/// wrong type an error naming it.
+struct Fields<'a, 't> {
+    s: &'a Stack,
+    t: Table<'t>,
+}
 
-impl Fields<'_> {
-    fn get(&self, name: &str) -> Res<Option<Value>> {
-        let v: Value = self.0.get(name)?;
-        Ok((!walk::is_null(&v)).then_some(v))
+impl<'a, 't> Fields<'a, 't> {
+    fn new(s: &'a Stack, t: Table<'t>) -> Self {
+        Fields { s, t }
     }
 
-    fn with<T: Default>(&self, name: &str, f: impl FnOnce(&Value) -> Res<T>) -> Res<T> {
-        match self.get(name)? {
-            Some(v) => f(&v).map_err(|e| e.at_field(name)),
-            None => Ok(T::default()),
-        }
+    /// `f(value)` when the field is set; `None` when it is missing or null.
+    fn get<T>(&self, name: &str, f: impl for<'v> FnOnce(Val<'v>) -> Res<T>) -> Res<Option<T>> {
+        self.s.field(self.t, name, |v| {
+            (!walk::is_null(v)).then(|| f(v)).transpose()
+        })?
+    }
+
+    fn with<T: Default>(&self, name: &str, f: impl for<'v> FnOnce(Val<'v>) -> Res<T>) -> Res<T> {
+        let got = self.get(name, |v| f(v).map_err(|e| e.at_field(name)))?;
+        Ok(got.unwrap_or_default())
     }
 
     fn string(&self, name: &str) -> Res<String> {
@@ -246,30 +262,27 @@ impl Fields<'_> {
     }
 
     fn strings(&self, name: &str) -> Res<Vec<String>> {
-        self.with(name, |v| strings(&table(v)?))
+        self.with(name, |v| strings(self.s, table(v)?))
     }
 
-    fn table(&self, name: &str) -> Res<Option<Table>> {
-        self.with(name, |v| table(v).map(Some))
+    /// `f(table)` when the field is set: a non-table is an error naming the
+    /// field; errors of `f` are not annotated here.
+    fn table<T>(&self, name: &str, f: impl for<'v> FnOnce(Table<'v>) -> Res<T>) -> Res<Option<T>> {
+        self.get(name, |v| f(table(v).map_err(|e| e.at_field(name))?))
     }
 
     fn id_of(&self, name: &str) -> Res<Option<String>> {
-        match self.table(name)? {
-            Some(t) => Ok(Some(Fields(&t).string("id").map_err(|e| e.at_field(name))?)),
-            None => Ok(None),
-        }
+        self.with(name, |v| {
+            Fields::new(self.s, table(v)?).string("id").map(Some)
+        })
     }
 }
 
 /// An array of strings (numbers as their text).
-fn strings(t: &Table) -> Res<Vec<String>> {
-    let n = match walk::layout(t)? {
-        Layout::Empty => 0,
-        Layout::Array(n) => n,
-        Layout::Map(_) => return Err(EncodeError::new("expected an array, got a map")),
-    };
+fn strings(s: &Stack, t: Table<'_>) -> Res<Vec<String>> {
+    let n = array_len(s, t)?;
     let mut out = Vec::with_capacity(n);
-    walk::each_item(t, n, |v| {
+    walk::each_item(s, t, n, |v| {
         out.push(text(v)?);
         Ok(())
     })?;
@@ -278,17 +291,17 @@ fn strings(t: &Table) -> Res<Vec<String>> {
 
 /// `Route.headers` is `repeated string` while Kong's route has a map of header
 /// name → values: each value becomes `name:value`, names sorted.
-fn route_headers(v: &Value) -> Res<Vec<String>> {
+fn route_headers(s: &Stack, v: Val<'_>) -> Res<Vec<String>> {
     let t = table(v)?;
-    if let Layout::Array(_) | Layout::Empty = walk::layout(&t)? {
-        return strings(&t);
+    if let Layout::Array(_) | Layout::Empty = walk::layout(s, t)? {
+        return strings(s, t);
     }
     let mut pairs = Vec::new();
-    walk::each_pair(&t, |k, v| {
+    walk::each_pair(s, t, |k, v| {
         let name = text(k)?;
         match v {
-            Value::Table(values) => {
-                for value in strings(values)? {
+            Val::Table(values) => {
+                for value in strings(s, values)? {
                     pairs.push(format!("{name}:{value}"));
                 }
             }
@@ -300,8 +313,8 @@ fn route_headers(v: &Value) -> Res<Vec<String>> {
     Ok(pairs)
 }
 
-fn route(t: &Table) -> Res<Route> {
-    let f = Fields(t);
+fn route(s: &Stack, t: Table<'_>) -> Res<Route> {
+    let f = Fields::new(s, t);
     Ok(Route {
         id: f.string("id")?,
         created_at: f.int64("created_at")?,
@@ -311,14 +324,14 @@ fn route(t: &Table) -> Res<Route> {
         methods: f.strings("methods")?,
         hosts: f.strings("hosts")?,
         paths: f.strings("paths")?,
-        headers: f.with("headers", route_headers)?,
+        headers: f.with("headers", |v| route_headers(s, v))?,
         https_redirect_status_code: f.int32("https_redirect_status_code")?,
         regex_priority: f.int32("regex_priority")?,
         strip_path: f.boolean("strip_path")?,
         preserve_host: f.boolean("preserve_host")?,
         snis: f.strings("snis")?,
-        sources: f.with("sources", endpoints)?,
-        destinations: f.with("destinations", endpoints)?,
+        sources: f.with("sources", |v| endpoints(s, v))?,
+        destinations: f.with("destinations", |v| endpoints(s, v))?,
         tags: f.strings("tags")?,
         service: f.id_of("service")?.map(|id| ServiceKey { id }),
     })
@@ -326,18 +339,14 @@ fn route(t: &Table) -> Res<Route> {
 
 /// Stream routes' `sources`/`destinations`: `{ip = ..., port = ...}` entries as
 /// `ip:port` (or the part that is set); plain strings as they are.
-fn endpoints(v: &Value) -> Res<Vec<String>> {
+fn endpoints(s: &Stack, v: Val<'_>) -> Res<Vec<String>> {
     let t = table(v)?;
-    let n = match walk::layout(&t)? {
-        Layout::Empty => 0,
-        Layout::Array(n) => n,
-        Layout::Map(_) => return Err(EncodeError::new("expected an array, got a map")),
-    };
+    let n = array_len(s, t)?;
     let mut out = Vec::with_capacity(n);
-    walk::each_item(&t, n, |e| {
+    walk::each_item(s, t, n, |e| {
         match e {
-            Value::Table(ep) => {
-                let f = Fields(ep);
+            Val::Table(ep) => {
+                let f = Fields::new(s, ep);
                 let ip = f.string("ip")?;
                 let port = f.int32("port")?;
                 out.push(match (ip.is_empty(), port) {
@@ -353,8 +362,8 @@ fn endpoints(v: &Value) -> Res<Vec<String>> {
     Ok(out)
 }
 
-fn service(t: &Table) -> Res<Service> {
-    let f = Fields(t);
+fn service(s: &Stack, t: Table<'_>) -> Res<Service> {
+    let f = Fields::new(s, t);
     Ok(Service {
         id: f.string("id")?,
         created_at: f.int64("created_at")?,
@@ -375,8 +384,8 @@ fn service(t: &Table) -> Res<Service> {
     })
 }
 
-fn consumer(t: &Table) -> Res<Consumer> {
-    let f = Fields(t);
+fn consumer(s: &Stack, t: Table<'_>) -> Res<Consumer> {
+    let f = Fields::new(s, t);
     Ok(Consumer {
         id: f.string("id")?,
         created_at: f.int64("created_at")?,
@@ -386,56 +395,53 @@ fn consumer(t: &Table) -> Res<Consumer> {
     })
 }
 
-fn credential(t: &Table) -> Res<AuthenticatedCredential> {
-    let f = Fields(t);
+fn credential(s: &Stack, t: Table<'_>) -> Res<AuthenticatedCredential> {
+    let f = Fields::new(s, t);
     Ok(AuthenticatedCredential {
         id: f.string("id")?,
         consumer_id: f.string("consumer_id")?,
     })
 }
 
-fn dict_stats(f: &Fields, name: &str) -> Res<Option<DictStats>> {
-    let Some(t) = f.table(name)? else {
-        return Ok(None);
-    };
-    let d = Fields(&t);
-    let stats = DictStats {
-        allocated_slabs: d.int64("allocated_slabs")?,
-        capacity: d.int64("capacity")?,
-    };
-    Ok(Some(stats))
+fn dict_stats(s: &Stack, f: &Fields, name: &str) -> Res<Option<DictStats>> {
+    f.table(name, |t| {
+        let d = Fields::new(s, t);
+        Ok(DictStats {
+            allocated_slabs: d.int64("allocated_slabs")?,
+            capacity: d.int64("capacity")?,
+        })
+    })
 }
 
-fn memory_stats(t: &Table) -> Res<MemoryStats> {
-    let f = Fields(t);
-    let lua_shared_dicts = match f.table("lua_shared_dicts")? {
-        Some(d) => {
-            let d = Fields(&d);
-            Some(LuaSharedDicts {
-                kong: dict_stats(&d, "kong").map_err(|e| e.at_field("lua_shared_dicts"))?,
-                kong_db_cache: dict_stats(&d, "kong_db_cache")
-                    .map_err(|e| e.at_field("lua_shared_dicts"))?,
-            })
-        }
-        None => None,
-    };
-    let mut workers_lua_vms = Vec::new();
-    if let Some(vms) = f.table("workers_lua_vms")? {
-        let n = match walk::layout(&vms)? {
-            Layout::Array(n) => n,
-            _ => 0,
-        };
-        walk::each_item(&vms, n, |vm| {
-            let vm = table(vm)?;
-            let w = Fields(&vm);
-            workers_lua_vms.push(WorkerLuaVm {
-                http_allocated_gc: w.int64("http_allocated_gc")?,
-                pid: w.int64("pid")?,
-            });
-            Ok(())
+fn memory_stats(s: &Stack, t: Table<'_>) -> Res<MemoryStats> {
+    let f = Fields::new(s, t);
+    let lua_shared_dicts = f.table("lua_shared_dicts", |d| {
+        let d = Fields::new(s, d);
+        Ok(LuaSharedDicts {
+            kong: dict_stats(s, &d, "kong").map_err(|e| e.at_field("lua_shared_dicts"))?,
+            kong_db_cache: dict_stats(s, &d, "kong_db_cache")
+                .map_err(|e| e.at_field("lua_shared_dicts"))?,
         })
-        .map_err(|e| e.at_field("workers_lua_vms"))?;
-    }
+    })?;
+    let workers_lua_vms = f
+        .table("workers_lua_vms", |vms| {
+            let n = match walk::layout(s, vms)? {
+                Layout::Array(n) => n,
+                _ => 0,
+            };
+            let mut out = Vec::with_capacity(n);
+            walk::each_item(s, vms, n, |vm| {
+                let w = Fields::new(s, table(vm)?);
+                out.push(WorkerLuaVm {
+                    http_allocated_gc: w.int64("http_allocated_gc")?,
+                    pid: w.int64("pid")?,
+                });
+                Ok(())
+            })
+            .map_err(|e| e.at_field("workers_lua_vms"))?;
+            Ok(out)
+        })?
+        .unwrap_or_default();
     Ok(MemoryStats {
         lua_shared_dicts,
         workers_lua_vms,
@@ -444,49 +450,50 @@ fn memory_stats(t: &Table) -> Res<MemoryStats> {
 
 /// `kong.request.get_uri_captures()`: `{unnamed = {...}, named = {...}}`; an
 /// unmatched optional group (`false`) is an empty capture.
-fn uri_captures(t: &Table) -> Res<UriCapturesResult> {
-    let f = Fields(t);
-    let capture = |v: &Value| match v {
-        Value::Boolean(false) => Ok(Vec::new()),
+fn uri_captures(s: &Stack, t: Table<'_>) -> Res<UriCapturesResult> {
+    let f = Fields::new(s, t);
+    let capture = |v: Val<'_>| match v {
+        Val::Bool(false) => Ok(Vec::new()),
         other => bytes(other),
     };
     let mut out = UriCapturesResult::default();
-    if let Some(unnamed) = f.table("unnamed")? {
-        let n = match walk::layout(&unnamed)? {
+    f.table("unnamed", |unnamed| {
+        let n = match walk::layout(s, unnamed)? {
             Layout::Array(n) => n,
             Layout::Empty => 0,
             Layout::Map(_) => {
                 return Err(EncodeError::new("expected an array, got a map").at_field("unnamed"));
             }
         };
-        walk::each_item(&unnamed, n, |v| {
+        walk::each_item(s, unnamed, n, |v| {
             out.unnamed.push(capture(v)?);
             Ok(())
         })
-        .map_err(|e| e.at_field("unnamed"))?;
-    }
-    if let Some(named) = f.table("named")? {
-        walk::each_pair(&named, |k, v| {
+        .map_err(|e| e.at_field("unnamed"))
+    })?;
+    f.table("named", |named| {
+        walk::each_pair(s, named, |k, v| {
             out.named.insert(text(k)?, capture(v)?);
             Ok(())
         })
-        .map_err(|e| e.at_field("named"))?;
-    }
+        .map_err(|e| e.at_field("named"))
+    })?;
     Ok(out)
 }
 
 /// The raw body: a string is the content; `{body_filepath = ...}` or
 /// `{error = ...}` (built by the Lua side from `ngx.req.get_body_file()` or
 /// the PDK's error) select the other members.
-fn raw_body(v: &Value) -> Res<RawBodyResult> {
+fn raw_body(s: &Stack, v: Val<'_>) -> Res<RawBodyResult> {
     let kind = match v {
-        Value::String(s) => RawBodyKind::Content(s.as_bytes().to_vec()),
-        Value::Table(t) => {
-            let f = Fields(t);
-            if let Some(path) = f.get("body_filepath")? {
-                RawBodyKind::BodyFilepath(text(&path).map_err(|e| e.at_field("body_filepath"))?)
-            } else if let Some(err) = f.get("error")? {
-                RawBodyKind::Error(text(&err).map_err(|e| e.at_field("error"))?)
+        Val::Str(b) => RawBodyKind::Content(b.to_vec()),
+        Val::Table(t) => {
+            let f = Fields::new(s, t);
+            let member = |name: &str| f.get(name, |v| text(v).map_err(|e| e.at_field(name)));
+            if let Some(path) = member("body_filepath")? {
+                RawBodyKind::BodyFilepath(path)
+            } else if let Some(err) = member("error")? {
+                RawBodyKind::Error(err)
             } else {
                 return Err(EncodeError::new(
                     "a raw body table needs body_filepath or error",
