@@ -12,6 +12,13 @@ local instances_mod = require "kong.runloop.plugin_servers.instances"
 local pdk = require "kong.runloop.plugin_servers.pdk"
 local counters = require "kong.runloop.plugin_servers.counters"
 local limiter = require "kong.runloop.plugin_servers.log_limiter"
+local socket = require "kong.runloop.plugin_servers.rpc.socket"
+
+local state
+do
+  local ok, mod = pcall(require, "kong.runloop.plugin_servers.state")
+  state = ok and type(mod) == "table" and mod or nil
+end
 
 local ngx = ngx
 local log = ngx.log
@@ -79,14 +86,36 @@ function _M.register_events()
   return true
 end
 
--- Instances are lost when the supervisor reports a new server pid.
-local function check_server_pid(self)
-  local socket = require "kong.runloop.plugin_servers.rpc.socket"
-  local pid = socket.server_pid(self.server_def)
-  if pid and self.known_pid and pid ~= self.known_pid then
-    self:reset_instances("server " .. self.server_def.name .. " restarted (pid " .. pid .. ")")
+-- Before an event: a managed server that is not ready (down, restarting) is
+-- waited for, up to ready_timeout (a wake-up in this worker, 10 ms dict polls
+-- across workers); a new server pid means this worker's instances are gone, so the
+-- first event after a restart starts the instance and the others wait for it
+-- (instances.lua). Returns true, or nil, err, cause.
+local function await_server(self)
+  local def = self.server_def
+  if not (state and def.start_command) then
+    return true
   end
-  self.known_pid = pid or self.known_pid
+  local e = state.get(def.name)
+  if not e then
+    -- no shared dict or no supervisor state: socket.lua polls the socket
+    return true
+  end
+  local pid = e.pid
+  if e.state ~= "ready" then
+    local err
+    pid, err = state.wait_ready(def.name, def.ready_timeout)
+    if not pid then
+      return nil, err, "connect"
+    end
+  end
+  if pid and pid ~= self.known_pid then
+    if self.known_pid then
+      self:reset_instances()
+    end
+    self.known_pid = pid
+  end
+  return true
 end
 
 -- Runs one event; returns true or nil, err, cause.
@@ -94,26 +123,45 @@ function Plugin:run_event(conf, phase, saved)
   if not events_registered then
     _M.register_events()
   end
-  check_server_pid(self)
   local server = self.server_def.name
   update_time()
   local started = now()
-  local ok, err, cause
-  for attempt = 1, 2 do
-    local id
-    id, err, cause = self.instances:get(conf)
-    if id then
-      local stats
-      ok, err, cause, stats = self.rpc:handle_event(id, phase, dispatch, saved)
-      if stats and stats.pdk_calls > 0 then
-        counters.incr(server, "pdk_calls", stats.pdk_calls)
+  local ok, err, cause = await_server(self)
+  if ok then
+    for attempt = 1, 2 do
+      local id
+      id, err, cause = self.instances:get(conf)
+      if id then
+        local stats
+        ok, err, cause, stats = self.rpc:handle_event(id, phase, dispatch, saved)
+        if stats and stats.pdk_calls > 0 then
+          counters.incr(server, "pdk_calls", stats.pdk_calls)
+        end
+      else
+        ok = nil
+      end
+      if ok or attempt == 2 then
+        break
+      end
+      if cause == "no_instance" then
+        counters.incr(server, "errors.no_instance")
+        reset_everywhere(self, err)
+      elseif cause == "restarted" then
+        -- The server restarted while this event waited for it: its instance id
+        -- is stale. The first request to see the new pid drops this worker's
+        -- instances; the others reuse the instance it starts.
+        local pid = socket.server_pid(self.server_def)
+        if pid ~= self.known_pid then
+          self:reset_instances()
+          self.known_pid = pid
+        end
+      else
+        break
       end
     end
-    if ok or cause ~= "no_instance" or attempt == 2 then
-      break
-    end
-    counters.incr(server, "errors.no_instance")
-    reset_everywhere(self, err)
+  end
+  if cause == "restarted" then
+    cause = "connect"
   end
   counters.incr(server, "events")
   update_time()
