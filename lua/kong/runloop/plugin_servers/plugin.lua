@@ -180,7 +180,8 @@ function Plugin:fail(phase, err, cause)
   if skip then
     counters.incr(def.name, "fail_open")
   end
-  limiter.log(def.name, cause, def.log_window, ERR, "[pluginserver] plugin ", self.name, " failed in ", phase,
+  limiter.log(def.name, cause, def.log_window, ERR, "[pluginserver] ", def.name, ": plugin ", self.name,
+              " failed in ", phase,
               " (", cause, "): ", tostring(err), skip and "; skipped (fail_open)" or "")
   if skip or phase == "log" then
     return

@@ -229,7 +229,7 @@ function _M.wait_ready(name, timeout_ms)
     update_time()
     local left = deadline - ngx_now()
     if left <= 0 then
-      return nil, "pluginserver '" .. name .. "' not ready after " .. tostring(timeout_ms)
+      return nil, "pluginserver '" .. name .. "' not ready after " .. floor((timeout_ms or 0) + 0.5)
         .. " ms (state " .. state .. ")"
     end
     sleep(semaphore(name), min(POLL, left))
