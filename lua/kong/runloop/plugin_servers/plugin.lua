@@ -12,7 +12,6 @@ local instances_mod = require "kong.runloop.plugin_servers.instances"
 local pdk = require "kong.runloop.plugin_servers.pdk"
 local counters = require "kong.runloop.plugin_servers.counters"
 local limiter = require "kong.runloop.plugin_servers.log_limiter"
-local socket = require "kong.runloop.plugin_servers.rpc.socket"
 
 local state
 do
@@ -150,7 +149,8 @@ function Plugin:run_event(conf, phase, saved)
         -- The server restarted while this event waited for it: its instance id
         -- is stale. The first request to see the new pid drops this worker's
         -- instances; the others reuse the instance it starts.
-        local pid = socket.server_pid(self.server_def)
+        local e = state and state.get(server)
+        local pid = e and e.pid
         if pid ~= self.known_pid then
           self:reset_instances()
           self.known_pid = pid
