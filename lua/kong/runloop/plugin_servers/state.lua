@@ -89,6 +89,8 @@ local function denull(v)
   return v
 end
 
+local cached_raw, cached_entry = {}, {}
+
 -- The entry of one server: { state, pid, restarts, last_exit, started_at, since } or nil.
 function _M.get(name)
   local d = dict()
@@ -99,6 +101,11 @@ function _M.get(name)
   if not raw then
     return nil
   end
+  -- Read on every event: decode only when the entry changed (strings are
+  -- interned, so the comparison is cheap). Callers must not modify the entry.
+  if raw == cached_raw[name] then
+    return cached_entry[name]
+  end
   local e = cjson.decode(raw)
   if type(e) ~= "table" then
     return nil
@@ -107,6 +114,7 @@ function _M.get(name)
   e.last_exit = denull(e.last_exit)
   e.started_at = denull(e.started_at)
   e.since = denull(e.since)
+  cached_raw[name], cached_entry[name] = raw, e
   return e
 end
 
@@ -192,6 +200,12 @@ function _M.refused(name, pid)
   end
 end
 
+-- Whether `pid` of `name` refused a connection in the last REFUSED_TTL.
+function _M.is_refused(name, pid)
+  local d = dict()
+  return d ~= nil and pid ~= nil and d:get(REFUSED_KEY .. name) == pid
+end
+
 local function sleep(sema, seconds)
   if sema then
     local ok = pcall(sema.wait, sema, seconds)
@@ -215,7 +229,7 @@ function _M.wait_ready(name, timeout_ms)
     local e = _M.get(name)
     local state = e and e.state
     if state == "ready" then
-      if e.pid == nil or dict():get(REFUSED_KEY .. name) ~= e.pid then
+      if not _M.is_refused(name, e.pid) then
         return e.pid
       end
       state = "ready, refusing connections"

@@ -127,24 +127,24 @@ function _M.connect(def)
     -- not supervised here (no state yet): connect and poll as without the dict
     return connect_polling(def)
   end
-  local entry_pid = entry and entry.state == "ready" and entry.pid or nil
-  update_time()
-  local deadline = now() + def.ready_timeout / 1000
-  local waited = false
-  local sock, err, pid
+  -- the pid this request's caller knows as ready (nil: none)
+  local entry_pid = entry.state == "ready" and not state.is_refused(def.name, entry.pid) and entry.pid or nil
+  local pid, deadline = entry_pid, nil
+  local sock, err
   while true do
-    local left = deadline - now()
-    if left <= 0 then
-      return connect_error(def, tostring(err or "not ready") .. " (pluginserver '" .. def.name
-        .. "' not ready after " .. def.ready_timeout .. " ms)")
-    end
-    local werr
-    pid, werr = state.wait_ready(def.name, left * 1000)
     if not pid then
-      return connect_error(def, werr)
-    end
-    if pid ~= entry_pid then
-      waited = true
+      update_time()
+      deadline = deadline or now() + def.ready_timeout / 1000
+      local left = deadline - now()
+      if left <= 0 then
+        return connect_error(def, tostring(err or "not ready") .. " (pluginserver '" .. def.name
+          .. "' not ready after " .. def.ready_timeout .. " ms)")
+      end
+      local werr
+      pid, werr = state.wait_ready(def.name, left * 1000)
+      if not pid then
+        return connect_error(def, werr)
+      end
     end
     sock, err = try_connect(def, pid)
     if sock then
@@ -155,10 +155,9 @@ function _M.connect(def)
       return connect_error(def, err)
     end
     state.refused(def.name, pid)
-    waited = true
-    update_time()
+    pid = nil
   end
-  if waited and pid ~= entry_pid then
+  if pid ~= entry_pid then
     -- A fresh connection to the new server: good for the pool, not for this event.
     _M.release(sock)
     return nil, "pluginserver '" .. def.name .. "' restarted (pid " .. tostring(entry_pid or "-") .. " -> "
