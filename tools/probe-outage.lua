@@ -216,7 +216,7 @@ local function run(name, fail_open)
 
     -- error-log lines written after the kill
     local window = (h:error_log() or ""):sub(log_offset + 1)
-    local lines, crit = 0, 0
+    local lines, crit, ours, sockets = 0, 0, 0, 0
     row.samples = {}
     for line in window:gmatch("[^\n]+") do
       local level = line:match("^%S+ %S+ %[(%a+)%]")
@@ -225,10 +225,18 @@ local function run(name, fail_open)
         if level ~= "error" then
           crit = crit + 1
         end
+        if line:find("[pluginserver]", 1, true) then
+          ours = ours + 1
+        elseif line:find("%] %d+#%d+: %*%d+ %a+%(%) ") then
+          -- nginx's own line for a failed socket call (cosockets log these at
+          -- error whatever lua_socket_log_errors says)
+          sockets = sockets + 1
+        end
         row.samples[#row.samples + 1] = line
       end
     end
     row.error_lines, row.crit_lines = lines, crit
+    row.our_lines, row.socket_lines = ours, sockets
   end)
   h:stop()
   if not ok then
@@ -283,7 +291,7 @@ for _, mode in ipairs(modes) do
 end
 
 local header = { "server", "fail_open", "responses", "correct", "500 in-flight", "500 past-bound",
-  "500 other", "skipped", "other", "err lines", "crit", "kill->ready ms", "kill->correct ms",
+  "500 other", "skipped", "other", "err lines (ours/nginx/plugin)", "crit", "kill->ready ms", "kill->correct ms",
   "ready->correct ms", "restarts", "inst starts", "fail_open cnt", "errors cnt", "verdict" }
 local out = { header }
 local failures = 0
@@ -294,7 +302,8 @@ for _, r in ipairs(rows) do
     out[#out + 1] = { r.server, r.fail_open, "run failed: " .. r.failure }
   else
     out[#out + 1] = { r.server, r.fail_open, r.responses, r.correct, r.e_inflight, r.e_bound, r.e_other,
-      r.skipped, r.other, r.error_lines, r.crit_lines, ms(r.kill_to_ready), ms(r.kill_to_correct),
+      r.skipped, r.other, fmt("%d (%d/%d/%d)", r.error_lines, r.our_lines, r.socket_lines,
+        r.error_lines - r.our_lines - r.socket_lines), r.crit_lines, ms(r.kill_to_ready), ms(r.kill_to_correct),
       ms(r.ready_to_correct), r.restarts, r.instance_starts, r.fail_open_count, r.errors_counted,
       #bad == 0 and "ok" or table.concat(bad, "; ") }
   end
@@ -315,6 +324,14 @@ for _, line in ipairs(out) do
   io.write("| ", table.concat(cells, " | "), " |\n")
 end
 
+io.write([[
+correct: 200 with the plugin's header; 500 in-flight: the request started before the kill
+(+5 ms); 500 past-bound: it waited at least ready_timeout; skipped: 2xx without the header
+(fail_open: a plugin that failed after setting its header is counted by fail_open cnt only);
+err lines: error-log lines at error or above after the kill (ours: [pluginserver]; nginx: its
+own line per failed socket call, one per connection in use when the server died; plugin: the
+plugin's own kong.log calls); ready: the supervisor's probe saw the new server accept.
+]])
 if VERBOSE then
   for _, r in ipairs(rows) do
     io.write("\n-- error lines after the kill: ", r.server, " fail_open ", r.fail_open, "\n")
