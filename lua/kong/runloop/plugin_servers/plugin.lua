@@ -208,13 +208,25 @@ local function phase_handler(phase)
   end
 end
 
+-- Log events in flight in this worker. Each is a timer holding one of the
+-- worker's lua_max_running_timers (256 by default, shared with everything else:
+-- past it nginx drops timers, with an alert line each and the event never run,
+-- the supervisor's drain timer included). That happens when a server is slower
+-- than the request rate or while events wait for a restarting server, so past
+-- this many the log event fails at once, logged (rate-limited) and counted.
+local MAX_LOG_EVENTS = 128
+local log_events = 0
+
 local function log_timer(premature, self, conf, saved)
+  local ok, res, err, cause
   if premature then
-    return
+    ok, err, cause = true, "nginx is exiting", "connect"
+  else
+    -- kong.plugin.get_id() and the ctx overrides see the request's ctx.
+    ngx.ctx = saved.ngx_ctx
+    ok, res, err, cause = pcall(self.run_event, self, conf, "log", saved)
   end
-  -- kong.plugin.get_id() and the ctx overrides see the request's ctx.
-  ngx.ctx = saved.ngx_ctx
-  local ok, res, err, cause = pcall(self.run_event, self, conf, "log", saved)
+  log_events = log_events - 1
   if ok and res then
     return
   end
@@ -225,6 +237,10 @@ local function log_timer(premature, self, conf, saved)
 end
 
 local function log_handler(self, conf)
+  if log_events >= MAX_LOG_EVENTS then
+    return self:fail("log", MAX_LOG_EVENTS .. " log events already in flight in this worker (pluginserver '"
+      .. self.server_def.name .. "' slower than the requests, or not ready)", "timeout")
+  end
   local ok, saved = pcall(pdk.save_request, self.name)
   if not ok then
     return self:fail("log", "cannot save the request data: " .. tostring(saved), "protocol")
@@ -233,6 +249,7 @@ local function log_handler(self, conf)
   if not tok then
     return self:fail("log", "cannot start the log timer: " .. tostring(terr), "protocol")
   end
+  log_events = log_events + 1
 end
 
 -- The plugin object for `info` (see INTERFACES.md "Plugin info record"), or nil, err.
