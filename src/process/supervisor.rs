@@ -282,6 +282,14 @@ impl Supervisor {
             match self.servers[i].phase {
                 Phase::WaitOld { pid, deadline } => {
                     if !pid_alive(pid) {
+                        // Logged by this supervisor before its own "started" line, so the
+                        // hand-over order is visible even though the old worker logs
+                        // its "stopped" line from another process.
+                        let name = self.servers[i].def.name.clone();
+                        self.log(
+                            NGX_NOTICE,
+                            format!("[pluginserver] previous pluginserver '{name}', pid {pid}, has exited"),
+                        );
                         self.spawn(i);
                     } else if now >= deadline {
                         let name = self.servers[i].def.name.clone();

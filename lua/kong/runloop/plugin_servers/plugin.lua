@@ -58,7 +58,10 @@ local function reset_everywhere(self, why)
   self:reset_instances(why)
   local we = kong and kong.worker_events
   if we and we.post then
-    local ok, err = we.post("plugin_server", "reset_instances", { plugin_name = self.name })
+    -- `pid`: the poster has reset already; its own copy of the event must not
+    -- drop the instance it starts next.
+    local ok, err = we.post("plugin_server", "reset_instances",
+                            { plugin_name = self.name, pid = ngx.worker.pid() })
     if not ok then
       log(ERR, "[pluginserver] failed to post plugin_server reset_instances event: ", tostring(err))
     end
@@ -77,7 +80,7 @@ function _M.register_events()
   end
   we.register(function(data)
     local p = data and by_name[data.plugin_name]
-    if p then
+    if p and data.pid ~= ngx.worker.pid() then
       p:reset_instances()
     end
   end, "plugin_server", "reset_instances")
