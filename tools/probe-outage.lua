@@ -166,6 +166,7 @@ local function run(name, fail_open)
     local new = assert(state_of(h, name))
     row.ready_at = new.pid ~= old.pid and new.state == "ready" and new.since or nil
     row.wrk_requests = tonumber(wrk_out:match("(%d+) requests in"))
+    row.wrk_out = wrk_out
     row.restarts = after.restarts - before.restarts
     row.instance_starts = after.counters.instance_starts - before.counters.instance_starts
     row.fail_open_count = after.counters.fail_open - before.counters.fail_open
@@ -263,6 +264,9 @@ local function verdict(row)
     if non2xx > 0 then bad[#bad + 1] = "non-2xx responses" end
     if row.fail_open_count < row.skipped then bad[#bad + 1] = "skipped plugins not counted" end
   end
+  if row.responses == 0 or not row.kill_to_correct then
+    bad[#bad + 1] = "no correct response after the kill (wrk: " .. tostring(row.wrk_requests) .. " requests)"
+  end
   if row.crit_lines > 0 then bad[#bad + 1] = "[crit] lines" end
   if row.restarts ~= 1 then bad[#bad + 1] = "restarts ~= 1" end
   return bad
@@ -334,7 +338,8 @@ plugin's own kong.log calls); ready: the supervisor's probe saw the new server a
 ]])
 if VERBOSE then
   for _, r in ipairs(rows) do
-    io.write("\n-- error lines after the kill: ", r.server, " fail_open ", r.fail_open, "\n")
+    io.write("\n-- wrk: ", r.server, " fail_open ", r.fail_open, "\n", tostring(r.wrk_out), "\n")
+    io.write("-- error lines after the kill: ", r.server, " fail_open ", r.fail_open, "\n")
     for _, line in ipairs(r.samples or {}) do
       io.write(line:sub(1, 400), "\n")
     end
