@@ -55,6 +55,9 @@ pub enum Report {
         last_exit: Option<Exit>,
         /// Wall-clock start of the current process (seconds since the epoch).
         started_at: Option<f64>,
+        /// Wall-clock time of this state change (seconds since the epoch): when the
+        /// probe saw a server accept, for `ready` (outage measurements).
+        since: f64,
     },
     /// The supervisor has stopped every server and ended.
     Done,
@@ -196,6 +199,7 @@ impl Supervisor {
             restarts: s.restarts,
             last_exit: s.last_exit,
             started_at: s.started_wall,
+            since: wall_now(),
         });
     }
 
