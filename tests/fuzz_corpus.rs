@@ -1,0 +1,78 @@
+//! Replays every checked-in fuzz corpus file (`fuzz/corpus/<target>/*`: seeds from
+//! real dumps and conversations, and the regression input of every finding) through
+//! the same checks the fuzz targets run, so CI catches regressions without a fuzzer.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+
+#[allow(dead_code)]
+#[path = "../fuzz/src/lib.rs"]
+mod checks;
+
+/// Runs `target`'s check on each of its corpus files; fails naming every file that fails.
+fn replay(target: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "{}: empty corpus", dir.display());
+    let mut failed = Vec::new();
+    for file in &files {
+        let data = std::fs::read(file).unwrap();
+        if catch_unwind(AssertUnwindSafe(|| checks::check(target, &data))).is_err() {
+            failed.push(file.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{target}: {} of {} corpus files fail: {failed:?}",
+        failed.len(),
+        files.len()
+    );
+}
+
+#[test]
+fn every_target_has_a_corpus_and_a_replay() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    on_disk.sort();
+    let mut known: Vec<String> = checks::TARGETS.iter().map(|t| t.to_string()).collect();
+    known.sort();
+    assert_eq!(on_disk, known, "fuzz/corpus/ directories");
+    let mut binaries: Vec<String> = std::fs::read_dir(dir.with_file_name("fuzz_targets"))
+        .unwrap()
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    binaries.sort();
+    assert_eq!(binaries, known, "fuzz/fuzz_targets/ files");
+}
+
+#[test]
+fn corpus_config() {
+    replay("config");
+}
+
+#[test]
+fn corpus_dump() {
+    replay("dump");
+}
+
+#[test]
+fn corpus_helper_wire() {
+    replay("helper_wire");
+}
