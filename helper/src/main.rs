@@ -103,6 +103,8 @@ impl Helper {
             return Err(errno_msg("pipe"));
         }
         let (rd, wr) = (fds[0], fds[1]);
+        // SAFETY: getpid has no preconditions.
+        let helper_pid = unsafe { libc::getpid() };
         // SAFETY: the helper is single-threaded; the child only calls async-signal-safe functions.
         let pid = unsafe { libc::fork() };
         if pid < 0 {
@@ -124,6 +126,11 @@ impl Helper {
                     0,
                     0,
                 );
+                // The helper may have died between fork and prctl: then nobody would
+                // ever kill this server, so it must not start.
+                if libc::getppid() != helper_pid {
+                    libc::_exit(1);
+                }
                 libc::setpgid(0, 0);
                 let null = libc::open(devnull.as_ptr(), libc::O_RDONLY);
                 if null >= 0 {
