@@ -50,11 +50,14 @@ for t in "${targets[@]}"; do
   work=fuzz/work/$t
   artifacts=fuzz/artifacts/$t
   mkdir -p "$work" "$artifacts"
-  dict=()
-  [ -f "fuzz/dict/$t.dict" ] && dict=("-dict=fuzz/dict/$t.dict")
+  extra=()
+  [ -f "fuzz/dict/$t.dict" ] && extra+=("-dict=fuzz/dict/$t.dict")
+  # Per-target libFuzzer flags, one a line (e.g. -detect_leaks=0 where a Lua state
+  # frees memory in its own time and leak checks after each input would dominate).
+  [ -f "fuzz/options/$t" ] && mapfile -t -O "${#extra[@]}" extra < <(grep -v '^#' "fuzz/options/$t")
   log=$(mktemp /tmp/kps-fuzz-XXXXXX)
   t0=$(date +%s)
-  "$bin_dir/$t" "$work" "fuzz/corpus/$t" "${dict[@]}" \
+  "$bin_dir/$t" "$work" "fuzz/corpus/$t" "${extra[@]}" \
     -max_total_time="$seconds" -timeout="$timeout_s" -rss_limit_mb=2048 -max_len="$max_len" \
     -artifact_prefix="$artifacts/" -print_final_stats=1 >"$log" 2>&1
   rc=$?
@@ -65,8 +68,9 @@ for t in "${targets[@]}"; do
   else
     failed=$((failed + 1))
     echo "fuzz $t: FAILED (exit $rc); input saved under $artifacts/"
-    # The panic message or libFuzzer's verdict, not the stack traces.
-    grep -vE '^(#[0-9]+|    #[0-9]+ |   [0-9]+: |             at )' "$log" | grep -vE '^\s*$' | tail -n 25
+    # The panic message and libFuzzer's verdict, not the stack traces.
+    grep -A3 'panicked at' "$log" | grep -vE '^(stack backtrace|   [0-9]+: )' | head -n 12
+    grep -E 'ERROR: libFuzzer|^SUMMARY|Test unit written|^Base64' "$log"
   fi
   rm -f "$log"
 done
