@@ -8,6 +8,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// Deepest table nesting a value may have.
+#define MAX_DEPTH 100
+
+// Index of the "unknown method" entry.
+#define UNKNOWN 0
+
 // Longest unix socket path: `sun_path` holds 108 bytes including the NUL.
 #define MAX_SOCKET_PATH 107
 
@@ -27,6 +33,28 @@
 // An output did not fit the caller's buffer.
 #define KPS_ERR_BUF_TOO_SMALL -4
 
+// `kps_mp_event.kind`: more bytes are needed.
+#define KPS_MP_NONE 0
+
+// StartInstance succeeded: `id` is the instance id.
+#define KPS_MP_STARTED 1
+
+// CloseInstance succeeded.
+#define KPS_MP_CLOSED 2
+
+// The handler finished (`Data = "ret"`): `event_id`.
+#define KPS_MP_RET 3
+
+// A PDK call: `event_id`, `method` (index into the method table, 0 = unknown),
+// `text` = method name, `value` = encoded Args (`value_len` 0 when absent).
+#define KPS_MP_CALL 4
+
+// The server answered with an error: `text` = its message.
+#define KPS_MP_ERROR 5
+
+// A `serverPid` notification: `id` = the pid.
+#define KPS_MP_SERVER_PID 6
+
 // Smallest delay used even if configured lower, so a crash loop stays cheap.
 #define MIN_DELAY_MS 10
 
@@ -44,6 +72,24 @@ typedef struct KpsConfig KpsConfig;
 
 // The result of one info query: JSON text owned by the handle.
 typedef struct KpsQuery KpsQuery;
+
+// Opaque: message ids and limits of one plugin in one worker.
+typedef struct kps_mp_session kps_mp_session;
+
+// Opaque: decoding/encoding state of one event on one connection.
+typedef struct kps_mp_stream kps_mp_stream;
+
+// One decoded message, as scalars and borrowed bytes.
+typedef struct {
+  int32_t kind;
+  int32_t method;
+  int64_t id;
+  int64_t event_id;
+  const uint8_t *value;
+  size_t value_len;
+  const uint8_t *text;
+  size_t text_len;
+} kps_mp_event;
 
 // Returns the library version as a NUL-terminated static string.
 //
@@ -129,6 +175,224 @@ int32_t kps_config_parse(KpsConfig *config,
                          size_t *out_len,
                          uint8_t *errbuf,
                          size_t *errbuf_len);
+
+// Makes a session. `max_message_size` bounds every received message (bytes);
+// `max_depth` bounds array/map nesting of a message, envelope included.
+//
+// # Errors
+// Returns NULL when either bound is 0.
+//
+// # Panics
+// Never.
+//
+// # Safety
+// None; release the handle with `kps_mp_session_free`.
+kps_mp_session *kps_mp_session_new(uint64_t max_message_size, uint32_t max_depth);
+
+// Releases a session (NULL is ignored).
+//
+// # Errors
+// None.
+//
+// # Panics
+// Never.
+//
+// # Safety
+// `session` must be NULL or a handle from `kps_mp_session_new` not yet freed.
+void kps_mp_session_free(kps_mp_session *session);
+
+// Makes a stream with the session's limits.
+//
+// # Errors
+// Returns NULL when `session` is NULL.
+//
+// # Panics
+// Never.
+//
+// # Safety
+// `session` must be NULL or a live session handle. The stream does not keep it.
+kps_mp_stream *kps_mp_stream_new(const kps_mp_session *session);
+
+// Releases a stream (NULL is ignored).
+//
+// # Errors
+// None.
+//
+// # Panics
+// Never.
+//
+// # Safety
+// `stream` must be NULL or a handle from `kps_mp_stream_new` not yet freed.
+void kps_mp_stream_free(kps_mp_stream *stream);
+
+// Starts the stream over for a fresh connection checkout (clears buffered bytes,
+// the pending request and a previous protocol error).
+//
+// # Errors
+// None.
+//
+// # Panics
+// Never.
+//
+// # Safety
+// `stream` must be NULL (ignored) or a live stream handle.
+void kps_mp_stream_reset(kps_mp_stream *stream);
+
+// 1 when bytes beyond the last reported message are buffered (such a connection
+// must not go back to the pool), else 0.
+//
+// # Errors
+// None.
+//
+// # Panics
+// Never.
+//
+// # Safety
+// `stream` must be NULL (answers 0) or a live stream handle.
+int32_t kps_mp_stream_has_unread(const kps_mp_stream *stream);
+
+// Builds `plugin.StartInstance` `[{Name = name, Config = config}]`; `config` is
+// the JSON text of the plugin configuration.
+//
+// # Errors
+// `KPS_ERR_ARGS` for NULL pointers; `KPS_ERR_FAILED` when the stream is still
+// waiting for a reply or failed earlier (message in `errbuf`).
+//
+// # Panics
+// Never across the boundary (`KPS_ERR_PANIC`).
+//
+// # Safety
+// `session`/`stream` live handles; `name`/`config` valid for their lengths;
+// `out`, `out_len` writable; `errbuf` as for every fallible function.
+int32_t kps_mp_stream_start_instance(kps_mp_session *session,
+                                     kps_mp_stream *stream,
+                                     const uint8_t *name,
+                                     size_t name_len,
+                                     const uint8_t *config,
+                                     size_t config_len,
+                                     const uint8_t **out,
+                                     size_t *out_len,
+                                     uint8_t *errbuf,
+                                     size_t *errbuf_len);
+
+// Builds `plugin.CloseInstance` `[instance_id]`.
+//
+// # Errors
+// As `kps_mp_stream_start_instance`.
+//
+// # Panics
+// Never across the boundary (`KPS_ERR_PANIC`).
+//
+// # Safety
+// As `kps_mp_stream_start_instance`.
+int32_t kps_mp_stream_close_instance(kps_mp_session *session,
+                                     kps_mp_stream *stream,
+                                     int64_t instance_id,
+                                     const uint8_t **out,
+                                     size_t *out_len,
+                                     uint8_t *errbuf,
+                                     size_t *errbuf_len);
+
+// Builds `plugin.HandleEvent` `[{InstanceId = instance_id, EventName = event}]`.
+//
+// # Errors
+// As `kps_mp_stream_start_instance`.
+//
+// # Panics
+// Never across the boundary (`KPS_ERR_PANIC`).
+//
+// # Safety
+// As `kps_mp_stream_start_instance`; `event` valid for `event_len` bytes.
+int32_t kps_mp_stream_handle_event(kps_mp_session *session,
+                                   kps_mp_stream *stream,
+                                   int64_t instance_id,
+                                   const uint8_t *event,
+                                   size_t event_len,
+                                   const uint8_t **out,
+                                   size_t *out_len,
+                                   uint8_t *errbuf,
+                                   size_t *errbuf_len);
+
+// Builds the Step answering a PDK call of `method` (method-table index; it picks
+// `plugin.Step`, `StepMultiMap`, `StepCredential`, ...) with `{EventId, Data}`;
+// `value` is one encoded MessagePack value (from the bridge), or NULL for no Data.
+//
+// # Errors
+// As `kps_mp_stream_start_instance`; also `KPS_ERR_FAILED` for an unknown method
+// index or `value` bytes that are not exactly one MessagePack value.
+//
+// # Panics
+// Never across the boundary (`KPS_ERR_PANIC`).
+//
+// # Safety
+// As `kps_mp_stream_start_instance`; `value` NULL or valid for `value_len` bytes.
+int32_t kps_mp_stream_step(kps_mp_session *session,
+                           kps_mp_stream *stream,
+                           int64_t event_id,
+                           int32_t method,
+                           const uint8_t *value,
+                           size_t value_len,
+                           const uint8_t **out,
+                           size_t *out_len,
+                           uint8_t *errbuf,
+                           size_t *errbuf_len);
+
+// Builds `plugin.StepError` `{EventId, Data = message}`: the PDK call failed.
+//
+// # Errors
+// As `kps_mp_stream_start_instance`.
+//
+// # Panics
+// Never across the boundary (`KPS_ERR_PANIC`).
+//
+// # Safety
+// As `kps_mp_stream_start_instance`; `message` valid for `message_len` bytes.
+int32_t kps_mp_stream_step_error(kps_mp_session *session,
+                                 kps_mp_stream *stream,
+                                 int64_t event_id,
+                                 const uint8_t *message,
+                                 size_t message_len,
+                                 const uint8_t **out,
+                                 size_t *out_len,
+                                 uint8_t *errbuf,
+                                 size_t *errbuf_len);
+
+// Appends received bytes to the stream.
+//
+// # Errors
+// `KPS_ERR_ARGS` for NULL pointers; `KPS_ERR_FAILED` when the stream failed
+// earlier with a protocol error (the same message).
+//
+// # Panics
+// Never across the boundary (`KPS_ERR_PANIC`).
+//
+// # Safety
+// `stream` a live handle; `data` valid for `len` bytes; `errbuf` as usual.
+int32_t kps_mp_stream_feed(kps_mp_stream *stream,
+                           const uint8_t *data,
+                           size_t len,
+                           uint8_t *errbuf,
+                           size_t *errbuf_len);
+
+// Decodes the next complete message into `ev`; `ev->kind` is `KPS_MP_NONE` when
+// more bytes are needed. Pointers in `ev` stay valid until the next call on
+// the stream.
+//
+// # Errors
+// `KPS_ERR_ARGS` for NULL pointers; `KPS_ERR_FAILED` for a protocol error
+// (malformed bytes, unexpected id or shape, `max_message_size` or depth
+// exceeded): the message starts with `protocol error: ` and the stream stays
+// failed until reset.
+//
+// # Panics
+// Never across the boundary (`KPS_ERR_PANIC`).
+//
+// # Safety
+// `stream` a live handle; `ev` writable; `errbuf` as usual.
+int32_t kps_mp_stream_poll(kps_mp_stream *stream,
+                           kps_mp_event *ev,
+                           uint8_t *errbuf,
+                           size_t *errbuf_len);
 
 // Runs every server's query command (in parallel, each bounded by its
 // `query_timeout`; no thread or process is left when it returns) and stores the

@@ -1,1 +1,638 @@
-//! `extern "C"` adapters for the msgpack (filled in by its issue).
+//! `extern "C"` adapters for the MessagePack-RPC engine (`crate::codec::msgpack`).
+//!
+//! Two handles: a session (one per plugin per worker: message ids, limits) and a
+//! stream (one event on one connection: request bytes out, reply bytes in).
+//! Request builders return borrowed bytes valid until the next call on the
+//! stream; `kps_mp_stream_poll` fills a caller-owned `kps_mp_event` whose
+//! pointers are valid until the next call on the stream.
+#![allow(non_camel_case_types)]
+
+use std::ptr;
+
+use super::errbuf::{KPS_ERR_ARGS, guard, write_error};
+use crate::codec::msgpack::{Event, Limits, Session, Stream};
+
+/// Opaque: message ids and limits of one plugin in one worker.
+pub struct kps_mp_session(Session);
+
+/// Opaque: decoding/encoding state of one event on one connection.
+pub struct kps_mp_stream(Stream);
+
+/// `kps_mp_event.kind`: more bytes are needed.
+pub const KPS_MP_NONE: i32 = 0;
+/// StartInstance succeeded: `id` is the instance id.
+pub const KPS_MP_STARTED: i32 = 1;
+/// CloseInstance succeeded.
+pub const KPS_MP_CLOSED: i32 = 2;
+/// The handler finished (`Data = "ret"`): `event_id`.
+pub const KPS_MP_RET: i32 = 3;
+/// A PDK call: `event_id`, `method` (index into the method table, 0 = unknown),
+/// `text` = method name, `value` = encoded Args (`value_len` 0 when absent).
+pub const KPS_MP_CALL: i32 = 4;
+/// The server answered with an error: `text` = its message.
+pub const KPS_MP_ERROR: i32 = 5;
+/// A `serverPid` notification: `id` = the pid.
+pub const KPS_MP_SERVER_PID: i32 = 6;
+
+/// One decoded message, as scalars and borrowed bytes.
+#[repr(C)]
+pub struct kps_mp_event {
+    pub kind: i32,
+    pub method: i32,
+    pub id: i64,
+    pub event_id: i64,
+    pub value: *const u8,
+    pub value_len: usize,
+    pub text: *const u8,
+    pub text_len: usize,
+}
+
+/// Makes a session. `max_message_size` bounds every received message (bytes);
+/// `max_depth` bounds array/map nesting of a message, envelope included.
+///
+/// # Errors
+/// Returns NULL when either bound is 0.
+///
+/// # Panics
+/// Never.
+///
+/// # Safety
+/// None; release the handle with `kps_mp_session_free`.
+#[unsafe(no_mangle)]
+pub extern "C" fn kps_mp_session_new(max_message_size: u64, max_depth: u32) -> *mut kps_mp_session {
+    if max_message_size == 0 || max_depth == 0 {
+        return ptr::null_mut();
+    }
+    let limits = Limits {
+        max_message_size: usize::try_from(max_message_size).unwrap_or(usize::MAX),
+        max_depth: max_depth as usize,
+    };
+    Box::into_raw(Box::new(kps_mp_session(Session::new(limits))))
+}
+
+/// Releases a session (NULL is ignored).
+///
+/// # Errors
+/// None.
+///
+/// # Panics
+/// Never.
+///
+/// # Safety
+/// `session` must be NULL or a handle from `kps_mp_session_new` not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_mp_session_free(session: *mut kps_mp_session) {
+    if !session.is_null() {
+        // SAFETY: per the contract, a live handle from Box::into_raw.
+        drop(unsafe { Box::from_raw(session) });
+    }
+}
+
+/// Makes a stream with the session's limits.
+///
+/// # Errors
+/// Returns NULL when `session` is NULL.
+///
+/// # Panics
+/// Never.
+///
+/// # Safety
+/// `session` must be NULL or a live session handle. The stream does not keep it.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_mp_stream_new(session: *const kps_mp_session) -> *mut kps_mp_stream {
+    // SAFETY: per the contract.
+    let Some(s) = (unsafe { session.as_ref() }) else {
+        return ptr::null_mut();
+    };
+    Box::into_raw(Box::new(kps_mp_stream(Stream::new(s.0.limits()))))
+}
+
+/// Releases a stream (NULL is ignored).
+///
+/// # Errors
+/// None.
+///
+/// # Panics
+/// Never.
+///
+/// # Safety
+/// `stream` must be NULL or a handle from `kps_mp_stream_new` not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_mp_stream_free(stream: *mut kps_mp_stream) {
+    if !stream.is_null() {
+        // SAFETY: per the contract, a live handle from Box::into_raw.
+        drop(unsafe { Box::from_raw(stream) });
+    }
+}
+
+/// Starts the stream over for a fresh connection checkout (clears buffered bytes,
+/// the pending request and a previous protocol error).
+///
+/// # Errors
+/// None.
+///
+/// # Panics
+/// Never.
+///
+/// # Safety
+/// `stream` must be NULL (ignored) or a live stream handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_mp_stream_reset(stream: *mut kps_mp_stream) {
+    // SAFETY: per the contract.
+    if let Some(s) = unsafe { stream.as_mut() } {
+        s.0.reset();
+    }
+}
+
+/// 1 when bytes beyond the last reported message are buffered (such a connection
+/// must not go back to the pool), else 0.
+///
+/// # Errors
+/// None.
+///
+/// # Panics
+/// Never.
+///
+/// # Safety
+/// `stream` must be NULL (answers 0) or a live stream handle.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_mp_stream_has_unread(stream: *const kps_mp_stream) -> i32 {
+    // SAFETY: per the contract.
+    unsafe { stream.as_ref() }
+        .is_some_and(|s| s.0.has_unread())
+        .into()
+}
+
+/// A byte slice from a (pointer, length) pair; NULL is allowed for length 0.
+unsafe fn bytes<'a>(p: *const u8, len: usize) -> Option<&'a [u8]> {
+    if len == 0 {
+        return Some(&[]);
+    }
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: the caller promises `p` is valid for `len` bytes.
+    Some(unsafe { std::slice::from_raw_parts(p, len) })
+}
+
+/// Shared argument checks and result plumbing of the request builders.
+unsafe fn build<F>(
+    session: *mut kps_mp_session,
+    stream: *mut kps_mp_stream,
+    out: *mut *const u8,
+    out_len: *mut usize,
+    errbuf: *mut u8,
+    errbuf_len: *mut usize,
+    f: F,
+) -> i32
+where
+    F: FnOnce(&mut Session, &mut Stream) -> Result<(), String>,
+{
+    if session.is_null() || stream.is_null() || out.is_null() || out_len.is_null() {
+        // SAFETY: forwarded contract.
+        unsafe { write_error(errbuf, errbuf_len, "NULL session, stream or output pointer") };
+        return KPS_ERR_ARGS;
+    }
+    // SAFETY: all pointers checked non-null; validity per the callers' contracts.
+    unsafe {
+        let (sess, st) = (&mut (*session).0, &mut (*stream).0);
+        guard(errbuf, errbuf_len, || {
+            f(sess, st)?;
+            let o = st.output();
+            *out = o.as_ptr();
+            *out_len = o.len();
+            Ok(())
+        })
+    }
+}
+
+fn arg_error(errbuf: *mut u8, errbuf_len: *mut usize, what: &str) -> i32 {
+    // SAFETY: forwarded from the exported function's contract.
+    unsafe {
+        write_error(
+            errbuf,
+            errbuf_len,
+            &format!("NULL {what} with a non-zero length"),
+        )
+    };
+    KPS_ERR_ARGS
+}
+
+/// Builds `plugin.StartInstance` `[{Name = name, Config = config}]`; `config` is
+/// the JSON text of the plugin configuration.
+///
+/// # Errors
+/// `KPS_ERR_ARGS` for NULL pointers; `KPS_ERR_FAILED` when the stream is still
+/// waiting for a reply or failed earlier (message in `errbuf`).
+///
+/// # Panics
+/// Never across the boundary (`KPS_ERR_PANIC`).
+///
+/// # Safety
+/// `session`/`stream` live handles; `name`/`config` valid for their lengths;
+/// `out`, `out_len` writable; `errbuf` as for every fallible function.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_mp_stream_start_instance(
+    session: *mut kps_mp_session,
+    stream: *mut kps_mp_stream,
+    name: *const u8,
+    name_len: usize,
+    config: *const u8,
+    config_len: usize,
+    out: *mut *const u8,
+    out_len: *mut usize,
+    errbuf: *mut u8,
+    errbuf_len: *mut usize,
+) -> i32 {
+    // SAFETY: per the contract.
+    let (Some(name), Some(config)) = (unsafe { bytes(name, name_len) }, unsafe {
+        bytes(config, config_len)
+    }) else {
+        return arg_error(errbuf, errbuf_len, "name or config");
+    };
+    // SAFETY: per the contract.
+    unsafe {
+        build(
+            session,
+            stream,
+            out,
+            out_len,
+            errbuf,
+            errbuf_len,
+            |s, st| st.start_instance(s, name, config).map(|_| ()),
+        )
+    }
+}
+
+/// Builds `plugin.CloseInstance` `[instance_id]`.
+///
+/// # Errors
+/// As `kps_mp_stream_start_instance`.
+///
+/// # Panics
+/// Never across the boundary (`KPS_ERR_PANIC`).
+///
+/// # Safety
+/// As `kps_mp_stream_start_instance`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_mp_stream_close_instance(
+    session: *mut kps_mp_session,
+    stream: *mut kps_mp_stream,
+    instance_id: i64,
+    out: *mut *const u8,
+    out_len: *mut usize,
+    errbuf: *mut u8,
+    errbuf_len: *mut usize,
+) -> i32 {
+    // SAFETY: per the contract.
+    unsafe {
+        build(
+            session,
+            stream,
+            out,
+            out_len,
+            errbuf,
+            errbuf_len,
+            |s, st| st.close_instance(s, instance_id).map(|_| ()),
+        )
+    }
+}
+
+/// Builds `plugin.HandleEvent` `[{InstanceId = instance_id, EventName = event}]`.
+///
+/// # Errors
+/// As `kps_mp_stream_start_instance`.
+///
+/// # Panics
+/// Never across the boundary (`KPS_ERR_PANIC`).
+///
+/// # Safety
+/// As `kps_mp_stream_start_instance`; `event` valid for `event_len` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_mp_stream_handle_event(
+    session: *mut kps_mp_session,
+    stream: *mut kps_mp_stream,
+    instance_id: i64,
+    event: *const u8,
+    event_len: usize,
+    out: *mut *const u8,
+    out_len: *mut usize,
+    errbuf: *mut u8,
+    errbuf_len: *mut usize,
+) -> i32 {
+    // SAFETY: per the contract.
+    let Some(event) = (unsafe { bytes(event, event_len) }) else {
+        return arg_error(errbuf, errbuf_len, "event");
+    };
+    // SAFETY: per the contract.
+    unsafe {
+        build(
+            session,
+            stream,
+            out,
+            out_len,
+            errbuf,
+            errbuf_len,
+            |s, st| st.handle_event(s, instance_id, event).map(|_| ()),
+        )
+    }
+}
+
+/// Builds the Step answering a PDK call of `method` (method-table index; it picks
+/// `plugin.Step`, `StepMultiMap`, `StepCredential`, ...) with `{EventId, Data}`;
+/// `value` is one encoded MessagePack value (from the bridge), or NULL for no Data.
+///
+/// # Errors
+/// As `kps_mp_stream_start_instance`; also `KPS_ERR_FAILED` for an unknown method
+/// index or `value` bytes that are not exactly one MessagePack value.
+///
+/// # Panics
+/// Never across the boundary (`KPS_ERR_PANIC`).
+///
+/// # Safety
+/// As `kps_mp_stream_start_instance`; `value` NULL or valid for `value_len` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_mp_stream_step(
+    session: *mut kps_mp_session,
+    stream: *mut kps_mp_stream,
+    event_id: i64,
+    method: i32,
+    value: *const u8,
+    value_len: usize,
+    out: *mut *const u8,
+    out_len: *mut usize,
+    errbuf: *mut u8,
+    errbuf_len: *mut usize,
+) -> i32 {
+    let value = if value.is_null() {
+        None
+    } else {
+        // SAFETY: per the contract.
+        unsafe { bytes(value, value_len) }
+    };
+    let method = u16::try_from(method).unwrap_or(u16::MAX);
+    // SAFETY: per the contract.
+    unsafe {
+        build(
+            session,
+            stream,
+            out,
+            out_len,
+            errbuf,
+            errbuf_len,
+            |s, st| st.step(s, event_id, method, value).map(|_| ()),
+        )
+    }
+}
+
+/// Builds `plugin.StepError` `{EventId, Data = message}`: the PDK call failed.
+///
+/// # Errors
+/// As `kps_mp_stream_start_instance`.
+///
+/// # Panics
+/// Never across the boundary (`KPS_ERR_PANIC`).
+///
+/// # Safety
+/// As `kps_mp_stream_start_instance`; `message` valid for `message_len` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_mp_stream_step_error(
+    session: *mut kps_mp_session,
+    stream: *mut kps_mp_stream,
+    event_id: i64,
+    message: *const u8,
+    message_len: usize,
+    out: *mut *const u8,
+    out_len: *mut usize,
+    errbuf: *mut u8,
+    errbuf_len: *mut usize,
+) -> i32 {
+    // SAFETY: per the contract.
+    let Some(message) = (unsafe { bytes(message, message_len) }) else {
+        return arg_error(errbuf, errbuf_len, "message");
+    };
+    // SAFETY: per the contract.
+    unsafe {
+        build(
+            session,
+            stream,
+            out,
+            out_len,
+            errbuf,
+            errbuf_len,
+            |s, st| st.step_error(s, event_id, message).map(|_| ()),
+        )
+    }
+}
+
+/// Appends received bytes to the stream.
+///
+/// # Errors
+/// `KPS_ERR_ARGS` for NULL pointers; `KPS_ERR_FAILED` when the stream failed
+/// earlier with a protocol error (the same message).
+///
+/// # Panics
+/// Never across the boundary (`KPS_ERR_PANIC`).
+///
+/// # Safety
+/// `stream` a live handle; `data` valid for `len` bytes; `errbuf` as usual.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_mp_stream_feed(
+    stream: *mut kps_mp_stream,
+    data: *const u8,
+    len: usize,
+    errbuf: *mut u8,
+    errbuf_len: *mut usize,
+) -> i32 {
+    // SAFETY: per the contract.
+    let (Some(st), Some(data)) = (unsafe { stream.as_mut() }, unsafe { bytes(data, len) }) else {
+        return arg_error(errbuf, errbuf_len, "stream or data");
+    };
+    // SAFETY: per the contract.
+    unsafe { guard(errbuf, errbuf_len, || st.0.feed(data)) }
+}
+
+/// Decodes the next complete message into `ev`; `ev->kind` is `KPS_MP_NONE` when
+/// more bytes are needed. Pointers in `ev` stay valid until the next call on
+/// the stream.
+///
+/// # Errors
+/// `KPS_ERR_ARGS` for NULL pointers; `KPS_ERR_FAILED` for a protocol error
+/// (malformed bytes, unexpected id or shape, `max_message_size` or depth
+/// exceeded): the message starts with `protocol error: ` and the stream stays
+/// failed until reset.
+///
+/// # Panics
+/// Never across the boundary (`KPS_ERR_PANIC`).
+///
+/// # Safety
+/// `stream` a live handle; `ev` writable; `errbuf` as usual.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_mp_stream_poll(
+    stream: *mut kps_mp_stream,
+    ev: *mut kps_mp_event,
+    errbuf: *mut u8,
+    errbuf_len: *mut usize,
+) -> i32 {
+    // SAFETY: per the contract.
+    let (Some(st), Some(ev)) = (unsafe { stream.as_mut() }, unsafe { ev.as_mut() }) else {
+        return arg_error(errbuf, errbuf_len, "stream or event");
+    };
+    // SAFETY: per the contract.
+    unsafe {
+        guard(errbuf, errbuf_len, || {
+            *ev = kps_mp_event {
+                kind: KPS_MP_NONE,
+                method: 0,
+                id: 0,
+                event_id: 0,
+                value: ptr::null(),
+                value_len: 0,
+                text: ptr::null(),
+                text_len: 0,
+            };
+            let Some(event) = st.0.poll()? else {
+                return Ok(());
+            };
+            let s = &st.0;
+            match event {
+                Event::Started { instance_id } => {
+                    ev.kind = KPS_MP_STARTED;
+                    ev.id = instance_id;
+                }
+                Event::Closed => ev.kind = KPS_MP_CLOSED,
+                Event::Ret { event_id } => {
+                    ev.kind = KPS_MP_RET;
+                    ev.event_id = event_id;
+                }
+                Event::Call {
+                    event_id,
+                    method,
+                    name,
+                    args,
+                } => {
+                    ev.kind = KPS_MP_CALL;
+                    ev.event_id = event_id;
+                    ev.method = i32::from(method);
+                    let (n, a) = (s.bytes(&name), s.bytes(&args));
+                    (ev.text, ev.text_len) = (n.as_ptr(), n.len());
+                    (ev.value, ev.value_len) = (a.as_ptr(), a.len());
+                }
+                Event::ErrorReply { message } => {
+                    ev.kind = KPS_MP_ERROR;
+                    let m = s.bytes(&message);
+                    (ev.text, ev.text_len) = (m.as_ptr(), m.len());
+                }
+                Event::ServerPid { pid } => {
+                    ev.kind = KPS_MP_SERVER_PID;
+                    ev.id = pid;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call<F: FnOnce(*mut u8, *mut usize) -> i32>(f: F) -> Result<(), String> {
+        let mut buf = [0u8; 256];
+        let mut len = buf.len();
+        match f(buf.as_mut_ptr(), &mut len) {
+            0 => Ok(()),
+            rc => Err(format!("{rc}: {}", String::from_utf8_lossy(&buf[..len]))),
+        }
+    }
+
+    #[test]
+    fn a_handle_event_round_trip_through_the_c_functions() {
+        unsafe {
+            assert!(kps_mp_session_new(0, 10).is_null());
+            let sess = kps_mp_session_new(1 << 20, 64);
+            let st = kps_mp_stream_new(sess);
+            let (mut out, mut out_len) = (ptr::null(), 0usize);
+            call(|e, l| {
+                kps_mp_stream_handle_event(
+                    sess,
+                    st,
+                    3,
+                    b"access".as_ptr(),
+                    6,
+                    &mut out,
+                    &mut out_len,
+                    e,
+                    l,
+                )
+            })
+            .unwrap();
+            let req: (u8, u32, String, Vec<serde_json::Value>) =
+                rmp_serde::from_slice(std::slice::from_raw_parts(out, out_len)).unwrap();
+            assert_eq!(req.1, 1);
+            assert_eq!(req.2, "plugin.HandleEvent");
+
+            let reply = rmp_serde::to_vec(&(
+                1,
+                1,
+                (),
+                serde_json::json!({"EventId": 9, "Data": {"Method": "kong.request.get_header", "Args": ["host"]}}),
+            ))
+            .unwrap();
+            let mut ev: kps_mp_event = std::mem::zeroed();
+            call(|e, l| kps_mp_stream_feed(st, reply.as_ptr(), 5, e, l)).unwrap();
+            call(|e, l| kps_mp_stream_poll(st, &mut ev, e, l)).unwrap();
+            assert_eq!(ev.kind, KPS_MP_NONE);
+            call(|e, l| kps_mp_stream_feed(st, reply[5..].as_ptr(), reply.len() - 5, e, l))
+                .unwrap();
+            call(|e, l| kps_mp_stream_poll(st, &mut ev, e, l)).unwrap();
+            assert_eq!(ev.kind, KPS_MP_CALL);
+            assert_eq!(ev.event_id, 9);
+            assert_eq!(
+                ev.method,
+                i32::from(crate::codec::methods::index_of(b"kong.request.get_header"))
+            );
+            assert_eq!(
+                std::slice::from_raw_parts(ev.text, ev.text_len),
+                b"kong.request.get_header"
+            );
+            assert_eq!(
+                std::slice::from_raw_parts(ev.value, ev.value_len),
+                b"\x91\xa4host"
+            );
+            assert_eq!(kps_mp_stream_has_unread(st), 0);
+
+            // Step with no Data, then a protocol error, then reset.
+            call(|e, l| {
+                kps_mp_stream_step(
+                    sess,
+                    st,
+                    9,
+                    ev.method,
+                    ptr::null(),
+                    0,
+                    &mut out,
+                    &mut out_len,
+                    e,
+                    l,
+                )
+            })
+            .unwrap();
+            call(|e, l| kps_mp_stream_feed(st, [0xc1].as_ptr(), 1, e, l)).unwrap();
+            let err = call(|e, l| kps_mp_stream_poll(st, &mut ev, e, l)).unwrap_err();
+            assert_eq!(
+                err,
+                "-1: protocol error: malformed MessagePack: invalid byte 0xc1 at offset 0"
+            );
+            kps_mp_stream_reset(st);
+            call(|e, l| kps_mp_stream_poll(st, &mut ev, e, l)).unwrap();
+            assert_eq!(ev.kind, KPS_MP_NONE);
+
+            let err =
+                call(|e, l| kps_mp_stream_feed(ptr::null_mut(), ptr::null(), 0, e, l)).unwrap_err();
+            assert_eq!(err, "-2: NULL stream or data with a non-zero length");
+            kps_mp_stream_free(st);
+            kps_mp_session_free(sess);
+        }
+    }
+}

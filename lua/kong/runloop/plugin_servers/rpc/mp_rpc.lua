@@ -1,4 +1,335 @@
--- kong.runloop.plugin_servers.rpc.mp_rpc (filled in by its issue).
+-- MessagePack-RPC (`MsgPack:1`, Python and JS servers) over the native engine.
+--
+-- The engine (C header) builds requests and decodes replies into scalars and byte
+-- pointers; the mlua bridge turns PDK arguments and results into Lua values and
+-- back; this module moves the bytes over a cosocket. One event (HandleEvent and
+-- every Step of it) runs on one connection, which goes back to the pool only
+-- after a clean finish.
+
+local ffi = require "ffi"
+local lib = require "kong.runloop.plugin_servers.lib"
+local socket = require "kong.runloop.plugin_servers.rpc.socket"
+
+local C = lib.C
+local bridge = lib.bridge
+local ffi_new = ffi.new
+local ffi_gc = ffi.gc
+local ffi_str = ffi.string
+local errbuf = lib.errbuf
+local errmsg = lib.errmsg
+local encode = bridge.encode
+local decode = bridge.decode
+local type = type
+local tonumber = tonumber
+local tostring = tostring
+local setmetatable = setmetatable
+
+local NONE = C.KPS_MP_NONE
+local STARTED = C.KPS_MP_STARTED
+local CLOSED = C.KPS_MP_CLOSED
+local RET = C.KPS_MP_RET
+local CALL = C.KPS_MP_CALL
+local ERROR = C.KPS_MP_ERROR
+local SERVER_PID = C.KPS_MP_SERVER_PID
+
+-- Envelope levels around a value: message array, params array, {EventId, Data},
+-- {Method, Args}; the bridge bounds the value itself.
+local MAX_DEPTH = bridge.MAX_DEPTH + 8
+local READ_SIZE = 65536
+
+local terminal = {}
+for i, m in pairs(bridge.methods()) do
+  if m.terminal then
+    terminal[i] = true
+  end
+end
+
+local out = ffi_new("const uint8_t *[1]")
+local out_len = ffi_new("size_t[1]")
+
 local _M = {}
+local RPC = {}
+RPC.__index = RPC
+
+-- rpc for one plugin: `def` is its server definition; `on_reset` is called when the
+-- server's instances are gone (serverPid changed).
+function _M.new(def, plugin_name, on_reset)
+  return setmetatable({
+    def = def, plugin_name = plugin_name, on_reset = on_reset,
+    free = {}, server_pid = nil,
+  }, RPC)
+end
+
+-- The session (ids per plugin per worker) is made in the worker on first use.
+local function session(self)
+  local s = self.session
+  if not s then
+    s = C.kps_mp_session_new(self.def.max_message_size, MAX_DEPTH)
+    if s == nil then
+      error("invalid max_message_size " .. tostring(self.def.max_message_size))
+    end
+    s = ffi_gc(s, C.kps_mp_session_free)
+    self.session = s
+  end
+  return s
+end
+
+-- A stream (decoder state and event struct) per connection checkout, reused.
+local function checkout(self)
+  local free = self.free
+  local n = #free
+  local st
+  if n > 0 then
+    st = free[n]
+    free[n] = nil
+    C.kps_mp_stream_reset(st.stream)
+  else
+    local h = C.kps_mp_stream_new(session(self))
+    st = { stream = ffi_gc(h, C.kps_mp_stream_free), ev = ffi_new("kps_mp_event[1]") }
+  end
+  return st
+end
+
+local function checkin(self, st)
+  local free = self.free
+  if #free < 16 then
+    free[#free + 1] = st
+  end
+end
+
+local function on_server_pid(self, pid)
+  if self.server_pid and self.server_pid ~= pid and self.on_reset then
+    self.on_reset("server pid changed from " .. self.server_pid .. " to " .. pid)
+  end
+  self.server_pid = pid
+end
+
+-- Sends the request just built and reads until the engine reports an event.
+-- Returns the event struct, or nil, err, cause.
+local function roundtrip(self, c)
+  local ok, err = c.sock:send(ffi_str(out[0], out_len[0]))
+  if not ok then
+    return nil, "send to " .. self.def.name .. " failed: " .. tostring(err), socket.cause(err)
+  end
+  local st = c.st
+  local ev = st.ev
+  while true do
+    local buf, len = errbuf()
+    if C.kps_mp_stream_poll(st.stream, ev, buf, len) ~= 0 then
+      return nil, errmsg(), "protocol"
+    end
+    local kind = ev[0].kind
+    if kind == SERVER_PID then
+      on_server_pid(self, tonumber(ev[0].id))
+    elseif kind ~= NONE then
+      return ev[0]
+    else
+      local data, rerr = c.sock:receiveany(READ_SIZE)
+      if not data then
+        if rerr == "closed" then
+          return nil, "plugin server " .. self.def.name .. " closed the connection", "connect"
+        end
+        return nil, "read from " .. self.def.name .. " failed: " .. tostring(rerr), socket.cause(rerr)
+      end
+      c.got_reply = true
+      buf, len = errbuf()
+      if C.kps_mp_stream_feed(st.stream, data, #data, buf, len) ~= 0 then
+        return nil, errmsg(), "protocol"
+      end
+    end
+  end
+end
+
+local function close(self, c)
+  c.sock:close()
+  checkin(self, c.st)
+end
+
+local function finish(self, c)
+  if C.kps_mp_stream_has_unread(c.st.stream) ~= 0 then
+    c.sock:close()
+  else
+    socket.release(c.sock)
+  end
+  checkin(self, c.st)
+end
+
+-- Runs `build(c)` (which builds the first request into out/out_len) and its
+-- round trip on a connection; retries once on a fresh connection when a pooled one
+-- fails before any reply byte. Returns c, ev or nil, err, cause.
+local function first_exchange(self, build)
+  for attempt = 1, 2 do
+    local sock, reused_or_err, cause = socket.connect(self.def)
+    if not sock then
+      return nil, reused_or_err, cause
+    end
+    local c = { sock = sock, st = checkout(self), got_reply = false }
+    local buf, len = errbuf()
+    if build(c, buf, len) ~= 0 then
+      local msg = errmsg()
+      close(self, c)
+      return nil, msg, "protocol"
+    end
+    local ev, err, ecause = roundtrip(self, c)
+    if ev then
+      return c, ev
+    end
+    close(self, c)
+    if not (reused_or_err and not c.got_reply and ecause ~= "protocol" and attempt == 1) then
+      return nil, err, ecause
+    end
+    socket.discard_pool(self.def)
+  end
+end
+
+local function text(ev)
+  return ffi_str(ev.text, ev.text_len)
+end
+
+local function server_error(self, what, ev)
+  local msg = text(ev)
+  local cause = msg:lower():find("no plugin instance", 1, true) and "no_instance" or "protocol"
+  return nil, what .. " failed on " .. self.def.name .. ": " .. msg, cause
+end
+
+local function unexpected(self, what, ev)
+  return nil, "protocol error: unexpected reply kind " .. tonumber(ev.kind) .. " to " .. what
+    .. " from " .. self.def.name, "protocol"
+end
+
+-- Starts an instance with the JSON text of the plugin config: id or nil, err, cause.
+function RPC:start_instance(config_json)
+  local name = self.plugin_name
+  local c, ev, cause = first_exchange(self, function(conn, buf, len)
+    return C.kps_mp_stream_start_instance(session(self), conn.st.stream, name, #name,
+                                          config_json, #config_json, out, out_len, buf, len)
+  end)
+  if not c then
+    return nil, ev, cause
+  end
+  if ev.kind == STARTED then
+    local id = tonumber(ev.id)
+    finish(self, c)
+    return id
+  end
+  -- Read the reply before the stream goes back to the free list.
+  local _, err, ecause
+  if ev.kind == ERROR then
+    _, err, ecause = server_error(self, "StartInstance", ev)
+  else
+    _, err, ecause = unexpected(self, "StartInstance", ev)
+  end
+  close(self, c)
+  return nil, err, ecause
+end
+
+function RPC:close_instance(id)
+  local c, ev, cause = first_exchange(self, function(conn, buf, len)
+    return C.kps_mp_stream_close_instance(session(self), conn.st.stream, id, out, out_len, buf, len)
+  end)
+  if not c then
+    return nil, ev, cause
+  end
+  if ev.kind == CLOSED then
+    finish(self, c)
+    return true
+  end
+  local _, err, ecause
+  if ev.kind == ERROR then
+    _, err, ecause = server_error(self, "CloseInstance", ev)
+  else
+    _, err, ecause = unexpected(self, "CloseInstance", ev)
+  end
+  close(self, c)
+  return nil, err, ecause
+end
+
+-- Answers one PDK call; returns the build status code.
+local function answer(self, c, ev, dispatch, saved, stats)
+  local index = ev.method
+  local event_id = ev.event_id
+  local args, n
+  if ev.value_len > 0 then
+    args, n = decode(index, ffi_str(ev.value, ev.value_len))
+    if args == nil and type(n) == "string" then
+      return false, "protocol error: PDK call arguments: " .. n
+    end
+  end
+  local name = ffi_str(ev.text, ev.text_len)
+  stats.pdk_calls = stats.pdk_calls + 1
+  local ok, value = dispatch(index, name, args, n, saved)
+  if terminal[index] then
+    return "terminal"
+  end
+  local buf, len = errbuf()
+  local rc
+  if ok then
+    if value == nil then
+      rc = C.kps_mp_stream_step(session(self), c.st.stream, event_id, index, nil, 0, out, out_len, buf, len)
+    else
+      local bytes, eerr = encode(index, value)
+      if not bytes then
+        local msg = "cannot encode the result of " .. name .. ": " .. eerr
+        rc = C.kps_mp_stream_step_error(session(self), c.st.stream, event_id, msg, #msg, out, out_len, buf, len)
+      else
+        rc = C.kps_mp_stream_step(session(self), c.st.stream, event_id, index, bytes, #bytes,
+                                  out, out_len, buf, len)
+      end
+    end
+  else
+    local msg = tostring(value)
+    rc = C.kps_mp_stream_step_error(session(self), c.st.stream, event_id, msg, #msg, out, out_len, buf, len)
+  end
+  if rc ~= 0 then
+    return false, errmsg()
+  end
+  return true
+end
+
+-- Runs event `phase` of instance `id`: HandleEvent, then one Step per PDK call,
+-- each call served by `dispatch(index, name, args, n, saved)` (-> ok, value|err).
+-- Returns true (and stats) or nil, err, cause (and stats).
+function RPC:handle_event(id, phase, dispatch, saved)
+  local stats = { pdk_calls = 0 }
+  local c, ev, cause = first_exchange(self, function(conn, buf, len)
+    return C.kps_mp_stream_handle_event(session(self), conn.st.stream, id, phase, #phase,
+                                        out, out_len, buf, len)
+  end)
+  if not c then
+    return nil, ev, cause, stats
+  end
+  while true do
+    local kind = ev.kind
+    if kind == RET then
+      finish(self, c)
+      return true, nil, nil, stats
+    elseif kind == CALL then
+      local ok, err = answer(self, c, ev, dispatch, saved, stats)
+      if ok == "terminal" then
+        -- The handler does not wait for a reply; Kong's request ends here.
+        close(self, c)
+        return true, nil, nil, stats
+      elseif not ok then
+        close(self, c)
+        return nil, err, "protocol", stats
+      end
+      local err2, cause2
+      ev, err2, cause2 = roundtrip(self, c)
+      if not ev then
+        close(self, c)
+        return nil, err2, cause2, stats
+      end
+    else
+      local _, err, ecause
+      if kind == ERROR then
+        _, err, ecause = server_error(self, "event " .. phase, ev)
+      else
+        _, err, ecause = unexpected(self, "HandleEvent", ev)
+      end
+      close(self, c)
+      return nil, err, ecause, stats
+    end
+  end
+end
 
 return _M

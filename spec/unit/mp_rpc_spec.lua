@@ -1,0 +1,203 @@
+-- rpc/mp_rpc.lua over the real engine and bridge (the built .so), talking to a fake
+-- cosocket that replays the conversation recorded from kong-pdk 0.36
+-- (tests/vectors/msgpack.json) in small chunks.
+local cjson = require "cjson"
+
+local function unhex(s)
+  return (s:gsub("..", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+local f = assert(io.open("tests/vectors/msgpack.json"))
+local VECTORS = cjson.decode(f:read("*a"))
+f:close()
+
+local sockets      -- fakes handed out by ngx.socket.tcp, in order
+local script       -- per connection: list of { expect = label or fn, reply = bytes }
+local log_of       -- what each fake saw
+
+local function fake(conn_script, reused)
+  local s = { sent = {}, closed = false, kept = false, chunks = {}, reused = reused or 0 }
+  function s:settimeouts(c, se, r) self.timeouts = { c, se, r } end
+  function s:connect(path, opts) self.path, self.pool = path, opts.pool return true end
+  function s:getreusedtimes() return self.reused end
+  function s:send(data)
+    self.sent[#self.sent + 1] = data
+    local turn = table.remove(conn_script, 1)
+    if not turn then return nil, "closed" end
+    if turn.send_error then return nil, turn.send_error end
+    local reply = turn.reply or ""
+    for i = 1, #reply, 7 do
+      self.chunks[#self.chunks + 1] = reply:sub(i, i + 6)
+    end
+    self.read_error = turn.read_error
+    return #data
+  end
+  function s:receiveany()
+    local c = table.remove(self.chunks, 1)
+    if c then return c end
+    return nil, self.read_error or "timeout"
+  end
+  function s:setkeepalive() self.kept = true return true end
+  function s:close() self.closed = true return true end
+  return s
+end
+
+local conv = {}
+for _, t in ipairs(VECTORS.conversation) do
+  conv[t.label] = { request = unhex(t.request), reply = unhex(t.reply) }
+end
+
+describe("mp_rpc", function()
+  local mp_rpc, bridge, def
+
+  setup(function()
+    ngx.socket = { tcp = function()
+      local s = table.remove(sockets, 1)
+      log_of[#log_of + 1] = s
+      return s
+    end }
+    ngx.sleep = function() end
+    for k in pairs(package.loaded) do
+      if k:find("^kong%.runloop%.plugin_servers%.rpc") then package.loaded[k] = nil end
+    end
+    mp_rpc = require "kong.runloop.plugin_servers.rpc.mp_rpc"
+    bridge = require("kong.runloop.plugin_servers.lib").bridge
+    def = { name = "srv", socket = "/tmp/srv.socket", connect_timeout = 11, send_timeout = 22,
+            read_timeout = 33, max_message_size = 1024 * 1024, ready_timeout = 5 }
+  end)
+
+  before_each(function()
+    sockets, log_of = {}, {}
+  end)
+
+  local function same_message(sent, want)
+    local a = bridge.decode(0, sent)
+    local b = bridge.decode(0, want)
+    assert.same(b, a)
+  end
+
+  it("runs the recorded conversation: start, event with five PDK calls, close, lost instance", function()
+    local rpc = mp_rpc.new(def, "vhello")
+    local turns = {}
+    for _, label in ipairs { "start_instance" } do
+      turns[#turns + 1] = { reply = conv[label].reply }
+    end
+    sockets = { fake(turns) }
+    assert.equal(0, rpc:start_instance('{"message":"hi"}'))
+    assert.equal(conv.start_instance.request, log_of[1].sent[1])
+    assert.equal("unix:/tmp/srv.socket", log_of[1].path)
+    assert.matches("^kps:/tmp/srv.socket:0:0$", log_of[1].pool)
+    assert.same({ 11, 22, 33 }, log_of[1].timeouts)
+    assert.is_true(log_of[1].kept)
+
+    local event = {}
+    for _, label in ipairs { "handle_event", "step_string", "step_multimap", "step_raw_body", "step_error", "step_nil" } do
+      event[#event + 1] = { reply = conv[label].reply }
+    end
+    sockets, log_of = { fake(event) }, {}
+    local calls = {}
+    local answers = {
+      ["kong.request.get_header"] = { true, "example.com" },
+      ["kong.request.get_headers"] = { true, { host = "example.com", accept = { "a", "b" }, ["x-e"] = true } },
+      ["kong.request.get_raw_body"] = { true, "\0\255body" },
+      ["kong.nope.missing"] = { false, "could not find pdk method: kong.nope.missing" },
+      ["kong.response.set_header"] = { true, nil },
+    }
+    local function dispatch(index, name, args, n, saved)
+      calls[#calls + 1] = { index = index, name = name, args = args, n = n, saved = saved }
+      local a = answers[name]
+      return a[1], a[2]
+    end
+    local ok, err, cause, stats = rpc:handle_event(0, "access", dispatch, "SAVED")
+    assert.is_nil(err)
+    assert.is_nil(cause)
+    assert.is_true(ok)
+    assert.equal(5, stats.pdk_calls)
+    local sent = log_of[1].sent
+    assert.equal(6, #sent)
+    assert.equal(conv.handle_event.request, sent[1])
+    assert.equal(conv.step_string.request, sent[2])
+    same_message(sent[3], conv.step_multimap.request)   -- map key order is Lua's
+    assert.equal(conv.step_raw_body.request, sent[4])   -- bin, byte for byte
+    assert.equal(conv.step_error.request, sent[5])
+    assert.equal(conv.step_nil.request, sent[6])
+    assert.is_true(log_of[1].kept)
+    assert.equal("kong.request.get_header", calls[1].name)
+    assert.equal(bridge.method_index("kong.request.get_header"), calls[1].index)
+    assert.same({ "host" }, calls[1].args)
+    assert.equal(1, calls[1].n)
+    assert.equal(0, calls[4].index)
+    assert.same({ 1, "two" }, calls[4].args)
+    assert.equal("SAVED", calls[4].saved)
+
+    sockets, log_of = { fake({ { reply = conv.close_instance.reply } }) }, {}
+    assert.is_true(rpc:close_instance(0))
+    assert.equal(conv.close_instance.request, log_of[1].sent[1])
+
+    sockets, log_of = { fake({ { reply = conv.no_instance.reply } }) }, {}
+    local ok2, err2, cause2 = rpc:handle_event(0, "access", dispatch)
+    assert.is_nil(ok2)
+    assert.equal("no_instance", cause2)
+    assert.equal("event access failed on srv: no plugin instance #0", err2)
+    assert.is_true(log_of[1].closed)
+    assert.is_false(log_of[1].kept)
+  end)
+
+  it("reports a malformed reply as a protocol error and closes the connection", function()
+    local rpc = mp_rpc.new(def, "vhello")
+    sockets = { fake({ { reply = "\193\193" } }) }
+    local id, err, cause = rpc:start_instance("{}")
+    assert.is_nil(id)
+    assert.equal("protocol", cause)
+    assert.matches("protocol error: malformed MessagePack", err, 1, true)
+    assert.is_true(log_of[1].closed)
+    assert.is_false(log_of[1].kept)
+  end)
+
+  it("reports a read timeout and a closed connection", function()
+    local rpc = mp_rpc.new(def, "vhello")
+    sockets = { fake({ { reply = "" } }) }
+    local _, err, cause = rpc:start_instance("{}")
+    assert.equal("timeout", cause)
+    assert.equal("read from srv failed: timeout", err)
+    sockets = { fake({ { reply = conv.start_instance.reply:sub(1, 10), read_error = "closed" } }) }
+    _, err, cause = rpc:start_instance("{}")
+    assert.equal("connect", cause)
+    assert.equal("plugin server srv closed the connection", err)
+  end)
+
+  it("retries once on a fresh connection when a pooled one fails before any reply byte", function()
+    local rpc = mp_rpc.new(def, "vhello")
+    sockets = {
+      fake({ { reply = "", read_error = "closed" } }, 3),
+      fake({ { reply = string.char(0x94, 0x01, 0x02, 0xc0) .. bridge.encode(0, { Id = 4 }) } }, 0),
+    }
+    -- the retry is a new message with the next id
+    assert.equal(4, rpc:start_instance('{"message":"hi"}'))
+    assert.equal(2, #log_of)
+    assert.is_true(log_of[1].closed)
+    assert.not_equal(log_of[1].pool, log_of[2].pool)
+    -- no retry for a fresh connection, nor after reply bytes arrived
+    sockets = { fake({ { reply = "", read_error = "closed" } }, 0) }
+    assert.is_nil(rpc:start_instance("{}"))
+    assert.equal(3, #log_of)
+  end)
+
+  it("answers a PDK failure with StepError and an unencodable result with StepError too", function()
+    local rpc = mp_rpc.new(def, "vhello")
+    local function response(id, result)
+      local head = string.char(0x94, 0x01, id, 0xc0)
+      return head .. bridge.encode(0, result)
+    end
+    sockets = { fake({
+      { reply = response(1, { EventId = 7, Data = { Method = "kong.request.get_path", Args = {} } }) },
+      { reply = response(2, { EventId = 7, Data = "ret" }) },
+    }) }
+    local ok = rpc:handle_event(5, "access", function() return true, { f = print } end)
+    assert.is_true(ok)
+    local step = bridge.decode(0, log_of[1].sent[2])
+    assert.equal("plugin.StepError", step[3])
+    assert.equal("cannot encode the result of kong.request.get_path: cannot encode a function value (at f)",
+                 step[4][1].Data)
+  end)
+end)

@@ -1,0 +1,10 @@
+//! MessagePack-RPC (`MsgPack:1`): the framer and the session engine.
+
+pub mod framer;
+pub mod session;
+
+pub use framer::{FrameError, Framer, Limits};
+pub use session::{Event, Request, Session, Stream};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,523 @@
+//! The MessagePack-RPC engine, sans I/O (PROTOCOL.md §4).
+//!
+//! Two scopes, as INTERFACES.md "Engine scope" says:
+//! - [`Session`]: one per plugin per worker; hands out message ids and holds the limits.
+//! - [`Stream`]: one event (or instance call) on one connection; builds the request
+//!   bytes, takes the reply bytes in any split and reports [`Event`]s. A stream is
+//!   [`Stream::reset`] whenever a connection is checked out, so each checkout starts
+//!   with a fresh decoder.
+//!
+//! Envelopes never reach Lua: the engine writes `[0, id, method, [params]]` and the
+//! `{EventId, Data}` maps around value bytes the bridge encoded, and reports the
+//! fields of a reply as scalars plus spans of the received bytes.
+
+use std::ops::Range;
+
+use rmp::Marker;
+use rmp::decode;
+use rmp::encode;
+use serde::Deserialize;
+
+use super::framer::{Framer, Limits, value_len};
+use crate::codec::methods;
+
+/// The request a stream waits a reply for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    StartInstance,
+    CloseInstance,
+    HandleEvent,
+    Step,
+}
+
+impl Request {
+    fn name(self) -> &'static str {
+        match self {
+            Request::StartInstance => "StartInstance",
+            Request::CloseInstance => "CloseInstance",
+            Request::HandleEvent => "HandleEvent",
+            Request::Step => "Step",
+        }
+    }
+}
+
+/// What one received message means. Spans index the stream's received bytes
+/// ([`Stream::bytes`]) and stay valid until the next call on the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// StartInstance succeeded with this instance id.
+    Started { instance_id: i64 },
+    /// CloseInstance succeeded.
+    Closed,
+    /// The plugin's handler finished (`Data = "ret"`).
+    Ret { event_id: i64 },
+    /// The plugin calls a PDK method: `method` indexes [`methods::METHODS`]
+    /// (0 when unknown, then `name` is the only way to know it); `args` is the
+    /// encoded `Args` value, empty when absent.
+    Call {
+        event_id: i64,
+        method: u16,
+        name: Range<usize>,
+        args: Range<usize>,
+    },
+    /// The server answered the pending request with an error message.
+    ErrorReply { message: Range<usize> },
+    /// `[2, "serverPid", pid]`.
+    ServerPid { pid: i64 },
+}
+
+/// Message ids for one plugin in one worker, and the limits of its streams.
+#[derive(Debug)]
+pub struct Session {
+    pub(super) next_id: u32,
+    limits: Limits,
+}
+
+impl Session {
+    pub fn new(limits: Limits) -> Self {
+        Session { next_id: 1, limits }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The next message id: 1, 2, ... wrapping to 1 (MessagePack-RPC ids are 32-bit).
+    fn take_id(&mut self) -> u32 {
+        let id = self.next_id;
+        self.next_id = if id == u32::MAX { 1 } else { id + 1 };
+        id
+    }
+}
+
+fn put<T, E: std::fmt::Debug>(r: Result<T, E>) {
+    // Writing into a Vec cannot fail.
+    r.expect("writing to a Vec");
+}
+
+fn put_str(out: &mut Vec<u8>, s: &[u8]) {
+    put(encode::write_str_len(out, s.len() as u32));
+    out.extend_from_slice(s);
+}
+
+fn put_int(out: &mut Vec<u8>, v: i64) {
+    put(encode::write_sint(out, v));
+}
+
+#[derive(Deserialize)]
+struct StartReply {
+    #[serde(rename = "Id")]
+    id: i64,
+}
+
+/// Decoding and encoding state of one event on one connection.
+#[derive(Debug)]
+pub struct Stream {
+    framer: Framer,
+    /// For measuring values inside a complete message.
+    scratch: Framer,
+    /// Received bytes; `[..consumed]` is the message last reported.
+    inbuf: Vec<u8>,
+    consumed: usize,
+    out: Vec<u8>,
+    pending: Option<(u32, Request)>,
+    /// Set by a protocol error; the stream is unusable until reset.
+    failed: Option<String>,
+}
+
+/// Capacity kept across resets; a larger buffer (one big message) is released.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+impl Stream {
+    pub fn new(limits: Limits) -> Self {
+        Stream {
+            framer: Framer::new(limits),
+            scratch: Framer::new(limits),
+            inbuf: Vec::new(),
+            consumed: 0,
+            out: Vec::new(),
+            pending: None,
+            failed: None,
+        }
+    }
+
+    /// Starts over for a fresh connection checkout.
+    pub fn reset(&mut self) {
+        self.framer.reset();
+        self.inbuf.clear();
+        if self.inbuf.capacity() > KEEP_CAPACITY {
+            self.inbuf.shrink_to(KEEP_CAPACITY);
+        }
+        if self.out.capacity() > KEEP_CAPACITY {
+            self.out.shrink_to(KEEP_CAPACITY);
+        }
+        self.consumed = 0;
+        self.pending = None;
+        self.failed = None;
+    }
+
+    /// The received bytes a span of an [`Event`] refers to.
+    pub fn bytes(&self, span: &Range<usize>) -> &[u8] {
+        &self.inbuf[span.clone()]
+    }
+
+    /// The request bytes built last.
+    pub fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// Whether bytes beyond the reported messages are buffered (a connection
+    /// with unread bytes must not go back to the pool).
+    pub fn has_unread(&self) -> bool {
+        self.inbuf.len() > self.consumed
+    }
+
+    fn check_usable(&self) -> Result<(), String> {
+        match &self.failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn begin(&mut self, session: &mut Session, method: &str, req: Request) -> Result<(), String> {
+        self.check_usable()?;
+        if let Some((id, pending)) = self.pending {
+            return Err(format!(
+                "cannot send {}: reply to {} #{id} not received yet",
+                req.name(),
+                pending.name()
+            ));
+        }
+        let id = session.take_id();
+        self.out.clear();
+        put(encode::write_array_len(&mut self.out, 4));
+        put(encode::write_pfix(&mut self.out, 0));
+        put(encode::write_uint(&mut self.out, u64::from(id)));
+        put_str(&mut self.out, method.as_bytes());
+        put(encode::write_array_len(&mut self.out, 1));
+        self.pending = Some((id, req));
+        Ok(())
+    }
+
+    /// `plugin.StartInstance` with `[{Name, Config}]`; `config` is the JSON text
+    /// of the plugin configuration.
+    pub fn start_instance(
+        &mut self,
+        session: &mut Session,
+        name: &[u8],
+        config: &[u8],
+    ) -> Result<&[u8], String> {
+        self.begin(session, "plugin.StartInstance", Request::StartInstance)?;
+        put(encode::write_map_len(&mut self.out, 2));
+        put_str(&mut self.out, b"Name");
+        put_str(&mut self.out, name);
+        put_str(&mut self.out, b"Config");
+        put_str(&mut self.out, config);
+        Ok(&self.out)
+    }
+
+    /// `plugin.CloseInstance` with `[instance_id]`.
+    pub fn close_instance(
+        &mut self,
+        session: &mut Session,
+        instance_id: i64,
+    ) -> Result<&[u8], String> {
+        self.begin(session, "plugin.CloseInstance", Request::CloseInstance)?;
+        put_int(&mut self.out, instance_id);
+        Ok(&self.out)
+    }
+
+    /// `plugin.HandleEvent` with `[{InstanceId, EventName}]`.
+    pub fn handle_event(
+        &mut self,
+        session: &mut Session,
+        instance_id: i64,
+        event: &[u8],
+    ) -> Result<&[u8], String> {
+        self.begin(session, "plugin.HandleEvent", Request::HandleEvent)?;
+        put(encode::write_map_len(&mut self.out, 2));
+        put_str(&mut self.out, b"InstanceId");
+        put_int(&mut self.out, instance_id);
+        put_str(&mut self.out, b"EventName");
+        put_str(&mut self.out, event);
+        Ok(&self.out)
+    }
+
+    /// The Step that answers a PDK call of `method` (an index into the method
+    /// table) with `value`, one encoded MessagePack value; `None`: `Data` absent.
+    pub fn step(
+        &mut self,
+        session: &mut Session,
+        event_id: i64,
+        method: u16,
+        value: Option<&[u8]>,
+    ) -> Result<&[u8], String> {
+        let m = methods::get(method).ok_or_else(|| format!("unknown method index {method}"))?;
+        if let Some(v) = value {
+            let n = value_len(&mut self.scratch, v)
+                .map_err(|e| format!("invalid value for {}: {e}", m.name))?;
+            if n != v.len() {
+                return Err(format!(
+                    "invalid value for {}: {} bytes after the value",
+                    m.name,
+                    v.len() - n
+                ));
+            }
+        }
+        self.begin(session, m.step.rpc_name(), Request::Step)?;
+        put(encode::write_map_len(
+            &mut self.out,
+            if value.is_some() { 2 } else { 1 },
+        ));
+        put_str(&mut self.out, b"EventId");
+        put_int(&mut self.out, event_id);
+        if let Some(v) = value {
+            put_str(&mut self.out, b"Data");
+            self.out.extend_from_slice(v);
+        }
+        Ok(&self.out)
+    }
+
+    /// `plugin.StepError`: the PDK call failed with `message`.
+    pub fn step_error(
+        &mut self,
+        session: &mut Session,
+        event_id: i64,
+        message: &[u8],
+    ) -> Result<&[u8], String> {
+        self.begin(session, "plugin.StepError", Request::Step)?;
+        put(encode::write_map_len(&mut self.out, 2));
+        put_str(&mut self.out, b"EventId");
+        put_int(&mut self.out, event_id);
+        put_str(&mut self.out, b"Data");
+        put_str(&mut self.out, message);
+        Ok(&self.out)
+    }
+
+    /// Appends received bytes.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.check_usable()?;
+        self.compact();
+        self.inbuf.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    fn compact(&mut self) {
+        if self.consumed > 0 {
+            self.inbuf.drain(..self.consumed);
+            self.consumed = 0;
+        }
+    }
+
+    fn fail(&mut self, msg: String) -> String {
+        self.failed = Some(msg.clone());
+        msg
+    }
+
+    /// The next complete message as an [`Event`], `None` when more bytes are needed.
+    /// Notifications other than `serverPid` are skipped, as Kong does.
+    pub fn poll(&mut self) -> Result<Option<Event>, String> {
+        self.check_usable()?;
+        loop {
+            self.compact();
+            let n = match self.framer.scan(&self.inbuf) {
+                Ok(Some(n)) => n,
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(self.fail(format!("protocol error: {e}"))),
+            };
+            self.consumed = n;
+            match self.parse(n) {
+                Ok(Some(ev)) => return Ok(Some(ev)),
+                Ok(None) => continue,
+                Err(e) => return Err(self.fail(format!("protocol error: {e}"))),
+            }
+        }
+    }
+
+    fn parse(&mut self, n: usize) -> Result<Option<Event>, String> {
+        let msg = &self.inbuf[..n];
+        let mut rd: &[u8] = msg;
+        let len =
+            decode::read_array_len(&mut rd).map_err(|_| "message is not an array".to_string())?;
+        let kind: u8 =
+            decode::read_int(&mut rd).map_err(|_| "message type is not 1 or 2".to_string())?;
+        match (kind, len) {
+            (1, 4) => self.parse_response(n, msg.len() - rd.len()).map(Some),
+            (2, 3) => self.parse_notification(n, msg.len() - rd.len()),
+            (0, 4) => Err(
+                "the plugin server sent a request; only responses and notifications are expected"
+                    .into(),
+            ),
+            _ => Err(format!(
+                "not a response or notification (type {kind}, {len} elements)"
+            )),
+        }
+    }
+
+    fn parse_notification(&mut self, n: usize, at: usize) -> Result<Option<Event>, String> {
+        let msg = &self.inbuf[..n];
+        let mut rd = &msg[at..];
+        let label = read_text(&mut rd).ok_or("notification name is not a string")?;
+        if label != b"serverPid" {
+            return Ok(None);
+        }
+        // The pid alone or as a one-element array.
+        let mut rd2 = rd;
+        let pid = match decode::read_int::<i64, _>(&mut rd) {
+            Ok(pid) => pid,
+            Err(_) => match decode::read_array_len(&mut rd2) {
+                Ok(1) => decode::read_int::<i64, _>(&mut rd2)
+                    .map_err(|_| "serverPid is not an integer")?,
+                _ => return Err("serverPid is not an integer".into()),
+            },
+        };
+        Ok(Some(Event::ServerPid { pid }))
+    }
+
+    fn parse_response(&mut self, n: usize, at: usize) -> Result<Event, String> {
+        let msg = &self.inbuf[..n];
+        let mut rd = &msg[at..];
+        let id: u32 = decode::read_int(&mut rd)
+            .map_err(|_| "response id is not a 32-bit integer".to_string())?;
+        let (want, req) = match self.pending.take() {
+            Some(p) => p,
+            None => return Err(format!("response #{id} with no request pending")),
+        };
+        if id != want {
+            return Err(format!("unexpected response id {id} (expected {want})"));
+        }
+        if rd.first() != Some(&0xc0) {
+            let start = msg.len() - rd.len();
+            let len = value_len(&mut self.scratch, rd)?;
+            let message = text_span(msg, &(start..start + len))
+                .ok_or_else(|| format!("{} error is not a string", req.name()))?;
+            return Ok(Event::ErrorReply { message });
+        }
+        rd = &rd[1..];
+        let result = msg.len() - rd.len();
+        let result_len = value_len(&mut self.scratch, rd)?;
+        let result_bytes = &msg[result..result + result_len];
+        match req {
+            Request::StartInstance => {
+                let reply: StartReply = rmp_serde::from_slice(result_bytes)
+                    .map_err(|e| format!("StartInstance reply has no integer Id ({e})"))?;
+                Ok(Event::Started {
+                    instance_id: reply.id,
+                })
+            }
+            Request::CloseInstance => Ok(Event::Closed),
+            Request::HandleEvent | Request::Step => {
+                self.parse_event_reply(req, result, result + result_len)
+            }
+        }
+    }
+
+    /// `{EventId, Data}` where Data is `"ret"` or `{Method, Args}`.
+    fn parse_event_reply(
+        &mut self,
+        req: Request,
+        start: usize,
+        end: usize,
+    ) -> Result<Event, String> {
+        let what = req.name();
+        let mut event_id = None;
+        let mut data = None;
+        self.each_entry(start..end, what, |key, value, bytes| {
+            match key {
+                b"EventId" => {
+                    let mut rd = &bytes[value.clone()];
+                    event_id = Some(
+                        decode::read_int::<i64, _>(&mut rd)
+                            .map_err(|_| format!("{what} EventId is not an integer"))?,
+                    );
+                }
+                b"Data" => data = Some(value),
+                _ => {}
+            }
+            Ok(())
+        })?;
+        let event_id = event_id.ok_or_else(|| format!("{what} reply has no EventId"))?;
+        let data = data.ok_or_else(|| format!("{what} reply has no Data"))?;
+        let mut rd = &self.inbuf[data.clone()];
+        if let Some(text) = read_text(&mut rd) {
+            if text == b"ret" {
+                return Ok(Event::Ret { event_id });
+            }
+            return Err(format!(
+                "{what} reply Data is the string {:?}, not \"ret\" or a call",
+                String::from_utf8_lossy(text)
+            ));
+        }
+        let mut name = None;
+        let mut args = data.end..data.end;
+        self.each_entry(data, what, |key, value, bytes| {
+            match key {
+                b"Method" => {
+                    name = Some(
+                        text_span(bytes, &value)
+                            .ok_or_else(|| format!("{what} call Method is not a string"))?,
+                    );
+                }
+                b"Args" => args = value,
+                _ => {}
+            }
+            Ok(())
+        })?;
+        let name = name.ok_or_else(|| {
+            format!("{what} reply Data is neither \"ret\" nor a call with a Method")
+        })?;
+        let method = methods::index_of(&self.inbuf[name.clone()]);
+        Ok(Event::Call {
+            event_id,
+            method,
+            name,
+            args,
+        })
+    }
+
+    /// Calls `f(key, value_span, inbuf)` for each string-keyed entry of the map at `span`.
+    fn each_entry<F>(&mut self, span: Range<usize>, what: &str, mut f: F) -> Result<(), String>
+    where
+        F: FnMut(&[u8], Range<usize>, &[u8]) -> Result<(), String>,
+    {
+        let bytes = &self.inbuf[..span.end];
+        let mut rd = &bytes[span.start..];
+        let entries =
+            decode::read_map_len(&mut rd).map_err(|_| format!("{what} reply is not a map"))?;
+        for _ in 0..entries {
+            let key_start = span.end - rd.len();
+            let key_len = value_len(&mut self.scratch, rd)?;
+            let mut krd = &bytes[key_start..key_start + key_len];
+            let key = read_text(&mut krd).unwrap_or(b"");
+            rd = &rd[key_len..];
+            let vstart = span.end - rd.len();
+            let vlen = value_len(&mut self.scratch, rd)?;
+            rd = &rd[vlen..];
+            f(key, vstart..vstart + vlen, bytes)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a str or bin value and returns its bytes; `None` (and `rd` unspecified)
+/// for any other type.
+fn read_text<'a>(rd: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = match Marker::from_u8(*rd.first()?) {
+        Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => {
+            decode::read_str_len(rd).ok()?
+        }
+        Marker::Bin8 | Marker::Bin16 | Marker::Bin32 => decode::read_bin_len(rd).ok()?,
+        _ => return None,
+    } as usize;
+    let text = rd.get(..len)?;
+    *rd = &rd[len..];
+    Some(text)
+}
+
+/// The span of the bytes of the str/bin value encoded at `span` of `bytes`.
+fn text_span(bytes: &[u8], span: &Range<usize>) -> Option<Range<usize>> {
+    let mut rd = &bytes[span.clone()];
+    let text = read_text(&mut rd)?;
+    let end = span.end - rd.len();
+    Some(end - text.len()..end)
+}
