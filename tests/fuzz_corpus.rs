@@ -76,3 +76,38 @@ fn corpus_dump() {
 fn corpus_helper_wire() {
     replay("helper_wire");
 }
+
+#[test]
+fn corpus_msgpack_stream() {
+    replay("msgpack_stream");
+}
+
+#[test]
+fn corpus_msgpack_value() {
+    replay("msgpack_value");
+}
+
+/// The seed made of kong-pdk's recorded replies (tests/vectors/msgpack.json) must
+/// drive the stream through the whole conversation, or the fuzzer starts shallow.
+#[test]
+fn msgpack_conversation_seed_reaches_the_end() {
+    use checks::msgpack_stream::{Seen, trace};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus/msgpack_stream/seed-kong-pdk-conversation");
+    let (seen, unread) = trace(&std::fs::read(path).unwrap());
+    assert!(!unread);
+    assert_eq!(seen.first(), Some(&Seen::Started(0)));
+    let calls = seen
+        .iter()
+        .filter(|s| matches!(s, Seen::Call { .. }))
+        .count();
+    assert_eq!(calls, 5, "{seen:?}");
+    assert_eq!(
+        seen[seen.len() - 3..],
+        [
+            Seen::Ret(0),
+            Seen::Closed,
+            Seen::ErrorReply(b"no plugin instance #0".to_vec())
+        ]
+    );
+}

@@ -5,6 +5,10 @@
 //!
 //! Every function takes arbitrary bytes and calls the core Rust API (not the FFI).
 
+pub mod msgpack_stream;
+pub mod msgpack_value;
+pub mod split;
+
 use kong_plugin_servers::config::{MAX_INT_SETTING, MAX_SOCKET_PATH};
 use kong_plugin_servers::ffi::config::parse_json;
 use kong_plugin_servers::process::helper_link::{HelperEvent, parse_line, wire};
@@ -12,7 +16,13 @@ use kong_plugin_servers::process::query::{DEFAULT_PROTOCOL, Dump, parse_dump};
 use serde_json::{Value, json};
 
 /// The names of the targets, as directories under `fuzz/corpus/`.
-pub const TARGETS: &[&str] = &["config", "dump", "helper_wire"];
+pub const TARGETS: &[&str] = &[
+    "config",
+    "dump",
+    "helper_wire",
+    "msgpack_stream",
+    "msgpack_value",
+];
 
 /// Runs the check of `target` on `data`.
 ///
@@ -23,6 +33,8 @@ pub fn check(target: &str, data: &[u8]) {
         "config" => config(data),
         "dump" => dump(data),
         "helper_wire" => helper_wire(data),
+        "msgpack_stream" => msgpack_stream::check(data),
+        "msgpack_value" => msgpack_value::check(data),
         other => panic!("unknown fuzz target {other:?}"),
     }
 }
