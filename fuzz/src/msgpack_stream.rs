@@ -24,7 +24,7 @@ pub enum Seen {
     Failed(String),
 }
 
-/// Input: byte 0 seeds the read sizes; byte 1 holds four 2-bit request kinds
+/// Input: byte 0 seeds the read sizes (its top bit: tight limits); byte 1 holds four 2-bit request kinds
 /// (0 StartInstance, 1 HandleEvent, 2 CloseInstance, 3 HandleEvent) sent in turn
 /// whenever nothing is pending (HandleEvent after that); the rest is what the
 /// plugin server sends. A Call is answered with a Step carrying nil.
@@ -32,10 +32,7 @@ pub fn check(data: &[u8]) {
     let [seed, script, stream @ ..] = data else {
         return;
     };
-    let limits = Limits {
-        max_message_size: 64 * 1024,
-        max_depth: 32,
-    };
+    let limits = limits_for(*seed);
     let whole = run(limits, u32::from(*script), stream, &[stream.len()]);
     let split = run(
         limits,
@@ -175,9 +172,22 @@ fn resolve(stream: &Stream, ev: &Event) -> Seen {
 
 /// The events of `data` fed in one read (for inspecting seeds).
 pub fn trace(data: &[u8]) -> (Vec<Seen>, bool) {
-    let limits = Limits {
-        max_message_size: 64 * 1024,
-        max_depth: 32,
-    };
+    let limits = limits_for(data[0]);
     run(limits, u32::from(data[1]), &data[2..], &[data.len() - 2])
+}
+
+/// The top bit of the seed byte picks tight limits, so that the size and depth
+/// checks are reached too.
+fn limits_for(seed: u8) -> Limits {
+    if seed & 0x80 != 0 {
+        Limits {
+            max_message_size: 200,
+            max_depth: 4,
+        }
+    } else {
+        Limits {
+            max_message_size: 64 * 1024,
+            max_depth: 32,
+        }
+    }
 }
