@@ -30,11 +30,11 @@ end
 
 local generation = {}
 
--- The server pid the supervisor reports, if any.
+-- The server pid the supervisor reports (managed servers), if any.
 function _M.server_pid(def)
-  if state and state.pid then
-    local ok, pid = pcall(state.pid, def.name)
-    return ok and pid or nil
+  if state and def.start_command then
+    local ok, e = pcall(state.get, def.name)
+    return ok and e and e.pid or nil
   end
   return nil
 end
@@ -76,19 +76,27 @@ end
 function _M.connect(def)
   local sock, err = try_connect(def)
   if not sock and def.start_command and not_listening(err) then
-    if state and state.wait_ready then
-      local ok = pcall(state.wait_ready, def.name, def.ready_timeout)
-      if ok then
-        sock, err = try_connect(def)
+    -- Not ready (starting, or restarting after a crash the supervisor may not
+    -- have seen yet): retry until ready_timeout, woken by the supervisor's state
+    -- when there is one.
+    local use_state = state and state.dict()
+    update_time()
+    local deadline = now() + def.ready_timeout / 1000
+    while not sock and not_listening(err) do
+      local left = deadline - now()
+      if left <= 0 then
+        break
       end
-    else
+      if use_state then
+        local ok, pid, werr = pcall(state.wait_ready, def.name, left * 1000)
+        if ok and not pid then
+          err = tostring(err) .. " (" .. tostring(werr) .. ")"
+          break
+        end
+      end
+      sleep(READY_STEP)
       update_time()
-      local deadline = now() + def.ready_timeout / 1000
-      while not sock and not_listening(err) and now() < deadline do
-        sleep(READY_STEP)
-        update_time()
-        sock, err = try_connect(def)
-      end
+      sock, err = try_connect(def)
     end
   end
   if not sock then
