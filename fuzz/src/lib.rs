@@ -5,6 +5,7 @@
 //!
 //! Every function takes arbitrary bytes and calls the core Rust API (not the FFI).
 
+pub mod lua;
 pub mod msgpack_stream;
 pub mod msgpack_value;
 pub mod split;

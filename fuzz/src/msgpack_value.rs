@@ -1,16 +1,12 @@
 //! The value bridge's MessagePack decoder (`bridge::decode_value`: PDK call
 //! arguments and replies → Lua values), in a real LuaJIT state.
 
-use std::cell::RefCell;
-
 use kong_plugin_servers::bridge::{decode_value, encode_with};
 use kong_plugin_servers::codec::methods;
 use kong_plugin_servers::codec::msgpack::{Limits, framer};
 use mlua::{Lua, Value};
 
-thread_local! {
-    static LUA: RefCell<(Lua, u32)> = RefCell::new((Lua::new(), 0));
-}
+use super::lua::{same, with_lua};
 
 /// Input: byte 0 picks the method index (some past the table, which must be
 /// refused); the rest is the value. What the decoder accepts is exactly one
@@ -21,14 +17,7 @@ pub fn check(data: &[u8]) {
         return;
     };
     let index = i64::from(*index) % (methods::METHODS.len() as i64 + 2);
-    LUA.with(|cell| {
-        let (lua, runs) = &mut *cell.borrow_mut();
-        check_in(lua, index, bytes);
-        *runs += 1;
-        if *runs % 1024 == 0 {
-            let _ = lua.gc_collect();
-        }
-    });
+    with_lua(|lua| check_in(lua, index, bytes));
 }
 
 fn check_in(lua: &Lua, index: i64, bytes: &[u8]) {
@@ -68,35 +57,5 @@ fn check_in(lua: &Lua, index: i64, bytes: &[u8]) {
         .unwrap_or_else(|e| panic!("a decoded value does not encode: {e}"));
     let (value2, _) = decode_value(lua, index, &again)
         .unwrap_or_else(|e| panic!("a re-encoded value does not decode: {e}"));
-    assert!(same(&value, &value2, 0), "decode(encode(v)) differs from v");
-}
-
-/// Deep equality of decoded values (tables by content; NaN equal to NaN).
-fn same(a: &Value, b: &Value, depth: usize) -> bool {
-    assert!(depth <= 200, "runaway nesting");
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x == y || (x.is_nan() && y.is_nan()),
-        (Value::Integer(x), Value::Integer(y)) => x == y,
-        (Value::Integer(x), Value::Number(y)) | (Value::Number(y), Value::Integer(x)) => {
-            *x as f64 == *y
-        }
-        (Value::String(x), Value::String(y)) => x.as_bytes() == y.as_bytes(),
-        (Value::Table(x), Value::Table(y)) => {
-            let xs = entries(x);
-            let ys = entries(y);
-            // Keys may be tables themselves: match entries by content, not identity.
-            xs.len() == ys.len()
-                && xs.iter().all(|(k, v)| {
-                    ys.iter()
-                        .any(|(k2, v2)| same(k, k2, depth + 1) && same(v, v2, depth + 1))
-                })
-        }
-        _ => a == b,
-    }
-}
-
-fn entries(t: &mlua::Table) -> Vec<(Value, Value)> {
-    t.pairs::<Value, Value>()
-        .map(|p| p.expect("table pair"))
-        .collect()
+    assert!(same(&value, &value2), "decode(encode(v)) differs from v");
 }
