@@ -67,7 +67,8 @@ for t in "${targets[@]}"; do
     echo "fuzz $t: passed (${runs:-?} inputs in $(($(date +%s) - t0)) s; scratch corpus $(find "$work" -type f | wc -l) files)"
   else
     failed=$((failed + 1))
-    echo "fuzz $t: FAILED (exit $rc); input saved under $artifacts/"
+    saved=$(find "$artifacts" -type f -newer "$log" | head -n 1)
+    echo "fuzz $t: FAILED (exit $rc)${saved:+; input saved as $saved}"
     # The panic message and libFuzzer's verdict, not the stack traces.
     grep -A3 'panicked at' "$log" | grep -vE '^(stack backtrace|   [0-9]+: )' | head -n 12
     grep -E 'ERROR: libFuzzer|^SUMMARY|Test unit written|^Base64' "$log"
