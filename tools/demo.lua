@@ -90,7 +90,22 @@ local ok, run_err = pcall(function()
   end
 
   section("status()")
-  io.write(h:eval("return require('cjson').encode(require('kong.runloop.plugin_servers').status())") or "", "\n")
+  local status = h:eval_json("return require('kong.runloop.plugin_servers').status()")
+  if type(status) ~= "table" then
+    io.write("status() failed\n")
+  else
+    io.write(string.format("%-10s %-8s %-7s %-8s %-6s %-9s %-6s %s\n",
+      "server", "state", "pid", "restarts", "events", "pdk_calls", "errors", "latency ms (sum/max)"))
+    for _, s in ipairs(status) do
+      local c = s.counters or {}
+      local e = c.errors or {}
+      local errors = (e.connect or 0) + (e.timeout or 0) + (e.protocol or 0) + (e.no_instance or 0)
+      local lat = c.latency_ms or {}
+      io.write(string.format("%-10s %-8s %-7s %-8s %-6s %-9s %-6s %.1f/%.1f\n", s.name, s.state,
+        tostring(s.pid), tostring(s.restarts), tostring(c.events), tostring(c.pdk_calls), errors,
+        lat.sum or 0, lat.max or 0))
+    end
+  end
 
   local errors = h:log_lines("%[error%]")
   if #errors > 0 then

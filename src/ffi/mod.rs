@@ -14,5 +14,6 @@ pub use errbuf::{
 // One file per object or area; each owned by its issue.
 pub mod config;
 mod msgpack;
+mod protobuf;
 mod query;
 mod supervisor;

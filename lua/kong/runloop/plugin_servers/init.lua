@@ -108,6 +108,11 @@ function _M.load_plugin(name)
 end
 
 function _M.start()
+  -- every worker handles plugin_server/reset_instances, as Kong's start() does
+  local rok, rerr = pcall(plugin.register_events)
+  if not rok then
+    log(ERR, "[pluginserver] failed registering worker events: ", tostring(rerr))
+  end
   local defs, err = load_servers()
   if not defs then
     log(ERR, "[pluginserver] ", err)
