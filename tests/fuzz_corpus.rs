@@ -111,3 +111,31 @@ fn msgpack_conversation_seed_reaches_the_end() {
         ]
     );
 }
+
+#[test]
+fn corpus_pb_stream() {
+    replay("pb_stream");
+}
+
+#[test]
+fn corpus_pb_value() {
+    replay("pb_value");
+}
+
+/// The seed made of go-hello's recorded frames (tests/vectors/protobuf_conversation.txt)
+/// must drive the stream through the whole session.
+#[test]
+fn pb_conversation_seed_reaches_the_end() {
+    use checks::pb_stream::{Seen, trace};
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus/pb_stream/seed-go-hello-conversation");
+    let seen = trace(&std::fs::read(path).unwrap());
+    let calls = seen
+        .iter()
+        .filter(|s| matches!(s, Seen::Call { .. }))
+        .count();
+    let done = seen.iter().filter(|s| **s == Seen::Done).count();
+    assert_eq!((calls, done), (15, 3), "{seen:?}");
+    assert_eq!(seen[0], Seen::Status(7, 1795621450));
+    assert_eq!(seen[seen.len() - 2], Seen::Status(7, 1795621450));
+}

@@ -8,6 +8,8 @@
 pub mod lua;
 pub mod msgpack_stream;
 pub mod msgpack_value;
+pub mod pb_stream;
+pub mod pb_value;
 pub mod split;
 
 use kong_plugin_servers::config::{MAX_INT_SETTING, MAX_SOCKET_PATH};
@@ -23,6 +25,8 @@ pub const TARGETS: &[&str] = &[
     "helper_wire",
     "msgpack_stream",
     "msgpack_value",
+    "pb_stream",
+    "pb_value",
 ];
 
 /// Runs the check of `target` on `data`.
@@ -36,6 +40,8 @@ pub fn check(target: &str, data: &[u8]) {
         "helper_wire" => helper_wire(data),
         "msgpack_stream" => msgpack_stream::check(data),
         "msgpack_value" => msgpack_value::check(data),
+        "pb_stream" => pb_stream::check(data),
+        "pb_value" => pb_value::check(data),
         other => panic!("unknown fuzz target {other:?}"),
     }
 }

@@ -1,23 +1,84 @@
-//! The LuaJIT state the bridge targets decode into, and deep equality of Lua values.
+//! The LuaJIT state the bridge targets decode into, the bridge's functions as Lua
+//! sees them, and deep equality of Lua values.
+//!
+//! The bridge is a set of raw `lua_CFunction`s working on the Lua stack; the
+//! targets call them as the shim does (through the module table that
+//! `bridge::register` fills), so the unsafe stack code runs under the sanitizer.
 
 use std::cell::RefCell;
 
-use mlua::{Lua, Value};
+use kong_plugin_servers::bridge;
+use mlua::{Function, Lua, MultiValue, Value};
 
-thread_local! {
-    static LUA: RefCell<(Lua, u32)> = RefCell::new((Lua::new(), 0));
+/// A Lua state with the bridge's functions.
+pub struct Bridge {
+    pub lua: Lua,
+    pub decode: Function,
+    pub encode: Function,
+    pub pb_decode: Function,
+    pub pb_encode: Function,
 }
 
-/// Runs `f` with this thread's Lua state, collecting garbage now and then.
-pub fn with_lua(f: impl FnOnce(&Lua)) {
-    LUA.with(|cell| {
-        let (lua, runs) = &mut *cell.borrow_mut();
-        f(lua);
+/// What a bridge function returned: its values, or the message of `nil, message`.
+pub type Returned = Result<Vec<Value>, String>;
+
+impl Bridge {
+    fn new() -> Self {
+        let lua = Lua::new();
+        let exports = lua.create_table().expect("table");
+        bridge::register(&lua, &exports).expect("register the bridge");
+        let f = |name: &str| -> Function { exports.get(name).expect(name) };
+        Bridge {
+            decode: f("decode"),
+            encode: f("encode"),
+            pb_decode: f("pb_decode"),
+            pb_encode: f("pb_encode"),
+            lua,
+        }
+    }
+
+    /// Calls `f(index, arg)`; the bridge never raises, so a Lua error fails the check.
+    pub fn call(&self, f: &Function, index: i64, arg: Value) -> Returned {
+        let r: MultiValue = f
+            .call((index, arg))
+            .unwrap_or_else(|e| panic!("the bridge raised an error: {e}"));
+        let r: Vec<Value> = r.into_iter().collect();
+        match r.as_slice() {
+            [Value::Nil, Value::String(msg)] => Err(msg.to_string_lossy()),
+            [Value::Nil, other] => panic!("nil with a non-string message {other:?}"),
+            _ => Ok(r),
+        }
+    }
+
+    pub fn bytes(&self, b: &[u8]) -> Value {
+        Value::String(self.lua.create_string(b).expect("string"))
+    }
+}
+
+thread_local! {
+    static BRIDGE: RefCell<(Option<Bridge>, u32)> = const { RefCell::new((None, 0)) };
+}
+
+/// Runs `f` with this thread's bridge, collecting garbage now and then.
+pub fn with_bridge(f: impl FnOnce(&Bridge)) {
+    BRIDGE.with(|cell| {
+        let (bridge, runs) = &mut *cell.borrow_mut();
+        let b = bridge.get_or_insert_with(Bridge::new);
+        f(b);
         *runs += 1;
         if *runs % 1024 == 0 {
-            let _ = lua.gc_collect();
+            let _ = b.lua.gc_collect();
         }
     });
+}
+
+/// A Lua number (mlua shows whole numbers as integers).
+pub fn number(v: &Value) -> Option<f64> {
+    match v {
+        Value::Number(n) => Some(*n),
+        Value::Integer(i) => Some(*i as f64),
+        _ => None,
+    }
 }
 
 /// Deep equality of Lua values: tables by content (keys too), NaN equal to NaN.
