@@ -4,6 +4,7 @@
 #   make test    every suite; ends with one "N passed, N failed" line
 #   make demo    the main job: nginx + real plugin servers, end to end
 #   make fuzz    every fuzz target for FUZZ_SECONDS (60) each; make fuzz-smoke: 12 s each
+#   make probe-outage  SIGKILL of each plugin server under load: responses, errors, timings
 #   make install PREFIX=/usr/local   (or LUA_LIB_DIR=... LUA_CLIB_DIR=...)
 
 PREFIX       ?= /usr/local
@@ -24,7 +25,7 @@ APT_PACKAGES := nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache lu
                 strace valgrind util-linux
 
 .PHONY: all build header deps deps-apt deps-fixtures test test-rust test-unit test-integration \
-        demo bench install uninstall clean deps-fuzz fuzz fuzz-smoke
+        demo bench probe-outage install uninstall clean deps-fuzz fuzz fuzz-smoke
 
 all: build
 
@@ -76,6 +77,9 @@ demo: build
 
 bench: build
 	tools/bench.sh
+
+probe-outage: build
+	tools/probe-outage.sh
 
 install: build
 	install -d $(DESTDIR)$(LUA_LIB_DIR)/kong/runloop/plugin_servers/rpc $(DESTDIR)$(LUA_CLIB_DIR)

@@ -8,7 +8,7 @@
 //! - `decode(index, bytes) -> value [, n] | nil, err`: the Lua value of one
 //!   MessagePack value; `n` is the element count when it is an array (Args
 //!   may hold nils, so `#t` cannot be trusted).
-//! - `methods() -> { [index] = { name = ..., terminal = true|nil } }` (index ≥ 1;
+//! - `methods() -> { [index] = { name = ..., terminal = true|nil, pb_in, pb_out } }` (index ≥ 1;
 //!   0 is the unknown method) and `method_index(name) -> index`.
 //! - `pb_encode`, `pb_decode`: the same for Protobuf messages (`protobuf/`).
 //!
@@ -157,13 +157,21 @@ unsafe extern "C-unwind" fn lua_methods(l: *mut lua_State) -> c_int {
         entry(l, |s| {
             let all = s.new_table(methods::METHODS.len(), 0)?;
             for (i, m) in methods::METHODS.iter().enumerate().skip(1) {
-                let entry = s.new_table(0, 2)?;
+                let entry = s.new_table(0, 4)?;
                 s.push_str(b"name")?;
                 s.push_str(m.name.as_bytes())?;
                 s.set_pair(&entry);
                 if m.terminal {
                     s.push_str(b"terminal")?;
                     s.push_bool(true)?;
+                    s.set_pair(&entry);
+                }
+                if let Some((input, output)) = m.pb {
+                    s.push_str(b"pb_in")?;
+                    s.push_str(format!("{input:?}").as_bytes())?;
+                    s.set_pair(&entry);
+                    s.push_str(b"pb_out")?;
+                    s.push_str(format!("{output:?}").as_bytes())?;
                     s.set_pair(&entry);
                 }
                 s.set_item(&all, i);
