@@ -18,7 +18,8 @@ LUA_TREE     := lua/kong/runloop/plugin_servers
 
 APT_PACKAGES := nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache luajit2 \
                 libluajit2-5.1-dev lua-cjson lua-messagepack lua-busted lua-luassert \
-                lua-penlight lua-socket luarocks pkg-config wrk protobuf-compiler curl
+                lua-penlight lua-socket luarocks pkg-config wrk protobuf-compiler curl \
+                strace valgrind util-linux
 
 .PHONY: all build header deps deps-apt deps-fixtures test test-rust test-unit test-integration \
         demo bench install uninstall clean

@@ -3,9 +3,16 @@
 //! reply of a fixed size for every request of a fixed size; the client reports its
 //! own CPU time and the wall time per round trip.
 //!
-//! `cargo run --release --example transport_floor -- [round_trips] [request_bytes] [reply_bytes] [pin]`
+//! `cargo run --release --example transport_floor -- [round_trips] [request_bytes] [reply_bytes] [pin] [epoll] [server_us]`
 //! With `pin` = 1 the client runs on core 0 and the server on core 1.
-//! prints one line: `round_trips=N client_cpu_ns=.. wall_ns=.. (per round trip)`.
+//! With `epoll` = 1 the client waits the way an nginx worker does: a non-blocking
+//! socket registered edge-triggered for both directions (EPOLLIN|EPOLLOUT|EPOLLET|
+//! EPOLLRDHUP, as nginx's epoll module registers every connection), one
+//! `epoll_wait` per wake-up. On a unix socket the peer's read of our request
+//! raises an EPOLLOUT edge, so a round trip can cost two wake-ups instead of one.
+//! With `server_us` > 0 the server spins that long before each reply (a plugin
+//! server that does some work, so the client sleeps before the reply arrives).
+//! prints one line: `round_trips=N client_cpu_ns=.. wall_ns=.. epoll_waits=.. (per round trip)`.
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -30,15 +37,59 @@ fn pin_to(cpu: usize) {
     }
 }
 
-fn serve(listener: UnixListener, request_bytes: usize, reply_bytes: usize) {
+fn serve(listener: UnixListener, request_bytes: usize, reply_bytes: usize, server_us: u64) {
     let (mut conn, _) = listener.accept().expect("accept");
     let mut req = vec![0u8; request_bytes];
     let reply = vec![7u8; reply_bytes];
     while conn.read_exact(&mut req).is_ok() {
+        let t = Instant::now();
+        while (t.elapsed().as_micros() as u64) < server_us {
+            std::hint::spin_loop();
+        }
         if conn.write_all(&reply).is_err() {
             break;
         }
     }
+}
+
+/// The nginx-like client loop; returns the number of `epoll_wait` calls.
+fn epoll_client(conn: &mut UnixStream, req: &[u8], reply: &mut [u8], round_trips: usize) -> u64 {
+    use std::os::fd::AsRawFd;
+    conn.set_nonblocking(true).expect("nonblocking");
+    let fd = conn.as_raw_fd();
+    // SAFETY: plain epoll calls on descriptors owned by this function's caller.
+    let ep = unsafe { libc::epoll_create1(0) };
+    assert!(ep >= 0, "epoll_create1");
+    let mut ev = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLET | libc::EPOLLRDHUP) as u32,
+        u64: 0,
+    };
+    // SAFETY: ev is a valid event to copy in.
+    assert_eq!(
+        unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) },
+        0
+    );
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 8];
+    let mut waits = 0u64;
+    for _ in 0..round_trips {
+        conn.write_all(req).expect("write");
+        let mut got = 0;
+        while got < reply.len() {
+            match conn.read(&mut reply[got..]) {
+                Ok(0) => panic!("server closed"),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    waits += 1;
+                    // SAFETY: events is a writable array of 8 entries.
+                    unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), 8, -1) };
+                }
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+    // SAFETY: ep is our own descriptor.
+    unsafe { libc::close(ep) };
+    waits
 }
 
 fn main() {
@@ -50,6 +101,8 @@ fn main() {
     let request_bytes = *args.get(1).unwrap_or(&48);
     let reply_bytes = *args.get(2).unwrap_or(&64);
     let pin = args.get(3) == Some(&1);
+    let use_epoll = args.get(4) == Some(&1);
+    let server_us = *args.get(5).unwrap_or(&0) as u64;
 
     let dir = std::env::temp_dir().join(format!("kps-floor-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -62,7 +115,7 @@ fn main() {
         if pin {
             pin_to(1);
         }
-        serve(listener, request_bytes, reply_bytes);
+        serve(listener, request_bytes, reply_bytes, server_us);
         std::process::exit(0);
     }
     drop(listener);
@@ -73,11 +126,16 @@ fn main() {
     let mut conn = UnixStream::connect(&path).expect("connect");
     let req = vec![1u8; request_bytes];
     let mut reply = vec![0u8; reply_bytes];
+    let mut waits = 0u64;
     let cpu0 = thread_cpu_ns();
     let wall0 = Instant::now();
-    for _ in 0..round_trips {
-        conn.write_all(&req).expect("write");
-        conn.read_exact(&mut reply).expect("read");
+    if use_epoll {
+        waits = epoll_client(&mut conn, &req, &mut reply, round_trips);
+    } else {
+        for _ in 0..round_trips {
+            conn.write_all(&req).expect("write");
+            conn.read_exact(&mut reply).expect("read");
+        }
     }
     let wall = wall0.elapsed().as_nanos();
     let cpu = thread_cpu_ns() - cpu0;
@@ -88,8 +146,9 @@ fn main() {
     let _ = std::fs::remove_dir_all(&dir);
 
     println!(
-        "round_trips={round_trips} request_bytes={request_bytes} reply_bytes={reply_bytes} client_cpu_ns={} wall_ns={}",
+        "round_trips={round_trips} request_bytes={request_bytes} reply_bytes={reply_bytes} client_cpu_ns={} wall_ns={} epoll_waits={:.2}",
         cpu / round_trips as u128,
-        wall / round_trips as u128
+        wall / round_trips as u128,
+        waits as f64 / round_trips as f64
     );
 }

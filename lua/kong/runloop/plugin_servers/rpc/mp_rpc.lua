@@ -154,10 +154,13 @@ local function finish(self, c)
   checkin(self, c.st)
 end
 
--- Runs `build(c)` (which builds the first request into out/out_len) and its
--- round trip on a connection; retries once on a fresh connection when a pooled one
--- fails before any reply byte. Returns c, ev or nil, err, cause.
-local function first_exchange(self, build)
+-- Runs `build(self, c, buf, len, a, b)` (which builds the first request into
+-- out/out_len) and its round trip on a connection; retries once on a fresh
+-- connection when a pooled one fails before any reply byte. Returns c, ev or
+-- nil, err, cause. The builders are module-level functions taking their
+-- arguments, not closures: creating a closure per event (bytecode FNEW) is NYI
+-- in LuaJIT's JIT and aborted the trace of every event.
+local function first_exchange(self, build, a, b)
   for attempt = 1, 2 do
     local sock, reused_or_err, cause = socket.connect(self.def)
     if not sock then
@@ -165,7 +168,7 @@ local function first_exchange(self, build)
     end
     local c = { sock = sock, st = checkout(self), got_reply = false }
     local buf, len = errbuf()
-    if build(c, buf, len) ~= 0 then
+    if build(self, c, buf, len, a, b) ~= 0 then
       local msg = errmsg()
       close(self, c)
       return nil, msg, "protocol"
@@ -197,13 +200,24 @@ local function unexpected(self, what, ev)
     .. " from " .. self.def.name, "protocol"
 end
 
+local function build_start_instance(self, c, buf, len, config_json)
+  local name = self.plugin_name
+  return C.kps_mp_stream_start_instance(session(self), c.st.stream, name, #name,
+                                        config_json, #config_json, out, out_len, buf, len)
+end
+
+local function build_close_instance(self, c, buf, len, id)
+  return C.kps_mp_stream_close_instance(session(self), c.st.stream, id, out, out_len, buf, len)
+end
+
+local function build_handle_event(self, c, buf, len, id, phase)
+  return C.kps_mp_stream_handle_event(session(self), c.st.stream, id, phase, #phase,
+                                      out, out_len, buf, len)
+end
+
 -- Starts an instance with the JSON text of the plugin config: id or nil, err, cause.
 function RPC:start_instance(config_json)
-  local name = self.plugin_name
-  local c, ev, cause = first_exchange(self, function(conn, buf, len)
-    return C.kps_mp_stream_start_instance(session(self), conn.st.stream, name, #name,
-                                          config_json, #config_json, out, out_len, buf, len)
-  end)
+  local c, ev, cause = first_exchange(self, build_start_instance, config_json)
   if not c then
     return nil, ev, cause
   end
@@ -224,9 +238,7 @@ function RPC:start_instance(config_json)
 end
 
 function RPC:close_instance(id)
-  local c, ev, cause = first_exchange(self, function(conn, buf, len)
-    return C.kps_mp_stream_close_instance(session(self), conn.st.stream, id, out, out_len, buf, len)
-  end)
+  local c, ev, cause = first_exchange(self, build_close_instance, id)
   if not c then
     return nil, ev, cause
   end
@@ -291,10 +303,7 @@ end
 -- Returns true (and stats) or nil, err, cause (and stats).
 function RPC:handle_event(id, phase, dispatch, saved)
   local stats = { pdk_calls = 0 }
-  local c, ev, cause = first_exchange(self, function(conn, buf, len)
-    return C.kps_mp_stream_handle_event(session(self), conn.st.stream, id, phase, #phase,
-                                        out, out_len, buf, len)
-  end)
+  local c, ev, cause = first_exchange(self, build_handle_event, id, phase)
   if not c then
     return nil, ev, cause, stats
   end

@@ -1,0 +1,284 @@
+-- End to end through nginx (1 worker, loopback) with the real plugin servers, and
+-- with no plugin: bounded wrk runs at 1 and 16 connections; then a short run under
+-- `strace -c` for the worker's syscalls per request.
+--
+--   luajit bench/e2e.lua [seconds_per_run]      (run from the repo root; make bench does)
+--
+-- Placement: the nginx worker alone on core 0; the plugin servers (every process
+-- the engine started, all threads) and wrk on core 1. CPU per request: the worker
+-- from /proc/<pid>/schedstat (ns), the plugin side from /proc/<pid>/stat
+-- utime+stime (ticks; it counts threads that ended, which kong-pdk's per-event
+-- threads do). Each "slow" server pauses 1 ms before every PDK call, so the
+-- worker sleeps before each reply.
+-- Prints markdown table rows: `| e2e: ... | ... |`.
+
+package.path = "./?.lua;" .. package.path
+
+local nginx = require "spec.helpers.nginx"
+local fixtures = require "spec.helpers.fixtures"
+local procs = require "spec.helpers.procs"
+
+local SECONDS = tonumber(arg[1]) or 3
+-- The transport floor's client CPU per round trip (ns), from tools/bench.sh.
+local FLOOR_NS = tonumber(os.getenv("KPS_FLOOR_NS"))
+local CONNECTIONS = { 1, 16 }
+local TWO_CORES = tonumber(io.popen("nproc"):read("*l")) >= 2
+local HZ = 100
+
+local function sh(cmd)
+  local ok = os.execute(cmd)
+  return ok == true or ok == 0
+end
+
+local function capture(cmd)
+  local p = assert(io.popen(cmd))
+  local out = p:read("*a")
+  p:close()
+  return out
+end
+
+local function read(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local d = f:read("*a")
+  f:close()
+  return d
+end
+
+local function have(cmd)
+  return sh("command -v " .. cmd .. " >/dev/null 2>&1")
+end
+
+-- Plugin servers outside fixtures/plugins (the slow variants) ----------------
+local q = fixtures.sh_quote
+local root = fixtures.root
+local function custom_settings(name, start_cmd, query_cmd, prefix)
+  local k = "pluginserver_" .. name:gsub("-", "_")
+  return {
+    prefix = prefix, pluginserver_names = { name },
+    [k .. "_socket"] = prefix .. "/" .. name .. ".socket",
+    [k .. "_start_cmd"] = start_cmd, [k .. "_query_cmd"] = query_cmd,
+  }
+end
+
+local function py_slow(prefix)
+  local py = root .. "/build/venv/bin/python3"
+  local script = root .. "/bench/fixtures/py-slow.py"
+  return custom_settings("py-slow",
+    table.concat({ q(py), "-u", q(script), "-p", q(prefix), "--socket-name", "py-slow.socket" }, " "),
+    table.concat({ q(py), "-u", q(script), "--dump" }, " "), prefix)
+end
+
+local function js_slow(prefix)
+  local node = (read(root .. "/build/js-hello.node") or ""):match("[^\n]+") or "node"
+  local server = root .. "/fixtures/plugins/js-hello/node_modules/kong-pdk/bin/kong-js-pluginserver"
+  local dir = root .. "/bench/fixtures/js-slow"
+  return custom_settings("js-slow",
+    table.concat({ q(node), q(server), "-d", q(dir), "-p", q(prefix), "--sock-name", "js-slow.socket" }, " "),
+    table.concat({ q(node), q(server), "-d", q(dir), "--dump-all-plugins" }, " "), prefix)
+end
+
+local SCENARIOS = {
+  { label = "no plugin" },
+  { label = "py-hello", name = "py-hello", header = "x-hello-from-python", fixture = "py-hello" },
+  { label = "py-slow (1 ms pause per PDK call)", name = "py-slow", header = "x-python-slow",
+    fixture = "py-hello", settings = py_slow },
+  { label = "js-hello", name = "js-hello", header = "x-hello-from-javascript", fixture = "js-hello" },
+  { label = "js-slow (1 ms pause per PDK call)", name = "js-slow", header = "x-javascript-slow",
+    fixture = "js-hello", settings = js_slow },
+  { label = "go-hello", name = "go-hello", header = "x-hello-from-go", fixture = "go-hello" },
+}
+
+-- CPU readings ---------------------------------------------------------------
+local function worker_cpu_ns(pid)
+  local text = read("/proc/" .. pid .. "/schedstat")
+  if text then
+    return tonumber(text:match("^(%d+)"))
+  end
+  local stat = read("/proc/" .. pid .. "/stat")
+  local rest = stat:match("^%d+ %(.*%) (.*)$")
+  local f = {}
+  for w in rest:gmatch("%S+") do f[#f + 1] = w end
+  return (tonumber(f[12]) + tonumber(f[13])) * 1e9 / HZ
+end
+
+local function ticks_ns(pid)
+  local stat = read("/proc/" .. pid .. "/stat")
+  if not stat then return 0 end
+  local rest = stat:match("^%d+ %(.*%) (.*)$")
+  local f = {}
+  for w in rest:gmatch("%S+") do f[#f + 1] = w end
+  -- utime, stime (fields 14, 15) of the process: all threads, ended ones included
+  return (tonumber(f[12]) + tonumber(f[13])) * 1e9 / HZ
+end
+
+local function servers_cpu_ns(pids)
+  local sum = 0
+  for _, pid in ipairs(pids) do
+    sum = sum + ticks_ns(pid)
+  end
+  return sum
+end
+
+-- wrk ------------------------------------------------------------------------
+local function to_ms(v, unit)
+  v = tonumber(v)
+  if unit == "us" then return v / 1000 elseif unit == "s" then return v * 1000 end
+  return v
+end
+
+local function wrk(port, connections, seconds, pin)
+  local cmd = string.format("%swrk -t1 -c%d -d%ds --latency http://127.0.0.1:%d/ 2>&1",
+                            pin and "taskset -c 1 " or "", connections, seconds, port)
+  local out = capture(cmd)
+  local r = {
+    requests = tonumber(out:match("(%d+) requests in")),
+    rps = tonumber(out:match("Requests/sec:%s*([%d%.]+)")),
+    non2xx = tonumber(out:match("Non%-2xx or 3xx responses:%s*(%d+)")) or 0,
+    errors = out:match("Socket errors:[^\n]*"),
+  }
+  local v, u = out:match("%s50%%%s+([%d%.]+)(%a+)")
+  r.p50 = v and to_ms(v, u)
+  v, u = out:match("%s99%%%s+([%d%.]+)(%a+)")
+  r.p99 = v and to_ms(v, u)
+  if not r.requests then
+    error("wrk failed: " .. out)
+  end
+  return r
+end
+
+-- One scenario ---------------------------------------------------------------
+local function counters(h, name)
+  if not name then return { events = 0, pdk_calls = 0 } end
+  local list = h:eval_json([[return require("kong.runloop.plugin_servers").status()]]) or {}
+  for _, s in ipairs(list) do
+    if s.name == name then return s.counters end
+  end
+  return { events = 0, pdk_calls = 0 }
+end
+
+local function state_of(h, name)
+  local list = h:eval_json([[return require("kong.runloop.plugin_servers").status()]]) or {}
+  for _, s in ipairs(list) do
+    if s.name == name then return s.state end
+  end
+end
+
+local baseline = {}   -- connections -> worker ns per request without plugins
+
+local function row(label, text)
+  print(string.format("| e2e: %s | %s |", label, text))
+  io.stdout:flush()
+end
+
+local function run(sc)
+  if sc.fixture then
+    local ok, why = fixtures.available(sc.fixture)
+    if not ok then
+      return row(sc.label, "skipped: " .. why)
+    end
+  end
+  local prefix = nginx.make_prefix()
+  local settings = { prefix = prefix }
+  local plugins = {}
+  if sc.name then
+    settings = sc.settings and sc.settings(prefix) or fixtures.settings({ sc.name }, prefix)
+    plugins = { { name = sc.name, config = { message = "bench" } } }
+  end
+  local h, err = nginx.start { prefix = prefix, workers = 1, log_level = "notice",
+                               configuration = settings, plugins = plugins }
+  if not h then
+    return row(sc.label, "skipped: nginx did not start: " .. tostring(err):sub(1, 200))
+  end
+  local ok, perr = pcall(function()
+    if sc.name and not nginx.wait_until(function() return state_of(h, sc.name) == "ready" end, 15) then
+      error("server not ready: " .. tostring(state_of(h, sc.name)))
+    end
+    local res = h:request { path = "/" }
+    if not res or res.status ~= 200 or (sc.header and not res.headers[sc.header]) then
+      local lines = h:log_lines("%[error%]")
+      error(string.format("probe request failed (status %s): %s", tostring(res and res.status),
+                          (lines[#lines] or ""):sub(1, 240)))
+    end
+    local worker = assert(h:worker_pids()[1], "no worker")
+    local master = h:master_pid()
+    local servers = {}
+    for _, pid in ipairs(procs.descendants(master)) do
+      if pid ~= worker then servers[#servers + 1] = pid end
+    end
+    if TWO_CORES then
+      sh("taskset -pc 0 " .. worker .. " >/dev/null")
+      for _, pid in ipairs(servers) do
+        sh("taskset -a -pc 1 " .. pid .. " >/dev/null 2>&1")
+      end
+    end
+    wrk(h.port, 4, 1, TWO_CORES)  -- warm-up: instance started, JIT traces, pooled connections
+    for _, c in ipairs(CONNECTIONS) do
+      local c0, w0, s0 = counters(h, sc.name), worker_cpu_ns(worker), servers_cpu_ns(servers)
+      local r = wrk(h.port, c, SECONDS, TWO_CORES)
+      local w1, s1, c1 = worker_cpu_ns(worker), servers_cpu_ns(servers), counters(h, sc.name)
+      local n = r.requests
+      local w_ns = (w1 - w0) / n
+      local s_us = (s1 - s0) / n / 1000
+      local text = string.format("%d conn: %.0f req/s, p50 %.2f ms, p99 %.2f ms, worker CPU **%.0f µs**/req",
+                                 c, r.rps, r.p50 or -1, r.p99 or -1, w_ns / 1000)
+      if sc.name then
+        local events = c1.events - c0.events
+        local calls = c1.pdk_calls - c0.pdk_calls
+        local per_req = calls / math.max(events, 1)
+        text = text .. string.format(", plugin server CPU %.0f µs/req, %.1f PDK calls/req", s_us, per_req)
+        if baseline[c] and per_req > 0 then
+          local extra = w_ns - baseline[c]
+          local per_rt = extra / (per_req + 1)
+          text = text .. string.format(", worker CPU above no-plugin **%.1f µs per PDK call**, %.1f µs per round trip",
+                                       extra / per_req / 1000, per_rt / 1000)
+          if FLOOR_NS then
+            text = text .. string.format(" = **%.1f× the floor** (target ≤ 2×)", per_rt / FLOOR_NS)
+          end
+        end
+      else
+        baseline[c] = w_ns
+      end
+      if r.non2xx > 0 or r.errors then
+        text = text .. string.format(" (non-2xx %d%s)", r.non2xx, r.errors and ("; " .. r.errors) or "")
+      end
+      row(sc.label, text)
+    end
+    -- Syscalls of the worker per request, 1 connection.
+    if have("strace") then
+      local out = prefix .. "/strace.txt"
+      sh(string.format("strace -c -f -o %s -p %d >/dev/null 2>&1 & echo $! > %s/strace.pid", out, worker, prefix))
+      nginx.sleep(0.5)
+      local r = wrk(h.port, 1, 2, TWO_CORES)
+      local spid = tonumber(read(prefix .. "/strace.pid"))
+      procs.kill(spid, "INT")
+      nginx.wait_until(function() return not procs.alive(spid) end, 5)
+      local text = read(out) or ""
+      local parts = {}
+      for calls, name in text:gmatch("\n%s*[%d%.]+%s+[%d%.]+%s+%d+%s+(%d+)%s+%d*%s*([%w_]+)") do
+        if name ~= "total" then
+          parts[#parts + 1] = { name = name, per = tonumber(calls) / r.requests }
+        end
+      end
+      table.sort(parts, function(a, b) return a.per > b.per end)
+      local items = {}
+      for _, p in ipairs(parts) do
+        if p.per >= 0.05 then
+          items[#items + 1] = string.format("%s %.1f", p.name, p.per)
+        end
+      end
+      row(sc.label, "worker syscalls per request (strace -c, 1 conn): " .. table.concat(items, ", "))
+    end
+  end)
+  h:stop()
+  if not ok then
+    row(sc.label, "skipped: " .. tostring(perr):gsub("\n", " "):sub(1, 300))
+  end
+end
+
+local only = arg[2]
+for _, sc in ipairs(SCENARIOS) do
+  if not only or sc.label:find(only, 1, true) or (only ~= "" and sc.label == "no plugin") then
+    run(sc)
+  end
+end
