@@ -22,7 +22,7 @@ APT_PACKAGES := nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache lu
                 strace valgrind util-linux
 
 .PHONY: all build header deps deps-apt deps-fixtures test test-rust test-unit test-integration \
-        demo bench install uninstall clean soak reload-soak valgrind
+        demo bench install uninstall clean
 
 all: build
 
@@ -65,19 +65,6 @@ demo: build
 bench: build
 	tools/bench.sh
 
-# Not in CI (issue 8): load and reload under load through the real hello plugins
-# (SOAK_SECONDS, SOAK_CONNECTIONS, SOAK_PLUGINS), memcheck over the Rust tests and
-# the unit specs.
-soak: build
-	luajit tools/soak.lua load
-	luajit tools/soak.lua reload
-
-reload-soak: build
-	luajit tools/soak.lua reload
-
-valgrind: build
-	tools/valgrind.sh
-
 install: build
 	install -d $(DESTDIR)$(LUA_LIB_DIR)/kong/runloop/plugin_servers/rpc $(DESTDIR)$(LUA_CLIB_DIR)
 	install -m 0644 $(LUA_TREE)/*.lua $(DESTDIR)$(LUA_LIB_DIR)/kong/runloop/plugin_servers/
@@ -92,3 +79,17 @@ uninstall:
 clean:
 	$(CARGO) clean
 	rm -rf build spec/tmp
+
+# Not in CI (issue 8): load and reload under load through the real hello plugins
+# (SOAK_SECONDS, SOAK_CONNECTIONS, SOAK_PLUGINS), memcheck over the Rust tests and
+# the unit specs.
+.PHONY: soak reload-soak valgrind
+soak: build
+	luajit tools/soak.lua load
+	luajit tools/soak.lua reload
+
+reload-soak: build
+	luajit tools/soak.lua reload
+
+valgrind: build
+	tools/valgrind.sh

@@ -111,8 +111,9 @@ local function assert_worker_intact(h, base)
   assert.equal(base.fds, fds, "fd count of worker " .. base.pid)
 end
 
+-- The failure rule's line (its head may name the server first: "<server>: plugin ...").
 local function failure_line(cause)
-  return "%[pluginserver%] plugin fault failed in access %(" .. cause .. "%): "
+  return "%[pluginserver%] .-plugin fault failed in access %(" .. cause .. "%): "
 end
 
 -- Live processes whose command line contains text.
