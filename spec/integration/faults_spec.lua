@@ -30,7 +30,7 @@ local PROTOCOLS = {
   },
   {
     name = "Protobuf", script = ROOT .. "/fixtures/servers/pb_fault.py",
-    closed = "closed",
+    closed = "connection closed by the plugin server during the event",
     -- pb_rpc.lua is a stub until the Protobuf issue lands
     missing = not (read(ROOT .. "/lua/kong/runloop/plugin_servers/rpc/pb_rpc.lua") or ""):find("function _M.new")
       and "the Protobuf RPC (rpc/pb_rpc.lua) is not implemented on this branch" or nil,
