@@ -3,6 +3,7 @@
 #   make build   release .so + kps-helper in target/release
 #   make test    every suite; ends with one "N passed, N failed" line
 #   make demo    the main job: nginx + real plugin servers, end to end
+#   make probe-outage  SIGKILL of each plugin server under load: responses, errors, timings
 #   make install PREFIX=/usr/local   (or LUA_LIB_DIR=... LUA_CLIB_DIR=...)
 
 PREFIX       ?= /usr/local
@@ -22,7 +23,7 @@ APT_PACKAGES := nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache lu
                 strace valgrind util-linux
 
 .PHONY: all build header deps deps-apt deps-fixtures test test-rust test-unit test-integration \
-        demo bench install uninstall clean
+        demo bench probe-outage install uninstall clean
 
 all: build
 
@@ -64,6 +65,9 @@ demo: build
 
 bench: build
 	tools/bench.sh
+
+probe-outage: build
+	tools/probe-outage.sh
 
 install: build
 	install -d $(DESTDIR)$(LUA_LIB_DIR)/kong/runloop/plugin_servers/rpc $(DESTDIR)$(LUA_CLIB_DIR)

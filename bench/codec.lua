@@ -205,7 +205,9 @@ decode_row("event end (Data = \"ret\")", { EventId = 7, Data = "ret" })
 local GET_HEADERS = method_index("kong.request.get_headers")
 local function build_step_headers()
   local buf, len = errbuf()
-  local bytes = assert(encode(GET_HEADERS, HEADERS))
+  -- as mp_rpc calls it: assert(f()) on a C function's results costs ~450 ns here
+  local bytes, err = encode(GET_HEADERS, HEADERS)
+  if not bytes then error(err) end
   C.kps_mp_stream_reset(stream)
   check(C.kps_mp_stream_step(session, stream, 7, GET_HEADERS, bytes, #bytes, out, out_len, buf, len))
   return ffi_str(out[0], out_len[0])
@@ -223,7 +225,9 @@ end)
 local GET_HEADER = method_index("kong.request.get_header")
 local function build_step_string()
   local buf, len = errbuf()
-  local bytes = assert(encode(GET_HEADER, "example.test"))
+  -- as mp_rpc calls it: assert(f()) on a C function's results costs ~450 ns here
+  local bytes, err = encode(GET_HEADER, "example.test")
+  if not bytes then error(err) end
   C.kps_mp_stream_reset(stream)
   check(C.kps_mp_stream_step(session, stream, 7, GET_HEADER, bytes, #bytes, out, out_len, buf, len))
   return ffi_str(out[0], out_len[0])

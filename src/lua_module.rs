@@ -1,7 +1,8 @@
 //! Entry point of the `.so` as a Lua module (`require "kong_plugin_servers"`).
 //!
-//! This side carries Lua values only (the value bridge); plain data and handles go
-//! through the C header. See `../shared/INTERFACES.md`, "The seam".
+//! This side carries Lua values only (the value bridge, raw `lua_CFunction`s);
+//! plain data and handles go through the C header. See `../shared/INTERFACES.md`,
+//! "The seam".
 
 use mlua::{Lua, Result as LuaResult, Table};
 

@@ -59,10 +59,6 @@ local ok, run_err = pcall(function()
   for _, line in ipairs(h:log_lines("%[kps_host%] worker %d+ ready")) do
     io.write(line:match("%[kps_host%].*"), "\n")
   end
-  for _, line in ipairs(h:log_lines("%[pluginserver%]")) do
-    io.write(line:match("%[pluginserver%].*"), "\n")
-  end
-
   -- wait until every managed server is ready (bounded), then send a request
   nginx.wait_until(function()
     local status = h:eval_json("return require('kong.runloop.plugin_servers').status()")
@@ -72,6 +68,9 @@ local ok, run_err = pcall(function()
     end
     return true
   end, 10)
+  for _, line in ipairs(h:log_lines("%[pluginserver%]")) do
+    io.write((line:match("%[pluginserver%].*"):gsub(", context: .*$", "")), "\n")
+  end
 
   section("GET / with Host: demo.test")
   local res, rerr = h:request { path = "/", headers = { host = "demo.test" } }

@@ -28,9 +28,11 @@ local EXPECTED = {
                    phases = { "access" }, header = "x-hello-from-python" },
   ["js-hello"] = { protocol = "MsgPack:1", priority = 0, version = "0.1.0",
                    phases = { "access" }, header = "x-hello-from-javascript" },
+  ["go-coverage"] = { protocol = "ProtoBuf:1", priority = 2, version = "0.1",
+                      phases = { "access", "response", "log" } },
 }
 
-local NAMES = { "go-hello", "py-hello", "js-hello" }
+local NAMES = { "go-hello", "py-hello", "js-hello", "go-coverage" }
 
 local function file_exists(path)
   local f = io_open(path, "rb")
@@ -132,6 +134,15 @@ local function new(root)
       commands = function(prefix)
         local bin = build .. "/bin/go-hello"
         -- go-pdk names the socket after the executable: <prefix>/go-hello.socket.
+        return command { bin, "-kong-prefix", prefix },
+               command { bin, "-kong-prefix", prefix, "-dump" }
+      end,
+    },
+    ["go-coverage"] = {
+      target = "go",
+      built = { build .. "/bin/go-coverage" },
+      commands = function(prefix)
+        local bin = build .. "/bin/go-coverage"
         return command { bin, "-kong-prefix", prefix },
                command { bin, "-kong-prefix", prefix, "-dump" }
       end,

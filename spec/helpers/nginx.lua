@@ -97,6 +97,13 @@ function _M.make_prefix()
   return dir
 end
 
+-- With `timing_log = true`: one line per response in logs/timing.log, "<uri> <end time>
+-- <request time> <status>|<x-hello-from-go>|<...-python>|<...-javascript>" ('-' when a
+-- header is absent), for tools/probe-outage.lua.
+_M.TIMING_LOG = "log_format kps_timing '$request_uri $msec $request_time $status|$sent_http_x_hello_from_go"
+  .. "|$sent_http_x_hello_from_python|$sent_http_x_hello_from_javascript'; "
+  .. "access_log logs/timing.log kps_timing;"
+
 -- Writes conf/nginx.conf and kps_host.json into prefix; returns the port.
 function _M.render(prefix, opts)
   local root = _M.root
@@ -113,6 +120,7 @@ function _M.render(prefix, opts)
     port = port,
     lua_path = lua_path,
     lua_cpath = lua_cpath,
+    timing_log = opts.timing_log and _M.TIMING_LOG or "",
   }))
   local configuration = {}
   for k, v in pairs(opts.configuration or {}) do

@@ -245,18 +245,22 @@ describe("plugin server supervisor (stand-in servers)", function()
     end, 5))
     assert.equal(0, second.restarts)
     assert.is_false(procs.alive(first.pid))
-    -- one set of servers per socket: the old one was gone before the new one started
-    local stopped_at, started_at
+    -- one set of servers per socket: the new supervisor saw the old one gone before it
+    -- started its own (both lines come from the new worker, in order; the old worker's
+    -- "stopped" line comes from another process and may be written later)
+    local gone_at, started_at
     local n = 0
     for line in h:error_log():gmatch("[^\n]+") do
       n = n + 1
-      if line:find("successfully stopped pluginserver 'lsn', pid " .. first.pid, 1, true) then
-        stopped_at = n
+      if line:find("previous pluginserver 'lsn', pid " .. first.pid .. ", has exited", 1, true) then
+        gone_at = n
       elseif line:find("started, pid " .. second.pid, 1, true) then
         started_at = n
       end
     end
-    assert.is_true(stopped_at < started_at)
+    assert.truthy(gone_at, "no hand-over line for pid " .. first.pid)
+    assert.truthy(started_at, "no started line for pid " .. second.pid)
+    assert.is_true(gone_at < started_at)
     -- the master ran the info query again (with nginx's SIGCHLD handler installed) without errors
     assert.same({}, h:log_lines("failed loading external plugins"))
   end)

@@ -85,7 +85,7 @@ describe("spec.helpers.fixtures", function()
   it("rejects unknown names and relative prefixes", function()
     local f = built_root(tmp .. "/repo")
     assert.error_matches(function() f.settings("rb-hello", "/p") end,
-                         "unknown fixture 'rb-hello' (known: go-hello, py-hello, js-hello)", nil, true)
+                         "unknown fixture 'rb-hello' (known: go-hello, py-hello, js-hello, go-coverage)", nil, true)
     assert.error_matches(function() f.settings("go-hello", "kong") end,
                          "prefix must be an absolute path, got kong", nil, true)
     assert.error_matches(function() f.settings({}, "/p") end, "non-empty array", nil, true)
@@ -112,7 +112,7 @@ describe("spec.helpers.fixtures", function()
   end)
 
   it("lists what each real dump must report", function()
-    assert.same({ "go-hello", "py-hello", "js-hello" }, fixtures.names)
+    assert.same({ "go-hello", "py-hello", "js-hello", "go-coverage" }, fixtures.names)
     assert.equal("ProtoBuf:1", fixtures.expected["go-hello"].protocol)
     assert.equal(100, fixtures.expected["py-hello"].priority)
     assert.same({ "access" }, fixtures.expected["js-hello"].phases)

@@ -1,4 +1,5 @@
-//! MessagePack bytes → Lua value, building tables directly.
+//! MessagePack bytes → Lua value, built directly on the Lua stack (tables
+//! preallocated with their declared sizes).
 //!
 //! str and bin both become Lua strings (binary-safe); integers and floats become
 //! Lua numbers (an incoming whole float is that number); nil inside an array
@@ -7,11 +8,11 @@
 //! trailing bytes are errors. Declared lengths are checked against the bytes left
 //! before any table is sized, so a lying header cannot make it allocate.
 
-use mlua::{Lua, Value};
 use rmp::Marker;
 use rmp::decode::{self, RmpRead};
 
 use super::encode::MAX_DEPTH;
+use super::stack::{Overflow, Stack, Val};
 
 type Res<T> = Result<T, String>;
 
@@ -19,14 +20,29 @@ fn truncated<E>(_: E) -> String {
     "truncated MessagePack value".to_string()
 }
 
-/// Decodes the one value in `bytes`. Returns it and, when it is an array, its length.
-pub fn decode(lua: &Lua, bytes: &[u8]) -> Res<(Value, Option<usize>)> {
+fn overflow(e: Overflow) -> String {
+    e.to_string()
+}
+
+/// What [`value`] pushed, as far as its caller needs to know.
+enum Pushed {
+    /// An array of this many items (some may be holes).
+    Array(usize),
+    Other,
+}
+
+/// Decodes the one value in `bytes` and pushes it. Returns its length when it
+/// is an array.
+pub fn decode(s: &Stack, bytes: &[u8]) -> Res<Option<usize>> {
     let mut rd = bytes;
-    let (v, n) = value(lua, &mut rd, 0)?;
+    let pushed = value(s, &mut rd, 0)?;
     if !rd.is_empty() {
         return Err(format!("{} bytes after the MessagePack value", rd.len()));
     }
-    Ok((v, n))
+    Ok(match pushed {
+        Pushed::Array(n) => Some(n),
+        Pushed::Other => None,
+    })
 }
 
 fn bytes<'a>(rd: &mut &'a [u8], len: usize) -> Res<&'a [u8]> {
@@ -43,58 +59,56 @@ fn count(rd: &[u8], n: usize, per_item: usize) -> Res<usize> {
     Ok(n)
 }
 
-fn lua_err(e: mlua::Error) -> String {
-    e.to_string()
-}
-
-fn value(lua: &Lua, rd: &mut &[u8], depth: usize) -> Res<(Value, Option<usize>)> {
+/// Pushes exactly one value (on success).
+fn value(s: &Stack, rd: &mut &[u8], depth: usize) -> Res<Pushed> {
     let marker = decode::read_marker(rd).map_err(truncated)?;
-    let v = match marker {
-        Marker::Null => Value::Nil,
-        Marker::True => Value::Boolean(true),
-        Marker::False => Value::Boolean(false),
-        Marker::FixPos(n) => Value::Number(f64::from(n)),
-        Marker::FixNeg(n) => Value::Number(f64::from(n)),
-        Marker::U8 => Value::Number(f64::from(rd.read_data_u8().map_err(truncated)?)),
-        Marker::U16 => Value::Number(f64::from(rd.read_data_u16().map_err(truncated)?)),
-        Marker::U32 => Value::Number(f64::from(rd.read_data_u32().map_err(truncated)?)),
-        Marker::U64 => Value::Number(rd.read_data_u64().map_err(truncated)? as f64),
-        Marker::I8 => Value::Number(f64::from(rd.read_data_i8().map_err(truncated)?)),
-        Marker::I16 => Value::Number(f64::from(rd.read_data_i16().map_err(truncated)?)),
-        Marker::I32 => Value::Number(f64::from(rd.read_data_i32().map_err(truncated)?)),
-        Marker::I64 => Value::Number(rd.read_data_i64().map_err(truncated)? as f64),
-        Marker::F32 => Value::Number(f64::from(rd.read_data_f32().map_err(truncated)?)),
-        Marker::F64 => Value::Number(rd.read_data_f64().map_err(truncated)?),
-        Marker::FixStr(n) => string(lua, rd, usize::from(n))?,
+    let num = |n: f64| s.push_num(n).map_err(overflow);
+    match marker {
+        Marker::Null => s.push_nil().map_err(overflow)?,
+        Marker::True => s.push_bool(true).map_err(overflow)?,
+        Marker::False => s.push_bool(false).map_err(overflow)?,
+        Marker::FixPos(n) => num(f64::from(n))?,
+        Marker::FixNeg(n) => num(f64::from(n))?,
+        Marker::U8 => num(f64::from(rd.read_data_u8().map_err(truncated)?))?,
+        Marker::U16 => num(f64::from(rd.read_data_u16().map_err(truncated)?))?,
+        Marker::U32 => num(f64::from(rd.read_data_u32().map_err(truncated)?))?,
+        Marker::U64 => num(rd.read_data_u64().map_err(truncated)? as f64)?,
+        Marker::I8 => num(f64::from(rd.read_data_i8().map_err(truncated)?))?,
+        Marker::I16 => num(f64::from(rd.read_data_i16().map_err(truncated)?))?,
+        Marker::I32 => num(f64::from(rd.read_data_i32().map_err(truncated)?))?,
+        Marker::I64 => num(rd.read_data_i64().map_err(truncated)? as f64)?,
+        Marker::F32 => num(f64::from(rd.read_data_f32().map_err(truncated)?))?,
+        Marker::F64 => num(rd.read_data_f64().map_err(truncated)?)?,
+        Marker::FixStr(n) => string(s, rd, usize::from(n))?,
         Marker::Str8 | Marker::Bin8 => {
             let n = rd.read_data_u8().map_err(truncated)?;
-            string(lua, rd, usize::from(n))?
+            string(s, rd, usize::from(n))?
         }
         Marker::Str16 | Marker::Bin16 => {
             let n = rd.read_data_u16().map_err(truncated)?;
-            string(lua, rd, usize::from(n))?
+            string(s, rd, usize::from(n))?
         }
         Marker::Str32 | Marker::Bin32 => {
             let n = rd.read_data_u32().map_err(truncated)?;
-            string(lua, rd, n as usize)?
+            string(s, rd, n as usize)?
         }
-        Marker::FixArray(n) => return array(lua, rd, usize::from(n), depth),
+        Marker::FixArray(n) => return array(s, rd, usize::from(n), depth),
         Marker::Array16 => {
             let n = rd.read_data_u16().map_err(truncated)?;
-            return array(lua, rd, usize::from(n), depth);
+            return array(s, rd, usize::from(n), depth);
         }
         Marker::Array32 => {
             let n = rd.read_data_u32().map_err(truncated)?;
-            return array(lua, rd, n as usize, depth);
+            return array(s, rd, n as usize, depth);
         }
-        Marker::FixMap(n) => map(lua, rd, usize::from(n), depth)?,
+        Marker::FixMap(n) => map(s, rd, usize::from(n), depth)?,
         Marker::Map16 => {
             let n = rd.read_data_u16().map_err(truncated)?;
-            map(lua, rd, usize::from(n), depth)?
+            map(s, rd, usize::from(n), depth)?
         }
         Marker::Map32 => {
             let n = rd.read_data_u32().map_err(truncated)?;
-            map(lua, rd, n as usize, depth)?
+            map(s, rd, n as usize, depth)?
         }
         Marker::FixExt1
         | Marker::FixExt2
@@ -105,13 +119,13 @@ fn value(lua: &Lua, rd: &mut &[u8], depth: usize) -> Res<(Value, Option<usize>)>
         | Marker::Ext16
         | Marker::Ext32 => return Err("MessagePack extension types are not supported".into()),
         Marker::Reserved => return Err("malformed MessagePack: invalid byte 0xc1".into()),
-    };
-    Ok((v, None))
+    }
+    Ok(Pushed::Other)
 }
 
-fn string(lua: &Lua, rd: &mut &[u8], n: usize) -> Res<Value> {
+fn string(s: &Stack, rd: &mut &[u8], n: usize) -> Res<()> {
     let b = bytes(rd, n)?;
-    lua.create_string(b).map(Value::String).map_err(lua_err)
+    s.push_str(b).map_err(overflow)
 }
 
 fn deeper(depth: usize) -> Res<usize> {
@@ -123,32 +137,30 @@ fn deeper(depth: usize) -> Res<usize> {
     Ok(depth + 1)
 }
 
-fn array(lua: &Lua, rd: &mut &[u8], n: usize, depth: usize) -> Res<(Value, Option<usize>)> {
+fn array(s: &Stack, rd: &mut &[u8], n: usize, depth: usize) -> Res<Pushed> {
     let depth = deeper(depth)?;
     let n = count(rd, n, 1)?;
-    let t = lua.create_table_with_capacity(n, 0).map_err(lua_err)?;
+    let t = s.new_table(n, 0).map_err(overflow)?;
     for i in 1..=n {
-        let (v, _) = value(lua, rd, depth)?;
-        if !v.is_nil() {
-            t.raw_set(i, v).map_err(lua_err)?;
-        }
+        value(s, rd, depth)?;
+        s.set_item(&t, i);
     }
-    Ok((Value::Table(t), Some(n)))
+    Ok(Pushed::Array(n))
 }
 
-fn map(lua: &Lua, rd: &mut &[u8], n: usize, depth: usize) -> Res<Value> {
+fn map(s: &Stack, rd: &mut &[u8], n: usize, depth: usize) -> Res<()> {
     let depth = deeper(depth)?;
     let n = count(rd, n, 2)?;
-    let t = lua.create_table_with_capacity(0, n).map_err(lua_err)?;
+    let t = s.new_table(0, n).map_err(overflow)?;
     for _ in 0..n {
-        let (k, _) = value(lua, rd, depth)?;
-        let (v, _) = value(lua, rd, depth)?;
-        match k {
-            Value::Nil => return Err("MessagePack map key is nil".into()),
-            Value::Number(x) if x.is_nan() => return Err("MessagePack map key is NaN".into()),
-            _ => {}
-        }
-        t.raw_set(k, v).map_err(lua_err)?;
+        value(s, rd, depth)?;
+        value(s, rd, depth)?;
+        s.peek(2, |k| match k {
+            Val::Nil => Err("MessagePack map key is nil"),
+            Val::Num(x) if x.is_nan() => Err("MessagePack map key is NaN"),
+            _ => Ok(()),
+        })?;
+        s.set_pair(&t);
     }
-    Ok(Value::Table(t))
+    Ok(())
 }

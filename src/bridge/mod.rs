@@ -1,28 +1,40 @@
-//! The value bridge between Lua values and encoded bytes (mlua side of the seam).
+//! The value bridge between Lua values and encoded bytes (the Lua-module side of
+//! the seam).
 //!
-//! Lua API (all errors come back as `nil, message`, never as a raised mlua error,
-//! which nginx would log as "unknown reason"):
+//! Lua API (all errors come back as `nil, message`, never raised: nginx would
+//! log a raised error without its text, and a raise would longjmp through Rust):
 //! - `encode(index, value) -> bytes | nil, err`: the MessagePack bytes of `value`,
 //!   shaped for PDK method `index` of the method table.
 //! - `decode(index, bytes) -> value [, n] | nil, err`: the Lua value of one
 //!   MessagePack value; `n` is the element count when it is an array (Args
 //!   may hold nils, so `#t` cannot be trusted).
-//! - `methods() -> { [index] = { name = ..., terminal = true|nil } }` (index ≥ 1;
+//! - `methods() -> { [index] = { name = ..., terminal = true|nil, pb_in, pb_out } }` (index ≥ 1;
 //!   0 is the unknown method) and `method_index(name) -> index`.
+//! - `pb_encode`, `pb_decode`: the same for Protobuf messages (`protobuf/`).
 //!
+//! The functions are raw `lua_CFunction`s that read and build values on the Lua
+//! stack (`stack.rs`), not mlua callbacks: an mlua call costs ~80 ns before any
+//! work, one registry reference per value, and ends the caller's JIT trace.
 //! Only bytes and small integers cross from here to the C side.
 
 mod decode;
 mod encode;
+mod protobuf;
+mod stack;
+mod walk;
 
 #[cfg(test)]
 mod tests;
 
 use std::cell::RefCell;
+use std::ffi::c_int;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use mlua::ffi::lua_State;
 use mlua::{Lua, MultiValue, Result as LuaResult, Table, Value};
 
 use crate::codec::methods;
+use stack::{Stack, Val};
 
 pub use encode::MAX_DEPTH;
 
@@ -32,6 +44,22 @@ thread_local! {
     static OUT: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Runs `f` with the thread's reusable output buffer (cleared).
+fn with_out<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    OUT.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut out) => {
+            out.clear();
+            let r = f(&mut out);
+            if out.capacity() > 64 * 1024 {
+                *out = Vec::new();
+            }
+            r
+        }
+        // Re-entered (a metamethod called the bridge): use a buffer of its own.
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
 fn method(index: i64) -> Result<&'static methods::Method, String> {
     u16::try_from(index)
         .ok()
@@ -39,40 +67,10 @@ fn method(index: i64) -> Result<&'static methods::Method, String> {
         .ok_or_else(|| format!("unknown method index {index}"))
 }
 
-/// Encodes `value` for method `index`; the bytes are passed to `f`.
-pub fn encode_with<R>(index: i64, value: &Value, f: impl FnOnce(&[u8]) -> R) -> Result<R, String> {
-    let m = method(index)?;
-    OUT.with(|cell| {
-        let mut out = cell.borrow_mut();
-        out.clear();
-        encode::encode(&mut out, m.shape, value)?;
-        let r = f(&out);
-        if out.capacity() > 64 * 1024 {
-            *out = Vec::new();
-        }
-        Ok(r)
-    })
-}
-
-/// Decodes `bytes` for method `index` (the index selects Protobuf types later;
-/// MessagePack values carry their own types).
-pub fn decode_value(lua: &Lua, index: i64, bytes: &[u8]) -> Result<(Value, Option<usize>), String> {
-    method(index)?;
-    decode::decode(lua, bytes)
-}
-
-fn fail(lua: &Lua, msg: String) -> LuaResult<MultiValue> {
-    Ok(MultiValue::from_iter([
-        Value::Nil,
-        Value::String(lua.create_string(msg)?),
-    ]))
-}
-
 /// The method index argument; a wrong type is reported, not raised.
-fn arg_index(v: &Value) -> Result<i64, String> {
+fn arg_index(v: Val<'_>) -> Result<i64, String> {
     match v {
-        Value::Integer(i) => Ok(*i),
-        Value::Number(n) if n.fract() == 0.0 => Ok(*n as i64),
+        Val::Num(n) if n.fract() == 0.0 => Ok(n as i64),
         other => Err(format!(
             "method index must be an integer, got {}",
             other.type_name()
@@ -80,62 +78,184 @@ fn arg_index(v: &Value) -> Result<i64, String> {
     }
 }
 
-fn lua_encode(lua: &Lua, (index, value): (Value, Value)) -> LuaResult<MultiValue> {
-    let index = match arg_index(&index) {
-        Ok(i) => i,
-        Err(e) => return fail(lua, e),
-    };
-    match encode_with(index, &value, |b| lua.create_string(b)) {
-        Ok(s) => Ok(MultiValue::from_iter([Value::String(s?)])),
-        Err(e) => fail(lua, e),
+/// The bytes argument.
+fn arg_bytes(v: Val<'_>) -> Result<&[u8], String> {
+    match v {
+        Val::Str(b) => Ok(b),
+        other => Err(format!("bytes must be a string, got {}", other.type_name())),
     }
 }
 
-fn lua_decode(lua: &Lua, (index, bytes): (Value, Value)) -> LuaResult<MultiValue> {
-    let index = match arg_index(&index) {
-        Ok(i) => i,
-        Err(e) => return fail(lua, e),
-    };
-    let Value::String(bytes) = bytes else {
-        return fail(
-            lua,
-            format!("bytes must be a string, got {}", bytes.type_name()),
-        );
-    };
-    let b = bytes.as_bytes();
-    match decode_value(lua, index, &b) {
-        Ok((v, Some(n))) => Ok(MultiValue::from_iter([v, Value::Number(n as f64)])),
-        Ok((v, None)) => Ok(MultiValue::from_iter([v])),
-        Err(e) => fail(lua, e),
-    }
-}
-
-fn lua_methods(lua: &Lua, _: ()) -> LuaResult<Table> {
-    let all = lua.create_table_with_capacity(methods::METHODS.len(), 0)?;
-    for (i, m) in methods::METHODS.iter().enumerate().skip(1) {
-        let entry = lua.create_table()?;
-        entry.set("name", m.name)?;
-        if m.terminal {
-            entry.set("terminal", true)?;
+/// The body of every bridge function: runs `body` (which pushes its results and
+/// says how many) and turns an error into `nil, message` and a panic into
+/// `nil, "internal error ..."`, so nothing unwinds or raises into Lua.
+///
+/// # Safety
+/// `l` is the state that called the C function running this.
+unsafe fn entry(l: *mut lua_State, body: impl FnOnce(&Stack) -> Result<c_int, String>) -> c_int {
+    // SAFETY: caller.
+    let s = unsafe { Stack::new(l) };
+    let base = s.top();
+    let msg = match catch_unwind(AssertUnwindSafe(|| body(&s))) {
+        Ok(Ok(n)) => return n,
+        Ok(Err(msg)) => msg,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            format!("internal error in the value bridge: {what}")
         }
-        all.raw_set(i, entry)?;
+    };
+    s.set_top(base);
+    // A C function starts with LUA_MINSTACK free slots: room for two.
+    match s.push_nil().and_then(|()| s.push_str(msg.as_bytes())) {
+        Ok(()) => 2,
+        Err(_) => 0,
     }
-    Ok(all)
 }
 
-fn lua_method_index(_: &Lua, name: Value) -> LuaResult<i64> {
-    Ok(match name {
-        Value::String(s) => i64::from(methods::index_of(&s.as_bytes())),
-        _ => i64::from(methods::UNKNOWN),
-    })
+/// `encode(index, value)`.
+unsafe extern "C-unwind" fn lua_encode(l: *mut lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function.
+    unsafe {
+        entry(l, |s| {
+            let m = method(arg_index(s.arg(1))?)?;
+            with_out(|out| {
+                encode::encode(out, m.shape, s, s.arg(2))?;
+                s.push_str(out)?;
+                Ok(1)
+            })
+        })
+    }
+}
+
+/// `decode(index, bytes)`.
+unsafe extern "C-unwind" fn lua_decode(l: *mut lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function.
+    unsafe {
+        entry(l, |s| {
+            let index = arg_index(s.arg(1))?;
+            let bytes = arg_bytes(s.arg(2))?;
+            method(index)?;
+            match decode::decode(s, bytes)? {
+                Some(n) => {
+                    s.push_num(n as f64)?;
+                    Ok(2)
+                }
+                None => Ok(1),
+            }
+        })
+    }
+}
+
+/// `methods()`.
+unsafe extern "C-unwind" fn lua_methods(l: *mut lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function.
+    unsafe {
+        entry(l, |s| {
+            let all = s.new_table(methods::METHODS.len(), 0)?;
+            for (i, m) in methods::METHODS.iter().enumerate().skip(1) {
+                let entry = s.new_table(0, 4)?;
+                s.push_str(b"name")?;
+                s.push_str(m.name.as_bytes())?;
+                s.set_pair(&entry);
+                if m.terminal {
+                    s.push_str(b"terminal")?;
+                    s.push_bool(true)?;
+                    s.set_pair(&entry);
+                }
+                if let Some((input, output)) = m.pb {
+                    s.push_str(b"pb_in")?;
+                    s.push_str(format!("{input:?}").as_bytes())?;
+                    s.set_pair(&entry);
+                    s.push_str(b"pb_out")?;
+                    s.push_str(format!("{output:?}").as_bytes())?;
+                    s.set_pair(&entry);
+                }
+                s.set_item(&all, i);
+            }
+            Ok(1)
+        })
+    }
+}
+
+/// `method_index(name)`.
+unsafe extern "C-unwind" fn lua_method_index(l: *mut lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function.
+    unsafe {
+        entry(l, |s| {
+            let index = match s.arg(1) {
+                Val::Str(name) => methods::index_of(name),
+                _ => methods::UNKNOWN,
+            };
+            s.push_num(f64::from(index))?;
+            Ok(1)
+        })
+    }
 }
 
 /// Adds the bridge's functions to the module table.
 pub fn register(lua: &Lua, exports: &Table) -> LuaResult<()> {
-    exports.set("encode", lua.create_function(lua_encode)?)?;
-    exports.set("decode", lua.create_function(lua_decode)?)?;
-    exports.set("methods", lua.create_function(lua_methods)?)?;
-    exports.set("method_index", lua.create_function(lua_method_index)?)?;
-    exports.set("MAX_DEPTH", MAX_DEPTH)?;
-    Ok(())
+    let functions: [(&str, mlua::ffi::lua_CFunction); 6] = [
+        ("encode", lua_encode),
+        ("decode", lua_decode),
+        ("methods", lua_methods),
+        ("method_index", lua_method_index),
+        ("pb_encode", protobuf::lua_encode),
+        ("pb_decode", protobuf::lua_decode),
+    ];
+    for (name, f) in functions {
+        // SAFETY: each function keeps the contract of a lua_CFunction (it uses
+        // only its own stack through `Stack` and never raises).
+        exports.set(name, unsafe { lua.create_c_function(f)? })?;
+    }
+    exports.set("MAX_DEPTH", MAX_DEPTH)
+}
+
+/// A Lua value held by Rust code with the state it lives in.
+pub struct StateValue {
+    lua: Lua,
+    value: Value,
+}
+
+impl StateValue {
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+}
+
+/// Calls bridge function `f` from Rust; `nil, message` becomes `Err(message)`.
+fn call(lua: &Lua, f: mlua::ffi::lua_CFunction, args: (i64, Value)) -> Result<MultiValue, String> {
+    // SAFETY: `f` is one of this module's lua_CFunctions.
+    let f = unsafe { lua.create_c_function(f) }.map_err(|e| e.to_string())?;
+    let r: MultiValue = f.call(args).map_err(|e| e.to_string())?;
+    match (r.len(), r.front(), r.get(1)) {
+        (2, Some(Value::Nil), Some(Value::String(msg))) => Err(msg.to_string_lossy()),
+        _ => Ok(r),
+    }
+}
+
+/// `decode(index, bytes)` for Rust callers: the value and, for an array, its length.
+pub fn decode_value(
+    lua: &Lua,
+    index: i64,
+    bytes: &[u8],
+) -> Result<(StateValue, Option<usize>), String> {
+    let s = lua.create_string(bytes).map_err(|e| e.to_string())?;
+    let mut r = call(lua, lua_decode, (index, Value::String(s)))?.into_iter();
+    let value = r.next().unwrap_or(Value::Nil);
+    let n = r.next().and_then(|n| n.as_f64()).map(|n| n as usize);
+    let lua = lua.clone();
+    Ok((StateValue { lua, value }, n))
+}
+
+/// `encode(index, value)` for Rust callers; the bytes are passed to `f`.
+pub fn encode_with<R>(index: i64, v: &StateValue, f: impl FnOnce(&[u8]) -> R) -> Result<R, String> {
+    let r = call(&v.lua, lua_encode, (index, v.value.clone()))?;
+    match r.front() {
+        Some(Value::String(b)) => Ok(f(&b.as_bytes())),
+        other => Err(format!("encode returned {other:?}")),
+    }
 }

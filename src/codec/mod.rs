@@ -3,3 +3,4 @@
 
 pub mod methods;
 pub mod msgpack;
+pub mod protobuf;

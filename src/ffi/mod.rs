@@ -16,5 +16,6 @@ pub use errbuf::{
 // One file per object or area; each owned by its issue.
 mod config;
 mod msgpack;
+mod protobuf;
 mod query;
 mod supervisor;

@@ -55,6 +55,9 @@ pub enum Report {
         last_exit: Option<Exit>,
         /// Wall-clock start of the current process (seconds since the epoch).
         started_at: Option<f64>,
+        /// Wall-clock time of this state change (seconds since the epoch): when the
+        /// probe saw a server accept, for `ready` (outage measurements).
+        since: f64,
     },
     /// The supervisor has stopped every server and ended.
     Done,
@@ -196,6 +199,7 @@ impl Supervisor {
             restarts: s.restarts,
             last_exit: s.last_exit,
             started_at: s.started_wall,
+            since: wall_now(),
         });
     }
 
@@ -278,6 +282,14 @@ impl Supervisor {
             match self.servers[i].phase {
                 Phase::WaitOld { pid, deadline } => {
                     if !pid_alive(pid) {
+                        // Logged by this supervisor before its own "started" line, so the
+                        // hand-over order is visible even though the old worker logs
+                        // its "stopped" line from another process.
+                        let name = self.servers[i].def.name.clone();
+                        self.log(
+                            NGX_NOTICE,
+                            format!("[pluginserver] previous pluginserver '{name}', pid {pid}, has exited"),
+                        );
                         self.spawn(i);
                     } else if now >= deadline {
                         let name = self.servers[i].def.name.clone();

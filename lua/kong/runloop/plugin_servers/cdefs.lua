@@ -12,6 +12,9 @@ static const int MAX_DEPTH = 100;
 // Index of the "unknown method" entry.
 static const int UNKNOWN = 0;
 
+// Length of the little-endian frame prefix.
+static const int PREFIX = 4;
+
 // Longest unix socket path: `sun_path` holds 108 bytes including the NUL.
 static const int MAX_SOCKET_PATH = 107;
 
@@ -52,6 +55,24 @@ static const int KPS_MP_ERROR = 5;
 // A `serverPid` notification: `id` = the pid.
 static const int KPS_MP_SERVER_PID = 6;
 
+// `kps_pb_event.kind`: more bytes are needed.
+static const int KPS_PB_NONE = 0;
+
+// `kps_pb_event.kind`: an `InstanceStatus` arrived (`id` = instance id, `started_at`).
+static const int KPS_PB_STATUS = 1;
+
+// `kps_pb_event.kind`: a PDK call (`method`, `text` = name, `value` = encoded input); answer with `kps_pb_stream_reply`.
+static const int KPS_PB_CALL = 2;
+
+// `kps_pb_event.kind`: the event finished (end frame and `RpcReturn` received).
+static const int KPS_PB_DONE = 3;
+
+// `kps_pb_stream_closed`: no byte of the reply had arrived (retry allowed once).
+static const int KPS_PB_CLOSED_BEFORE_REPLY = 1;
+
+// `kps_pb_stream_closed`: part of the reply or event had arrived (a failure).
+static const int KPS_PB_CLOSED_LATER = 0;
+
 // Smallest delay used even if configured lower, so a crash loop stays cheap.
 static const int MIN_DELAY_MS = 10;
 
@@ -76,6 +97,12 @@ typedef struct kps_mp_session kps_mp_session;
 // Opaque: decoding/encoding state of one event on one connection.
 typedef struct kps_mp_stream kps_mp_stream;
 
+// Sequences of one plugin in one worker.
+typedef struct kps_pb_session kps_pb_session;
+
+// One request (an instance command or a whole event) on one connection.
+typedef struct kps_pb_stream kps_pb_stream;
+
 // One decoded message, as scalars and borrowed bytes.
 typedef struct {
   int32_t kind;
@@ -87,6 +114,25 @@ typedef struct {
   const uint8_t *text;
   size_t text_len;
 } kps_mp_event;
+
+// What `kps_pb_stream_poll` found, as scalars and borrowed bytes (the shape of
+// `kps_mp_event`, so that the Lua transports read both alike).
+typedef struct {
+  // One of `KPS_PB_NONE`, `KPS_PB_STATUS`, `KPS_PB_CALL`, `KPS_PB_DONE`.
+  int32_t kind;
+  // Call: index into the PDK method table, 0 for a name the Protobuf service lacks.
+  int32_t method;
+  // Status: the instance id.
+  int64_t id;
+  // Status: the instance's start time (seconds).
+  int64_t started_at;
+  // Call: the encoded input message (`value_len` 0 when the call has none).
+  const uint8_t *value;
+  size_t value_len;
+  // Call: the method name as sent.
+  const uint8_t *text;
+  size_t text_len;
+} kps_pb_event;
 
 // Returns the library version as a NUL-terminated static string.
 //
@@ -397,6 +443,242 @@ int32_t kps_mp_stream_poll(kps_mp_stream *stream,
                            uint8_t *errbuf,
                            size_t *errbuf_len);
 
+// Makes a session. `max_message_size` bounds every frame received or sent
+// (bytes). Release it with `kps_pb_session_free`.
+//
+// # Errors
+// Returns NULL when `max_message_size` is 0 or does not fit a frame's 32-bit length.
+//
+// # Panics
+// None (allocation failure aborts the process, as everywhere in Rust).
+//
+// # Safety
+// None: the returned pointer is owned by the caller until `kps_pb_session_free`.
+kps_pb_session *kps_pb_session_new(uint64_t max_message_size);
+
+// Releases a session; null is ignored.
+//
+// # Errors
+// None.
+//
+// # Panics
+// None.
+//
+// # Safety
+// `session` must be null or a pointer from `kps_pb_session_new` not yet freed.
+void kps_pb_session_free(kps_pb_session *session);
+
+// Makes a stream with the session's frame limit. Release it with `kps_pb_stream_free`.
+//
+// # Errors
+// Returns NULL when `session` is NULL.
+//
+// # Panics
+// None (allocation failure aborts the process).
+//
+// # Safety
+// `session` must be NULL or a live session handle. The stream does not keep it.
+kps_pb_stream *kps_pb_stream_new(const kps_pb_session *session);
+
+// Releases a stream; null is ignored. Pointers borrowed from it become invalid.
+//
+// # Errors
+// None.
+//
+// # Panics
+// None.
+//
+// # Safety
+// `stream` must be null or a pointer from `kps_pb_stream_new` not yet freed.
+void kps_pb_stream_free(kps_pb_stream *stream);
+
+// Starts the stream over for a fresh connection checkout; null is ignored.
+//
+// # Errors
+// None.
+//
+// # Panics
+// None.
+//
+// # Safety
+// `stream` must be null or a live pointer from `kps_pb_stream_new`.
+void kps_pb_stream_reset(kps_pb_stream *stream);
+
+// 1 when bytes beyond the reported messages are buffered, else 0 (also for
+// NULL). A connection goes back to the pool only after `KPS_PB_DONE` or
+// `KPS_PB_STATUS` with nothing unread.
+//
+// # Errors
+// None.
+//
+// # Panics
+// None.
+//
+// # Safety
+// `stream` must be null or a live pointer from `kps_pb_stream_new`.
+int32_t kps_pb_stream_has_unread(const kps_pb_stream *stream);
+
+// Builds `RpcCall{cmd_start_instance{name, config}}` (one frame) and points `out`
+// at it. `config` is the JSON text of the plugin configuration.
+//
+// # Errors
+// `KPS_ERR_ARGS` (-2) for a null pointer; `KPS_ERR_FAILED` (-1) when a request is
+// already pending on the stream, unread bytes remain, the stream failed, `name`
+// is not UTF-8 or the message exceeds `max_message_size`.
+//
+// # Panics
+// Never across the boundary: a panic becomes `KPS_ERR_PANIC` (-3) with a message.
+//
+// # Safety
+// `session`/`stream` from their `_new`; `name` valid for `name_len` bytes and
+// `config` for `config_len` bytes of reads; `out`/`out_len` valid for one write;
+// `errbuf` null or valid for `*errbuf_len` bytes, `errbuf_len` null or valid.
+// No other thread may use the handles during the call.
+int32_t kps_pb_stream_start_instance(kps_pb_session *session,
+                                     kps_pb_stream *stream,
+                                     const uint8_t *name,
+                                     size_t name_len,
+                                     const uint8_t *config,
+                                     size_t config_len,
+                                     const uint8_t **out,
+                                     size_t *out_len,
+                                     uint8_t *errbuf,
+                                     size_t *errbuf_len);
+
+// Builds `RpcCall{cmd_close_instance{instance_id}}` and points `out` at it.
+//
+// # Errors
+// As `kps_pb_stream_start_instance`.
+//
+// # Panics
+// Never across the boundary.
+//
+// # Safety
+// As `kps_pb_stream_start_instance`.
+int32_t kps_pb_stream_close_instance(kps_pb_session *session,
+                                     kps_pb_stream *stream,
+                                     int32_t instance_id,
+                                     const uint8_t **out,
+                                     size_t *out_len,
+                                     uint8_t *errbuf,
+                                     size_t *errbuf_len);
+
+// Builds `RpcCall{cmd_get_instance_status{instance_id}}` and points `out` at it.
+//
+// # Errors
+// As `kps_pb_stream_start_instance`.
+//
+// # Panics
+// Never across the boundary.
+//
+// # Safety
+// As `kps_pb_stream_start_instance`.
+int32_t kps_pb_stream_get_instance_status(kps_pb_session *session,
+                                          kps_pb_stream *stream,
+                                          int32_t instance_id,
+                                          const uint8_t **out,
+                                          size_t *out_len,
+                                          uint8_t *errbuf,
+                                          size_t *errbuf_len);
+
+// Builds `RpcCall{cmd_handle_event{instance_id, event_name}}` and points `out`
+// at it; the stream then expects PDK calls and the end of the event.
+//
+// # Errors
+// As `kps_pb_stream_start_instance` (`event` must be UTF-8).
+//
+// # Panics
+// Never across the boundary.
+//
+// # Safety
+// As `kps_pb_stream_start_instance`; `event` valid for `event_len` bytes of reads.
+int32_t kps_pb_stream_handle_event(kps_pb_session *session,
+                                   kps_pb_stream *stream,
+                                   int32_t instance_id,
+                                   const uint8_t *event,
+                                   size_t event_len,
+                                   const uint8_t **out,
+                                   size_t *out_len,
+                                   uint8_t *errbuf,
+                                   size_t *errbuf_len);
+
+// Frames the answer to the PDK call last reported (`value`: the encoded output
+// message, `value_len` 0 for "no value") and points `out` at the frame.
+//
+// # Errors
+// `KPS_ERR_ARGS` (-2) for a null pointer (`value` may be null when `value_len`
+// is 0); `KPS_ERR_FAILED` (-1) when no call waits for a reply, the stream
+// failed, or the value exceeds `max_message_size`.
+//
+// # Panics
+// Never across the boundary.
+//
+// # Safety
+// `stream` from `kps_pb_stream_new`; `value` valid for `value_len` bytes of
+// reads; `out`/`out_len` valid for one write; errbuf as above.
+int32_t kps_pb_stream_reply(kps_pb_stream *stream,
+                            const uint8_t *value,
+                            size_t value_len,
+                            const uint8_t **out,
+                            size_t *out_len,
+                            uint8_t *errbuf,
+                            size_t *errbuf_len);
+
+// Appends `len` received bytes to the stream.
+//
+// # Errors
+// `KPS_ERR_ARGS` (-2) for a null pointer; `KPS_ERR_FAILED` (-1) when the stream
+// failed earlier (the message repeats why).
+//
+// # Panics
+// Never across the boundary.
+//
+// # Safety
+// `stream` from `kps_pb_stream_new`; `bytes` valid for `len` bytes of reads;
+// errbuf as above. Pointers borrowed from the stream become invalid.
+int32_t kps_pb_stream_feed(kps_pb_stream *stream,
+                           const uint8_t *bytes,
+                           size_t len,
+                           uint8_t *errbuf,
+                           size_t *errbuf_len);
+
+// Reports the next complete event into `*ev` (`kind` `KPS_PB_NONE` when more
+// bytes are needed). Call pointers borrow the stream until its next call.
+//
+// # Errors
+// `KPS_ERR_ARGS` (-2) for a null pointer; `KPS_ERR_FAILED` (-1) for a protocol
+// error (an oversized frame, an undecodable or unexpected `RpcReturn`, a wrong
+// sequence, bytes with no request pending, a poll while a call waits for its
+// reply); the stream is then unusable until reset.
+//
+// # Panics
+// Never across the boundary.
+//
+// # Safety
+// `stream` from `kps_pb_stream_new`; `ev` valid for one write; errbuf as above.
+int32_t kps_pb_stream_poll(kps_pb_stream *stream,
+                           kps_pb_event *ev,
+                           uint8_t *errbuf,
+                           size_t *errbuf_len);
+
+// Tells the stream that the peer closed the connection. Returns
+// `KPS_PB_CLOSED_BEFORE_REPLY` (1) when no byte of the pending reply had arrived
+// (for an event: closed before the first callback frame, which go-pdk does for
+// an unknown instance; re-create the instance and retry once), else
+// `KPS_PB_CLOSED_LATER` (0); a description goes into `(msg, msg_len)`. The
+// stream is unusable until reset. Null `stream` returns `KPS_PB_CLOSED_LATER`.
+//
+// # Errors
+// None (the classification is the result).
+//
+// # Panics
+// None.
+//
+// # Safety
+// `stream` null or from `kps_pb_stream_new`; `msg` null or valid for `*msg_len`
+// bytes of writes, `msg_len` null or valid for reads and writes.
+int32_t kps_pb_stream_closed(kps_pb_stream *stream, uint8_t *msg, size_t *msg_len);
+
 // Runs every server's query command (in parallel, each bounded by its
 // `query_timeout`; no thread or process is left when it returns) and stores the
 // plugin infos in a new handle at `*out`: a JSON array of
@@ -500,7 +782,7 @@ uint64_t kps_supervisor_stop_bound_ms(void);
 
 // Takes the pending reports of the supervisor as a JSON array of objects:
 // `{"kind":"log","level":<ngx level>,"msg":...}`,
-// `{"kind":"state","name","state","pid","restarts","last_exit","started_at"}`,
+// `{"kind":"state","name","state","pid","restarts","last_exit","started_at","since"}`,
 // `{"kind":"done"}`. Writes the bytes to `*out`/`*out_len` (empty when there is
 // nothing) and returns the number of reports.
 //

@@ -13,6 +13,12 @@ local pdk = require "kong.runloop.plugin_servers.pdk"
 local counters = require "kong.runloop.plugin_servers.counters"
 local limiter = require "kong.runloop.plugin_servers.log_limiter"
 
+local state
+do
+  local ok, mod = pcall(require, "kong.runloop.plugin_servers.state")
+  state = ok and type(mod) == "table" and mod or nil
+end
+
 local ngx = ngx
 local log = ngx.log
 local ERR = ngx.ERR
@@ -52,7 +58,10 @@ local function reset_everywhere(self, why)
   self:reset_instances(why)
   local we = kong and kong.worker_events
   if we and we.post then
-    local ok, err = we.post("plugin_server", "reset_instances", { plugin_name = self.name })
+    -- `pid`: the poster has reset already; its own copy of the event must not
+    -- drop the instance it starts next.
+    local ok, err = we.post("plugin_server", "reset_instances",
+                            { plugin_name = self.name, pid = ngx.worker.pid() })
     if not ok then
       log(ERR, "[pluginserver] failed to post plugin_server reset_instances event: ", tostring(err))
     end
@@ -71,7 +80,7 @@ function _M.register_events()
   end
   we.register(function(data)
     local p = data and by_name[data.plugin_name]
-    if p then
+    if p and data.pid ~= ngx.worker.pid() then
       p:reset_instances()
     end
   end, "plugin_server", "reset_instances")
@@ -79,14 +88,36 @@ function _M.register_events()
   return true
 end
 
--- Instances are lost when the supervisor reports a new server pid.
-local function check_server_pid(self)
-  local socket = require "kong.runloop.plugin_servers.rpc.socket"
-  local pid = socket.server_pid(self.server_def)
-  if pid and self.known_pid and pid ~= self.known_pid then
-    self:reset_instances("server " .. self.server_def.name .. " restarted (pid " .. pid .. ")")
+-- Before an event: a managed server that is not ready (down, restarting) is
+-- waited for, up to ready_timeout (a wake-up in this worker, 10 ms dict polls
+-- across workers); a new server pid means this worker's instances are gone, so the
+-- first event after a restart starts the instance and the others wait for it
+-- (instances.lua). Returns true, or nil, err, cause.
+local function await_server(self)
+  local def = self.server_def
+  if not (state and def.start_command) then
+    return true
   end
-  self.known_pid = pid or self.known_pid
+  local e = state.get(def.name)
+  if not e then
+    -- no shared dict or no supervisor state: socket.lua polls the socket
+    return true
+  end
+  local pid = e.pid
+  if e.state ~= "ready" then
+    local err
+    pid, err = state.wait_ready(def.name, def.ready_timeout)
+    if not pid then
+      return nil, err, "connect"
+    end
+  end
+  if pid and pid ~= self.known_pid then
+    if self.known_pid then
+      self:reset_instances()
+    end
+    self.known_pid = pid
+  end
+  return true
 end
 
 -- Runs one event; returns true or nil, err, cause.
@@ -94,26 +125,46 @@ function Plugin:run_event(conf, phase, saved)
   if not events_registered then
     _M.register_events()
   end
-  check_server_pid(self)
   local server = self.server_def.name
   update_time()
   local started = now()
-  local ok, err, cause
-  for attempt = 1, 2 do
-    local id
-    id, err, cause = self.instances:get(conf)
-    if id then
-      local stats
-      ok, err, cause, stats = self.rpc:handle_event(id, phase, dispatch, saved)
-      if stats and stats.pdk_calls > 0 then
-        counters.incr(server, "pdk_calls", stats.pdk_calls)
+  local ok, err, cause = await_server(self)
+  if ok then
+    for attempt = 1, 2 do
+      local id
+      id, err, cause = self.instances:get(conf)
+      if id then
+        local stats
+        ok, err, cause, stats = self.rpc:handle_event(id, phase, dispatch, saved)
+        if stats and stats.pdk_calls > 0 then
+          counters.incr(server, "pdk_calls", stats.pdk_calls)
+        end
+      else
+        ok = nil
+      end
+      if ok or attempt == 2 then
+        break
+      end
+      if cause == "no_instance" then
+        counters.incr(server, "errors.no_instance")
+        reset_everywhere(self, err)
+      elseif cause == "restarted" then
+        -- The server restarted while this event waited for it: its instance id
+        -- is stale. The first request to see the new pid drops this worker's
+        -- instances; the others reuse the instance it starts.
+        local e = state and state.get(server)
+        local pid = e and e.pid
+        if pid ~= self.known_pid then
+          self:reset_instances()
+          self.known_pid = pid
+        end
+      else
+        break
       end
     end
-    if ok or cause ~= "no_instance" or attempt == 2 then
-      break
-    end
-    counters.incr(server, "errors.no_instance")
-    reset_everywhere(self, err)
+  end
+  if cause == "restarted" then
+    cause = "connect"
   end
   counters.incr(server, "events")
   update_time()
@@ -132,7 +183,8 @@ function Plugin:fail(phase, err, cause)
   if skip then
     counters.incr(def.name, "fail_open")
   end
-  limiter.log(def.name, cause, def.log_window, ERR, "[pluginserver] plugin ", self.name, " failed in ", phase,
+  limiter.log(def.name, cause, def.log_window, ERR, "[pluginserver] ", def.name, ": plugin ", self.name,
+              " failed in ", phase,
               " (", cause, "): ", tostring(err), skip and "; skipped (fail_open)" or "")
   if skip or phase == "log" then
     return
@@ -159,13 +211,25 @@ local function phase_handler(phase)
   end
 end
 
+-- Log events in flight in this worker. Each is a timer holding one of the
+-- worker's lua_max_running_timers (256 by default, shared with everything else:
+-- past it nginx drops timers, with an alert line each and the event never run,
+-- the supervisor's drain timer included). That happens when a server is slower
+-- than the request rate or while events wait for a restarting server, so past
+-- this many the log event fails at once, logged (rate-limited) and counted.
+local MAX_LOG_EVENTS = 128
+local log_events = 0
+
 local function log_timer(premature, self, conf, saved)
+  local ok, res, err, cause
   if premature then
-    return
+    ok, err, cause = true, "nginx is exiting", "connect"
+  else
+    -- kong.plugin.get_id() and the ctx overrides see the request's ctx.
+    ngx.ctx = saved.ngx_ctx
+    ok, res, err, cause = pcall(self.run_event, self, conf, "log", saved)
   end
-  -- kong.plugin.get_id() and the ctx overrides see the request's ctx.
-  ngx.ctx = saved.ngx_ctx
-  local ok, res, err, cause = pcall(self.run_event, self, conf, "log", saved)
+  log_events = log_events - 1
   if ok and res then
     return
   end
@@ -176,6 +240,10 @@ local function log_timer(premature, self, conf, saved)
 end
 
 local function log_handler(self, conf)
+  if log_events >= MAX_LOG_EVENTS then
+    return self:fail("log", MAX_LOG_EVENTS .. " log events already in flight in this worker (pluginserver '"
+      .. self.server_def.name .. "' slower than the requests, or not ready)", "timeout")
+  end
   local ok, saved = pcall(pdk.save_request, self.name)
   if not ok then
     return self:fail("log", "cannot save the request data: " .. tostring(saved), "protocol")
@@ -184,6 +252,7 @@ local function log_handler(self, conf)
   if not tok then
     return self:fail("log", "cannot start the log timer: " .. tostring(terr), "protocol")
   end
+  log_events = log_events + 1
 end
 
 -- The plugin object for `info` (see INTERFACES.md "Plugin info record"), or nil, err.

@@ -159,6 +159,7 @@ local function drain()
         restarts = r.restarts,
         last_exit = denull(r.last_exit),
         started_at = denull(r.started_at),
+        since = denull(r.since),
       }, my_pid)
     elseif kind == "done" then
       finished = true

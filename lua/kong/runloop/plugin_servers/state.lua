@@ -2,7 +2,9 @@
 -- `kong_plugin_servers`, readable from every worker.
 --
 -- Owns the keys `ps:owner` (pid of the worker whose supervisor writes the state)
--- and `ps:srv:<name>` (JSON: state, pid, restarts, last_exit, started_at). Written
+-- `ps:refused:<name>` (a pid that refused a connection, see refused()) and
+-- `ps:srv:<name>` (JSON: state, pid, restarts, last_exit, started_at, since:
+-- the supervisor's wall-clock time of the last state change). Written
 -- by worker 0's drain timer (process.lua); read by status() and by the RPC code
 -- through wait_ready().
 
@@ -23,6 +25,11 @@ local update_time = ngx.update_time
 local DICT = "kong_plugin_servers"
 local OWNER_KEY = "ps:owner"
 local SERVER_KEY = "ps:srv:"
+local REFUSED_KEY = "ps:refused:"
+-- How long a refused pid counts as down without the supervisor saying so
+-- (seconds): the supervisor reports an exit within a few ms; if the process lives
+-- on without listening, requests probe it again this often.
+local REFUSED_TTL = 0.2
 -- A waiting request looks at the dict at least this often (seconds).
 local POLL = 0.01
 
@@ -82,7 +89,9 @@ local function denull(v)
   return v
 end
 
--- The entry of one server: { state, pid, restarts, last_exit, started_at } or nil.
+local cached_raw, cached_entry = {}, {}
+
+-- The entry of one server: { state, pid, restarts, last_exit, started_at, since } or nil.
 function _M.get(name)
   local d = dict()
   if not d then
@@ -92,6 +101,11 @@ function _M.get(name)
   if not raw then
     return nil
   end
+  -- Read on every event: decode only when the entry changed (strings are
+  -- interned, so the comparison is cheap). Callers must not modify the entry.
+  if raw == cached_raw[name] then
+    return cached_entry[name]
+  end
   local e = cjson.decode(raw)
   if type(e) ~= "table" then
     return nil
@@ -99,6 +113,8 @@ function _M.get(name)
   e.pid = denull(e.pid)
   e.last_exit = denull(e.last_exit)
   e.started_at = denull(e.started_at)
+  e.since = denull(e.since)
+  cached_raw[name], cached_entry[name] = raw, e
   return e
 end
 
@@ -143,6 +159,7 @@ function _M.set(name, entry, owner)
     restarts = entry.restarts or 0,
     last_exit = entry.last_exit,
     started_at = entry.started_at,
+    since = entry.since,
   }))
   wake(name)
   return ok, err
@@ -172,6 +189,23 @@ function _M.status(defs)
   return list
 end
 
+-- A request found the socket of `name` refusing connections while the state said
+-- `pid` was ready: the process died and the supervisor has not reported it yet.
+-- Until it does (or REFUSED_TTL passes), wait_ready treats that pid as not ready,
+-- so other requests wait instead of connecting (nginx logs each failed connect).
+function _M.refused(name, pid)
+  local d = dict()
+  if d and pid then
+    d:set(REFUSED_KEY .. name, pid, REFUSED_TTL)
+  end
+end
+
+-- Whether `pid` of `name` refused a connection in the last REFUSED_TTL.
+function _M.is_refused(name, pid)
+  local d = dict()
+  return d ~= nil and pid ~= nil and d:get(REFUSED_KEY .. name) == pid
+end
+
 local function sleep(sema, seconds)
   if sema then
     local ok = pcall(sema.wait, sema, seconds)
@@ -195,7 +229,10 @@ function _M.wait_ready(name, timeout_ms)
     local e = _M.get(name)
     local state = e and e.state
     if state == "ready" then
-      return e.pid
+      if not _M.is_refused(name, e.pid) then
+        return e.pid
+      end
+      state = "ready, refusing connections"
     elseif state == "external" then
       return 0
     elseif state == nil then
@@ -206,7 +243,7 @@ function _M.wait_ready(name, timeout_ms)
     update_time()
     local left = deadline - ngx_now()
     if left <= 0 then
-      return nil, "pluginserver '" .. name .. "' not ready after " .. tostring(timeout_ms)
+      return nil, "pluginserver '" .. name .. "' not ready after " .. floor((timeout_ms or 0) + 0.5)
         .. " ms (state " .. state .. ")"
     end
     sleep(semaphore(name), min(POLL, left))
@@ -218,6 +255,7 @@ function _M.keys(names)
   local keys = { OWNER_KEY }
   for _, name in pairs(names) do
     keys[#keys + 1] = SERVER_KEY .. name
+    keys[#keys + 1] = REFUSED_KEY .. name
   end
   return keys
 end

@@ -29,6 +29,8 @@ do
 end
 
 local generation = {}
+-- The server pid each connection was made to (managed servers).
+local pid_of = setmetatable({}, { __mode = "k" })
 
 -- The server pid the supervisor reports (managed servers), if any.
 function _M.server_pid(def)
@@ -39,8 +41,8 @@ function _M.server_pid(def)
   return nil
 end
 
-local function pool_name(def)
-  return "kps:" .. def.socket .. ":" .. tostring(_M.server_pid(def) or 0) .. ":" .. (generation[def.socket] or 0)
+local function pool_name(def, pid)
+  return "kps:" .. def.socket .. ":" .. tostring(pid or 0) .. ":" .. (generation[def.socket] or 0)
 end
 
 -- A pooled connection was dead: later checkouts use a new, empty pool.
@@ -49,6 +51,9 @@ function _M.discard_pool(def)
 end
 
 local function not_listening(err)
+  if not err then
+    return false
+  end
   err = lower(tostring(err))
   return find(err, "no such file", 1, true) or find(err, "connection refused", 1, true)
 end
@@ -61,48 +66,118 @@ function _M.cause(err)
   return "connect"
 end
 
-local function try_connect(def)
+local function try_connect(def, pid)
   local sock = tcp()
   sock:settimeouts(def.connect_timeout, def.send_timeout, def.read_timeout)
-  local ok, err = sock:connect("unix:" .. def.socket, { pool = pool_name(def), pool_size = POOL_SIZE })
+  local ok, err = sock:connect("unix:" .. def.socket, { pool = pool_name(def, pid), pool_size = POOL_SIZE })
   if not ok then
     return nil, err
   end
   return sock
 end
 
--- A connected cosocket and whether it came from the pool, or nil, err, cause.
--- A managed server that is not listening is waited for up to ready_timeout.
-function _M.connect(def)
-  local sock, err = try_connect(def)
+local function connect_error(def, err)
+  return nil, "cannot connect to " .. def.socket .. ": " .. tostring(err), "connect"
+end
+
+-- Without the shared dict (no supervisor state): retry a server that is not
+-- listening every 10 ms up to ready_timeout (INTERFACES.md "Shared state").
+local function connect_polling(def)
+  local sock, err = try_connect(def, nil)
   if not sock and def.start_command and not_listening(err) then
-    -- Not ready (starting, or restarting after a crash the supervisor may not
-    -- have seen yet): retry until ready_timeout, woken by the supervisor's state
-    -- when there is one.
-    local use_state = state and state.dict()
     update_time()
     local deadline = now() + def.ready_timeout / 1000
-    while not sock and not_listening(err) do
-      local left = deadline - now()
-      if left <= 0 then
-        break
-      end
-      if use_state then
-        local ok, pid, werr = pcall(state.wait_ready, def.name, left * 1000)
-        if ok and not pid then
-          err = tostring(err) .. " (" .. tostring(werr) .. ")"
-          break
-        end
-      end
+    while not sock and not_listening(err) and now() < deadline do
       sleep(READY_STEP)
       update_time()
-      sock, err = try_connect(def)
+      sock, err = try_connect(def, nil)
     end
   end
   if not sock then
-    return nil, "cannot connect to " .. def.socket .. ": " .. tostring(err), "connect"
+    return connect_error(def, err)
   end
   return sock, (sock:getreusedtimes() or 0) > 0
+end
+
+-- A connected cosocket and whether it came from the pool, or nil, err, cause.
+--
+-- A managed server is connected to only when the supervisor reports it ready, so
+-- that nothing probes a socket that is not there (nginx logs every failed connect
+-- itself, at crit for a missing file). Until then the request waits, up to
+-- ready_timeout, woken when the state changes (state.wait_ready). A refused
+-- connect means the server died and the supervisor has not reported it yet: the
+-- pid is marked (state.refused) so that the other requests wait instead of
+-- connecting too.
+--
+-- Cause "restarted": the server got a new pid while this request waited, so the
+-- caller's instance ids are stale (plugin.lua drops them and retries the event).
+function _M.connect(def)
+  if not def.start_command then
+    local sock, err = try_connect(def, nil)
+    if not sock then
+      return connect_error(def, err)
+    end
+    return sock, (sock:getreusedtimes() or 0) > 0
+  end
+  if not (state and state.dict()) then
+    return connect_polling(def)
+  end
+  local entry = state.get(def.name)
+  if not entry then
+    -- not supervised here (no state yet): connect and poll as without the dict
+    return connect_polling(def)
+  end
+  -- the pid this request's caller knows as ready (nil: none)
+  local entry_pid = entry.state == "ready" and not state.is_refused(def.name, entry.pid) and entry.pid or nil
+  local pid, deadline = entry_pid, nil
+  local sock, err
+  while true do
+    if not pid then
+      update_time()
+      deadline = deadline or now() + def.ready_timeout / 1000
+      local left = deadline - now()
+      if left <= 0 then
+        return connect_error(def, tostring(err or "not ready") .. " (pluginserver '" .. def.name
+          .. "' not ready after " .. def.ready_timeout .. " ms)")
+      end
+      local werr
+      pid, werr = state.wait_ready(def.name, left * 1000)
+      if not pid then
+        return connect_error(def, werr)
+      end
+    end
+    sock, err = try_connect(def, pid)
+    if sock then
+      pid_of[sock] = pid
+      break
+    end
+    if not not_listening(err) then
+      return connect_error(def, err)
+    end
+    state.refused(def.name, pid)
+    pid = nil
+  end
+  if pid ~= entry_pid then
+    -- A fresh connection to the new server: good for the pool, not for this event.
+    _M.release(sock)
+    return nil, "pluginserver '" .. def.name .. "' restarted (pid " .. tostring(entry_pid or "-") .. " -> "
+      .. tostring(pid) .. ")", "restarted"
+  end
+  return sock, (sock:getreusedtimes() or 0) > 0
+end
+
+-- A send or read on `sock` failed with `err`. A reset or a broken pipe means the
+-- server process died (SIGKILL, crash): its pid is marked like a refused connect,
+-- so that other requests wait for the supervisor's restart instead of connecting
+-- to the dying process (each failure is an error line of nginx's own).
+function _M.peer_failed(def, sock, err)
+  local pid = pid_of[sock]
+  if pid and state and def.start_command then
+    err = lower(tostring(err))
+    if find(err, "reset by peer", 1, true) or find(err, "broken pipe", 1, true) then
+      state.refused(def.name, pid)
+    end
+  end
 end
 
 -- Back to the pool after a clean finish.

@@ -1,0 +1,242 @@
+-- External Protobuf plugins end to end: real nginx (spec/helpers/nginx.lua), the
+-- Kong-like host, and the real go-pdk servers (go-hello), beside a real Python
+-- server (kong-pdk from PyPI). Kong's go-hello behaviour, and the fault rules:
+-- a server killed mid-event, a frame over the limit, a lost instance (re-created
+-- once), a connection closed after the first callback (a failure).
+local nginx = require "spec.helpers.nginx"
+local fixtures = require "spec.helpers.fixtures"
+local procs = require "spec.helpers.procs"
+
+for _, name in ipairs { "go-hello", "py-hello" } do
+  local ok, why = fixtures.available(name)
+  if not ok then
+    error(why)
+  end
+end
+
+-- io.open cannot open a unix socket: ask test(1).
+local function is_socket(path)
+  local ok = os.execute("test -S '" .. path .. "'")
+  return ok == true or ok == 0
+end
+
+-- Small timings for a server (specs never wait for a default).
+local function timings(settings, name, extra)
+  local k = "pluginserver_" .. name:gsub("-", "_")
+  settings[k .. "_connect_timeout"] = "500"
+  settings[k .. "_read_timeout"] = "2000"
+  settings[k .. "_ready_timeout"] = "5000"
+  settings[k .. "_respawn_delay"] = "100"
+  settings[k .. "_log_window"] = "200"
+  for key, v in pairs(extra or {}) do
+    settings[k .. "_" .. key] = v
+  end
+  return settings
+end
+
+local function status_of(h, name)
+  local list = assert(h:eval_json([[return require("kong.runloop.plugin_servers").status()]]))
+  for _, s in ipairs(list) do
+    if s.name == name then
+      return s
+    end
+  end
+end
+
+local function wait_ready(h, name)
+  return nginx.wait_until(function()
+    local s = status_of(h, name)
+    return s and (s.state == "ready" or s.state == "external") and s
+  end, 10)
+end
+
+local HOST = "example.test"
+
+describe("Protobuf plugins (go-pdk)", function()
+  local h
+
+  after_each(function()
+    if h then
+      h:stop()
+      h = nil
+    end
+  end)
+
+  local function start(names, extra, plugins)
+    local prefix = nginx.make_prefix()
+    local settings = fixtures.settings(names, prefix)
+    for _, name in ipairs(names) do
+      timings(settings, name, extra and extra[name])
+    end
+    if not plugins then
+      plugins = {}
+      for i, name in ipairs(names) do
+        plugins[i] = { name = name, config = { message = "Kong!" } }
+      end
+    end
+    h = assert(nginx.start { prefix = prefix, workers = 1, log_level = "debug",
+                             configuration = settings, plugins = plugins })
+    for _, name in ipairs(names) do
+      assert(wait_ready(h, name), name .. " not ready")
+    end
+    return h
+  end
+
+  it("runs go-hello like Kong: access, response and log phases", function()
+    start { "go-hello" }
+    local res = assert(h:request { path = "/hello", headers = { host = HOST, ["x-loose-data"] = "this" } })
+    assert.equal(200, res.status)
+    assert.equal("Go says Kong! to " .. HOST, res.headers["x-hello-from-go"])
+    assert.equal("got from server 'mock-upstream/1.0.0'", res.headers["x-hello-from-go-at-response"])
+    assert(h:wait_log("serialized:{", 5))
+    assert.equal(1, h:count_log("access_start: %d+"))
+    assert.equal(1, h:count_log("shared_msg: Kong!"))
+    assert.equal(1, h:count_log("request_header: this"))
+    assert.equal(1, h:count_log("response_header: mock_upstream"))
+    local serialized = assert(h:log_lines("serialized:{")[1])
+    assert.matches('"uri":"\\/hello"', serialized, 1, true)
+    -- the access phase's shared value is the one the log phase read
+    assert.same({}, h:log_lines("%[error%]"))
+    local s = status_of(h, "go-hello")
+    assert.equal(3, s.counters.events)
+    assert.equal(1, s.counters.instance_starts)
+    assert.equal(0, s.counters.errors.protocol + s.counters.errors.connect + s.counters.errors.timeout)
+  end)
+
+  it("runs go-hello and py-hello on the same request", function()
+    start { "go-hello", "py-hello" }
+    for _ = 1, 3 do
+      local res = assert(h:request { path = "/", headers = { host = HOST } })
+      assert.equal(200, res.status)
+      assert.equal("Go says Kong! to " .. HOST, res.headers["x-hello-from-go"])
+      assert.equal("Python says Kong! to " .. HOST, res.headers["x-hello-from-python"])
+      assert.equal("got from server 'mock-upstream/1.0.0'", res.headers["x-hello-from-go-at-response"])
+    end
+    -- one instance each for all requests
+    assert.equal(1, status_of(h, "go-hello").counters.instance_starts)
+    assert.equal(1, status_of(h, "py-hello").counters.instance_starts)
+  end)
+
+  it("fails the request with 500 within the read timeout when the server is killed mid-event", function()
+    start { "go-hello" }
+    local pid = assert(wait_ready(h, "go-hello")).pid
+    -- The PDK function go-hello calls first kills its server, then answers.
+    assert(h:eval(([[
+      local pdk = require "kong.runloop.plugin_servers.pdk"
+      local orig = kong.request.get_header
+      kong.request.get_header = function(name)
+        if ngx.var.http_x_kill == "1" then
+          os.execute("kill -9 %d")
+          ngx.sleep(0.2)
+        end
+        return orig(name)
+      end
+      pdk.clear_cache()
+      return "ok"
+    ]]):format(pid)))
+    local t0 = nginx.now()
+    local res = assert(h:request { path = "/", headers = { host = HOST, ["x-kill"] = "1" } })
+    assert.equal(500, res.status)
+    assert.matches("An unexpected error occurred", res.body, 1, true)
+    assert.is_true(nginx.now() - t0 < 2.0)
+    -- closed after the first callback: a failure, not a re-created instance
+    local line = assert(h:wait_log("plugin go%-hello failed in access %(connect%)", 2))
+    assert.is_truthy(line:find("during the event", 1, true) or line:find("broken pipe", 1, true))
+    assert.equal(0, h:count_log("dropping instances of go%-hello: .*access"))
+    assert.is_false(procs.alive(pid))
+    -- the supervisor brings the server back and requests pass again
+    assert(nginx.wait_until(function()
+      local s = status_of(h, "go-hello")
+      return s.state == "ready" and s.pid ~= pid
+    end, 10))
+    res = assert(h:request { path = "/", headers = { host = HOST } })
+    assert.equal(200, res.status)
+    assert.equal("Go says Kong! to " .. HOST, res.headers["x-hello-from-go"])
+  end)
+
+  it("refuses a frame longer than max_message_size", function()
+    start({ "go-hello" }, { ["go-hello"] = { max_message_size = "200" } })
+    local res = assert(h:request { path = "/", headers = { host = string.rep("h", 300) } })
+    assert.equal(500, res.status)
+    assert(h:wait_log("plugin go%-hello failed in access %(protocol%).*exceeds max_message_size %(200%)", 2))
+    res = assert(h:request { path = "/", headers = { host = HOST } })
+    assert.equal(200, res.status)
+  end)
+
+  it("re-creates an instance the server lost and retries the event once", function()
+    -- An external server (no supervisor pid to watch): restarted behind our back,
+    -- it no longer knows the instance and closes the connection instead of answering.
+    local prefix = nginx.make_prefix()
+    local settings = timings(fixtures.settings({ "go-hello" }, prefix), "go-hello")
+    local start_cmd = settings.pluginserver_go_hello_start_cmd
+    settings.pluginserver_go_hello_start_cmd = nil
+    local sock = settings.pluginserver_go_hello_socket
+    local function spawn()
+      os.remove(sock)
+      local p = assert(io.popen("echo $$; exec " .. start_cmd .. " >>" .. prefix .. "/logs/go.log 2>&1"))
+      local pid = tonumber(p:read("*l"))
+      assert(nginx.wait_until(function() return is_socket(sock) end, 10))
+      return { pid = pid, handle = p }
+    end
+    local server = spawn()
+    local ok, err = pcall(function()
+      local serr
+      h, serr = nginx.start { prefix = prefix, workers = 1, log_level = "info", configuration = settings,
+                              plugins = { { name = "go-hello", config = { message = "Kong!" } } } }
+      assert(h, serr)
+      local res = assert(h:request { path = "/", headers = { host = HOST } })
+      assert.equal(200, res.status)
+      -- the log timer's event too, before the server goes
+      assert(nginx.wait_until(function() return status_of(h, "go-hello").counters.events == 3 end, 5))
+      procs.kill(server.pid, "KILL")
+      server.handle:close()
+      server = spawn()
+      res = assert(h:request { path = "/", headers = { host = HOST } })
+      assert.equal(200, res.status)
+      assert.equal("Go says Kong! to " .. HOST, res.headers["x-hello-from-go"])
+      assert(nginx.wait_until(function() return status_of(h, "go-hello").counters.events == 6 end, 5))
+      local s = status_of(h, "go-hello")
+      assert.equal(1, s.counters.errors.no_instance)
+      assert.equal(2, s.counters.instance_starts)
+      assert(h:wait_log("dropping instances of go%-hello: .*before any reply to HandleEvent", 1))
+      -- the server logged the unknown instance it was asked about
+      local f = assert(io.open(prefix .. "/logs/go.log"))
+      local text = f:read("*a")
+      f:close()
+      assert.matches("no plugin instance", text, 1, true)
+    end)
+    procs.kill(server.pid, "KILL")
+    server.handle:close()
+    assert(ok, err)
+  end)
+
+  it("fails after one retry when every connection closes before the first callback", function()
+    start { "go-hello" }
+    local res = assert(h:request { path = "/", headers = { host = HOST } })
+    assert.equal(200, res.status)
+    -- every instance id the worker holds is unknown to the server, including the
+    -- one StartInstance returns: both attempts are closed before any callback.
+    assert(h:eval([[
+      local plugin = select(2, require("kong.runloop.plugin_servers").load_plugin("go-hello"))
+      local rpc = plugin.rpc
+      local start = rpc.start_instance
+      rpc.start_instance = function(self, conf)
+        local id, err, cause = start(self, conf)
+        if id then id = id + 1000000 end
+        return id, err, cause
+      end
+      plugin.instances:reset()
+      return "ok"
+    ]]))
+    res = assert(h:request { path = "/", headers = { host = HOST } })
+    assert.equal(500, res.status)
+    assert(h:wait_log("plugin go%-hello failed in access %(no_instance%)", 2))
+    -- Starts: the first request's; access: one, then one for its retry; the log
+    -- timer reuses that one, loses it and starts one for its retry (its error line
+    -- falls in the rate limiter's window). One retry per event, never more.
+    assert(nginx.wait_until(function()
+      local s = status_of(h, "go-hello")
+      return s.counters.instance_starts == 4 and s.counters.errors.no_instance == 2
+    end, 5), "instance_starts/no_instance: " .. require("cjson").encode(status_of(h, "go-hello").counters))
+  end)
+end)

@@ -1,0 +1,159 @@
+-- Outage handling in state.lua and rpc/socket.lua over stand-ins (fake clock, fake
+-- dict, scripted cosockets): a managed server is connected to only when the state
+-- says ready; a refused pid makes requests wait for the supervisor; a pid change
+-- while waiting is reported as "restarted".
+local stub = require "spec.helpers.ngx_stub"
+
+local function fake_dict()
+  local data = {}
+  return {
+    get = function(_, k) return data[k] end,
+    set = function(_, k, v) data[k] = v return true end,
+    data = data,
+  }
+end
+
+local STATE = "kong.runloop.plugin_servers.state"
+local SOCKET = "kong.runloop.plugin_servers.rpc.socket"
+
+-- Loads state.lua and socket.lua over a stand-in ngx. `on_sleep(clock)` runs at
+-- every sleep (the supervisor's changes happen there); `connects` records every
+-- connect attempt; `answer(pool)` scripts its result.
+local function setup(answer, on_sleep)
+  local ngx = stub.new()
+  local clock = 1000
+  ngx.now = function() return clock end
+  ngx.update_time = function() end
+  ngx.sleep = function(s)
+    clock = clock + s
+    if on_sleep then
+      on_sleep(clock)
+    end
+  end
+  ngx.shared.kong_plugin_servers = fake_dict()
+  local connects = {}
+  ngx.socket = {
+    tcp = function()
+      local sock = {}
+      function sock.settimeouts() end
+      function sock.connect(_, addr, opts)
+        connects[#connects + 1] = opts.pool
+        return answer(opts.pool, addr)
+      end
+      function sock.getreusedtimes() return 0 end
+      function sock.setkeepalive() return true end
+      function sock.close() end
+      return sock
+    end,
+  }
+  _G.ngx = ngx
+  package.loaded[STATE] = nil
+  package.loaded[SOCKET] = nil
+  package.loaded["ngx.semaphore"] = false
+  local state = require(STATE)
+  local socket = require(SOCKET)
+  return state, socket, connects
+end
+
+local DEF = {
+  name = "py", socket = "/tmp/py.socket", start_command = "/bin/py",
+  connect_timeout = 100, send_timeout = 100, read_timeout = 100, ready_timeout = 500,
+}
+
+describe("outage handling", function()
+  local saved_ngx = _G.ngx
+  after_each(function()
+    _G.ngx = saved_ngx
+    package.loaded[STATE] = nil
+    package.loaded[SOCKET] = nil
+    package.loaded["ngx.semaphore"] = nil
+  end)
+
+  it("does not connect while the server is not ready, then connects to the new pid", function()
+    local state
+    local sleeps = 0
+    local st, socket, connects = setup(function() return true end, function()
+      sleeps = sleeps + 1
+      if sleeps == 3 then
+        state.set("py", { state = "starting", pid = 8 })
+      elseif sleeps == 6 then
+        state.set("py", { state = "ready", pid = 8 })
+      end
+    end)
+    state = st
+    state.set("py", { state = "backoff" })
+    local sock, err, cause = socket.connect(DEF)
+    -- waited for readiness: the caller's instances (if any) belong to no live server
+    assert.is_nil(sock)
+    assert.equal("restarted", cause)
+    assert.matches("pluginserver 'py' restarted %(pid %- %-> 8%)", err)
+    -- exactly one connect, made once the state said ready, in pid 8's pool
+    assert.same({ "kps:/tmp/py.socket:8:0" }, connects)
+    -- the next request connects at once
+    sock, err = socket.connect(DEF)
+    assert.is_truthy(sock, err)
+    assert.equal(2, #connects)
+  end)
+
+  it("marks a refused pid so that requests wait for the supervisor instead of connecting", function()
+    local state
+    local sleeps = 0
+    local st, socket, connects = setup(function(pool)
+      if pool:find(":7:", 1, true) then
+        return nil, "connection refused"
+      end
+      return true
+    end, function()
+      sleeps = sleeps + 1
+      if sleeps == 5 then
+        state.set("py", { state = "ready", pid = 9 })
+      end
+    end)
+    state = st
+    state.set("py", { state = "ready", pid = 7 })
+    local _, err, cause = socket.connect(DEF)
+    assert.equal("restarted", cause)
+    assert.matches("pid 7 %-> 9", err)
+    -- one refused attempt on pid 7, then none until the new pid was ready
+    assert.same({ "kps:/tmp/py.socket:7:0", "kps:/tmp/py.socket:9:0" }, connects)
+    assert.is_true(state.is_refused("py", 7))
+    assert.is_false(state.is_refused("py", 9))
+  end)
+
+  it("gives up after ready_timeout with a message naming the server and its state", function()
+    local st, socket, connects = setup(function() return nil, "connection refused" end)
+    st.set("py", { state = "ready", pid = 7 })
+    local sock, err, cause = socket.connect(DEF)
+    assert.is_nil(sock)
+    assert.equal("connect", cause)
+    assert.matches("cannot connect to /tmp/py.socket: .*pluginserver 'py' not ready after %d+ ms "
+      .. "%(state ready, refusing connections%)", err)
+    -- the refused pid was not connected to again while it stayed marked
+    assert.equal(1, #connects)
+  end)
+
+  it("a reset or broken pipe marks the connection's pid; a clean close does not", function()
+    local st, socket = setup(function() return true end)
+    st.set("py", { state = "ready", pid = 7 })
+    local sock = assert(socket.connect(DEF))
+    socket.peer_failed(DEF, sock, "closed")
+    assert.is_false(st.is_refused("py", 7))
+    socket.peer_failed(DEF, sock, "connection reset by peer")
+    assert.is_true(st.is_refused("py", 7))
+    local pid, err = st.wait_ready("py", 0)
+    assert.is_nil(pid)
+    assert.matches("refusing connections", err)
+  end)
+
+  it("state.get decodes again only when the entry changed", function()
+    local st = setup(function() return true end)
+    st.set("py", { state = "ready", pid = 7 })
+    local a = st.get("py")
+    assert.equal(a, st.get("py"))
+    st.set("py", { state = "ready", pid = 8, since = 1234.5 })
+    local b = st.get("py")
+    assert.not_equal(a, b)
+    assert.equal(8, b.pid)
+    assert.equal(1234.5, b.since)
+  end)
+end)

@@ -1,0 +1,264 @@
+-- rpc/pb_rpc.lua over the real engine and bridge (the built .so), talking to a fake
+-- cosocket that replays the conversation recorded from a real go-hello (go-pdk
+-- v0.11.2, tests/vectors/protobuf_conversation.txt) in small chunks, plus the
+-- failure rules: lost instances, pooled connections, unknown methods, limits.
+
+local function unhex(s)
+  return (s:gsub("..", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+-- The recording: per section, the bytes of each send and what was read after it.
+local conv = {}
+do
+  local section
+  for line in io.lines("tests/vectors/protobuf_conversation.txt") do
+    local label = line:match("^@ (%S+)")
+    local kind, rest = line:match("^(%a+) (%S+)")
+    if label then
+      section = { sends = {}, turns = {} }
+      conv[label] = section
+    elseif kind == "send" then
+      section.sends[#section.sends + 1] = unhex(rest)
+      section.turns[#section.turns + 1] = { reply = "" }
+    elseif kind == "recv" then
+      local t = section.turns[#section.turns]
+      t.reply = t.reply .. unhex(rest)
+    end
+  end
+end
+
+local sockets, log_of
+
+local function fake(conn_script, reused)
+  local s = { sent = {}, closed = false, kept = false, chunks = {}, reused = reused or 0 }
+  function s:settimeouts(c, se, r) self.timeouts = { c, se, r } end
+  function s:connect(path, opts) self.path, self.pool = path, opts.pool return true end
+  function s:getreusedtimes() return self.reused end
+  function s:send(data)
+    self.sent[#self.sent + 1] = data
+    local turn = table.remove(conn_script, 1)
+    if not turn then return nil, "closed" end
+    local reply = turn.reply or ""
+    for i = 1, #reply, 5 do
+      self.chunks[#self.chunks + 1] = reply:sub(i, i + 4)
+    end
+    self.read_error = turn.read_error
+    return #data
+  end
+  function s:receiveany()
+    local c = table.remove(self.chunks, 1)
+    if c then return c end
+    return nil, self.read_error or "timeout"
+  end
+  function s:setkeepalive() self.kept = true return true end
+  function s:close() self.closed = true return true end
+  return s
+end
+
+local function copy(list)
+  local out = {}
+  for i, v in ipairs(list) do out[i] = { reply = v.reply, read_error = v.read_error } end
+  return out
+end
+
+local function frame(body)
+  local n = #body
+  return string.char(n % 256, math.floor(n / 256) % 256, math.floor(n / 65536) % 256, 0) .. body
+end
+
+describe("pb_rpc", function()
+  local pb_rpc, bridge, def
+
+  setup(function()
+    ngx.socket = { tcp = function()
+      local s = assert(table.remove(sockets, 1), "no more fake sockets")
+      log_of[#log_of + 1] = s
+      return s
+    end }
+    for k in pairs(package.loaded) do
+      if k:find("^kong%.runloop%.plugin_servers%.rpc") then package.loaded[k] = nil end
+    end
+    pb_rpc = require "kong.runloop.plugin_servers.rpc.pb_rpc"
+    bridge = require("kong.runloop.plugin_servers.lib").bridge
+    def = { name = "go-srv", socket = "/tmp/go-srv.socket", connect_timeout = 11, send_timeout = 22,
+            read_timeout = 33, max_message_size = 1024 * 1024, ready_timeout = 5 }
+  end)
+
+  before_each(function()
+    sockets, log_of = {}, {}
+  end)
+
+  it("is what rpc/init.lua picks for ProtoBuf:1", function()
+    local rpc = require("kong.runloop.plugin_servers.rpc").new({ protocol = "ProtoBuf:1", server_def = def,
+                                                                  name = "go-hello" })
+    assert.is_function(rpc.handle_event)
+    assert.equal(getmetatable(pb_rpc.new(def, "x")), getmetatable(rpc))
+  end)
+
+  it("replays the recorded go-hello session byte for byte", function()
+    local rpc = pb_rpc.new(def, "go-hello")
+    sockets = { fake(copy(conv.start_instance.turns)) }
+    assert.equal(7, rpc:start_instance('{"message":"Kong!","__seq__":7}'))
+    assert.equal(conv.start_instance.sends[1], log_of[1].sent[1])
+    assert.equal("unix:/tmp/go-srv.socket", log_of[1].path)
+    assert.same({ 11, 22, 33 }, log_of[1].timeouts)
+    assert.is_true(log_of[1].kept)
+
+    local calls = {}
+    local answers = {
+      ["kong.request.get_header host"] = "example.test",
+      ["kong.request.get_header X-Loose-Data"] = "example.test",
+      ["kong.service.response.get_header Server"] = "mock-upstream/1.0.0",
+      ["kong.response.get_header X-Powered-By"] = "mock_upstream",
+      ["kong.nginx.get_ctx KONG_ACCESS_START"] = 1700000000123,
+      ["kong.ctx.shared.get shared_msg"] = "Kong!",
+      ["kong.log.serialize nil"] = '{"client_ip":"127.0.0.1"}',
+    }
+    local function dispatch(index, name, args, n, saved)
+      calls[#calls + 1] = { index = index, name = name, args = args, n = n, saved = saved }
+      return true, answers[name .. " " .. tostring(args and args[1])]
+    end
+    for _, phase in ipairs { "access", "response", "log" } do
+      sockets, log_of = { fake(copy(conv[phase].turns)) }, {}
+      local ok, err, cause, stats = rpc:handle_event(7, phase, dispatch, "SAVED")
+      assert.is_nil(err)
+      assert.is_nil(cause)
+      assert.is_true(ok)
+      assert.equal(#conv[phase].sends - 1, stats.pdk_calls)
+      assert.same(conv[phase].sends, log_of[1].sent)
+      assert.is_true(log_of[1].kept)
+    end
+    assert.equal(2 + 3 + 10, #calls)
+    assert.same({ name = "kong.response.set_header", index = bridge.method_index("kong.response.set_header"),
+                  args = { "x-hello-from-go", "Go says Kong! to example.test" }, n = 2, saved = "SAVED" }, calls[2])
+    assert.same({ "shared_msg", "Kong!" }, calls[3].args)
+    assert.same({ "access_start: ", 1700000000123 }, calls[7].args)
+    assert.equal(2, calls[7].n)
+    assert.is_nil(calls[14].args)   -- kong.log.serialize: no arguments
+
+    sockets, log_of = { fake(copy(conv.close_instance.turns)) }, {}
+    assert.is_true(rpc:close_instance(7))
+    assert.equal(conv.close_instance.sends[1], log_of[1].sent[1])
+  end)
+
+  it("reads a connection closed before the first callback frame as a lost instance", function()
+    local rpc = pb_rpc.new(def, "go-hello")
+    sockets = { fake({ { reply = "", read_error = "closed" } }, 0) }
+    local ok, err, cause = rpc:handle_event(9, "access", function() error("not called") end)
+    assert.is_nil(ok)
+    assert.equal("no_instance", cause)
+    assert.matches("before any reply to HandleEvent", err, 1, true)
+    assert.matches("instance #9", err, 1, true)
+    assert.is_true(log_of[1].closed)
+  end)
+
+  it("reads a connection closed after a callback as a failure, not a lost instance", function()
+    local rpc = pb_rpc.new(def, "go-hello")
+    local first = conv.access.turns[1].reply    -- the get_header call
+    sockets = { fake({ { reply = first }, { reply = "", read_error = "closed" } }, 0) }
+    local ok, err, cause, stats = rpc:handle_event(7, "access", function() return true, "h" end)
+    assert.is_nil(ok)
+    assert.equal("connect", cause)
+    assert.matches("during the event, after 1 PDK calls", err, 1, true)
+    assert.equal(1, stats.pdk_calls)
+  end)
+
+  it("retries once on a fresh connection when a pooled one fails before any reply byte", function()
+    local rpc = pb_rpc.new(def, "go-hello")
+    sockets = {
+      fake({ { reply = "", read_error = "closed" } }, 3),
+      -- RpcReturn{sequence = 3, instance_status = {instance_id = 4}}: the retry is a new call
+      fake({ { reply = frame("\8\3\138\2\2\16\4") } }, 0),
+    }
+    assert.equal(4, rpc:start_instance("{}"))
+    assert.equal(2, #log_of)
+    assert.is_true(log_of[1].closed)
+    assert.not_equal(log_of[1].pool, log_of[2].pool)
+    -- no retry on a fresh connection: StartInstance closed early is a connect failure
+    sockets, log_of = { fake({ { reply = "", read_error = "closed" } }, 0) }, {}
+    local id2, err2, cause2 = rpc:start_instance("{}")
+    assert.is_nil(id2)
+    assert.equal("connect", cause2)
+    assert.matches("before any reply to StartInstance", err2, 1, true)
+    assert.equal(1, #log_of)
+  end)
+
+  local function one_call(name, args_bytes)
+    return frame(name) .. frame(args_bytes or "")
+  end
+
+  it("ends the event with an error for an unknown method, bad arguments or a failed PDK call", function()
+    local rpc = pb_rpc.new(def, "go-hello")
+    local called = 0
+    local function dispatch(_, name)
+      called = called + 1
+      if name == "kong.request.get_path" then
+        return false, "boom"
+      end
+      return true, { f = print }
+    end
+    local cases = {
+      { one_call("kong.nope.missing"), "unknown PDK method kong.nope.missing" },
+      { one_call("kong.response.error"), "unknown PDK method kong.response.error" },
+      { one_call("kong.request.get_header", "\10\5ab"), "protocol error: arguments of kong.request.get_header: " },
+      { one_call("kong.request.get_path"), "kong.request.get_path failed: boom" },
+      { one_call("kong.ctx.shared.get", "\10\1k"), "cannot encode the result of kong.ctx.shared.get: " ..
+                                                  "cannot encode a function value (at f)" },
+    }
+    for _, case in ipairs(cases) do
+      sockets, log_of = { fake({ { reply = case[1] } }, 0) }, {}
+      local ok, err, cause = rpc:handle_event(7, "access", dispatch)
+      assert.is_nil(ok)
+      assert.equal("protocol", cause)
+      assert.equal(case[2], err:sub(1, #case[2]))
+      assert.is_true(log_of[1].closed)
+      assert.is_false(log_of[1].kept)
+      assert.equal(1, #log_of[1].sent)   -- nothing answered
+    end
+    assert.equal(2, called)
+  end)
+
+  it("wraps raw bodies as content, body file or error", function()
+    local rpc = pb_rpc.new(def, "go-hello")
+    local answers = { { true, "the body" }, { true, nil }, { false, "too big" } }
+    local i = 0
+    local function dispatch()
+      i = i + 1
+      return answers[i][1], answers[i][2]
+    end
+    local replies = {}
+    for n = 1, 3 do
+      sockets, log_of = { fake({ { reply = one_call("kong.request.get_raw_body") }, { reply = "" } }, 0) }, {}
+      rpc:handle_event(7, "access", dispatch)
+      replies[n] = log_of[1].sent[2]
+    end
+    assert.equal(frame("\10\8the body"), replies[1])
+    assert.equal(frame("\26\23Can't read request body"), replies[2])
+    assert.equal(frame("\26\7too big"), replies[3])
+  end)
+
+  it("ends the event after kong.response.exit without answering (go-pdk closes)", function()
+    local rpc = pb_rpc.new(def, "go-hello")
+    sockets = { fake({ { reply = one_call("kong.response.exit", "\8\147\3") } }, 0) }
+    local got
+    local ok = rpc:handle_event(7, "access", function(_, _, args) got = args return true end)
+    assert.is_true(ok)
+    assert.equal(403, got[1])
+    assert.equal(1, #log_of[1].sent)
+    assert.is_true(log_of[1].closed)
+    assert.is_false(log_of[1].kept)
+  end)
+
+  it("refuses a frame longer than max_message_size", function()
+    local small = {}
+    for k, v in pairs(def) do small[k] = v end
+    small.max_message_size = 64
+    local rpc = pb_rpc.new(small, "go-hello")
+    sockets = { fake({ { reply = frame(string.rep("x", 65)) } }, 0) }
+    local ok, err, cause = rpc:handle_event(7, "access", function() end)
+    assert.is_nil(ok)
+    assert.equal("protocol", cause)
+    assert.matches("frame of 65 bytes exceeds max_message_size (64)", err, 1, true)
+    assert.is_true(log_of[1].closed)
+  end)
+end)

@@ -1,0 +1,558 @@
+//! `extern "C"` adapters for the Protobuf engine (`codec::protobuf`), the hot path
+//! of Go plugins: scalars and byte pointers only.
+//!
+//! Lua owns one `kps_pb_session` per plugin per worker (sequences, frame limit) and one
+//! `kps_pb_stream` per request in flight on a connection (reset at checkout).
+//! A request builder (`kps_pb_stream_<command>`) builds the frames to send into the stream's output,
+//! `kps_pb_stream_feed` appends what the socket returned, `kps_pb_stream_poll` reports the next
+//! complete event into a caller-owned `kps_pb_event`, `kps_pb_stream_reply` frames the
+//! answer to a PDK call, and `kps_pb_stream_closed` classifies an end of stream.
+//! Output and event pointers are borrowed from the stream: valid until the next
+//! call on it.
+
+#![allow(non_camel_case_types)]
+
+use std::ptr;
+use std::slice;
+
+use super::errbuf::{KPS_ERR_ARGS, guard, write_error};
+use crate::codec::protobuf::{Closed, Event, Session, Stream};
+
+/// Sequences of one plugin in one worker.
+pub struct kps_pb_session(Session);
+
+/// One request (an instance command or a whole event) on one connection.
+pub struct kps_pb_stream(Stream);
+
+/// `kps_pb_event.kind`: more bytes are needed.
+pub const KPS_PB_NONE: i32 = 0;
+/// `kps_pb_event.kind`: an `InstanceStatus` arrived (`id` = instance id, `started_at`).
+pub const KPS_PB_STATUS: i32 = 1;
+/// `kps_pb_event.kind`: a PDK call (`method`, `text` = name, `value` = encoded input); answer with `kps_pb_stream_reply`.
+pub const KPS_PB_CALL: i32 = 2;
+/// `kps_pb_event.kind`: the event finished (end frame and `RpcReturn` received).
+pub const KPS_PB_DONE: i32 = 3;
+
+/// `kps_pb_stream_closed`: no byte of the reply had arrived (retry allowed once).
+pub const KPS_PB_CLOSED_BEFORE_REPLY: i32 = 1;
+/// `kps_pb_stream_closed`: part of the reply or event had arrived (a failure).
+pub const KPS_PB_CLOSED_LATER: i32 = 0;
+
+/// What `kps_pb_stream_poll` found, as scalars and borrowed bytes (the shape of
+/// `kps_mp_event`, so that the Lua transports read both alike).
+#[repr(C)]
+pub struct kps_pb_event {
+    /// One of `KPS_PB_NONE`, `KPS_PB_STATUS`, `KPS_PB_CALL`, `KPS_PB_DONE`.
+    pub kind: i32,
+    /// Call: index into the PDK method table, 0 for a name the Protobuf service lacks.
+    pub method: i32,
+    /// Status: the instance id.
+    pub id: i64,
+    /// Status: the instance's start time (seconds).
+    pub started_at: i64,
+    /// Call: the encoded input message (`value_len` 0 when the call has none).
+    pub value: *const u8,
+    pub value_len: usize,
+    /// Call: the method name as sent.
+    pub text: *const u8,
+    pub text_len: usize,
+}
+
+/// Makes a session. `max_message_size` bounds every frame received or sent
+/// (bytes). Release it with `kps_pb_session_free`.
+///
+/// # Errors
+/// Returns NULL when `max_message_size` is 0 or does not fit a frame's 32-bit length.
+///
+/// # Panics
+/// None (allocation failure aborts the process, as everywhere in Rust).
+///
+/// # Safety
+/// None: the returned pointer is owned by the caller until `kps_pb_session_free`.
+#[unsafe(no_mangle)]
+pub extern "C" fn kps_pb_session_new(max_message_size: u64) -> *mut kps_pb_session {
+    match u32::try_from(max_message_size) {
+        Ok(max) if max > 0 => Box::into_raw(Box::new(kps_pb_session(Session::new(max as usize)))),
+        _ => ptr::null_mut(),
+    }
+}
+
+/// Releases a session; null is ignored.
+///
+/// # Errors
+/// None.
+///
+/// # Panics
+/// None.
+///
+/// # Safety
+/// `session` must be null or a pointer from `kps_pb_session_new` not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_pb_session_free(session: *mut kps_pb_session) {
+    if !session.is_null() {
+        // SAFETY: per the contract, `session` came from Box::into_raw and is freed once.
+        drop(unsafe { Box::from_raw(session) });
+    }
+}
+
+/// Makes a stream with the session's frame limit. Release it with `kps_pb_stream_free`.
+///
+/// # Errors
+/// Returns NULL when `session` is NULL.
+///
+/// # Panics
+/// None (allocation failure aborts the process).
+///
+/// # Safety
+/// `session` must be NULL or a live session handle. The stream does not keep it.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_pb_stream_new(session: *const kps_pb_session) -> *mut kps_pb_stream {
+    // SAFETY: null or live per the contract.
+    let Some(s) = (unsafe { session.as_ref() }) else {
+        return ptr::null_mut();
+    };
+    Box::into_raw(Box::new(kps_pb_stream(Stream::new(s.0.max_message_size()))))
+}
+
+/// Releases a stream; null is ignored. Pointers borrowed from it become invalid.
+///
+/// # Errors
+/// None.
+///
+/// # Panics
+/// None.
+///
+/// # Safety
+/// `stream` must be null or a pointer from `kps_pb_stream_new` not yet freed.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_pb_stream_free(stream: *mut kps_pb_stream) {
+    if !stream.is_null() {
+        // SAFETY: per the contract, `stream` came from Box::into_raw and is freed once.
+        drop(unsafe { Box::from_raw(stream) });
+    }
+}
+
+/// Starts the stream over for a fresh connection checkout; null is ignored.
+///
+/// # Errors
+/// None.
+///
+/// # Panics
+/// None.
+///
+/// # Safety
+/// `stream` must be null or a live pointer from `kps_pb_stream_new`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_pb_stream_reset(stream: *mut kps_pb_stream) {
+    // SAFETY: null or live per the contract.
+    if let Some(s) = unsafe { stream.as_mut() } {
+        s.0.reset();
+    }
+}
+
+/// 1 when bytes beyond the reported messages are buffered, else 0 (also for
+/// NULL). A connection goes back to the pool only after `KPS_PB_DONE` or
+/// `KPS_PB_STATUS` with nothing unread.
+///
+/// # Errors
+/// None.
+///
+/// # Panics
+/// None.
+///
+/// # Safety
+/// `stream` must be null or a live pointer from `kps_pb_stream_new`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_pb_stream_has_unread(stream: *const kps_pb_stream) -> i32 {
+    // SAFETY: null or live per the contract.
+    unsafe { stream.as_ref() }
+        .is_some_and(|s| s.0.has_unread())
+        .into()
+}
+
+/// Checks the pointers shared by all calls and runs `f` under the panic guard.
+///
+/// # Safety
+/// As each caller's contract.
+unsafe fn call<F>(what: &str, ok: bool, errbuf: *mut u8, errbuf_len: *mut usize, f: F) -> i32
+where
+    F: FnOnce() -> Result<(), String>,
+{
+    if !ok {
+        // SAFETY: forwarded errbuf contract.
+        unsafe { write_error(errbuf, errbuf_len, &format!("{what}: null argument")) };
+        return KPS_ERR_ARGS;
+    }
+    // SAFETY: forwarded errbuf contract.
+    unsafe { guard(errbuf, errbuf_len, f) }
+}
+
+/// Points `out` at `bytes` (borrowed from the stream).
+///
+/// # Safety
+/// `out` and `out_len` valid for one write each.
+unsafe fn set_out(bytes: &[u8], out: *mut *const u8, out_len: *mut usize) {
+    // SAFETY: per the contract.
+    unsafe {
+        *out = bytes.as_ptr();
+        *out_len = bytes.len();
+    }
+}
+
+/// A UTF-8 string argument (protobuf `string` fields must be UTF-8).
+///
+/// # Safety
+/// `ptr` valid for `len` bytes of reads (or `len` 0).
+unsafe fn text<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a str, String> {
+    let bytes = if len == 0 {
+        &[][..]
+    } else {
+        unsafe { slice::from_raw_parts(ptr, len) }
+    };
+    std::str::from_utf8(bytes).map_err(|_| format!("{what} is not UTF-8"))
+}
+
+/// Builds `RpcCall{cmd_start_instance{name, config}}` (one frame) and points `out`
+/// at it. `config` is the JSON text of the plugin configuration.
+///
+/// # Errors
+/// `KPS_ERR_ARGS` (-2) for a null pointer; `KPS_ERR_FAILED` (-1) when a request is
+/// already pending on the stream, unread bytes remain, the stream failed, `name`
+/// is not UTF-8 or the message exceeds `max_message_size`.
+///
+/// # Panics
+/// Never across the boundary: a panic becomes `KPS_ERR_PANIC` (-3) with a message.
+///
+/// # Safety
+/// `session`/`stream` from their `_new`; `name` valid for `name_len` bytes and
+/// `config` for `config_len` bytes of reads; `out`/`out_len` valid for one write;
+/// `errbuf` null or valid for `*errbuf_len` bytes, `errbuf_len` null or valid.
+/// No other thread may use the handles during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_pb_stream_start_instance(
+    session: *mut kps_pb_session,
+    stream: *mut kps_pb_stream,
+    name: *const u8,
+    name_len: usize,
+    config: *const u8,
+    config_len: usize,
+    out: *mut *const u8,
+    out_len: *mut usize,
+    errbuf: *mut u8,
+    errbuf_len: *mut usize,
+) -> i32 {
+    let ok = !session.is_null()
+        && !stream.is_null()
+        && !name.is_null()
+        && !config.is_null()
+        && !out.is_null()
+        && !out_len.is_null();
+    // SAFETY: pointers checked non-null by `call`, valid per the contract.
+    unsafe {
+        call(
+            "kps_pb_stream_start_instance",
+            ok,
+            errbuf,
+            errbuf_len,
+            || {
+                let name = text(name, name_len, "plugin name")?;
+                let config = slice::from_raw_parts(config, config_len);
+                let bytes = (*stream)
+                    .0
+                    .start_instance(&mut (*session).0, name, config)?;
+                set_out(bytes, out, out_len);
+                Ok(())
+            },
+        )
+    }
+}
+
+/// Builds `RpcCall{cmd_close_instance{instance_id}}` and points `out` at it.
+///
+/// # Errors
+/// As `kps_pb_stream_start_instance`.
+///
+/// # Panics
+/// Never across the boundary.
+///
+/// # Safety
+/// As `kps_pb_stream_start_instance`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_pb_stream_close_instance(
+    session: *mut kps_pb_session,
+    stream: *mut kps_pb_stream,
+    instance_id: i32,
+    out: *mut *const u8,
+    out_len: *mut usize,
+    errbuf: *mut u8,
+    errbuf_len: *mut usize,
+) -> i32 {
+    let ok = !session.is_null() && !stream.is_null() && !out.is_null() && !out_len.is_null();
+    // SAFETY: pointers checked non-null by `call`, valid per the contract.
+    unsafe {
+        call(
+            "kps_pb_stream_close_instance",
+            ok,
+            errbuf,
+            errbuf_len,
+            || {
+                let bytes = (*stream).0.close_instance(&mut (*session).0, instance_id)?;
+                set_out(bytes, out, out_len);
+                Ok(())
+            },
+        )
+    }
+}
+
+/// Builds `RpcCall{cmd_get_instance_status{instance_id}}` and points `out` at it.
+///
+/// # Errors
+/// As `kps_pb_stream_start_instance`.
+///
+/// # Panics
+/// Never across the boundary.
+///
+/// # Safety
+/// As `kps_pb_stream_start_instance`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_pb_stream_get_instance_status(
+    session: *mut kps_pb_session,
+    stream: *mut kps_pb_stream,
+    instance_id: i32,
+    out: *mut *const u8,
+    out_len: *mut usize,
+    errbuf: *mut u8,
+    errbuf_len: *mut usize,
+) -> i32 {
+    let ok = !session.is_null() && !stream.is_null() && !out.is_null() && !out_len.is_null();
+    // SAFETY: pointers checked non-null by `call`, valid per the contract.
+    unsafe {
+        call(
+            "kps_pb_stream_get_instance_status",
+            ok,
+            errbuf,
+            errbuf_len,
+            || {
+                let bytes = (*stream)
+                    .0
+                    .get_instance_status(&mut (*session).0, instance_id)?;
+                set_out(bytes, out, out_len);
+                Ok(())
+            },
+        )
+    }
+}
+
+/// Builds `RpcCall{cmd_handle_event{instance_id, event_name}}` and points `out`
+/// at it; the stream then expects PDK calls and the end of the event.
+///
+/// # Errors
+/// As `kps_pb_stream_start_instance` (`event` must be UTF-8).
+///
+/// # Panics
+/// Never across the boundary.
+///
+/// # Safety
+/// As `kps_pb_stream_start_instance`; `event` valid for `event_len` bytes of reads.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_pb_stream_handle_event(
+    session: *mut kps_pb_session,
+    stream: *mut kps_pb_stream,
+    instance_id: i32,
+    event: *const u8,
+    event_len: usize,
+    out: *mut *const u8,
+    out_len: *mut usize,
+    errbuf: *mut u8,
+    errbuf_len: *mut usize,
+) -> i32 {
+    let ok = !session.is_null()
+        && !stream.is_null()
+        && !event.is_null()
+        && !out.is_null()
+        && !out_len.is_null();
+    // SAFETY: pointers checked non-null by `call`, valid per the contract.
+    unsafe {
+        call("kps_pb_stream_handle_event", ok, errbuf, errbuf_len, || {
+            let event = text(event, event_len, "event name")?;
+            let bytes = (*stream)
+                .0
+                .handle_event(&mut (*session).0, instance_id, event)?;
+            set_out(bytes, out, out_len);
+            Ok(())
+        })
+    }
+}
+
+/// Frames the answer to the PDK call last reported (`value`: the encoded output
+/// message, `value_len` 0 for "no value") and points `out` at the frame.
+///
+/// # Errors
+/// `KPS_ERR_ARGS` (-2) for a null pointer (`value` may be null when `value_len`
+/// is 0); `KPS_ERR_FAILED` (-1) when no call waits for a reply, the stream
+/// failed, or the value exceeds `max_message_size`.
+///
+/// # Panics
+/// Never across the boundary.
+///
+/// # Safety
+/// `stream` from `kps_pb_stream_new`; `value` valid for `value_len` bytes of
+/// reads; `out`/`out_len` valid for one write; errbuf as above.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_pb_stream_reply(
+    stream: *mut kps_pb_stream,
+    value: *const u8,
+    value_len: usize,
+    out: *mut *const u8,
+    out_len: *mut usize,
+    errbuf: *mut u8,
+    errbuf_len: *mut usize,
+) -> i32 {
+    let ok = !stream.is_null()
+        && (!value.is_null() || value_len == 0)
+        && !out.is_null()
+        && !out_len.is_null();
+    // SAFETY: pointers checked non-null by `call`, valid per the contract.
+    unsafe {
+        call("kps_pb_stream_reply", ok, errbuf, errbuf_len, || {
+            let value = if value_len == 0 {
+                &[][..]
+            } else {
+                slice::from_raw_parts(value, value_len)
+            };
+            let bytes = (*stream).0.reply(value)?;
+            set_out(bytes, out, out_len);
+            Ok(())
+        })
+    }
+}
+
+/// Appends `len` received bytes to the stream.
+///
+/// # Errors
+/// `KPS_ERR_ARGS` (-2) for a null pointer; `KPS_ERR_FAILED` (-1) when the stream
+/// failed earlier (the message repeats why).
+///
+/// # Panics
+/// Never across the boundary.
+///
+/// # Safety
+/// `stream` from `kps_pb_stream_new`; `bytes` valid for `len` bytes of reads;
+/// errbuf as above. Pointers borrowed from the stream become invalid.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_pb_stream_feed(
+    stream: *mut kps_pb_stream,
+    bytes: *const u8,
+    len: usize,
+    errbuf: *mut u8,
+    errbuf_len: *mut usize,
+) -> i32 {
+    let ok = !stream.is_null() && (!bytes.is_null() || len == 0);
+    // SAFETY: pointers checked non-null by `call`, valid per the contract.
+    unsafe {
+        call("kps_pb_stream_feed", ok, errbuf, errbuf_len, || {
+            let bytes = if len == 0 {
+                &[][..]
+            } else {
+                slice::from_raw_parts(bytes, len)
+            };
+            (*stream).0.feed(bytes)
+        })
+    }
+}
+
+/// Reports the next complete event into `*ev` (`kind` `KPS_PB_NONE` when more
+/// bytes are needed). Call pointers borrow the stream until its next call.
+///
+/// # Errors
+/// `KPS_ERR_ARGS` (-2) for a null pointer; `KPS_ERR_FAILED` (-1) for a protocol
+/// error (an oversized frame, an undecodable or unexpected `RpcReturn`, a wrong
+/// sequence, bytes with no request pending, a poll while a call waits for its
+/// reply); the stream is then unusable until reset.
+///
+/// # Panics
+/// Never across the boundary.
+///
+/// # Safety
+/// `stream` from `kps_pb_stream_new`; `ev` valid for one write; errbuf as above.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_pb_stream_poll(
+    stream: *mut kps_pb_stream,
+    ev: *mut kps_pb_event,
+    errbuf: *mut u8,
+    errbuf_len: *mut usize,
+) -> i32 {
+    let ok = !stream.is_null() && !ev.is_null();
+    // SAFETY: pointers checked non-null by `call`, valid per the contract.
+    unsafe {
+        call("kps_pb_stream_poll", ok, errbuf, errbuf_len, || {
+            let s = &mut (*stream).0;
+            let e = &mut *ev;
+            *e = kps_pb_event {
+                kind: KPS_PB_NONE,
+                method: 0,
+                id: 0,
+                started_at: 0,
+                value: ptr::null(),
+                value_len: 0,
+                text: ptr::null(),
+                text_len: 0,
+            };
+            match s.poll()? {
+                None => {}
+                Some(Event::Status {
+                    instance_id,
+                    started_at,
+                }) => {
+                    e.kind = KPS_PB_STATUS;
+                    e.id = i64::from(instance_id);
+                    e.started_at = started_at;
+                }
+                Some(Event::Call { method, name, args }) => {
+                    e.kind = KPS_PB_CALL;
+                    e.method = i32::from(method);
+                    let (n, a) = (s.bytes(&name), s.bytes(&args));
+                    (e.text, e.text_len) = (n.as_ptr(), n.len());
+                    (e.value, e.value_len) = (a.as_ptr(), a.len());
+                }
+                Some(Event::Done) => e.kind = KPS_PB_DONE,
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Tells the stream that the peer closed the connection. Returns
+/// `KPS_PB_CLOSED_BEFORE_REPLY` (1) when no byte of the pending reply had arrived
+/// (for an event: closed before the first callback frame, which go-pdk does for
+/// an unknown instance; re-create the instance and retry once), else
+/// `KPS_PB_CLOSED_LATER` (0); a description goes into `(msg, msg_len)`. The
+/// stream is unusable until reset. Null `stream` returns `KPS_PB_CLOSED_LATER`.
+///
+/// # Errors
+/// None (the classification is the result).
+///
+/// # Panics
+/// None.
+///
+/// # Safety
+/// `stream` null or from `kps_pb_stream_new`; `msg` null or valid for `*msg_len`
+/// bytes of writes, `msg_len` null or valid for reads and writes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_pb_stream_closed(
+    stream: *mut kps_pb_stream,
+    msg: *mut u8,
+    msg_len: *mut usize,
+) -> i32 {
+    // SAFETY: null or live per the contract.
+    let Some(s) = (unsafe { stream.as_mut() }) else {
+        return KPS_PB_CLOSED_LATER;
+    };
+    let (kind, text) = s.0.closed();
+    // SAFETY: forwarded msg contract.
+    unsafe { write_error(msg, msg_len, &text) };
+    match kind {
+        Closed::BeforeReply => KPS_PB_CLOSED_BEFORE_REPLY,
+        Closed::Later => KPS_PB_CLOSED_LATER,
+    }
+}

@@ -1,0 +1,349 @@
+-- make probe-outage: a plugin server killed with SIGKILL under a small wrk load.
+--
+-- For each hello plugin server (Go when the Protobuf RPC is there, Python, JS) and
+-- each fail_open mode: nginx (2 workers) with that one plugin, wrk with a few
+-- connections, SIGKILL of the server after a while, the supervisor restarts it.
+-- Every response is classified from logs/timing.log (the rig's `timing_log`):
+-- correct (200 with the plugin's header), 500, or 200 with the plugin skipped.
+-- Loopback only; bounded in time (each run is a few seconds; the Makefile adds a
+-- timeout around the whole probe).
+--
+-- Settings (environment): PROBE_SERVERS (e.g. "py-hello,js-hello"), PROBE_MODES
+-- ("off,on"), PROBE_SECONDS (wrk duration, 5), PROBE_KILL_AT (seconds into the load,
+-- 1.5), PROBE_CONNECTIONS (4), PROBE_RESPAWN_DELAY (ms, 1000), PROBE_READY_TIMEOUT
+-- (ms, 3000), PROBE_LOG_WINDOW (ms, 1000), PROBE_VERBOSE=1 (print the window's
+-- error lines).
+package.path = "./?.lua;./lua/?.lua;./lua/?/init.lua;" .. package.path
+
+local nginx = require "spec.helpers.nginx"
+local fixtures = require "spec.helpers.fixtures"
+
+local ffi = require "ffi"
+ffi.cdef "int kill(int pid, int sig);"
+
+local fmt = string.format
+local SIGKILL = 9
+
+local function env_num(name, default)
+  local v = tonumber(os.getenv(name) or "")
+  return v or default
+end
+
+local SECONDS = env_num("PROBE_SECONDS", 5)
+local KILL_AT = env_num("PROBE_KILL_AT", 1.5)
+local CONNECTIONS = env_num("PROBE_CONNECTIONS", 4)
+local RESPAWN_DELAY = env_num("PROBE_RESPAWN_DELAY", 1000)
+local READY_TIMEOUT = env_num("PROBE_READY_TIMEOUT", 3000)
+local LOG_WINDOW = env_num("PROBE_LOG_WINDOW", 1000)
+local VERBOSE = os.getenv("PROBE_VERBOSE") == "1"
+
+-- Column of each plugin's header in the timing log.
+local HEADER_COLUMN = { ["go-hello"] = 1, ["py-hello"] = 2, ["js-hello"] = 3 }
+
+local function read(path)
+  local f = io.open(path, "rb")
+  if not f then
+    return nil
+  end
+  local data = f:read("*a")
+  f:close()
+  return data
+end
+
+local function split(text)
+  local out = {}
+  for w in (text or ""):gmatch("[^,%s]+") do
+    out[#out + 1] = w
+  end
+  return out
+end
+
+-- Go is probed once the Protobuf RPC has landed (pb_rpc.lua implements new()).
+local function protobuf_ready()
+  local text = read("lua/kong/runloop/plugin_servers/rpc/pb_rpc.lua") or ""
+  return text:find("function%s+_M%.new") ~= nil
+end
+
+local function servers()
+  local wanted = split(os.getenv("PROBE_SERVERS"))
+  if #wanted == 0 then
+    wanted = { "go-hello", "py-hello", "js-hello" }
+  end
+  local list = {}
+  for _, name in ipairs(wanted) do
+    local ok, why = fixtures.available(name)
+    if not ok then
+      io.write("(skipping ", name, ": ", why, ")\n")
+    elseif name == "go-hello" and not protobuf_ready() then
+      io.write("(skipping go-hello: the Protobuf RPC is not on this branch yet)\n")
+    else
+      list[#list + 1] = name
+    end
+  end
+  return list
+end
+
+local function status_of(h, name)
+  local list = h:eval_json [[return require("kong.runloop.plugin_servers").status()]]
+  for _, s in ipairs(type(list) == "table" and list or {}) do
+    if s.name == name then
+      return s
+    end
+  end
+  return nil
+end
+
+local function state_of(h, name)
+  return h:eval_json(fmt([[return require("kong.runloop.plugin_servers.state").get(%q)]], name))
+end
+
+-- One line of logs/timing.log: uri, end, duration, status, plugin header or nil.
+local function parse_timing(line, column)
+  local uri, msec, rt, status, headers = line:match("^(%S+) (%S+) (%S+) (%d+)|(.*)$")
+  if not uri then
+    return nil
+  end
+  local cols = {}
+  for v in (headers .. "|"):gmatch("(.-)|") do
+    cols[#cols + 1] = v
+  end
+  local header = cols[column]
+  return {
+    uri = uri, finish = tonumber(msec), duration = tonumber(rt), status = tonumber(status),
+    header = header ~= "-" and header ~= "" and header or nil,
+  }
+end
+
+local function ms(seconds)
+  if not seconds then
+    return "-"
+  end
+  return fmt("%.0f", seconds * 1000)
+end
+
+-- Runs one outage; returns the row of the table.
+local function run(name, fail_open)
+  local prefix = nginx.make_prefix()
+  local k = "pluginserver_" .. name:gsub("-", "_")
+  local settings = fixtures.settings({ name }, prefix)
+  settings[k .. "_respawn_delay"] = tostring(RESPAWN_DELAY)
+  settings[k .. "_ready_timeout"] = tostring(READY_TIMEOUT)
+  settings[k .. "_log_window"] = tostring(LOG_WINDOW)
+  settings[k .. "_read_timeout"] = "5000"
+  settings[k .. "_fail_open"] = fail_open
+  local h = assert(nginx.start {
+    prefix = prefix, workers = 2, configuration = settings, timing_log = true, log_level = "notice",
+    plugins = { { name = name, config = { message = "Kong" } } },
+  })
+  local row = { server = name, fail_open = fail_open }
+  local ok, err = pcall(function()
+    assert(nginx.wait_until(function()
+      local s = status_of(h, name)
+      return s and s.state == "ready"
+    end, 15), name .. " did not become ready")
+    -- warm up: instances in both workers, pooled connections
+    for _ = 1, 20 do
+      h:request { headers = { host = "probe.test" } }
+    end
+    local load_start = nginx.now()
+    local wrk = assert(io.popen(fmt("wrk -t2 -c%d -d%ds -H 'Host: probe.test' http://127.0.0.1:%d/ 2>&1",
+      CONNECTIONS, SECONDS, h.port)))
+    nginx.sleep(KILL_AT)
+    -- counters just before the kill: every worker has its instance by now
+    local before = assert(status_of(h, name))
+    local old = assert(state_of(h, name))
+    local log_offset = #(h:error_log() or "")
+    local kill_at = nginx.now()
+    -- kill(2) itself: a shell's start-up would blur the kill time
+    assert(ffi.C.kill(old.pid, SIGKILL) == 0, "kill failed")
+    local wrk_out = wrk:read("*a")
+    wrk:close()
+    local load_end = nginx.now()
+    -- let the log-phase timers and the limiter's summary line finish
+    nginx.sleep(LOG_WINDOW / 1000 + 0.2)
+
+    local after = assert(status_of(h, name))
+    local new = assert(state_of(h, name))
+    row.ready_at = new.pid ~= old.pid and new.state == "ready" and new.since or nil
+    row.wrk_requests = tonumber(wrk_out:match("(%d+) requests in"))
+    row.wrk_out = wrk_out
+    row.restarts = after.restarts - before.restarts
+    row.instance_starts = after.counters.instance_starts - before.counters.instance_starts
+    row.fail_open_count = after.counters.fail_open - before.counters.fail_open
+    local errors = 0
+    for _, cause in ipairs { "connect", "timeout", "protocol", "no_instance" } do
+      errors = errors + after.counters.errors[cause] - before.counters.errors[cause]
+    end
+    row.errors_counted = errors
+
+    -- responses
+    local column = HEADER_COLUMN[name]
+    local n, correct, skipped, other = 0, 0, 0, 0
+    local e_inflight, e_bound, e_other = 0, 0, 0
+    local first_correct
+    for line in (read(prefix .. "/logs/timing.log") or ""):gmatch("[^\n]+") do
+      local r = parse_timing(line, column)
+      if r and r.uri == "/" and r.finish >= load_start and r.finish <= load_end + 1 then
+        local start = r.finish - r.duration
+        if r.status >= 200 and r.status < 300 then
+          if r.header then
+            correct = correct + 1
+            if start >= kill_at and (not first_correct or r.finish < first_correct) then
+              first_correct = r.finish
+            end
+          else
+            skipped = skipped + 1
+          end
+        elseif r.status == 500 then
+          -- $request_time has ms resolution: 5 ms of slack either side
+          if start <= kill_at + 0.005 then
+            e_inflight = e_inflight + 1
+          elseif r.duration * 1000 >= READY_TIMEOUT - 5 then
+            e_bound = e_bound + 1
+          else
+            e_other = e_other + 1
+          end
+        else
+          other = other + 1
+        end
+        n = n + 1
+      end
+    end
+    row.responses, row.correct, row.skipped, row.other = n, correct, skipped, other
+    row.e_inflight, row.e_bound, row.e_other = e_inflight, e_bound, e_other
+    row.kill_to_correct = first_correct and first_correct - kill_at
+    row.ready_to_correct = first_correct and row.ready_at and first_correct - row.ready_at
+    row.kill_to_ready = row.ready_at and row.ready_at - kill_at
+
+    -- error-log lines written after the kill
+    local window = (h:error_log() or ""):sub(log_offset + 1)
+    local lines, crit, ours, sockets = 0, 0, 0, 0
+    row.samples = {}
+    for line in window:gmatch("[^\n]+") do
+      local level = line:match("^%S+ %S+ %[(%a+)%]")
+      if level == "error" or level == "crit" or level == "alert" or level == "emerg" then
+        lines = lines + 1
+        if level ~= "error" then
+          crit = crit + 1
+        end
+        if line:find("[pluginserver]", 1, true) then
+          ours = ours + 1
+        elseif line:find("%] %d+#%d+: %*%d+ %a+%(%) ") then
+          -- nginx's own line for a failed socket call (cosockets log these at
+          -- error whatever lua_socket_log_errors says)
+          sockets = sockets + 1
+        end
+        row.samples[#row.samples + 1] = line
+      end
+    end
+    row.error_lines, row.crit_lines = lines, crit
+    row.our_lines, row.socket_lines = ours, sockets
+  end)
+  h:stop()
+  if not ok then
+    row.failure = tostring(err)
+  end
+  return row
+end
+
+local function verdict(row)
+  local bad = {}
+  if row.failure then
+    return { row.failure }
+  end
+  if row.fail_open == "off" then
+    if row.skipped > 0 then bad[#bad + 1] = "skipped plugins" end
+    if row.e_other > 0 then bad[#bad + 1] = "500s neither in flight nor past the bound" end
+    if row.other > 0 then bad[#bad + 1] = "other statuses" end
+    if row.error_lines > 10 then bad[#bad + 1] = "more than 10 error lines" end
+    if not row.ready_to_correct or row.ready_to_correct > 0.05 then
+      bad[#bad + 1] = "first correct response not within 50 ms of ready"
+    end
+  else
+    local non2xx = row.e_inflight + row.e_bound + row.e_other + row.other
+    if non2xx > 0 then bad[#bad + 1] = "non-2xx responses" end
+    if row.fail_open_count < row.skipped then bad[#bad + 1] = "skipped plugins not counted" end
+  end
+  if row.responses == 0 or not row.kill_to_correct then
+    bad[#bad + 1] = "no correct response after the kill (wrk: " .. tostring(row.wrk_requests) .. " requests)"
+  end
+  if row.crit_lines > 0 then bad[#bad + 1] = "[crit] lines" end
+  if row.restarts ~= 1 then bad[#bad + 1] = "restarts ~= 1" end
+  return bad
+end
+
+local names = servers()
+local modes = split(os.getenv("PROBE_MODES"))
+if #modes == 0 then
+  modes = { "off", "on" }
+end
+io.write(fmt("probe-outage: wrk %d connections for %d s, SIGKILL at %.1f s; respawn_delay %d ms, "
+  .. "ready_timeout %d ms, log_window %d ms, 2 workers\n", CONNECTIONS, SECONDS, KILL_AT, RESPAWN_DELAY,
+  READY_TIMEOUT, LOG_WINDOW))
+if #names == 0 then
+  io.write("no plugin server fixture is built: run `make deps`\n")
+  os.exit(1)
+end
+
+local rows = {}
+for _, mode in ipairs(modes) do
+  for _, name in ipairs(names) do
+    io.write(fmt("  running %s with fail_open %s ...\n", name, mode))
+    io.stdout:flush()
+    rows[#rows + 1] = run(name, mode)
+  end
+end
+
+local header = { "server", "fail_open", "responses", "correct", "500 in-flight", "500 past-bound",
+  "500 other", "skipped", "other", "err lines (ours/nginx/plugin)", "crit", "kill->ready ms", "kill->correct ms",
+  "ready->correct ms", "restarts", "inst starts", "fail_open cnt", "errors cnt", "verdict" }
+local out = { header }
+local failures = 0
+for _, r in ipairs(rows) do
+  local bad = verdict(r)
+  failures = failures + #bad
+  if r.failure then
+    out[#out + 1] = { r.server, r.fail_open, "run failed: " .. r.failure }
+  else
+    out[#out + 1] = { r.server, r.fail_open, r.responses, r.correct, r.e_inflight, r.e_bound, r.e_other,
+      r.skipped, r.other, fmt("%d (%d/%d/%d)", r.error_lines, r.our_lines, r.socket_lines,
+        r.error_lines - r.our_lines - r.socket_lines), r.crit_lines, ms(r.kill_to_ready), ms(r.kill_to_correct),
+      ms(r.ready_to_correct), r.restarts, r.instance_starts, r.fail_open_count, r.errors_counted,
+      #bad == 0 and "ok" or table.concat(bad, "; ") }
+  end
+end
+
+local widths = {}
+for _, line in ipairs(out) do
+  for i, cell in ipairs(line) do
+    widths[i] = math.max(widths[i] or 0, #tostring(cell))
+  end
+end
+io.write("\n")
+for _, line in ipairs(out) do
+  local cells = {}
+  for i, cell in ipairs(line) do
+    cells[i] = fmt("%-" .. widths[i] .. "s", tostring(cell))
+  end
+  io.write("| ", table.concat(cells, " | "), " |\n")
+end
+
+io.write([[
+correct: 200 with the plugin's header; 500 in-flight: the request started before the kill
+(+5 ms); 500 past-bound: it waited at least ready_timeout; skipped: 2xx without the header
+(fail_open: a plugin that failed after setting its header is counted by fail_open cnt only);
+err lines: error-log lines at error or above after the kill (ours: [pluginserver]; nginx: its
+own line per failed socket call, one per connection in use when the server died; plugin: the
+plugin's own kong.log calls); ready: the supervisor's probe saw the new server accept.
+]])
+if VERBOSE then
+  for _, r in ipairs(rows) do
+    io.write("\n-- wrk: ", r.server, " fail_open ", r.fail_open, "\n", tostring(r.wrk_out), "\n")
+    io.write("-- error lines after the kill: ", r.server, " fail_open ", r.fail_open, "\n")
+    for _, line in ipairs(r.samples or {}) do
+      io.write(line:sub(1, 400), "\n")
+    end
+  end
+end
+io.write(fmt("\n%s\n", failures == 0 and "all targets met" or (failures .. " target(s) missed")))
+os.exit(failures == 0 and 0 or 1)
