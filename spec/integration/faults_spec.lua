@@ -115,9 +115,16 @@ local function ok_request(h)
   return res
 end
 
--- The single worker and its fd count, after a warm-up request when `warm`.
+-- The single worker and its fd count, after a warm-up request when `warm`. The
+-- warm-up waits until the supervisor's state says ready: an event that runs before
+-- the state exists learns no server pid (its pooled connection and instance are
+-- not tied to one), which makes the counts below depend on timing.
 local function baseline(h, warm)
   if warm then
+    assert(nginx.wait_until(function()
+      local st = h:eval_json [[return require("kong.runloop.plugin_servers").status()[1] ]]
+      return st and st.state == "ready"
+    end, 5), "the server did not become ready")
     ok_request(h)
   end
   local pids = h:worker_pids()
