@@ -3,6 +3,7 @@
 #   make build   release .so + kps-helper in target/release
 #   make test    every suite; ends with one "N passed, N failed" line
 #   make demo    the main job: nginx + real plugin servers, end to end
+#   make fuzz    every fuzz target for FUZZ_SECONDS (60) each; make fuzz-smoke: 12 s each
 #   make probe-outage  SIGKILL of each plugin server under load: responses, errors, timings
 #   make install PREFIX=/usr/local   (or LUA_LIB_DIR=... LUA_CLIB_DIR=...)
 
@@ -11,6 +12,7 @@ LUA_LIB_DIR  ?= $(PREFIX)/share/lua/5.1
 LUA_CLIB_DIR ?= $(PREFIX)/lib/lua/5.1
 CARGO        ?= cargo
 BUSTED       ?= busted --lua=luajit
+FUZZ_SECONDS ?= 60
 
 RELEASE_DIR  := target/release
 SO           := $(RELEASE_DIR)/libkong_plugin_servers.so
@@ -23,7 +25,7 @@ APT_PACKAGES := nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache lu
                 strace valgrind util-linux
 
 .PHONY: all build header deps deps-apt deps-fixtures test test-rust test-unit test-integration \
-        demo bench probe-outage install uninstall clean
+        demo bench probe-outage install uninstall clean deps-fuzz fuzz fuzz-smoke
 
 all: build
 
@@ -33,8 +35,12 @@ build:
 header:
 	$(CARGO) run --quiet --no-default-features --example gen_header
 
-deps: deps-apt deps-fixtures
+deps: deps-apt deps-fixtures deps-fuzz
 	$(CARGO) fetch
+
+deps-fuzz:
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz
+	cd fuzz && $(CARGO) fetch
 
 deps-apt:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -59,6 +65,12 @@ test-unit: build
 
 test-integration: build
 	$(BUSTED) --run=integration
+
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) tools/fuzz.sh
+
+fuzz-smoke:
+	FUZZ_SECONDS=12 tools/fuzz.sh
 
 demo: build
 	tools/demo.sh

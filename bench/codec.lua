@@ -13,7 +13,8 @@
 --   encode: ours = stream reset + kps_mp_stream_<request> (+ bridge.encode for a value)
 --           + ffi.string of the output; lua-MessagePack = pack of the same message
 --           table (already shaped: Kong's multimap fix-up is not counted against it).
---   decode: ours = feed + poll + ffi.string of the method name + bridge.decode of Args;
+--   decode: ours = feed + poll + bridge.decode of Args + the method name (mp_rpc's
+--           per-index name table; ffi.string only for an unknown method);
 --           lua-MessagePack = unpack of the same bytes. The engine only takes a reply
 --           to a pending request, so the decode loop also builds a HandleEvent; that
 --           build (measured in its own loop in the same run) is subtracted.
@@ -74,6 +75,11 @@ local MEASURE_SRC = [[
 ]]
 local function measure(fn)
   return assert(loadstring(MEASURE_SRC, "=measure"))(fn, SECONDS, cpu_ns)
+end
+
+local method_names = {}  -- as mp_rpc: a known method's name comes from this table
+for i, m in pairs(bridge.methods()) do
+  method_names[i] = m.name
 end
 
 local function method_index(name)
@@ -158,8 +164,8 @@ local function ours_decode(rbuf, rlen)
   if e.kind == C.KPS_MP_RET then
     return nil
   end
-  local name = ffi_str(e.text, e.text_len)
   local args, n = decode(e.method, ffi_str(e.value, e.value_len))
+  local name = method_names[e.method] or ffi_str(e.text, e.text_len)
   return name, args, n
 end
 

@@ -13,6 +13,13 @@ count_cargo() {
        END { print p + 0, f + 0 }' "$1"
 }
 
+count_fuzz() {
+  local p f
+  p=$(grep -cE '^fuzz [a-z_0-9]+: passed' "$1")
+  f=$(grep -cE '^fuzz [a-z_0-9]+: FAILED' "$1")
+  echo "${p:-0} ${f:-0}"
+}
+
 count_tap() {
   local out=$1 p f
   p=$(grep -cE '^ok [0-9]+' "$out")
@@ -26,7 +33,11 @@ run_suite() {
   echo "== $name: $*"
   "$@" >"$out" 2>&1
   rc=$?
-  if [ "$kind" = cargo ]; then read -r p f < <(count_cargo "$out"); else read -r p f < <(count_tap "$out"); fi
+  case $kind in
+    cargo) read -r p f < <(count_cargo "$out") ;;
+    fuzz) read -r p f < <(count_fuzz "$out") ;;
+    *) read -r p f < <(count_tap "$out") ;;
+  esac
   if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
     f=1   # the suite crashed or failed outside any test
   fi
@@ -41,6 +52,8 @@ run_suite() {
 run_suite rust cargo cargo test --no-default-features --workspace
 run_suite unit tap busted --lua=luajit --run=unit -o TAP
 run_suite integration tap busted --lua=luajit --run=integration -o TAP
+# A short bounded run of every fuzz target (the corpus replay is part of the rust suite).
+run_suite fuzz fuzz env FUZZ_SECONDS="${FUZZ_CI_SECONDS:-5}" tools/fuzz.sh
 
 rm -rf "$log_dir"
 echo "$passed passed, $failed failed"

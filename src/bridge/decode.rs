@@ -12,7 +12,7 @@ use rmp::Marker;
 use rmp::decode::{self, RmpRead};
 
 use super::encode::MAX_DEPTH;
-use super::stack::{Overflow, Stack, Val};
+use super::stack::{Overflow, Stack};
 
 type Res<T> = Result<T, String>;
 
@@ -25,23 +25,32 @@ fn overflow(e: Overflow) -> String {
 }
 
 /// What [`value`] pushed, as far as its caller needs to know.
+#[derive(Clone, Copy, PartialEq)]
 enum Pushed {
     /// An array of this many items (some may be holes).
     Array(usize),
+    Nil,
+    /// A NaN (not allowed as a map key).
+    NaN,
     Other,
 }
+
+/// Stack slots a table under construction needs above itself: a key and a value
+/// (a nested table makes its own check before it is pushed).
+const ENTRY_SLOTS: i32 = 2;
 
 /// Decodes the one value in `bytes` and pushes it. Returns its length when it
 /// is an array.
 pub fn decode(s: &Stack, bytes: &[u8]) -> Res<Option<usize>> {
     let mut rd = bytes;
+    s.check(1).map_err(overflow)?;
     let pushed = value(s, &mut rd, 0)?;
     if !rd.is_empty() {
         return Err(format!("{} bytes after the MessagePack value", rd.len()));
     }
     Ok(match pushed {
         Pushed::Array(n) => Some(n),
-        Pushed::Other => None,
+        _ => None,
     })
 }
 
@@ -59,26 +68,30 @@ fn count(rd: &[u8], n: usize, per_item: usize) -> Res<usize> {
     Ok(n)
 }
 
-/// Pushes exactly one value (on success).
+/// Pushes exactly one value (on success). The caller made room for one slot.
 fn value(s: &Stack, rd: &mut &[u8], depth: usize) -> Res<Pushed> {
     let marker = decode::read_marker(rd).map_err(truncated)?;
-    let num = |n: f64| s.push_num(n).map_err(overflow);
+    // SAFETY (every push below): the caller's check covers this one slot.
+    let num = |n: f64| unsafe { s.push_num_unchecked(n) };
     match marker {
-        Marker::Null => s.push_nil().map_err(overflow)?,
-        Marker::True => s.push_bool(true).map_err(overflow)?,
-        Marker::False => s.push_bool(false).map_err(overflow)?,
-        Marker::FixPos(n) => num(f64::from(n))?,
-        Marker::FixNeg(n) => num(f64::from(n))?,
-        Marker::U8 => num(f64::from(rd.read_data_u8().map_err(truncated)?))?,
-        Marker::U16 => num(f64::from(rd.read_data_u16().map_err(truncated)?))?,
-        Marker::U32 => num(f64::from(rd.read_data_u32().map_err(truncated)?))?,
-        Marker::U64 => num(rd.read_data_u64().map_err(truncated)? as f64)?,
-        Marker::I8 => num(f64::from(rd.read_data_i8().map_err(truncated)?))?,
-        Marker::I16 => num(f64::from(rd.read_data_i16().map_err(truncated)?))?,
-        Marker::I32 => num(f64::from(rd.read_data_i32().map_err(truncated)?))?,
-        Marker::I64 => num(rd.read_data_i64().map_err(truncated)? as f64)?,
-        Marker::F32 => num(f64::from(rd.read_data_f32().map_err(truncated)?))?,
-        Marker::F64 => num(rd.read_data_f64().map_err(truncated)?)?,
+        Marker::Null => {
+            unsafe { s.push_nil_unchecked() };
+            return Ok(Pushed::Nil);
+        }
+        Marker::True => unsafe { s.push_bool_unchecked(true) },
+        Marker::False => unsafe { s.push_bool_unchecked(false) },
+        Marker::FixPos(n) => num(f64::from(n)),
+        Marker::FixNeg(n) => num(f64::from(n)),
+        Marker::U8 => num(f64::from(rd.read_data_u8().map_err(truncated)?)),
+        Marker::U16 => num(f64::from(rd.read_data_u16().map_err(truncated)?)),
+        Marker::U32 => num(f64::from(rd.read_data_u32().map_err(truncated)?)),
+        Marker::U64 => num(rd.read_data_u64().map_err(truncated)? as f64),
+        Marker::I8 => num(f64::from(rd.read_data_i8().map_err(truncated)?)),
+        Marker::I16 => num(f64::from(rd.read_data_i16().map_err(truncated)?)),
+        Marker::I32 => num(f64::from(rd.read_data_i32().map_err(truncated)?)),
+        Marker::I64 => num(rd.read_data_i64().map_err(truncated)? as f64),
+        Marker::F32 => return float(s, f64::from(rd.read_data_f32().map_err(truncated)?)),
+        Marker::F64 => return float(s, rd.read_data_f64().map_err(truncated)?),
         Marker::FixStr(n) => string(s, rd, usize::from(n))?,
         Marker::Str8 | Marker::Bin8 => {
             let n = rd.read_data_u8().map_err(truncated)?;
@@ -123,9 +136,21 @@ fn value(s: &Stack, rd: &mut &[u8], depth: usize) -> Res<Pushed> {
     Ok(Pushed::Other)
 }
 
+fn float(s: &Stack, n: f64) -> Res<Pushed> {
+    // SAFETY: the caller of `value` made room for one slot.
+    unsafe { s.push_num_unchecked(n) };
+    Ok(if n.is_nan() {
+        Pushed::NaN
+    } else {
+        Pushed::Other
+    })
+}
+
 fn string(s: &Stack, rd: &mut &[u8], n: usize) -> Res<()> {
     let b = bytes(rd, n)?;
-    s.push_str(b).map_err(overflow)
+    // SAFETY: the caller of `value` made room for one slot.
+    unsafe { s.push_str_unchecked(b) };
+    Ok(())
 }
 
 fn deeper(depth: usize) -> Res<usize> {
@@ -137,13 +162,24 @@ fn deeper(depth: usize) -> Res<usize> {
     Ok(depth + 1)
 }
 
+/// Pushes a table and makes room for its entries. On an error the caller's
+/// entry point resets the stack, so a partly built table is simply dropped.
+fn table(s: &Stack, narr: usize, nrec: usize) -> Res<()> {
+    // SAFETY: the caller of `value` made room for the table's slot.
+    unsafe { s.new_table_unchecked(narr, nrec) };
+    s.check(ENTRY_SLOTS).map_err(overflow)
+}
+
 fn array(s: &Stack, rd: &mut &[u8], n: usize, depth: usize) -> Res<Pushed> {
     let depth = deeper(depth)?;
     let n = count(rd, n, 1)?;
-    let t = s.new_table(n, 0).map_err(overflow)?;
-    for i in 1..=n {
+    let last = i32::try_from(n).map_err(|_| truncated(()))?;
+    table(s, n, 0)?;
+    for i in 1..=last {
         value(s, rd, depth)?;
-        s.set_item(&t, i);
+        // SAFETY: `value` pushed one value right above the table (a nil leaves
+        // a hole); the table's check covered it.
+        unsafe { s.set_item_unchecked(i) };
     }
     Ok(Pushed::Array(n))
 }
@@ -151,16 +187,23 @@ fn array(s: &Stack, rd: &mut &[u8], n: usize, depth: usize) -> Res<Pushed> {
 fn map(s: &Stack, rd: &mut &[u8], n: usize, depth: usize) -> Res<()> {
     let depth = deeper(depth)?;
     let n = count(rd, n, 2)?;
-    let t = s.new_table(0, n).map_err(overflow)?;
+    table(s, 0, n)?;
     for _ in 0..n {
-        value(s, rd, depth)?;
-        value(s, rd, depth)?;
-        s.peek(2, |k| match k {
-            Val::Nil => Err("MessagePack map key is nil"),
-            Val::Num(x) if x.is_nan() => Err("MessagePack map key is NaN"),
-            _ => Ok(()),
-        })?;
-        s.set_pair(&t);
+        let key = value(s, rd, depth)?;
+        let val = value(s, rd, depth)?;
+        match key {
+            Pushed::Nil => return Err("MessagePack map key is nil".into()),
+            Pushed::NaN => return Err("MessagePack map key is NaN".into()),
+            _ => {}
+        }
+        if val == Pushed::Nil {
+            // SAFETY: the key and the value were just pushed.
+            unsafe { s.pop_unchecked(2) };
+        } else {
+            // SAFETY: key (not nil/NaN, checked above) and non-nil value right
+            // above the table; the table's check covered both.
+            unsafe { s.set_pair_unchecked() };
+        }
     }
     Ok(())
 }

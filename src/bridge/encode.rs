@@ -18,6 +18,9 @@ pub use super::walk::MAX_DEPTH;
 
 type Res = Result<(), EncodeError>;
 
+/// Bytes of a map32 header, the longest map header.
+const MAP_HEADER_MAX: usize = 5;
+
 fn put<T, E: std::fmt::Debug>(r: Result<T, E>) {
     // Writing into a Vec cannot fail.
     r.expect("writing to a Vec");
@@ -74,22 +77,61 @@ impl Walker<'_> {
     fn table(&mut self, t: Table<'_>) -> Res {
         let s = self.s;
         self.guard.enter(s, t)?;
-        match walk::layout(s, t)? {
-            Layout::Empty => put(encode::write_array_len(self.out, 0)),
-            Layout::Array(n) => {
-                put(encode::write_array_len(self.out, n as u32));
-                walk::each_item(s, t, n, |v| self.value(v))?;
-            }
-            Layout::Map(n) => {
-                put(encode::write_map_len(self.out, n as u32));
-                walk::each_pair(s, t, |k, v| {
-                    self.value(k)?;
-                    self.value(v)
-                })?;
+        if s.raw_len(t) == 0 {
+            // No t[1]: not an array, so a map (or, with no entries, an empty
+            // array), written in one walk with the count patched in after.
+            let at = self.begin_map();
+            let mut count = 0usize;
+            walk::each_pair(s, t, |k, v| {
+                count += 1;
+                self.value(k)?;
+                self.value(v)
+            })?;
+            self.end_map(at, count, true);
+        } else {
+            match walk::layout(s, t)? {
+                Layout::Empty => put(encode::write_array_len(self.out, 0)),
+                Layout::Array(n) => {
+                    put(encode::write_array_len(self.out, n as u32));
+                    walk::each_item(s, t, n, |v| self.value(v))?;
+                }
+                Layout::Map(n) => {
+                    put(encode::write_map_len(self.out, n as u32));
+                    walk::each_pair(s, t, |k, v| {
+                        self.value(k)?;
+                        self.value(v)
+                    })?;
+                }
             }
         }
         self.guard.leave();
         Ok(())
+    }
+
+    /// Leaves room for the largest map header (map32) and returns where it starts.
+    fn begin_map(&mut self) -> usize {
+        let at = self.out.len();
+        self.out.extend_from_slice(&[0; MAP_HEADER_MAX]);
+        at
+    }
+
+    /// Writes the header of the map begun at `at` with `count` entries (an empty
+    /// array instead when `count` is 0 and `empty_as_array`), moving the entries
+    /// down when the header is shorter than the room left for it.
+    fn end_map(&mut self, at: usize, count: usize, empty_as_array: bool) {
+        let mut header = [0u8; MAP_HEADER_MAX];
+        let mut w = &mut header[..];
+        if count == 0 && empty_as_array {
+            put(encode::write_array_len(&mut w, 0));
+        } else {
+            put(encode::write_map_len(&mut w, count as u32));
+        }
+        let len = MAP_HEADER_MAX - w.len();
+        if len < MAP_HEADER_MAX {
+            self.out.copy_within(at + MAP_HEADER_MAX.., at + len);
+            self.out.truncate(self.out.len() - (MAP_HEADER_MAX - len));
+        }
+        self.out[at..at + len].copy_from_slice(&header[..len]);
     }
 
     /// Header/query maps as the PDKs expect them: always a map; a string value → a
@@ -97,12 +139,10 @@ impl Walker<'_> {
     fn multimap(&mut self, t: Table<'_>) -> Res {
         let s = self.s;
         self.guard.enter(s, t)?;
-        let count = match walk::layout(s, t)? {
-            Layout::Empty => 0,
-            Layout::Array(n) | Layout::Map(n) => n,
-        };
-        put(encode::write_map_len(self.out, count as u32));
+        let at = self.begin_map();
+        let mut count = 0usize;
         walk::each_pair(s, t, |k, v| {
+            count += 1;
             self.value(k)?;
             match v {
                 Val::Bool(true) => put(encode::write_array_len(self.out, 0)),
@@ -114,6 +154,7 @@ impl Walker<'_> {
             }
             Ok(())
         })?;
+        self.end_map(at, count, false);
         self.guard.leave();
         Ok(())
     }

@@ -348,12 +348,79 @@ impl Stack {
         }
     }
 
-    /// The value just pushed, for checks like the map key rules.
-    pub fn peek<R>(&self, depth: c_int, f: impl for<'v> FnOnce(Val<'v>) -> R) -> R {
-        let idx = self.top() - depth + 1;
-        assert!(depth >= 1 && idx >= 1, "peek below the stack");
-        // SAFETY: a valid slot (checked), held during f (f cannot pop it).
-        f(unsafe { self.val(idx) })
+    // Building without per-push checks (the decoder): one `check` per table
+    // covers the slots its entries take. Each method is `unsafe` because only the
+    // caller knows that a `check` covers the push or what the top slots hold.
+
+    /// Pushes nil.
+    ///
+    /// # Safety
+    /// A [`Stack::check`] made room for this slot (no push since used it up).
+    pub unsafe fn push_nil_unchecked(&self) {
+        // SAFETY: caller.
+        unsafe { ffi::lua_pushnil(self.l) }
+    }
+
+    /// # Safety
+    /// As [`Stack::push_nil_unchecked`].
+    pub unsafe fn push_bool_unchecked(&self, b: bool) {
+        // SAFETY: caller.
+        unsafe { ffi::lua_pushboolean(self.l, c_int::from(b)) }
+    }
+
+    /// # Safety
+    /// As [`Stack::push_nil_unchecked`].
+    pub unsafe fn push_num_unchecked(&self, n: f64) {
+        // SAFETY: caller.
+        unsafe { ffi::lua_pushnumber(self.l, n) }
+    }
+
+    /// # Safety
+    /// As [`Stack::push_nil_unchecked`].
+    pub unsafe fn push_str_unchecked(&self, b: &[u8]) {
+        // SAFETY: caller; Lua copies the bytes.
+        unsafe { push_bytes(self.l, b) }
+    }
+
+    /// Pushes a new table sized for `narr` array and `nrec` hash entries; the
+    /// caller then stores exactly `t[top-1] = top` (items) or `t[top-2] = top-1`
+    /// (pairs) with the `*_unchecked` setters.
+    ///
+    /// # Safety
+    /// As [`Stack::push_nil_unchecked`].
+    pub unsafe fn new_table_unchecked(&self, narr: usize, nrec: usize) {
+        let size = |n: usize| c_int::try_from(n).unwrap_or(c_int::MAX);
+        // SAFETY: caller.
+        unsafe { ffi::lua_createtable(self.l, size(narr), size(nrec)) }
+    }
+
+    /// Pops the top value into `t[i]` (raw), `t` being the slot just below it; a
+    /// nil leaves a hole.
+    ///
+    /// # Safety
+    /// The top slot holds a value and the one below it a table.
+    pub unsafe fn set_item_unchecked(&self, i: c_int) {
+        // SAFETY: caller; rawseti of any value (nil included) does not raise.
+        unsafe { ffi::lua_rawseti_(self.l, -2, i) }
+    }
+
+    /// Pops the top two values (key, value) into the table just below them (raw).
+    ///
+    /// # Safety
+    /// The top two slots hold a key that is neither nil nor NaN (lua_rawset would
+    /// raise) and a value that is not nil, above a table.
+    pub unsafe fn set_pair_unchecked(&self) {
+        // SAFETY: caller.
+        unsafe { ffi::lua_rawset(self.l, -3) }
+    }
+
+    /// Pops `n` values.
+    ///
+    /// # Safety
+    /// At least `n` values were pushed by the caller above the slots it must keep.
+    pub unsafe fn pop_unchecked(&self, n: c_int) {
+        // SAFETY: caller.
+        unsafe { ffi::lua_settop(self.l, -n - 1) }
     }
 }
 

@@ -451,3 +451,54 @@ fn property_canonical_bytes_survive_a_round_trip() {
         assert_eq!(hex(&back), hex(&bytes), "case {case}");
     }
 }
+
+/// Maps are written in one walk with the header patched in afterwards: the
+/// header must still be the shortest form (fixmap, map16, map32 boundaries),
+/// nested maps included, and an empty key-less table stays an empty array.
+#[test]
+fn map_headers_are_the_shortest_form_at_every_size() {
+    let lua = lua();
+    for n in [0usize, 1, 15, 16, 17, 65535, 65536] {
+        for (index, nested) in [("0", false), ("0", true), ("GET_HEADERS", false)] {
+            // { k00001 = 1, ... } (or { x = { ... } } when nested); keys sort so the
+            // expected bytes can be built in the order Lua iterates them.
+            let code = format!(
+                "local t = {{}} for i = 1, {n} do t[string.format('k%06d', i)] = 1 end
+                 {wrap}
+                 local b, err = bridge.encode({index}, t)
+                 if not b then return err end
+                 local keys = {{}}
+                 for k in pairs(inner) do keys[#keys + 1] = k end
+                 KEYS = keys
+                 return b",
+                wrap = if nested {
+                    "local inner = t t = { x = t }"
+                } else {
+                    "local inner = t"
+                },
+            );
+            let got: mlua::String = lua.load(&code).eval().unwrap();
+            let keys: Vec<String> = lua.globals().get("KEYS").unwrap();
+            let mut want = Vec::new();
+            if nested {
+                rmp::encode::write_map_len(&mut want, 1).unwrap();
+                rmp::encode::write_str(&mut want, "x").unwrap();
+            }
+            if n == 0 && index == "0" {
+                rmp::encode::write_array_len(&mut want, 0).unwrap();
+            } else {
+                rmp::encode::write_map_len(&mut want, n as u32).unwrap();
+            }
+            for k in &keys {
+                rmp::encode::write_str(&mut want, k).unwrap();
+                // A number value is left as it is, in a multimap too.
+                rmp::encode::write_uint(&mut want, 1).unwrap();
+            }
+            assert_eq!(
+                &*got.as_bytes(),
+                &want[..],
+                "n={n} index={index} nested={nested}"
+            );
+        }
+    }
+}

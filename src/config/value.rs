@@ -79,9 +79,12 @@ pub fn boolean(value: &Value) -> Result<bool, Expected> {
     }
 }
 
-/// A non-empty string (surrounding blanks removed, as Kong's conf loader does).
+/// A non-empty string (surrounding blanks removed, as Kong's conf loader does)
+/// without NUL bytes: paths and commands become C strings, which end at the first
+/// NUL (a socket path would be cut short, a command would fail to start).
 pub fn text(value: &Value, what: &str) -> Result<String, Expected> {
     match value {
+        Value::Text(s) if s.contains('\0') => Err(format!("a {what} without NUL bytes")),
         Value::Text(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
         _ => Err(format!("a non-empty {what}")),
     }
@@ -159,6 +162,15 @@ mod tests {
         assert_eq!(text(&t("  a b "), "path"), Ok("a b".into()));
         assert!(text(&t("   "), "path").is_err());
         assert!(text(&Value::Number(3.0), "path").is_err());
+    }
+
+    #[test]
+    fn text_rejects_nul_bytes() {
+        // Found by the `config` fuzz target (fuzz/corpus/config/regress-nul-in-query-cmd).
+        assert_eq!(
+            text(&t("/bin/go\0-hello -dump"), "command line"),
+            Err("a command line without NUL bytes".into())
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub use errbuf::{
 };
 
 // One file per object or area; each owned by its issue.
-mod config;
+pub mod config;
 mod msgpack;
 mod protobuf;
 mod query;

@@ -10,7 +10,7 @@ use crossbeam_channel::{Receiver, unbounded};
 use serde::Serialize;
 
 #[path = "../../helper/src/wire.rs"]
-mod wire;
+pub mod wire;
 
 /// How a server ended, as the helper's `waitpid` saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -51,7 +51,8 @@ pub enum HelperEvent {
     Gone,
 }
 
-fn parse_line(line: &str) -> Option<HelperEvent> {
+/// One report line of the helper as an event; `None` for a line of another shape.
+pub fn parse_line(line: &str) -> Option<HelperEvent> {
     let f: Vec<&str> = line.split('\t').collect();
     Some(match f.as_slice() {
         ["spawned", id, pid] => HelperEvent::Spawned {

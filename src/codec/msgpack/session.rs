@@ -395,7 +395,9 @@ impl Stream {
         }
         rd = &rd[1..];
         let result = msg.len() - rd.len();
-        let result_len = value_len(&mut self.scratch, rd)?;
+        // The result is the message's last element and the framer found the
+        // message's exact end: no scan needed.
+        let result_len = rd.len();
         let result_bytes = &msg[result..result + result_len];
         match req {
             Request::StartInstance => {
@@ -484,14 +486,26 @@ impl Stream {
         let mut rd = &bytes[span.start..];
         let entries =
             decode::read_map_len(&mut rd).map_err(|_| format!("{what} reply is not a map"))?;
-        for _ in 0..entries {
-            let key_start = span.end - rd.len();
-            let key_len = value_len(&mut self.scratch, rd)?;
-            let mut krd = &bytes[key_start..key_start + key_len];
-            let key = read_text(&mut krd).unwrap_or(b"");
-            rd = &rd[key_len..];
+        for i in 0..entries {
+            let mut krd = rd;
+            let key = match read_text(&mut krd) {
+                Some(key) => {
+                    rd = krd;
+                    key
+                }
+                None => {
+                    let key_len = value_len(&mut self.scratch, rd)?;
+                    rd = &rd[key_len..];
+                    b""
+                }
+            };
             let vstart = span.end - rd.len();
-            let vlen = value_len(&mut self.scratch, rd)?;
+            // `span` is exact (framed), so the last value ends where it ends.
+            let vlen = if i + 1 == entries {
+                rd.len()
+            } else {
+                value_len(&mut self.scratch, rd)?
+            };
             rd = &rd[vlen..];
             f(key, vstart..vstart + vlen, bytes)?;
         }

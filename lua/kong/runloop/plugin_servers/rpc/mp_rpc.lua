@@ -37,8 +37,12 @@ local SERVER_PID = C.KPS_MP_SERVER_PID
 local MAX_DEPTH = bridge.MAX_DEPTH + 8
 local READ_SIZE = 65536
 
+-- Per method index: whether the call ends the request, and its name (so that a
+-- known method's name is a table read, not an ffi.string of the event's text).
 local terminal = {}
+local method_names = {}
 for i, m in pairs(bridge.methods()) do
+  method_names[i] = m.name
   if m.terminal then
     terminal[i] = true
   end
@@ -269,7 +273,7 @@ local function answer(self, c, ev, dispatch, saved, stats)
       return false, "protocol error: PDK call arguments: " .. n
     end
   end
-  local name = ffi_str(ev.text, ev.text_len)
+  local name = method_names[index] or ffi_str(ev.text, ev.text_len)
   stats.pdk_calls = stats.pdk_calls + 1
   local ok, value = dispatch(index, name, args, n, saved)
   if terminal[index] then
