@@ -95,3 +95,17 @@ uninstall:
 clean:
 	$(CARGO) clean
 	rm -rf build spec/tmp
+
+# Not in CI (issue 8): load and reload under load through the real hello plugins
+# (SOAK_SECONDS, SOAK_CONNECTIONS, SOAK_PLUGINS), memcheck over the Rust tests and
+# the unit specs.
+.PHONY: soak reload-soak valgrind
+soak: build
+	luajit tools/soak.lua load
+	luajit tools/soak.lua reload
+
+reload-soak: build
+	luajit tools/soak.lua reload
+
+valgrind: build
+	tools/valgrind.sh

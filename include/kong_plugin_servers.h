@@ -139,6 +139,12 @@ typedef struct {
 
 // Returns the library version as a NUL-terminated static string.
 //
+// # Errors
+// None.
+//
+// # Panics
+// Never: it returns a pointer to a constant.
+//
 // # Safety
 // None: the pointer is to static memory and must not be freed.
 const char *kps_version(void);

@@ -24,4 +24,13 @@ describe("native library loader", function()
     assert.equal(lib.C.KPS_ERR_PANIC, rc)
     assert.equal("internal error (panic): self-test panic", lib.errmsg())
   end)
+
+  it("turns a panic inside a bridge function into a Lua error with the message", function()
+    local ok, err = pcall(lib.bridge.selftest_panic)
+    assert.is_false(ok)
+    assert.equal("bridge self-test panic", tostring(err))
+    -- the bridge still works afterwards
+    assert.equal(lib.version(), lib.bridge.version)
+    assert.is_table(lib.bridge.methods())
+  end)
 end)

@@ -31,7 +31,7 @@ pub unsafe fn write_error(errbuf: *mut u8, errbuf_len: *mut usize, msg: &str) {
 
 /// Replaces the default panic hook (which prints a backtrace into nginx's error log)
 /// with one line on stderr; the message also comes back to Lua through `errbuf`.
-fn install_quiet_panic_hook() {
+pub(crate) fn install_quiet_panic_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         std::panic::set_hook(Box::new(|info| {

@@ -4,6 +4,12 @@ use super::errbuf::guard;
 
 /// Returns the library version as a NUL-terminated static string.
 ///
+/// # Errors
+/// None.
+///
+/// # Panics
+/// Never: it returns a pointer to a constant.
+///
 /// # Safety
 /// None: the pointer is to static memory and must not be freed.
 #[unsafe(no_mangle)]

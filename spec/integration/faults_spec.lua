@@ -1,0 +1,439 @@
+-- The fault matrix (issue 8): one misbehaving plugin server per case, real nginx
+-- with one worker. Each case asserts the request's status within a time bound, the
+-- error line, that the worker survived (same pid, no "exited on signal") and that
+-- it holds as many file descriptors as after warm-up (no socket or fd leaked).
+-- The stand-in servers are fixtures/servers/mp_fault.py (MessagePack-RPC) and
+-- pb_fault.py (Protobuf); a plugin config field `mode` makes them misbehave in the
+-- middle of an event. Faults of the connection path (shared by both protocols:
+-- rpc/socket.lua) and of the info query run once, with the MessagePack server.
+local nginx = require "spec.helpers.nginx"
+local procs = require "spec.helpers.procs"
+
+local ROOT = nginx.root
+local PY = ROOT .. "/build/venv/bin/python3"
+
+local function read(path)
+  local f = io.open(path, "rb")
+  if not f then
+    return nil
+  end
+  local text = f:read("*a")
+  f:close()
+  return text
+end
+
+-- Per protocol: the stand-in server and the texts that differ.
+local PROTOCOLS = {
+  {
+    name = "MessagePack", script = ROOT .. "/fixtures/servers/mp_fault.py", all = true,
+    closed = "plugin server fault closed the connection",
+  },
+  {
+    name = "Protobuf", script = ROOT .. "/fixtures/servers/pb_fault.py",
+    closed = "connection closed by the plugin server during the event",
+    -- pb_rpc.lua is a stub until the Protobuf issue lands
+    missing = not (read(ROOT .. "/lua/kong/runloop/plugin_servers/rpc/pb_rpc.lua") or ""):find("function _M.new")
+      and "the Protobuf RPC (rpc/pb_rpc.lua) is not implemented on this branch" or nil,
+  },
+}
+local SERVER = PROTOCOLS[1].script   -- the server of the current describe block
+local SERVERS = ROOT .. "/fixtures/servers"
+local NAME = "fault"
+local K = "pluginserver_fault_"
+
+-- Small timings; every bound a case asserts derives from these.
+local READ_TIMEOUT = 500
+local READY_TIMEOUT = 600
+local MAX_MESSAGE = 65536
+
+local function exists(path)
+  local ok = os.execute("test -e '" .. path .. "'")
+  return ok == true or ok == 0
+end
+
+local function settings(prefix, opts)
+  opts = opts or {}
+  local sock = opts.socket or (prefix .. "/" .. NAME .. ".socket")
+  local s = {
+    prefix = prefix,
+    pluginserver_names = { NAME },
+    [K .. "socket"] = sock,
+    [K .. "query_cmd"] = opts.query_cmd or (PY .. " " .. SERVER .. " --dump --name " .. NAME),
+    [K .. "connect_timeout"] = "300",
+    [K .. "send_timeout"] = "500",
+    [K .. "read_timeout"] = tostring(READ_TIMEOUT),
+    [K .. "ready_timeout"] = tostring(opts.ready_timeout or READY_TIMEOUT),
+    [K .. "max_message_size"] = tostring(MAX_MESSAGE),
+    [K .. "respawn_delay"] = "100",
+    [K .. "respawn_delay_max"] = "200",
+    [K .. "stop_timeout"] = "1000",
+    [K .. "query_timeout"] = tostring(opts.query_timeout or 5000),
+  }
+  if not opts.external then
+    s[K .. "start_cmd"] = PY .. " -u " .. SERVER .. " " .. sock .. " --name " .. NAME
+      .. (opts.server_args or "")
+  end
+  return s
+end
+
+local function start(opts)
+  opts = opts or {}
+  local prefix = nginx.make_prefix()
+  local h = assert(nginx.start {
+    prefix = prefix, workers = 1, configuration = settings(prefix, opts),
+    plugins = { { name = NAME, config = { mode = opts.mode or "ok" } } },
+  })
+  h.sock = opts.socket or (prefix .. "/" .. NAME .. ".socket")
+  return h
+end
+
+local function status(h)
+  return assert(h:eval_json [[return require("kong.runloop.plugin_servers").status()[1] ]])
+end
+
+local function set_mode(h, mode)
+  assert(h:set_plugins { { name = NAME, config = { mode = mode } } })
+end
+
+-- A request and how long it took.
+local function timed(h)
+  local t0 = nginx.now()
+  local res = assert(h:request { headers = { host = "fault.test" } })
+  return res, nginx.now() - t0
+end
+
+local function body_and_log(h, res)
+  return "status " .. tostring(res.status) .. ", body: " .. tostring(res.body) .. "\n"
+    .. (h:error_log() or ""):sub(-3000)
+end
+
+-- A request that must succeed (waits for a supervised server to be ready).
+local function ok_request(h)
+  local res = timed(h)
+  assert.equal(200, res.status, body_and_log(h, res))
+  assert.is_string(res.headers["x-fault-pid"])
+  return res
+end
+
+-- The single worker and its fd count, after a warm-up request when `warm`. The
+-- warm-up waits until the supervisor's state says ready: an event that runs before
+-- the state exists learns no server pid (its pooled connection and instance are
+-- not tied to one), which makes the counts below depend on timing.
+local function baseline(h, warm)
+  if warm then
+    assert(nginx.wait_until(function()
+      local st = h:eval_json [[return require("kong.runloop.plugin_servers").status()[1] ]]
+      return st and st.state == "ready"
+    end, 5), "the server did not become ready")
+    ok_request(h)
+  end
+  local pids = h:worker_pids()
+  assert.equal(1, #pids)
+  -- let the log phase and closed connections settle
+  nginx.sleep(0.1)
+  return { pid = pids[1], fds = procs.fd_count(pids[1]) }
+end
+
+-- The worker survived and holds no more descriptors than at the baseline.
+local function assert_worker_intact(h, base)
+  assert.same({ base.pid }, h:worker_pids())
+  assert.equal(0, h:count_log("exited on signal"), "a worker crashed")
+  local fds = nginx.wait_until(function()
+    local n = procs.fd_count(base.pid)
+    return n == base.fds and n
+  end, 3) or procs.fd_count(base.pid)
+  assert.equal(base.fds, fds, "fd count of worker " .. base.pid)
+end
+
+-- The failure rule's line (its head may name the server first: "<server>: plugin ...").
+local function failure_line(cause)
+  return "%[pluginserver%] .-plugin fault failed in access %(" .. cause .. "%): "
+end
+
+-- Live processes whose command line contains text.
+local function processes_with(text)
+  local out = {}
+  local p = io.popen("ls /proc")
+  for name in p:lines() do
+    local pid = tonumber(name)
+    if pid and procs.alive(pid) and (procs.cmdline(pid) or ""):find(text, 1, true) then
+      out[#out + 1] = pid
+    end
+  end
+  p:close()
+  return out
+end
+
+local function wait_new_pid(h, old)
+  return nginx.wait_until(function()
+    local st = status(h)
+    return st.state == "ready" and st.pid ~= old and st
+  end, 5)
+end
+
+for _, P in ipairs(PROTOCOLS) do
+  describe("fault matrix (" .. P.name .. " stand-in server)", function()
+    local h
+
+    before_each(function()
+      SERVER = P.script
+    end)
+
+    if P.missing then
+      it("runs", function()
+        pending(P.missing)
+      end)
+      return
+    end
+
+    after_each(function()
+      if h then
+        h:stop()
+        h = nil
+      end
+    end)
+
+    it("server killed mid-event: 500 at once, then served by the respawned server", function()
+      h = start()
+      local base = baseline(h, true)
+      local old = status(h).pid
+      set_mode(h, "kill")
+      local res, took = timed(h)
+      assert.equal(500, res.status, body_and_log(h, res))
+      assert.is_true(took < 0.5, "took " .. took)
+      assert(h:wait_log(failure_line("connect") .. ".*" .. P.closed, 2))
+      assert(wait_new_pid(h, old))
+      set_mode(h, "ok")
+      res = ok_request(h)
+      assert.not_equal(tostring(old), res.headers["x-fault-pid"])
+      assert_worker_intact(h, base)
+    end)
+
+    it("server closes the socket mid-event: 500 at once, the next event on a new connection", function()
+      h = start()
+      local base = baseline(h, true)
+      local pid = status(h).pid
+      set_mode(h, "close")
+      local res, took = timed(h)
+      assert.equal(500, res.status, body_and_log(h, res))
+      assert.is_true(took < 0.5, "took " .. took)
+      assert(h:wait_log(failure_line("connect") .. ".*" .. P.closed, 2))
+      set_mode(h, "ok")
+      res = ok_request(h)
+      assert.equal(tostring(pid), res.headers["x-fault-pid"])
+      assert_worker_intact(h, base)
+    end)
+
+    it("server sends a garbage frame: 500 at once, protocol error, connection dropped", function()
+      h = start()
+      local base = baseline(h, true)
+      set_mode(h, "garbage")
+      local res, took = timed(h)
+      assert.equal(500, res.status, body_and_log(h, res))
+      assert.is_true(took < 0.5, "took " .. took)
+      assert(h:wait_log(failure_line("protocol"), 2))
+      assert.equal(1, status(h).counters.errors.protocol)
+      set_mode(h, "ok")
+      ok_request(h)
+      assert_worker_intact(h, base)
+    end)
+
+    it("server sends a frame larger than max_message_size: 500 without reading it all", function()
+      h = start()
+      local base = baseline(h, true)
+      set_mode(h, "oversize")
+      local res, took = timed(h)
+      assert.equal(500, res.status, body_and_log(h, res))
+      assert.is_true(took < 0.5, "took " .. took)
+      local line = assert(h:wait_log(failure_line("protocol"), 2))
+      assert.matches(tostring(MAX_MESSAGE), line, 1, true)
+      set_mode(h, "ok")
+      ok_request(h)
+      assert_worker_intact(h, base)
+    end)
+
+    it("server accepts but never answers: 500 after read_timeout", function()
+      h = start()
+      local base = baseline(h, true)
+      set_mode(h, "silent")
+      local res, took = timed(h)
+      assert.equal(500, res.status, body_and_log(h, res))
+      assert.is_true(took >= READ_TIMEOUT / 1000 * 0.9 and took < READ_TIMEOUT / 1000 + 0.5, "took " .. took)
+      assert(h:wait_log(failure_line("timeout") .. "read from fault failed: timeout", 2))
+      assert.equal(1, status(h).counters.errors.timeout)
+      set_mode(h, "ok")
+      ok_request(h)
+      assert_worker_intact(h, base)
+    end)
+
+    if P.all then
+    it("server slow to start: a request waits for readiness within ready_timeout", function()
+      h = start { server_args = " --delay 0.4", ready_timeout = 3000 }
+      local base = baseline(h, false)
+      local res, took = timed(h)
+      assert.equal(200, res.status, body_and_log(h, res))
+      assert.is_true(took < 3, "took " .. took)
+      assert_worker_intact(h, { pid = base.pid, fds = base.fds + 1 })   -- + the pooled connection
+    end)
+    end
+
+    if P.all then
+    it("server slower to start than ready_timeout: 500 once ready_timeout has passed", function()
+      h = start { server_args = " --delay 30", ready_timeout = 300 }
+      local base = baseline(h, false)
+      local res, took = timed(h)
+      assert.equal(500, res.status, body_and_log(h, res))
+      assert.is_true(took >= 0.25 and took < 1.5, "took " .. took)
+      assert(h:wait_log(failure_line("connect") .. ".*pluginserver 'fault' not ready after", 2))
+      assert.equal("starting", status(h).state)
+      assert_worker_intact(h, base)
+    end)
+    end
+
+    if P.all then
+    it("socket file removed while running: 500 after ready_timeout, served again after a respawn", function()
+      -- --one-shot: the server closes each connection after its event, so nothing is pooled
+      h = start { server_args = " --one-shot" }
+      local base = baseline(h, true)
+      local old = status(h).pid
+      assert(os.remove(h.sock))
+      local res, took = timed(h)
+      assert.equal(500, res.status, body_and_log(h, res))
+      assert.is_true(took >= READY_TIMEOUT / 1000 * 0.9 and took < READY_TIMEOUT / 1000 + 1, "took " .. took)
+      assert(h:wait_log(failure_line("connect") .. ".*cannot connect to " .. h.sock:gsub("%p", "%%%0"), 2))
+      -- the server still runs: nothing noticed the lost socket; a restart brings it back
+      assert.equal(old, status(h).pid)
+      procs.kill(old, "KILL")
+      assert(wait_new_pid(h, old))
+      ok_request(h)
+      assert_worker_intact(h, base)
+    end)
+    end
+
+    if P.all then
+    for _, kind in ipairs { "regular file", "directory" } do
+      it("socket path that is a " .. kind .. ": 500 at once with a connect error naming it", function()
+        local prefix = nginx.make_prefix()
+        local path = prefix .. "/not-a-socket"
+        if kind == "directory" then
+          assert(os.execute("mkdir '" .. path .. "'"))
+        else
+          local f = assert(io.open(path, "w"))
+          f:write("x")
+          f:close()
+        end
+        h = assert(nginx.start {
+          prefix = prefix, workers = 1,
+          configuration = settings(prefix, { external = true, socket = path }),
+          plugins = { { name = NAME, config = { mode = "ok" } } },
+        })
+        local base = baseline(h, false)
+        local res, took = timed(h)
+        assert.equal(500, res.status, body_and_log(h, res))
+        assert.is_true(took < 0.5, "took " .. took)
+        assert(h:wait_log(failure_line("connect") .. ".*cannot connect to " .. path:gsub("%p", "%%%0")
+                          .. ": connection refused", 2))
+        assert.equal(1, status(h).counters.errors.connect)
+        assert_worker_intact(h, base)
+      end)
+    end
+    end
+
+    if P.all then
+    it("query command hangs: nginx starts within query_timeout, the plugin fails to load, nothing left", function()
+      local marker = "987.6" .. tostring(os.time() % 100000)
+      local prefix = nginx.make_prefix()
+      local script = prefix .. "/hang.sh"
+      local f = assert(io.open(script, "w"))
+      f:write("#!/bin/sh\necho thinking\nexec sleep " .. marker .. "\n")
+      f:close()
+      assert(os.execute("chmod +x '" .. script .. "'"))
+      local t0 = nginx.now()
+      h = assert(nginx.start {
+        prefix = prefix, workers = 1,
+        configuration = settings(prefix, { query_cmd = script, query_timeout = 300 }),
+        plugins = { { name = NAME, config = {} } },
+      })
+      assert.is_true(nginx.now() - t0 < 3, "start took " .. (nginx.now() - t0))
+      local base = baseline(h, false)
+      local res, took = timed(h)
+      assert.equal(500, res.status, body_and_log(h, res))
+      assert.is_true(took < 0.5, "took " .. took)
+      assert(h:wait_log("cannot load plugin fault: failed loading external plugins: .*timed out after 300 ms", 2))
+      assert.same({}, processes_with("sleep " .. marker))
+      assert_worker_intact(h, base)
+    end)
+    end
+
+    if P.all then
+    it("query command prints garbage: the plugin fails to load with the output in the message", function()
+      local prefix = nginx.make_prefix()
+      h = assert(nginx.start {
+        prefix = prefix, workers = 1,
+        configuration = settings(prefix, { query_cmd = SERVERS .. "/garbage_dump.sh" }),
+        plugins = { { name = NAME, config = {} } },
+      })
+      local base = baseline(h, false)
+      local res, took = timed(h)
+      assert.equal(500, res.status, body_and_log(h, res))
+      assert.is_true(took < 0.5, "took " .. took)
+      assert(h:wait_log("cannot load plugin fault: failed loading external plugins: .*printed no JSON", 2))
+      assert_worker_intact(h, base)
+    end)
+    end
+
+    it("server restarted with a different pid: instances dropped before the next event", function()
+      h = start()
+      local base = baseline(h, true)
+      local old = status(h).pid
+      procs.kill(old, "KILL")
+      local st = assert(wait_new_pid(h, old))
+      local res = ok_request(h)
+      assert.equal(tostring(st.pid), res.headers["x-fault-pid"])
+      assert(h:wait_log("pluginserver 'fault' is ready, pid " .. st.pid, 2))
+      local c = status(h).counters
+      assert.equal(0, c.errors.no_instance)     -- no round trip wasted on the dead instance
+      assert.equal(2, c.instance_starts)
+      assert_worker_intact(h, base)
+    end)
+
+    if P.all then
+    it("worker event storm: 1000 reset_instances events at once are all handled, one restart follows", function()
+      h = start()
+      local base = baseline(h, true)
+      assert.equal(1, status(h).counters.instance_starts)
+      local N = 1000
+      assert(h:eval([[
+        local dict = ngx.shared.kps_host
+        kong.worker_events.register(function() dict:incr("storm_seen", 1, 0) end, "plugin_server", "reset_instances")
+        for i = 1, ]] .. N .. [[ do
+          assert(kong.worker_events.post("plugin_server", "reset_instances", { plugin_name = "fault" }))
+        end
+        return "posted"
+      ]]))
+      assert(nginx.wait_until(function()
+        return tonumber(h:eval [[return ngx.shared.kps_host:get("storm_seen") or 0]]) == N
+      end, 5), "not every event was handled")
+      ok_request(h)
+      assert.equal(2, status(h).counters.instance_starts)
+      assert.equal(0, h:count_log("failed to post"))
+      assert_worker_intact(h, base)
+    end)
+    end
+
+    it("instances lost on the server (no plugin instance): each request restarts one and succeeds", function()
+      h = start()
+      set_mode(h, "forget")
+      local base = baseline(h, true)
+      for _ = 1, 10 do
+        ok_request(h)
+      end
+      -- every request needs a new instance; most learn it from "no plugin instance",
+      -- some find none because the worker's own reset event already dropped it
+      local c = status(h).counters
+      assert.equal(11, c.instance_starts)
+      assert.is_true(c.errors.no_instance >= 1 and c.errors.no_instance <= 10, c.errors.no_instance)
+      assert_worker_intact(h, base)
+    end)
+  end)
+end
