@@ -9,11 +9,11 @@
 local ffi = require "ffi"
 local lib = require "kong.runloop.plugin_servers.lib"
 local socket = require "kong.runloop.plugin_servers.rpc.socket"
+local connection = require "kong.runloop.plugin_servers.rpc.connection"
 
 local C = lib.C
 local bridge = lib.bridge
 local ffi_new = ffi.new
-local ffi_gc = ffi.gc
 local ffi_str = ffi.string
 local errbuf = lib.errbuf
 local errmsg = lib.errmsg
@@ -57,48 +57,13 @@ RPC.__index = RPC
 
 -- rpc for one plugin: `def` is its server definition; `on_reset` is called when the
 -- server's instances are gone (serverPid changed).
+local engine  -- set below, once roundtrip is defined
+
 function _M.new(def, plugin_name, on_reset)
   return setmetatable({
     def = def, plugin_name = plugin_name, on_reset = on_reset,
-    free = {}, server_pid = nil,
+    engine = engine, free = {}, server_pid = nil,
   }, RPC)
-end
-
--- The session (ids per plugin per worker) is made in the worker on first use.
-local function session(self)
-  local s = self.session
-  if not s then
-    s = C.kps_mp_session_new(self.def.max_message_size, MAX_DEPTH)
-    if s == nil then
-      error("invalid max_message_size " .. tostring(self.def.max_message_size))
-    end
-    s = ffi_gc(s, C.kps_mp_session_free)
-    self.session = s
-  end
-  return s
-end
-
--- A stream (decoder state and event struct) per connection checkout, reused.
-local function checkout(self)
-  local free = self.free
-  local n = #free
-  local st
-  if n > 0 then
-    st = free[n]
-    free[n] = nil
-    C.kps_mp_stream_reset(st.stream)
-  else
-    local h = C.kps_mp_stream_new(session(self))
-    st = { stream = ffi_gc(h, C.kps_mp_stream_free), ev = ffi_new("kps_mp_event[1]") }
-  end
-  return st
-end
-
-local function checkin(self, st)
-  local free = self.free
-  if #free < 16 then
-    free[#free + 1] = st
-  end
 end
 
 local function on_server_pid(self, pid)
@@ -146,50 +111,29 @@ local function roundtrip(self, c)
   end
 end
 
-local function close(self, c)
-  c.sock:close()
-  checkin(self, c.st)
-end
-
-local function finish(self, c)
-  if C.kps_mp_stream_has_unread(c.st.stream) ~= 0 then
-    c.sock:close()
-  else
-    socket.release(c.sock)
-  end
-  checkin(self, c.st)
-end
-
--- Runs `build(self, c, buf, len, a, b)` (which builds the first request into
--- out/out_len) and its round trip on a connection; retries once on a fresh
--- connection when a pooled one fails before any reply byte. Returns c, ev or
--- nil, err, cause. The builders are module-level functions taking their
--- arguments, not closures: creating a closure per event (bytecode FNEW) is NYI
--- in LuaJIT's JIT and aborted the trace of every event.
-local function first_exchange(self, build, a, b)
-  for attempt = 1, 2 do
-    local sock, reused_or_err, cause = socket.connect(self.def)
-    if not sock then
-      return nil, reused_or_err, cause
-    end
-    local c = { sock = sock, st = checkout(self), got_reply = false }
-    local buf, len = errbuf()
-    if build(self, c, buf, len, a, b) ~= 0 then
-      local msg = errmsg()
-      close(self, c)
-      return nil, msg, "protocol"
-    end
-    local ev, err, ecause = roundtrip(self, c)
+-- A failure before any reply byte that is not the engine's verdict may be a pooled
+-- connection to a server that has restarted since: worth one retry.
+engine = {
+  session_new = function(def) return C.kps_mp_session_new(def.max_message_size, MAX_DEPTH) end,
+  session_free = C.kps_mp_session_free,
+  stream_new = C.kps_mp_stream_new,
+  stream_free = C.kps_mp_stream_free,
+  stream_reset = C.kps_mp_stream_reset,
+  stream_has_unread = C.kps_mp_stream_has_unread,
+  event_ctype = "kps_mp_event[1]",
+  roundtrip = function(self, c)
+    local ev, err, cause = roundtrip(self, c)
     if ev then
-      return c, ev
+      return ev
     end
-    close(self, c)
-    if not (reused_or_err and not c.got_reply and ecause ~= "protocol" and attempt == 1) then
-      return nil, err, ecause
-    end
-    socket.discard_pool(self.def)
-  end
-end
+    return nil, err, cause, not c.got_reply and cause ~= "protocol"
+  end,
+}
+
+local session = connection.session
+local close = connection.close
+local finish = connection.finish
+local first_exchange = connection.first_exchange
 
 local function text(ev)
   return ffi_str(ev.text, ev.text_len)

@@ -17,12 +17,12 @@
 local ffi = require "ffi"
 local lib = require "kong.runloop.plugin_servers.lib"
 local socket = require "kong.runloop.plugin_servers.rpc.socket"
+local connection = require "kong.runloop.plugin_servers.rpc.connection"
 
 local ngx = ngx
 local C = lib.C
 local bridge = lib.bridge
 local ffi_new = ffi.new
-local ffi_gc = ffi.gc
 local ffi_str = ffi.string
 local errbuf = lib.errbuf
 local errmsg = lib.errmsg
@@ -61,61 +61,12 @@ RPC.__index = RPC
 
 -- rpc for one plugin: `def` is its server definition. (`on_reset` is part of the
 -- shared interface; Protobuf servers announce no pid, the supervisor does.)
+local engine  -- set below, once roundtrip is defined
+
 function _M.new(def, plugin_name, on_reset)
   return setmetatable({
-    def = def, plugin_name = plugin_name, on_reset = on_reset, free = {},
+    def = def, plugin_name = plugin_name, on_reset = on_reset, engine = engine, free = {},
   }, RPC)
-end
-
--- The session (sequences per plugin per worker) is made in the worker on first use.
-local function session(self)
-  local s = self.session
-  if not s then
-    s = C.kps_pb_session_new(self.def.max_message_size)
-    if s == nil then
-      error("invalid max_message_size " .. tostring(self.def.max_message_size))
-    end
-    s = ffi_gc(s, C.kps_pb_session_free)
-    self.session = s
-  end
-  return s
-end
-
--- A stream (decoder state and event struct) per connection checkout, reused.
-local function checkout(self)
-  local free = self.free
-  local n = #free
-  local st
-  if n > 0 then
-    st = free[n]
-    free[n] = nil
-    C.kps_pb_stream_reset(st.stream)
-  else
-    local h = C.kps_pb_stream_new(session(self))
-    st = { stream = ffi_gc(h, C.kps_pb_stream_free), ev = ffi_new("kps_pb_event[1]") }
-  end
-  return st
-end
-
-local function checkin(self, st)
-  local free = self.free
-  if #free < 16 then
-    free[#free + 1] = st
-  end
-end
-
-local function close(self, c)
-  c.sock:close()
-  checkin(self, c.st)
-end
-
-local function finish(self, c)
-  if C.kps_pb_stream_has_unread(c.st.stream) ~= 0 then
-    c.sock:close()
-  else
-    socket.release(c.sock)
-  end
-  checkin(self, c.st)
 end
 
 -- Sends the frames just built and reads until the engine reports an event.
@@ -155,32 +106,35 @@ local function roundtrip(self, c)
   end
 end
 
--- Runs `build(c, buf, len)` (which builds the first request into out/out_len) and
--- its round trip on a connection; retries once on a fresh connection when a pooled
--- one fails before any reply byte. Returns c, ev or nil, err, cause, before_reply.
-local function first_exchange(self, build)
-  for attempt = 1, 2 do
-    local sock, reused_or_err, cause = socket.connect(self.def)
-    if not sock then
-      return nil, reused_or_err, cause
-    end
-    local c = { sock = sock, st = checkout(self), got_reply = false }
-    local buf, len = errbuf()
-    if build(c, buf, len) ~= 0 then
-      local msg = errmsg()
-      close(self, c)
-      return nil, msg, "protocol"
-    end
-    local ev, err, ecause, before = roundtrip(self, c)
-    if ev then
-      return c, ev
-    end
-    close(self, c)
-    if not (reused_or_err and before and attempt == 1) then
-      return nil, err, ecause, before
-    end
-    socket.discard_pool(self.def)
-  end
+engine = {
+  session_new = function(def) return C.kps_pb_session_new(def.max_message_size) end,
+  session_free = C.kps_pb_session_free,
+  stream_new = C.kps_pb_stream_new,
+  stream_free = C.kps_pb_stream_free,
+  stream_reset = C.kps_pb_stream_reset,
+  stream_has_unread = C.kps_pb_stream_has_unread,
+  event_ctype = "kps_pb_event[1]",
+  roundtrip = roundtrip,
+}
+
+local session = connection.session
+local close = connection.close
+local finish = connection.finish
+local first_exchange = connection.first_exchange
+
+local function build_start_instance(self, c, buf, len, config_json)
+  local name = self.plugin_name
+  return C.kps_pb_stream_start_instance(session(self), c.st.stream, name, #name,
+                                        config_json, #config_json, out, out_len, buf, len)
+end
+
+local function build_close_instance(self, c, buf, len, id)
+  return C.kps_pb_stream_close_instance(session(self), c.st.stream, id, out, out_len, buf, len)
+end
+
+local function build_handle_event(self, c, buf, len, id, phase)
+  return C.kps_pb_stream_handle_event(session(self), c.st.stream, id, phase, #phase,
+                                      out, out_len, buf, len)
 end
 
 local function unexpected(self, what, ev)
@@ -190,11 +144,7 @@ end
 
 -- Starts an instance with the JSON text of the plugin config: id or nil, err, cause.
 function RPC:start_instance(config_json)
-  local name = self.plugin_name
-  local c, ev, cause = first_exchange(self, function(conn, buf, len)
-    return C.kps_pb_stream_start_instance(session(self), conn.st.stream, name, #name,
-                                          config_json, #config_json, out, out_len, buf, len)
-  end)
+  local c, ev, cause = first_exchange(self, build_start_instance, config_json)
   if not c then
     return nil, ev, cause
   end
@@ -209,9 +159,7 @@ function RPC:start_instance(config_json)
 end
 
 function RPC:close_instance(id)
-  local c, ev, cause = first_exchange(self, function(conn, buf, len)
-    return C.kps_pb_stream_close_instance(session(self), conn.st.stream, id, out, out_len, buf, len)
-  end)
+  local c, ev, cause = first_exchange(self, build_close_instance, id)
   if not c then
     return nil, ev, cause
   end
@@ -281,10 +229,7 @@ end
 -- Returns true (and stats) or nil, err, cause (and stats).
 function RPC:handle_event(id, phase, dispatch, saved)
   local stats = { pdk_calls = 0 }
-  local c, ev, cause, before = first_exchange(self, function(conn, buf, len)
-    return C.kps_pb_stream_handle_event(session(self), conn.st.stream, id, phase, #phase,
-                                        out, out_len, buf, len)
-  end)
+  local c, ev, cause, before = first_exchange(self, build_handle_event, id, phase)
   if not c then
     if before == true and cause == "connect" then
       -- go-pdk's answer to an unknown instance (PROTOCOL.md §5.1).

@@ -1,0 +1,111 @@
+-- What an RPC object does the same way whatever its protocol: the engine session
+-- (made in the worker on first use), a small free list of reusable streams, the end
+-- of a connection (back to the pool only with nothing unread), and the first
+-- exchange of an event with its one retry on a fresh connection.
+--
+-- A protocol module describes its engine once (`engine` below) and keeps only what
+-- differs: building requests, reading its events, answering PDK calls.
+
+local ffi = require "ffi"
+local lib = require "kong.runloop.plugin_servers.lib"
+local socket = require "kong.runloop.plugin_servers.rpc.socket"
+
+local ffi_gc = ffi.gc
+local ffi_new = ffi.new
+local errbuf = lib.errbuf
+local errmsg = lib.errmsg
+local tostring = tostring
+
+local FREE_STREAMS = 16
+
+local _M = {}
+
+-- engine = {
+--   session_new(def) -> cdata or nil, session_free, stream_new(session), stream_free,
+--   stream_reset(stream), stream_has_unread(stream) -> int, event_ctype ("kps_x_event[1]"),
+--   roundtrip(self, c) -> ev | nil, err, cause, before_reply,
+-- }
+function _M.session(self)
+  local s = self.session
+  if not s then
+    local engine = self.engine
+    s = engine.session_new(self.def)
+    if s == nil then
+      error("invalid max_message_size " .. tostring(self.def.max_message_size))
+    end
+    s = ffi_gc(s, engine.session_free)
+    self.session = s
+  end
+  return s
+end
+
+-- A stream (decoder state and event struct) per connection checkout, reused.
+local function checkout(self)
+  local free = self.free
+  local n = #free
+  local engine = self.engine
+  if n > 0 then
+    local st = free[n]
+    free[n] = nil
+    engine.stream_reset(st.stream)
+    return st
+  end
+  local h = engine.stream_new(_M.session(self))
+  return { stream = ffi_gc(h, engine.stream_free), ev = ffi_new(engine.event_ctype) }
+end
+
+local function checkin(self, st)
+  local free = self.free
+  if #free < FREE_STREAMS then
+    free[#free + 1] = st
+  end
+end
+
+function _M.close(self, c)
+  c.sock:close()
+  checkin(self, c.st)
+end
+
+-- A clean finish: the connection goes back to the pool unless bytes are unread.
+function _M.finish(self, c)
+  if self.engine.stream_has_unread(c.st.stream) ~= 0 then
+    c.sock:close()
+  else
+    socket.release(c.sock)
+  end
+  checkin(self, c.st)
+end
+
+-- Runs `build(self, c, buf, len, a, b)` (which builds the first request into the
+-- protocol's output buffer) and its round trip on a connection; retries once on a
+-- fresh connection when a pooled one fails before any reply byte. Returns c, ev or
+-- nil, err, cause, before_reply. Builders are module-level functions taking their
+-- arguments, not closures: creating a closure per event (bytecode FNEW) is NYI in
+-- LuaJIT's JIT and aborted the trace of every event.
+function _M.first_exchange(self, build, a, b)
+  local roundtrip = self.engine.roundtrip
+  for attempt = 1, 2 do
+    local sock, reused_or_err, cause = socket.connect(self.def)
+    if not sock then
+      return nil, reused_or_err, cause
+    end
+    local c = { sock = sock, st = checkout(self), got_reply = false }
+    local buf, len = errbuf()
+    if build(self, c, buf, len, a, b) ~= 0 then
+      local msg = errmsg()
+      _M.close(self, c)
+      return nil, msg, "protocol"
+    end
+    local ev, err, ecause, before = roundtrip(self, c)
+    if ev then
+      return c, ev
+    end
+    _M.close(self, c)
+    if not (reused_or_err and before and attempt == 1) then
+      return nil, err, ecause, before
+    end
+    socket.discard_pool(self.def)
+  end
+end
+
+return _M
