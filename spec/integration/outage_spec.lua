@@ -8,16 +8,29 @@ local procs = require "spec.helpers.procs"
 local fx = fixtures.new(nginx.root)
 local PY = nginx.root .. "/build/venv/bin/python3"
 
--- A MessagePack plugin with only a log phase.
+-- A MessagePack plugin with only a log phase. kong-pdk runs each connection in
+-- its own thread: the plugin counts the log events running at once (each holds
+-- one connection) and takes 50 ms, so that events overlap.
 local LOG_PLUGIN = [[
+import threading
+import time
 from kong_pdk.cli import start_dedicated_server
+
+lock = threading.Lock()
+running = [0]
 
 class Plugin(object):
     def __init__(self, config):
         self.config = config
 
     def log(self, kong):
-        kong.log.notice("py-logger ran")
+        with lock:
+            running[0] += 1
+            now = running[0]
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        kong.log.notice("py-logger ran (", now, " at once)")
 
 if __name__ == "__main__":
     start_dedicated_server("py-logger", Plugin, "0.1.0", 10, ({},))
@@ -205,5 +218,48 @@ describe("outage of a supervised plugin server", function()
     assert.equal(1, assert(h:eval_json(STATUS))[2].counters.errors.connect)
     assert.equal(0, h:count_log("attempt to set status"))
     assert.equal(0, h:count_log("headers already sent"))
+  end)
+
+  -- Unix sockets open in a process.
+  local function sockets(pid)
+    local p = assert(io.popen("ls -l /proc/" .. pid .. "/fd 2>/dev/null"))
+    local text = p:read("*a")
+    p:close()
+    local _, n = text:gsub("socket:%[", "")
+    return n
+  end
+
+  it("holds at most LOG_CONNECTIONS log-event connections to one server at once per worker", function()
+    start({}, { logger = { log_window = "1000" } })
+    local limit = h:eval_json [[return require("kong.runloop.plugin_servers.plugin").LOG_CONNECTIONS]]
+    assert.is_number(limit)
+    local backlog = h:eval_json [[return require("kong.runloop.plugin_servers.plugin").LOG_BACKLOG]]
+    -- one log event: the logger holds its listener and one pooled connection
+    assert.equal(200, get().status)
+    assert(h:wait_log("py%-logger ran", 5))
+    local logger_pid = assert(h:eval_json(STATUS))[2].pid
+    local before = sockets(logger_pid)
+    -- a burst that stays under the backlog that would add drain timers
+    local n = 12
+    assert.is_true(n < limit + backlog and n - 1 > limit)
+    local out = assert(io.popen(("for i in $(seq %d); do curl -s -o /dev/null -w '%%{http_code}\\n' "
+      .. "-H 'Host: l$i.test' http://127.0.0.1:%d/ & done; wait"):format(n, h.port)))
+    local codes = out:read("*a")
+    out:close()
+    local _, ok = codes:gsub("200", "")
+    assert.equal(n, ok, codes)
+    -- every log event ran, none failed
+    assert(nginx.wait_until(function()
+      return h:count_log("py%-logger ran") >= n + 1
+    end, 10), (h:error_log() or ""):sub(-3000))
+    -- pooled connections stay open: the server holds one socket per connection
+    -- nginx ever had open at once
+    local after = sockets(logger_pid)
+    assert.is_true(after - before >= 1, "the burst used more than the warm connection")
+    assert.is_true(after - before <= limit - 1, ("at most %d connections, saw %d more than the one warm")
+      :format(limit, after - before))
+    assert.equal(0, h:count_log("failed in log"))
+    local st = assert(h:eval_json(STATUS))[2]
+    assert.equal(0, st.counters.errors.connect + st.counters.errors.timeout + st.counters.errors.protocol)
   end)
 end)

@@ -1,6 +1,8 @@
--- plugin.lua's log phase under a slow or restarting server: at most 128 log events
--- in flight per worker (each is a timer; past lua_max_running_timers nginx would
--- drop them with an alert line each); the rest fail at once, logged and counted.
+-- plugin.lua's log phase: at most 128 log events queued or running per worker (the
+-- rest fail at once, logged and counted), and at most LOG_CONNECTIONS of one
+-- server's log events holding a connection at once per worker (a few drain timers
+-- per server, not one timer per event), so that few connections are in use when a
+-- server dies.
 local stub = require "spec.helpers.ngx_stub"
 
 describe("log events in flight", function()
@@ -40,37 +42,185 @@ describe("log events in flight", function()
     end
   end)
 
-  it("starts at most 128 at once and fails the others with a logged error", function()
-    local p = assert(plugin.new { name = "p", PRIORITY = 1, VERSION = "1", schema = {}, phases = { "log" },
-                                  protocol = "MsgPack:1", server_def = def })
+  local function new_plugin(name, d)
+    return assert(plugin.new { name = name or "p", PRIORITY = 1, VERSION = "1", schema = {}, phases = { "log" },
+                               protocol = "MsgPack:1", server_def = d or def })
+  end
+
+  local function count_logs(text)
+    local n = 0
+    for _, l in ipairs(ngx.logs) do
+      if l.msg:find(text, 1, true) then
+        n = n + 1
+      end
+    end
+    return n
+  end
+
+  -- Runs a captured timer in a coroutine (as nginx would); returns the coroutine.
+  local function fire(t, premature)
+    local co = coroutine.create(t.fn)
+    assert(coroutine.resume(co, premature or false, unpack(t.args)))
+    return co
+  end
+
+  before_each(function()
+    for i = #timers, 1, -1 do timers[i] = nil end
+    for i = #ngx.logs, 1, -1 do ngx.logs[i] = nil end
+    -- a fresh module: its queues and counts are per worker (module state)
+    package.loaded["kong.runloop.plugin_servers.plugin"] = nil
+    plugin = require "kong.runloop.plugin_servers.plugin"
+  end)
+
+  it("queues at most 128 per worker and fails the others at once with a logged error", function()
+    local p = new_plugin()
     local ran = 0
     p.run_event = function() ran = ran + 1 return true end
     local conf = { __plugin_id = "x", __seq__ = 1 }
     for _ = 1, 130 do
       p:log(conf)
     end
-    assert.equal(128, #timers)
-    local failures = 0
-    for _, l in ipairs(ngx.logs) do
-      if l.msg:find("plugin p failed in log (timeout): 128 log events already in flight", 1, true) then
-        failures = failures + 1
-      end
+    -- drain timers, not one timer per event
+    assert.equal(plugin.MAX_LOG_CONNECTIONS, #timers)
+    assert.equal(2, count_logs("plugin p failed in log (timeout): 128 log events already in flight"))
+    -- a drain timer runs every queued event in turn; places free up
+    fire(table.remove(timers, 1))
+    assert.equal(128, ran)
+    p:log(conf)
+    assert.equal(2, count_logs("128 log events already in flight"))
+    fire(table.remove(timers, 1))
+    assert.equal(129, ran)
+  end)
+
+  it("lets at most LOG_CONNECTIONS log events of one server hold a connection at once", function()
+    local p = new_plugin()
+    local active, max_active, ran = 0, 0, 0
+    p.run_event = function(_, _, phase)
+      assert.equal("log", phase)
+      active = active + 1
+      max_active = math.max(max_active, active)
+      coroutine.yield() -- the event's connection is in use
+      active = active - 1
+      ran = ran + 1
+      return true
     end
-    assert.equal(2, failures)
-    -- one finishes: the next log event gets its timer
-    local t = table.remove(timers, 1)
-    t.fn(false, unpack(t.args))
-    assert.equal(1, ran)
+    local conf = { __plugin_id = "x", __seq__ = 1 }
+    -- as many as fit under the backlog that would add drain timers
+    local n = plugin.LOG_CONNECTIONS + plugin.LOG_BACKLOG - 1
+    for _ = 1, n do
+      p:log(conf)
+    end
+    assert.equal(plugin.LOG_CONNECTIONS, #timers)
+    local cos = {}
+    for _, t in ipairs(timers) do
+      cos[#cos + 1] = fire(t)
+    end
+    -- resume every running drain timer until all events ran
+    local guard = 0
+    repeat
+      local alive = false
+      for _, co in ipairs(cos) do
+        if coroutine.status(co) == "suspended" then
+          alive = true
+          assert(coroutine.resume(co))
+        end
+      end
+      guard = guard + 1
+    until not alive or guard > 100
+    assert.equal(n, ran)
+    assert.equal(plugin.LOG_CONNECTIONS, max_active)
+    assert.is_true(plugin.LOG_CONNECTIONS >= 1 and plugin.LOG_CONNECTIONS <= 4)
+    -- the timers are done: the next event starts a new one
+    for i = #timers, 1, -1 do timers[i] = nil end
     p:log(conf)
-    assert.equal(128, #timers)
+    assert.equal(1, #timers)
+    local co = fire(table.remove(timers))
+    assert(coroutine.resume(co))
+    assert.equal("dead", coroutine.status(co))
+    assert.equal(n + 1, ran)
+  end)
+
+  it("adds drain timers past the backlog, up to MAX_LOG_CONNECTIONS", function()
+    local p = new_plugin()
+    p.run_event = function() return true end
+    local conf = { __plugin_id = "x", __seq__ = 1 }
+    local base = plugin.LOG_CONNECTIONS
+    for _ = 1, base + plugin.LOG_BACKLOG - 1 do
+      p:log(conf)
+    end
+    assert.equal(base, #timers)
+    -- the queue holds LOG_BACKLOG waiting events: the next one adds a timer
     p:log(conf)
-    assert.equal(128, #timers)
-    -- a premature run (nginx exiting) frees its place too, and is logged as a failure
-    t = table.remove(timers, 1)
-    t.fn(true, unpack(t.args))
-    assert.equal(1, ran)
+    assert.equal(base + 1, #timers)
+    for _ = 1, 100 do
+      p:log(conf)
+    end
+    assert.equal(plugin.MAX_LOG_CONNECTIONS, #timers)
+    assert.is_true(plugin.MAX_LOG_CONNECTIONS < plugin.MAX_LOG_EVENTS)
+  end)
+
+  it("limits per server: another server's log events get their own drain timers", function()
+    local other = setmetatable({ name = "srv2" }, { __index = def })
+    local a, b = new_plugin("a"), new_plugin("b", other)
+    a.run_event = function() return true end
+    b.run_event = function() return true end
+    local conf = { __plugin_id = "x", __seq__ = 1 }
+    for _ = 1, 5 do
+      a:log(conf)
+      b:log(conf)
+    end
+    assert.equal(2 * plugin.LOG_CONNECTIONS, #timers)
+    for _, t in ipairs(timers) do
+      fire(t)
+    end
+  end)
+
+  it("bounds the wait for readiness by what is left of ready_timeout after the queue", function()
+    local d = setmetatable({ name = "srv3", ready_timeout = 1000 }, { __index = def })
+    local clock = 100
+    local saved_now = ngx.now
+    ngx.now = function() return clock end
+    package.loaded["kong.runloop.plugin_servers.plugin"] = nil
+    local ok, fresh = pcall(require, "kong.runloop.plugin_servers.plugin")
+    ngx.now = saved_now
+    assert(ok, fresh)
+    local budgets = {}
+    local p = assert(fresh.new { name = "c", PRIORITY = 1, VERSION = "1", schema = {}, phases = { "log" },
+                                 protocol = "MsgPack:1", server_def = d })
+    p.run_event = function(_, _, _, _, ready_ms)
+      budgets[#budgets + 1] = ready_ms
+      return true
+    end
+    p:log({ __plugin_id = "x", __seq__ = 1 })
+    clock = 100.6
+    p:log({ __plugin_id = "x", __seq__ = 1 })
+    clock = 100.7
+    fire(timers[1])
+    clock = 102
+    p:log({ __plugin_id = "x", __seq__ = 1 })
+    clock = 103.5
+    fire(timers[2])
+    assert.equal(3, #budgets)
+    assert.near(300, budgets[1], 1e-6)
+    assert.near(900, budgets[2], 1e-6)
+    -- queued past ready_timeout: no wait left (never negative), a ready server is still used
+    assert.equal(0, budgets[3])
+  end)
+
+  it("a premature drain (nginx exiting) fails its queued events, logged, and frees their places", function()
+    local p = new_plugin()
+    local ran = 0
+    p.run_event = function() ran = ran + 1 return true end
+    local conf = { __plugin_id = "x", __seq__ = 1 }
+    for _ = 1, 128 do
+      p:log(conf)
+    end
+    fire(table.remove(timers, 1), true)
+    assert.equal(0, ran)
     assert.matches("failed in log %(connect%): nginx is exiting", ngx.logs[#ngx.logs].msg)
     p:log(conf)
-    assert.equal(128, #timers)
+    assert.equal(0, count_logs("128 log events already in flight"))
+    fire(table.remove(timers, 1))
+    assert.equal(1, ran)
   end)
 end)

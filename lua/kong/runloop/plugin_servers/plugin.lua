@@ -93,7 +93,7 @@ end
 -- across workers); a new server pid means this worker's instances are gone, so the
 -- first event after a restart starts the instance and the others wait for it
 -- (instances.lua). Returns true, or nil, err, cause.
-local function await_server(self)
+local function await_server(self, ready_ms)
   local def = self.server_def
   if not (state and def.start_command) then
     return true
@@ -106,7 +106,7 @@ local function await_server(self)
   local pid = e.pid
   if e.state ~= "ready" then
     local err
-    pid, err = state.wait_ready(def.name, def.ready_timeout)
+    pid, err = state.wait_ready(def.name, ready_ms or def.ready_timeout)
     if not pid then
       return nil, err, "connect"
     end
@@ -120,15 +120,17 @@ local function await_server(self)
   return true
 end
 
--- Runs one event; returns true or nil, err, cause.
-function Plugin:run_event(conf, phase, saved)
+-- Runs one event; returns true or nil, err, cause. `ready_ms` (log events: what
+-- is left of ready_timeout after the event's wait in its queue) replaces
+-- ready_timeout as the bound on the wait for a server that is not ready.
+function Plugin:run_event(conf, phase, saved, ready_ms)
   if not events_registered then
     _M.register_events()
   end
   local server = self.server_def.name
   update_time()
   local started = now()
-  local ok, err, cause = await_server(self)
+  local ok, err, cause = await_server(self, ready_ms)
   if ok then
     for attempt = 1, 2 do
       local id
@@ -211,23 +213,67 @@ local function phase_handler(phase)
   end
 end
 
--- Log events in flight in this worker. Each is a timer holding one of the
--- worker's lua_max_running_timers (256 by default, shared with everything else:
--- past it nginx drops timers, with an alert line each and the event never run,
--- the supervisor's drain timer included). That happens when a server is slower
--- than the request rate or while events wait for a restarting server, so past
--- this many the log event fails at once, logged (rate-limited) and counted.
+-- Log events in flight in this worker, queued or running: past this many a log
+-- event fails at once, logged (rate-limited) and counted. The bound keeps a slow
+-- or restarting server from piling up request data without end; it used to be
+-- one timer per event, and timers share the worker's lua_max_running_timers.
 local MAX_LOG_EVENTS = 128
-local log_events = 0
+-- Log events holding a connection to one server at once, per worker: they run
+-- in a few drain timers per server, which take queued events in order. Why few:
+-- nginx logs its own error line for every connection in use when a server dies
+-- (issue 10 allows 10 lines per outage), and log events, unlike request events,
+-- are not held back by the client, so bursts used to become connections.
+local LOG_CONNECTIONS = 4
+-- A fixed bound would lose log events under load: with many requests per worker
+-- the drain timers get too small a share of the worker and the queue only grows.
+-- So past LOG_BACKLOG queued events each new one adds a drain timer, up to
+-- MAX_LOG_CONNECTIONS; they end when the queue is empty.
+local LOG_BACKLOG = 16
+local MAX_LOG_CONNECTIONS = 32
+_M.MAX_LOG_EVENTS = MAX_LOG_EVENTS
+_M.LOG_CONNECTIONS = LOG_CONNECTIONS
+_M.LOG_BACKLOG = LOG_BACKLOG
+_M.MAX_LOG_CONNECTIONS = MAX_LOG_CONNECTIONS
 
-local function log_timer(premature, self, conf, saved)
+local log_events = 0
+-- Per server name: { first, last, [i] = entry, running = drain timers }.
+local log_queues = {}
+
+local function log_queue(name)
+  local q = log_queues[name]
+  if not q then
+    q = { first = 1, last = 0, running = 0 }
+    log_queues[name] = q
+  end
+  return q
+end
+
+local function pop(q)
+  local i = q.first
+  if i > q.last then
+    return nil
+  end
+  local entry = q[i]
+  q[i] = nil
+  q.first = i + 1
+  return entry
+end
+
+-- One queued log event. A managed server is waited for up to ready_timeout from
+-- the moment the event was queued, as a request would, not from its turn.
+local function run_log_event(entry, premature)
+  local self = entry.plugin
   local ok, res, err, cause
   if premature then
     ok, err, cause = true, "nginx is exiting", "connect"
   else
     -- kong.plugin.get_id() and the ctx overrides see the request's ctx.
-    ngx.ctx = saved.ngx_ctx
-    ok, res, err, cause = pcall(self.run_event, self, conf, "log", saved)
+    ngx.ctx = entry.saved.ngx_ctx
+    update_time()
+    local waited_ms = (now() - entry.queued) * 1000
+    local budget = self.server_def.ready_timeout
+    budget = budget and (waited_ms < budget and budget - waited_ms or 0) or nil
+    ok, res, err, cause = pcall(self.run_event, self, entry.conf, "log", entry.saved, budget)
   end
   log_events = log_events - 1
   if ok and res then
@@ -239,19 +285,47 @@ local function log_timer(premature, self, conf, saved)
   self:fail("log", err, cause)
 end
 
+-- A drain timer: runs the server's queued log events one after the other.
+local function drain(premature, q)
+  while true do
+    local entry = pop(q)
+    if not entry then
+      break
+    end
+    local ok, err = pcall(run_log_event, entry, premature)
+    if not ok then
+      log(ERR, "[pluginserver] log event of ", entry.plugin.name, " raised: ", tostring(err))
+    end
+  end
+  q.running = q.running - 1
+end
+
 local function log_handler(self, conf)
+  local name = self.server_def.name
   if log_events >= MAX_LOG_EVENTS then
     return self:fail("log", MAX_LOG_EVENTS .. " log events already in flight in this worker (pluginserver '"
-      .. self.server_def.name .. "' slower than the requests, or not ready)", "timeout")
+      .. name .. "' slower than the requests, or not ready)", "timeout")
   end
   local ok, saved = pcall(pdk.save_request, self.name)
   if not ok then
     return self:fail("log", "cannot save the request data: " .. tostring(saved), "protocol")
   end
-  local tok, terr = timer_at(0, log_timer, self, conf, saved)
-  if not tok then
-    return self:fail("log", "cannot start the log timer: " .. tostring(terr), "protocol")
+  local q = log_queue(name)
+  -- queued events, this one included, beyond one for each drain timer
+  local waiting = q.last - q.first + 2 - q.running
+  if q.running < LOG_CONNECTIONS or (waiting >= LOG_BACKLOG and q.running < MAX_LOG_CONNECTIONS) then
+    local tok, terr = timer_at(0, drain, q)
+    if tok then
+      q.running = q.running + 1
+    elseif q.running == 0 then
+      -- nothing would run the event
+      return self:fail("log", "cannot start the log timer: " .. tostring(terr), "protocol")
+    end
   end
+  update_time()
+  local last = q.last + 1
+  q[last] = { plugin = self, conf = conf, saved = saved, queued = now() }
+  q.last = last
   log_events = log_events + 1
 end
 
