@@ -24,6 +24,8 @@ local _M = {}
 --   session_new(def) -> cdata or nil, session_free, stream_new(session), stream_free,
 --   stream_reset(stream), stream_has_unread(stream) -> int, event_ctype ("kps_x_event[1]"),
 --   roundtrip(self, c) -> ev | nil, err, cause, before_reply,
+--   EVENT_DONE, EVENT_CALL (event kinds), answer(self, c, ev, dispatch, saved, stats)
+--   -> true | "terminal" | false, err, and other_event(self, ev, phase) -> nil, err, cause,
 -- }
 function _M.session(self)
   local s = self.session
@@ -105,6 +107,41 @@ function _M.first_exchange(self, build, a, b)
       return nil, err, ecause, before
     end
     socket.discard_pool(self.def)
+  end
+end
+
+-- Serves the PDK calls of an event whose first event is `ev` until the engine
+-- reports its end. Returns true, nil, nil, stats or nil, err, cause, stats; the
+-- connection is finished or closed either way.
+function _M.serve_event(self, c, ev, phase, dispatch, saved, stats)
+  local engine = self.engine
+  local done, call, answer, roundtrip = engine.EVENT_DONE, engine.EVENT_CALL, engine.answer, engine.roundtrip
+  while true do
+    local kind = ev.kind
+    if kind == done then
+      _M.finish(self, c)
+      return true, nil, nil, stats
+    elseif kind == call then
+      local ok, err = answer(self, c, ev, dispatch, saved, stats)
+      if ok == "terminal" then
+        -- The handler does not wait for a reply; Kong's request ends here.
+        _M.close(self, c)
+        return true, nil, nil, stats
+      elseif not ok then
+        _M.close(self, c)
+        return nil, err, "protocol", stats
+      end
+      local err2, cause2
+      ev, err2, cause2 = roundtrip(self, c)
+      if not ev then
+        _M.close(self, c)
+        return nil, err2, cause2, stats
+      end
+    else
+      local _, err, ecause = engine.other_event(self, ev, phase)
+      _M.close(self, c)
+      return nil, err, ecause, stats
+    end
   end
 end
 

@@ -134,6 +134,7 @@ local session = connection.session
 local close = connection.close
 local finish = connection.finish
 local first_exchange = connection.first_exchange
+local serve_event = connection.serve_event
 
 local function text(ev)
   return ffi_str(ev.text, ev.text_len)
@@ -257,38 +258,18 @@ function RPC:handle_event(id, phase, dispatch, saved)
   if not c then
     return nil, ev, cause, stats
   end
-  while true do
-    local kind = ev.kind
-    if kind == RET then
-      finish(self, c)
-      return true, nil, nil, stats
-    elseif kind == CALL then
-      local ok, err = answer(self, c, ev, dispatch, saved, stats)
-      if ok == "terminal" then
-        -- The handler does not wait for a reply; Kong's request ends here.
-        close(self, c)
-        return true, nil, nil, stats
-      elseif not ok then
-        close(self, c)
-        return nil, err, "protocol", stats
-      end
-      local err2, cause2
-      ev, err2, cause2 = roundtrip(self, c)
-      if not ev then
-        close(self, c)
-        return nil, err2, cause2, stats
-      end
-    else
-      local _, err, ecause
-      if kind == ERROR then
-        _, err, ecause = server_error(self, "event " .. phase, ev)
-      else
-        _, err, ecause = unexpected(self, "HandleEvent", ev)
-      end
-      close(self, c)
-      return nil, err, ecause, stats
-    end
-  end
+  return serve_event(self, c, ev, phase, dispatch, saved, stats)
 end
+
+-- An event that is neither a call nor the end: the server's error, or nonsense.
+engine.other_event = function(self, ev, phase)
+  if ev.kind == ERROR then
+    return server_error(self, "event " .. phase, ev)
+  end
+  return unexpected(self, "HandleEvent", ev)
+end
+engine.answer = answer
+engine.EVENT_DONE = RET
+engine.EVENT_CALL = CALL
 
 return _M

@@ -121,6 +121,7 @@ local session = connection.session
 local close = connection.close
 local finish = connection.finish
 local first_exchange = connection.first_exchange
+local serve_event = connection.serve_event
 
 local function build_start_instance(self, c, buf, len, config_json)
   local name = self.plugin_name
@@ -237,32 +238,14 @@ function RPC:handle_event(id, phase, dispatch, saved)
     end
     return nil, ev, cause, stats
   end
-  while true do
-    local kind = ev.kind
-    if kind == DONE then
-      finish(self, c)
-      return true, nil, nil, stats
-    elseif kind == CALL then
-      local ok, err = answer(self, c, ev, dispatch, saved, stats)
-      if ok == "terminal" then
-        close(self, c)
-        return true, nil, nil, stats
-      elseif not ok then
-        close(self, c)
-        return nil, err, "protocol", stats
-      end
-      local err2, cause2
-      ev, err2, cause2 = roundtrip(self, c)
-      if not ev then
-        close(self, c)
-        return nil, err2, cause2, stats
-      end
-    else
-      local _, err, ecause = unexpected(self, "HandleEvent", ev)
-      close(self, c)
-      return nil, err, ecause, stats
-    end
-  end
+  return serve_event(self, c, ev, phase, dispatch, saved, stats)
 end
+
+engine.other_event = function(self, ev)
+  return unexpected(self, "HandleEvent", ev)
+end
+engine.answer = answer
+engine.EVENT_DONE = DONE
+engine.EVENT_CALL = CALL
 
 return _M
