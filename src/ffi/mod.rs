@@ -4,6 +4,7 @@
 //! `0` on success and a negative `KPS_ERR_*` code on failure, writing a message
 //! into the caller's `(errbuf, errbuf_len)`; no panic crosses the boundary.
 
+mod args;
 mod errbuf;
 mod library;
 

@@ -9,6 +9,7 @@
 
 use std::ptr;
 
+use super::args::byte_arg;
 use super::errbuf::{KPS_ERR_ARGS, guard, write_error};
 use crate::codec::msgpack::{Event, Limits, Session, Stream};
 
@@ -163,18 +164,6 @@ pub unsafe extern "C" fn kps_mp_stream_has_unread(stream: *const kps_mp_stream) 
         .into()
 }
 
-/// A byte slice from a (pointer, length) pair; NULL is allowed for length 0.
-unsafe fn bytes<'a>(p: *const u8, len: usize) -> Option<&'a [u8]> {
-    if len == 0 {
-        return Some(&[]);
-    }
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: the caller promises `p` is valid for `len` bytes.
-    Some(unsafe { std::slice::from_raw_parts(p, len) })
-}
-
 /// Shared argument checks and result plumbing of the request builders.
 unsafe fn build<F>(
     session: *mut kps_mp_session,
@@ -245,8 +234,8 @@ pub unsafe extern "C" fn kps_mp_stream_start_instance(
     errbuf_len: *mut usize,
 ) -> i32 {
     // SAFETY: per the contract.
-    let (Some(name), Some(config)) = (unsafe { bytes(name, name_len) }, unsafe {
-        bytes(config, config_len)
+    let (Some(name), Some(config)) = (unsafe { byte_arg(name, name_len) }, unsafe {
+        byte_arg(config, config_len)
     }) else {
         return arg_error(errbuf, errbuf_len, "name or config");
     };
@@ -321,7 +310,7 @@ pub unsafe extern "C" fn kps_mp_stream_handle_event(
     errbuf_len: *mut usize,
 ) -> i32 {
     // SAFETY: per the contract.
-    let Some(event) = (unsafe { bytes(event, event_len) }) else {
+    let Some(event) = (unsafe { byte_arg(event, event_len) }) else {
         return arg_error(errbuf, errbuf_len, "event");
     };
     // SAFETY: per the contract.
@@ -368,7 +357,7 @@ pub unsafe extern "C" fn kps_mp_stream_step(
         None
     } else {
         // SAFETY: per the contract.
-        unsafe { bytes(value, value_len) }
+        unsafe { byte_arg(value, value_len) }
     };
     let method = u16::try_from(method).unwrap_or(u16::MAX);
     // SAFETY: per the contract.
@@ -408,7 +397,7 @@ pub unsafe extern "C" fn kps_mp_stream_step_error(
     errbuf_len: *mut usize,
 ) -> i32 {
     // SAFETY: per the contract.
-    let Some(message) = (unsafe { bytes(message, message_len) }) else {
+    let Some(message) = (unsafe { byte_arg(message, message_len) }) else {
         return arg_error(errbuf, errbuf_len, "message");
     };
     // SAFETY: per the contract.
@@ -445,7 +434,8 @@ pub unsafe extern "C" fn kps_mp_stream_feed(
     errbuf_len: *mut usize,
 ) -> i32 {
     // SAFETY: per the contract.
-    let (Some(st), Some(data)) = (unsafe { stream.as_mut() }, unsafe { bytes(data, len) }) else {
+    let (Some(st), Some(data)) = (unsafe { stream.as_mut() }, unsafe { byte_arg(data, len) })
+    else {
         return arg_error(errbuf, errbuf_len, "stream or data");
     };
     // SAFETY: per the contract.

@@ -13,8 +13,8 @@
 #![allow(non_camel_case_types)]
 
 use std::ptr;
-use std::slice;
 
+use super::args::byte_arg;
 use super::errbuf::{KPS_ERR_ARGS, guard, write_error};
 use crate::codec::protobuf::{Closed, Event, Session, Stream};
 
@@ -204,12 +204,16 @@ unsafe fn set_out(bytes: &[u8], out: *mut *const u8, out_len: *mut usize) {
 /// # Safety
 /// `ptr` valid for `len` bytes of reads (or `len` 0).
 unsafe fn text<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a str, String> {
-    let bytes = if len == 0 {
-        &[][..]
-    } else {
-        unsafe { slice::from_raw_parts(ptr, len) }
-    };
+    let bytes = unsafe { byte_field(ptr, len, what) }?;
     std::str::from_utf8(bytes).map_err(|_| format!("{what} is not UTF-8"))
+}
+
+/// A byte argument; callers have already refused NULL with a non-zero length.
+///
+/// # Safety
+/// As [`byte_arg`].
+unsafe fn byte_field<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a [u8], String> {
+    unsafe { byte_arg(ptr, len) }.ok_or_else(|| format!("{what}: null argument"))
 }
 
 /// Builds `RpcCall{cmd_start_instance{name, config}}` (one frame) and points `out`
@@ -256,7 +260,7 @@ pub unsafe extern "C" fn kps_pb_stream_start_instance(
             errbuf_len,
             || {
                 let name = text(name, name_len, "plugin name")?;
-                let config = slice::from_raw_parts(config, config_len);
+                let config = byte_field(config, config_len, "config")?;
                 let bytes = (*stream)
                     .0
                     .start_instance(&mut (*session).0, name, config)?;
@@ -415,11 +419,7 @@ pub unsafe extern "C" fn kps_pb_stream_reply(
     // SAFETY: pointers checked non-null by `call`, valid per the contract.
     unsafe {
         call("kps_pb_stream_reply", ok, errbuf, errbuf_len, || {
-            let value = if value_len == 0 {
-                &[][..]
-            } else {
-                slice::from_raw_parts(value, value_len)
-            };
+            let value = byte_field(value, value_len, "value")?;
             let bytes = (*stream).0.reply(value)?;
             set_out(bytes, out, out_len);
             Ok(())
@@ -451,12 +451,7 @@ pub unsafe extern "C" fn kps_pb_stream_feed(
     // SAFETY: pointers checked non-null by `call`, valid per the contract.
     unsafe {
         call("kps_pb_stream_feed", ok, errbuf, errbuf_len, || {
-            let bytes = if len == 0 {
-                &[][..]
-            } else {
-                slice::from_raw_parts(bytes, len)
-            };
-            (*stream).0.feed(bytes)
+            (*stream).0.feed(byte_field(bytes, len, "bytes")?)
         })
     }
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use super::args::byte_arg;
 use super::errbuf::guard;
 use crate::config::ServerDef;
 use crate::process::{handle, helper_link};
@@ -18,14 +19,8 @@ static DRAIN_OUT: Mutex<Vec<u8>> = Mutex::new(Vec::new());
 /// # Safety
 /// `ptr` must be valid for `len` bytes of reads (or `len` must be 0).
 unsafe fn json_arg<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a [u8], String> {
-    if len == 0 {
-        return Ok(&[]);
-    }
-    if ptr.is_null() {
-        return Err(format!("{what}: null pointer"));
-    }
     // SAFETY: forwarded contract.
-    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+    unsafe { byte_arg(ptr, len) }.ok_or_else(|| format!("{what}: null pointer"))
 }
 
 /// Starts the supervisor thread of this process for the managed servers among
