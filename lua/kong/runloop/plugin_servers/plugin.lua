@@ -19,6 +19,12 @@ do
   state = ok and type(mod) == "table" and mod or nil
 end
 
+local semaphore
+do
+  local ok, mod = pcall(require, "ngx.semaphore")
+  semaphore = ok and mod or nil
+end
+
 local ngx = ngx
 local log = ngx.log
 local ERR = ngx.ERR
@@ -200,8 +206,42 @@ function Plugin:fail(phase, err, cause)
   return kong.response.exit(500, ERROR_BODY)
 end
 
+-- Per server name, this worker's queue of log events: { first, last, [i] = entry,
+-- running = drain timers, held = requests waiting for it to shrink, sema }.
+local log_queues = {}
+
+-- Log events wait for a connection in a queue (see log_handler below); a request
+-- is where the gateway can slow down when they pile up. Past LOG_HOLD queued
+-- events of its server, a request waits (at most read_timeout) until the drains
+-- have brought the queue down to half that, before its own event takes a
+-- connection: the server's work stays in a few connections instead of the queue
+-- growing into extra drain timers, each one more connection in use (and one
+-- more nginx error line) if the server dies. Not while the server is down: the
+-- request then waits for readiness (ready_timeout), and only for that.
+local LOG_HOLD = 8
+local HOLD_PHASES = { rewrite = true, access = true, preread = true }
+_M.LOG_HOLD = LOG_HOLD
+
+local function server_down(def)
+  local e = state and def.start_command and state.get(def.name)
+  return e and e.state ~= "ready"
+end
+
+local function hold_for_log_backlog(self, phase)
+  local def = self.server_def
+  local q = log_queues[def.name]
+  if not (q and q.sema and HOLD_PHASES[phase]) or q.last - q.first + 1 < LOG_HOLD or server_down(def) then
+    return
+  end
+  q.held = q.held + 1
+  -- pcall: a phase where nginx forbids yielding only skips the wait
+  pcall(q.sema.wait, q.sema, (def.read_timeout or 1000) / 1000)
+  q.held = q.held - 1
+end
+
 local function phase_handler(phase)
   return function(self, conf)
+    hold_for_log_backlog(self, phase)
     local ok, res, err, cause = pcall(self.run_event, self, conf, phase, nil)
     if ok and res then
       return
@@ -223,7 +263,7 @@ local MAX_LOG_EVENTS = 128
 -- nginx logs its own error line for every connection in use when a server dies
 -- (issue 10 allows 10 lines per outage), and log events, unlike request events,
 -- are not held back by the client, so bursts used to become connections.
-local LOG_CONNECTIONS = 4
+local LOG_CONNECTIONS = 2
 -- A fixed bound would lose log events under load: with many requests per worker
 -- the drain timers get too small a share of the worker and the queue only grows.
 -- So past LOG_BACKLOG queued events each new one adds a drain timer, up to
@@ -236,13 +276,11 @@ _M.LOG_BACKLOG = LOG_BACKLOG
 _M.MAX_LOG_CONNECTIONS = MAX_LOG_CONNECTIONS
 
 local log_events = 0
--- Per server name: { first, last, [i] = entry, running = drain timers }.
-local log_queues = {}
 
 local function log_queue(name)
   local q = log_queues[name]
   if not q then
-    q = { first = 1, last = 0, running = 0 }
+    q = { first = 1, last = 0, running = 0, held = 0, sema = semaphore and semaphore.new() }
     log_queues[name] = q
   end
   return q
@@ -256,6 +294,13 @@ local function pop(q)
   local entry = q[i]
   q[i] = nil
   q.first = i + 1
+  -- wake the requests held by hold_for_log_backlog once the queue is down to half
+  if q.held > 0 and q.last - q.first + 1 <= LOG_HOLD / 2 then
+    local count = q.sema:count()
+    if count < 0 then
+      q.sema:post(-count)
+    end
+  end
   return entry
 end
 
