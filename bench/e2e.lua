@@ -188,13 +188,15 @@ local function matched_floor(sc, calls, kind)
   return (calls * slow + fast) / (calls + 1)
 end
 
+-- How a row names its floor: the main words, then what the figure in brackets is.
 local function floor_words(sc, calls)
-  if not sc.pause_us then return "the floor with a server that answers at once" end
-  return string.format("the floor with the same %g ms server pauses (before %.0f of %.0f round trips)",
-                       sc.pause_us / 1000, calls, calls + 1)
+  if not sc.pause_us then return "the floor with a server that answers at once", "" end
+  return string.format("the floor with the same %g ms server pauses", sc.pause_us / 1000),
+         string.format("%g ms before %.0f of %.0f round trips, ", sc.pause_us / 1000, calls, calls + 1)
 end
 
 local baseline = {}   -- connections -> worker ns per request without plugins
+local baseline_waits  -- the worker's epoll_wait per request without plugins (strace, 1 conn)
 
 local function row(label, text)
   print(string.format("| e2e: %s | %s |", label, text))
@@ -243,6 +245,7 @@ local function run(sc)
       end
     end
     wrk(h.port, 4, 1, TWO_CORES)  -- warm-up: instance started, JIT traces, pooled connections
+    local calls_per_req  -- PDK calls per request at 1 connection
     for _, c in ipairs(CONNECTIONS) do
       local c0, w0, s0 = counters(h, sc.name), worker_cpu_ns(worker), servers_cpu_ns(servers)
       local r = wrk(h.port, c, SECONDS, TWO_CORES)
@@ -256,6 +259,7 @@ local function run(sc)
         local events = c1.events - c0.events
         local calls = c1.pdk_calls - c0.pdk_calls
         local per_req = calls / math.max(events, 1)
+        if c == 1 then calls_per_req = per_req end
         text = text .. string.format(", plugin server CPU %.0f µs/req, %.1f PDK calls/req", s_us, per_req)
         if baseline[c] and per_req > 0 then
           local extra = w_ns - baseline[c]
@@ -264,17 +268,18 @@ local function run(sc)
                                        extra / per_req / 1000, per_rt / 1000)
           local floor = matched_floor(sc, per_req, "block")
           if floor then
-            text = text .. string.format(" = **%.1f× %s** (%.1f µs, blocking client; target ≤ 2×)",
-                                         per_rt / floor, floor_words(sc, per_req), floor / 1000)
+            local words, detail = floor_words(sc, per_req)
+            text = text .. string.format(" = **%.1f× %s** (%.1f µs: %sblocking client; target ≤ 2×)",
+                                         per_rt / floor, words, floor / 1000, detail)
           end
           -- nginx registers each connection EPOLLIN|EPOLLOUT|EPOLLET, so a server that
           -- reads the request and replies later wakes the worker twice per round trip:
-          -- that part is nginx's, the floor of a client waiting the same way shows it.
+          -- that part is nginx's; the floor of a client that waits the same way has it too.
           local nginx_floor = c == 1 and matched_floor(sc, per_req, "epoll")
           if nginx_floor then
-            text = text .. string.format("; second figure, against the nginx-like floor (client waiting "
-                                         .. "like nginx, same server pauses, %.1f µs): %.1f×",
-                                         nginx_floor / 1000, per_rt / nginx_floor)
+            text = text .. string.format("; second figure: %.1f× the nginx-like floor (%.1f µs: same "
+                                         .. "server pauses, client waiting like nginx)",
+                                         per_rt / nginx_floor, nginx_floor / 1000)
           end
         end
       else
@@ -308,7 +313,20 @@ local function run(sc)
           items[#items + 1] = string.format("%s %.1f", p.name, p.per)
         end
       end
-      row(sc.label, "worker syscalls per request (strace -c, 1 conn): " .. table.concat(items, ", "))
+      local waits = 0
+      for _, p in ipairs(parts) do
+        if p.name == "epoll_wait" then waits = p.per end
+      end
+      local line = "worker syscalls per request (strace -c, 1 conn): " .. table.concat(items, ", ")
+      if not sc.name then
+        baseline_waits = waits
+      elseif baseline_waits and calls_per_req and calls_per_req > 0 then
+        -- the floors' epoll_wait per round trip: about 1 when the server answers at once,
+        -- 2 when it replies later (nginx's EPOLLOUT edge on the server's read, then the reply)
+        line = line .. string.format("; above no-plugin: **%.1f epoll_wait per round trip**",
+                                     (waits - baseline_waits) / (calls_per_req + 1))
+      end
+      row(sc.label, line)
     end
   end)
   h:stop()
