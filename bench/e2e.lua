@@ -277,9 +277,11 @@ local function run(sc)
           -- that part is nginx's; the floor of a client that waits the same way has it too.
           local nginx_floor = c == 1 and matched_floor(sc, per_req, "epoll")
           if nginx_floor then
-            text = text .. string.format("; second figure: %.1f× the nginx-like floor (%.1f µs: same "
-                                         .. "server pauses, client waiting like nginx)",
-                                         per_rt / nginx_floor, nginx_floor / 1000)
+            local server = sc.pause_us and string.format("same %g ms pauses", sc.pause_us / 1000)
+                           or "server answers at once"
+            text = text .. string.format("; second figure: %.1f× the nginx-like floor (%.1f µs: %s, "
+                                         .. "client waiting like nginx)",
+                                         per_rt / nginx_floor, nginx_floor / 1000, server)
           end
         end
       else
