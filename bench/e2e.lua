@@ -10,6 +10,12 @@
 -- utime+stime (ticks; it counts threads that ended, which kong-pdk's per-event
 -- threads do). Each "slow" server pauses 1 ms before every PDK call, so the
 -- worker sleeps before each reply.
+-- Floors (client CPU ns per round trip, pinned, from tools/bench.sh): KPS_FLOOR_NS and
+-- KPS_SLOW_FLOOR_NS with a blocking client and a server that answers at once or sleeps
+-- 1 ms first; KPS_FLOOR_EPOLL_NS and KPS_SLOW_FLOOR_EPOLL_NS with a client that waits
+-- like nginx. Each scenario is compared with the floor of its own server pauses.
+--   KPS_FLOOR_NS=.. KPS_SLOW_FLOOR_NS=.. luajit bench/e2e.lua 3 py-slow   (one scenario
+--   plus the no-plugin baseline it needs)
 -- Prints markdown table rows: `| e2e: ... | ... |`.
 
 package.path = "./?.lua;" .. package.path
@@ -19,8 +25,15 @@ local fixtures = require "spec.helpers.fixtures"
 local procs = require "spec.helpers.procs"
 
 local SECONDS = tonumber(arg[1]) or 3
--- The transport floor's client CPU per round trip (ns), from tools/bench.sh.
-local FLOOR_NS = tonumber(os.getenv("KPS_FLOOR_NS"))
+-- The transport floors' client CPU per round trip (ns), from tools/bench.sh: `fast` with a
+-- server that answers at once, `slow` with one that sleeps SLOW_PAUSE_US first; `block`
+-- with a blocking client, `epoll` with a client that waits like nginx.
+local SLOW_PAUSE_US = 1000   -- bench/fixtures: py-slow.py PAUSE, js-slow.js PAUSE_MS
+local FLOORS = {
+  fast = { block = tonumber(os.getenv("KPS_FLOOR_NS")), epoll = tonumber(os.getenv("KPS_FLOOR_EPOLL_NS")) },
+  slow = { block = tonumber(os.getenv("KPS_SLOW_FLOOR_NS")),
+           epoll = tonumber(os.getenv("KPS_SLOW_FLOOR_EPOLL_NS")) },
+}
 local CONNECTIONS = { 1, 16 }
 local TWO_CORES = tonumber(io.popen("nproc"):read("*l")) >= 2
 local HZ = 100
@@ -82,10 +95,10 @@ local SCENARIOS = {
   { label = "no plugin" },
   { label = "py-hello", name = "py-hello", header = "x-hello-from-python", fixture = "py-hello" },
   { label = "py-slow (1 ms pause per PDK call)", name = "py-slow", header = "x-python-slow",
-    fixture = "py-hello", settings = py_slow },
+    fixture = "py-hello", settings = py_slow, pause_us = SLOW_PAUSE_US },
   { label = "js-hello", name = "js-hello", header = "x-hello-from-javascript", fixture = "js-hello" },
   { label = "js-slow (1 ms pause per PDK call)", name = "js-slow", header = "x-javascript-slow",
-    fixture = "js-hello", settings = js_slow },
+    fixture = "js-hello", settings = js_slow, pause_us = SLOW_PAUSE_US },
   { label = "go-hello", name = "go-hello", header = "x-hello-from-go", fixture = "go-hello" },
 }
 
@@ -164,7 +177,26 @@ local function state_of(h, name)
   end
 end
 
+-- The floor per round trip that matches a scenario: a slow server pauses before each PDK
+-- call, so `calls` of the `calls + 1` round trips of an event wait SLOW_PAUSE_US and the
+-- last (the event's end) comes at once. nil when a floor it needs was not measured.
+local function matched_floor(sc, calls, kind)
+  local fast = FLOORS.fast[kind]
+  if not sc.pause_us then return fast end
+  local slow = FLOORS.slow[kind]
+  if not (slow and fast) then return nil end
+  return (calls * slow + fast) / (calls + 1)
+end
+
+-- How a row names its floor: the main words, then what the figure in brackets is.
+local function floor_words(sc, calls)
+  if not sc.pause_us then return "the floor with a server that answers at once", "" end
+  return string.format("the floor with the same %g ms server pauses", sc.pause_us / 1000),
+         string.format("%g ms before %.0f of %.0f round trips, ", sc.pause_us / 1000, calls, calls + 1)
+end
+
 local baseline = {}   -- connections -> worker ns per request without plugins
+local baseline_waits  -- the worker's epoll_wait per request without plugins (strace, 1 conn)
 
 local function row(label, text)
   print(string.format("| e2e: %s | %s |", label, text))
@@ -213,6 +245,7 @@ local function run(sc)
       end
     end
     wrk(h.port, 4, 1, TWO_CORES)  -- warm-up: instance started, JIT traces, pooled connections
+    local calls_per_req  -- PDK calls per request at 1 connection
     for _, c in ipairs(CONNECTIONS) do
       local c0, w0, s0 = counters(h, sc.name), worker_cpu_ns(worker), servers_cpu_ns(servers)
       local r = wrk(h.port, c, SECONDS, TWO_CORES)
@@ -226,14 +259,29 @@ local function run(sc)
         local events = c1.events - c0.events
         local calls = c1.pdk_calls - c0.pdk_calls
         local per_req = calls / math.max(events, 1)
+        if c == 1 then calls_per_req = per_req end
         text = text .. string.format(", plugin server CPU %.0f µs/req, %.1f PDK calls/req", s_us, per_req)
         if baseline[c] and per_req > 0 then
           local extra = w_ns - baseline[c]
           local per_rt = extra / (per_req + 1)
           text = text .. string.format(", worker CPU above no-plugin **%.1f µs per PDK call**, %.1f µs per round trip",
                                        extra / per_req / 1000, per_rt / 1000)
-          if FLOOR_NS then
-            text = text .. string.format(" = **%.1f× the floor** (target ≤ 2×)", per_rt / FLOOR_NS)
+          local floor = matched_floor(sc, per_req, "block")
+          if floor then
+            local words, detail = floor_words(sc, per_req)
+            text = text .. string.format(" = **%.1f× %s** (%.1f µs: %sblocking client; target ≤ 2×)",
+                                         per_rt / floor, words, floor / 1000, detail)
+          end
+          -- nginx registers each connection EPOLLIN|EPOLLOUT|EPOLLET, so a server that
+          -- reads the request and replies later wakes the worker twice per round trip:
+          -- that part is nginx's; the floor of a client that waits the same way has it too.
+          local nginx_floor = c == 1 and matched_floor(sc, per_req, "epoll")
+          if nginx_floor then
+            local server = sc.pause_us and string.format("same %g ms pauses", sc.pause_us / 1000)
+                           or "server answers at once"
+            text = text .. string.format("; second figure: %.1f× the nginx-like floor (%.1f µs: %s, "
+                                         .. "client waiting like nginx)",
+                                         per_rt / nginx_floor, nginx_floor / 1000, server)
           end
         end
       else
@@ -267,7 +315,20 @@ local function run(sc)
           items[#items + 1] = string.format("%s %.1f", p.name, p.per)
         end
       end
-      row(sc.label, "worker syscalls per request (strace -c, 1 conn): " .. table.concat(items, ", "))
+      local waits = 0
+      for _, p in ipairs(parts) do
+        if p.name == "epoll_wait" then waits = p.per end
+      end
+      local line = "worker syscalls per request (strace -c, 1 conn): " .. table.concat(items, ", ")
+      if not sc.name then
+        baseline_waits = waits
+      elseif baseline_waits and calls_per_req and calls_per_req > 0 then
+        -- the floors' epoll_wait per round trip: about 1 when the server answers at once,
+        -- 2 when it replies later (nginx's EPOLLOUT edge on the server's read, then the reply)
+        line = line .. string.format("; above no-plugin: **%.1f epoll_wait per round trip**",
+                                     (waits - baseline_waits) / (calls_per_req + 1))
+      end
+      row(sc.label, line)
     end
   end)
   h:stop()

@@ -10,13 +10,15 @@
 //! EPOLLRDHUP, as nginx's epoll module registers every connection), one
 //! `epoll_wait` per wake-up. On a unix socket the peer's read of our request
 //! raises an EPOLLOUT edge, so a round trip can cost two wake-ups instead of one.
-//! With `server_us` > 0 the server spins that long before each reply (a plugin
-//! server that does some work, so the client sleeps before the reply arrives).
+//! With `server_us` > 0 the server sleeps that long before each reply, as the "slow"
+//! benchmark servers do (`bench/fixtures/`: Python's `time.sleep`, Node's `setTimeout`):
+//! both cores go idle and the reply wakes the client from sleep. (A server that spins
+//! instead keeps its core busy and changes the client's wake-up pattern.)
 //! prints one line: `round_trips=N client_cpu_ns=.. wall_ns=.. epoll_waits=.. (per round trip)`.
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 fn thread_cpu_ns() -> u128 {
     let mut ts = libc::timespec {
@@ -42,9 +44,8 @@ fn serve(listener: UnixListener, request_bytes: usize, reply_bytes: usize, serve
     let mut req = vec![0u8; request_bytes];
     let reply = vec![7u8; reply_bytes];
     while conn.read_exact(&mut req).is_ok() {
-        let t = Instant::now();
-        while (t.elapsed().as_micros() as u64) < server_us {
-            std::hint::spin_loop();
+        if server_us > 0 {
+            std::thread::sleep(Duration::from_micros(server_us));
         }
         if conn.write_all(&reply).is_err() {
             break;
