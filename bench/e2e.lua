@@ -14,8 +14,14 @@
 -- KPS_SLOW_FLOOR_NS with a blocking client and a server that answers at once or sleeps
 -- 1 ms first; KPS_FLOOR_EPOLL_NS and KPS_SLOW_FLOOR_EPOLL_NS with a client that waits
 -- like nginx. Each scenario is compared with the floor of its own server pauses.
+-- The nginx cosocket floors: the same host, request path and placement as the no-plugin
+-- run, plus K round trips per request (KPS_COSOCKET_ROUND_TRIPS, default 4: py-hello's 3
+-- PDK calls and the event end) of 48 B / 64 B over a pooled cosocket in plain Lua
+-- (fixtures/host/lua/kps_host/cosocket_floor.lua) to examples/transport_floor's `serve`
+-- mode on core 1, answering at once or after 1 ms: what nginx itself costs per round
+-- trip. Each plugin scenario is compared with them too (matched to its server pauses).
 --   KPS_FLOOR_NS=.. KPS_SLOW_FLOOR_NS=.. luajit bench/e2e.lua 3 py-slow   (one scenario
---   plus the no-plugin baseline it needs)
+--   plus the no-plugin baseline and the cosocket floors it needs)
 -- Prints markdown table rows: `| e2e: ... | ... |`.
 
 package.path = "./?.lua;" .. package.path
@@ -34,6 +40,8 @@ local FLOORS = {
   slow = { block = tonumber(os.getenv("KPS_SLOW_FLOOR_NS")),
            epoll = tonumber(os.getenv("KPS_SLOW_FLOOR_EPOLL_NS")) },
 }
+local COSOCKET_ROUND_TRIPS = tonumber(os.getenv("KPS_COSOCKET_ROUND_TRIPS")) or 4
+local REQUEST_BYTES, REPLY_BYTES = 48, 64   -- a PDK call's size, as the transport floors
 local CONNECTIONS = { 1, 16 }
 local TWO_CORES = tonumber(io.popen("nproc"):read("*l")) >= 2
 local HZ = 100
@@ -91,8 +99,16 @@ local function js_slow(prefix)
     table.concat({ q(node), q(server), "-d", q(dir), "--dump-all-plugins" }, " "), prefix)
 end
 
+local function cosocket_floor_label(pause)
+  return string.format("nginx cosocket floor (plain Lua, K=%d round trips/request, %s)", COSOCKET_ROUND_TRIPS,
+                       pause and "server sleeps 1 ms before each reply" or "server answers at once")
+end
+
+-- `helper`: also runs when a filter picks another scenario (the others are compared with it).
 local SCENARIOS = {
-  { label = "no plugin" },
+  { label = "no plugin", helper = true },
+  { label = cosocket_floor_label(false), cosocket = "fast", server_us = 0, helper = true },
+  { label = cosocket_floor_label(true), cosocket = "slow", server_us = SLOW_PAUSE_US, helper = true },
   { label = "py-hello", name = "py-hello", header = "x-hello-from-python", fixture = "py-hello" },
   { label = "py-slow (1 ms pause per PDK call)", name = "py-slow", header = "x-python-slow",
     fixture = "py-hello", settings = py_slow, pause_us = SLOW_PAUSE_US },
@@ -195,12 +211,50 @@ local function floor_words(sc, calls)
          string.format("%g ms before %.0f of %.0f round trips, ", sc.pause_us / 1000, calls, calls + 1)
 end
 
+-- The nginx cosocket floor per round trip that matches a scenario at `c` connections,
+-- mixed like matched_floor; nil when one it needs was not measured.
+local function matched_cosocket_floor(sc, calls, c)
+  local fast = cosocket_floor.fast[c]
+  if not sc.pause_us then return fast end
+  local slow = cosocket_floor.slow[c]
+  if not (slow and fast) then return nil end
+  return (calls * slow + fast) / (calls + 1)
+end
+
 local baseline = {}   -- connections -> worker ns per request without plugins
+-- "fast"/"slow" -> connections -> the nginx cosocket floor's worker ns per round trip above no-plugin
+local cosocket_floor = { fast = {}, slow = {} }
 local baseline_waits  -- the worker's epoll_wait per request without plugins (strace, 1 conn)
 
 local function row(label, text)
   print(string.format("| e2e: %s | %s |", label, text))
   io.stdout:flush()
+end
+
+-- The cosocket floors' echo server (examples/transport_floor serve) on core 1; returns
+-- its pid and socket path, or nil and why.
+local FLOOR_BIN = root .. "/target/release/examples/transport_floor"
+local function start_echo(prefix, server_us)
+  if not sh("test -x " .. q(FLOOR_BIN)) then
+    return nil, "no " .. FLOOR_BIN .. " (cargo build --release --examples)"
+  end
+  local path = prefix .. "/floor.socket"
+  sh(string.format("%s%s serve %s %d %d %d >%s 2>&1 & echo $! >%s", TWO_CORES and "taskset -c 1 " or "",
+                   q(FLOOR_BIN), q(path), REQUEST_BYTES, REPLY_BYTES, server_us,
+                   q(prefix .. "/logs/echo.log"), q(prefix .. "/echo.pid")))
+  local pid = tonumber(read(prefix .. "/echo.pid"))
+  if not (pid and nginx.wait_until(function() return sh("test -S " .. q(path)) end, 5)) then
+    if pid then procs.kill(pid, "KILL") end
+    return nil, "echo server did not listen: " .. (read(prefix .. "/logs/echo.log") or "")
+  end
+  return pid, path
+end
+
+local function stop_echo(pid)
+  if pid then
+    procs.kill(pid, "KILL")
+    nginx.wait_until(function() return not procs.alive(pid) end, 5)
+  end
 end
 
 local function run(sc)
@@ -217,9 +271,21 @@ local function run(sc)
     settings = sc.settings and sc.settings(prefix) or fixtures.settings({ sc.name }, prefix)
     plugins = { { name = sc.name, config = { message = "bench" } } }
   end
+  local echo_pid, floor_conf
+  if sc.cosocket then
+    local path
+    echo_pid, path = start_echo(prefix, sc.server_us)
+    if not echo_pid then
+      sh("rm -rf " .. q(prefix))
+      return row(sc.label, "skipped: " .. tostring(path):sub(1, 200))
+    end
+    floor_conf = { socket = path, round_trips = COSOCKET_ROUND_TRIPS,
+                   request_bytes = REQUEST_BYTES, reply_bytes = REPLY_BYTES }
+  end
   local h, err = nginx.start { prefix = prefix, workers = 1, log_level = "notice",
-                               configuration = settings, plugins = plugins }
+                               configuration = settings, plugins = plugins, cosocket_floor = floor_conf }
   if not h then
+    stop_echo(echo_pid)
     return row(sc.label, "skipped: nginx did not start: " .. tostring(err):sub(1, 200))
   end
   local ok, perr = pcall(function()
@@ -234,7 +300,7 @@ local function run(sc)
     end
     local worker = assert(h:worker_pids()[1], "no worker")
     local master = h:master_pid()
-    local servers = {}
+    local servers = { echo_pid }
     for _, pid in ipairs(procs.descendants(master)) do
       if pid ~= worker then servers[#servers + 1] = pid end
     end
@@ -255,7 +321,24 @@ local function run(sc)
       local s_us = (s1 - s0) / n / 1000
       local text = string.format("%d conn: %.0f req/s, p50 %.2f ms, p99 %.2f ms, worker CPU **%.0f µs**/req",
                                  c, r.rps, r.p50 or -1, r.p99 or -1, w_ns / 1000)
-      if sc.name then
+      if sc.cosocket then
+        text = text .. string.format(", echo server CPU %.0f µs/req", s_us)
+        if baseline[c] then
+          local per_rt = (w_ns - baseline[c]) / COSOCKET_ROUND_TRIPS
+          cosocket_floor[sc.cosocket][c] = per_rt
+          text = text .. string.format(", worker CPU above no-plugin **%.1f µs per round trip**", per_rt / 1000)
+          local rust = FLOORS[sc.cosocket].block
+          if rust then
+            text = text .. string.format(" = **%.1f× the Rust floor** (%.1f µs: same server, blocking client)",
+                                         per_rt / rust, rust / 1000)
+          end
+          local rust_epoll = c == 1 and FLOORS[sc.cosocket].epoll
+          if rust_epoll then
+            text = text .. string.format("; %.1f× the nginx-like Rust floor (%.1f µs)", per_rt / rust_epoll,
+                                         rust_epoll / 1000)
+          end
+        end
+      elseif sc.name then
         local events = c1.events - c0.events
         local calls = c1.pdk_calls - c0.pdk_calls
         local per_req = calls / math.max(events, 1)
@@ -271,6 +354,12 @@ local function run(sc)
             local words, detail = floor_words(sc, per_req)
             text = text .. string.format(" = **%.1f× %s** (%.1f µs: %sblocking client; target ≤ 2×)",
                                          per_rt / floor, words, floor / 1000, detail)
+          end
+          -- what nginx and its cosockets alone cost per round trip, in the same run
+          local ngx_floor = matched_cosocket_floor(sc, per_req, c)
+          if ngx_floor then
+            text = text .. string.format(" = **%.1f× the nginx cosocket floor** (%.1f µs%s)", per_rt / ngx_floor,
+                                         ngx_floor / 1000, sc.pause_us and ", same pauses" or "")
           end
           -- nginx registers each connection EPOLLIN|EPOLLOUT|EPOLLET, so a server that
           -- reads the request and replies later wakes the worker twice per round trip:
@@ -320,18 +409,21 @@ local function run(sc)
         if p.name == "epoll_wait" then waits = p.per end
       end
       local line = "worker syscalls per request (strace -c, 1 conn): " .. table.concat(items, ", ")
-      if not sc.name then
+      local round_trips = sc.cosocket and COSOCKET_ROUND_TRIPS
+                          or (calls_per_req and calls_per_req > 0 and calls_per_req + 1)
+      if not (sc.name or sc.cosocket) then
         baseline_waits = waits
-      elseif baseline_waits and calls_per_req and calls_per_req > 0 then
+      elseif baseline_waits and round_trips then
         -- the floors' epoll_wait per round trip: about 1 when the server answers at once,
         -- 2 when it replies later (nginx's EPOLLOUT edge on the server's read, then the reply)
         line = line .. string.format("; above no-plugin: **%.1f epoll_wait per round trip**",
-                                     (waits - baseline_waits) / (calls_per_req + 1))
+                                     (waits - baseline_waits) / round_trips)
       end
       row(sc.label, line)
     end
   end)
   h:stop()
+  stop_echo(echo_pid)
   if not ok then
     row(sc.label, "skipped: " .. tostring(perr):gsub("\n", " "):sub(1, 300))
   end
@@ -339,7 +431,7 @@ end
 
 local only = arg[2]
 for _, sc in ipairs(SCENARIOS) do
-  if not only or sc.label:find(only, 1, true) or (only ~= "" and sc.label == "no plugin") then
+  if not only or sc.label:find(only, 1, true) or (only ~= "" and sc.helper) then
     run(sc)
   end
 end

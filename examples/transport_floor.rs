@@ -15,6 +15,11 @@
 //! both cores go idle and the reply wakes the client from sleep. (A server that spins
 //! instead keeps its core busy and changes the client's wake-up pattern.)
 //! prints one line: `round_trips=N client_cpu_ns=.. wall_ns=.. epoll_waits=.. (per round trip)`.
+//!
+//! `transport_floor serve <socket_path> <request_bytes> <reply_bytes> <server_us>` runs only
+//! the server, for clients elsewhere (bench/e2e.lua's nginx cosocket floor): it listens on
+//! `socket_path` and answers every request of `request_bytes` on every connection (a thread
+//! each) with `reply_bytes`, after `server_us` of sleep, until it is killed.
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -39,8 +44,8 @@ fn pin_to(cpu: usize) {
     }
 }
 
-fn serve(listener: UnixListener, request_bytes: usize, reply_bytes: usize, server_us: u64) {
-    let (mut conn, _) = listener.accept().expect("accept");
+/// Answers every request on `conn` until the peer closes it.
+fn echo(mut conn: UnixStream, request_bytes: usize, reply_bytes: usize, server_us: u64) {
     let mut req = vec![0u8; request_bytes];
     let reply = vec![7u8; reply_bytes];
     while conn.read_exact(&mut req).is_ok() {
@@ -93,11 +98,31 @@ fn epoll_client(conn: &mut UnixStream, req: &[u8], reply: &mut [u8], round_trips
     waits
 }
 
+/// The `serve` mode: a thread per connection, until killed.
+fn serve_forever(args: &[String]) {
+    let usage =
+        "usage: transport_floor serve <socket_path> <request_bytes> <reply_bytes> <server_us>";
+    let [path, request_bytes, reply_bytes, server_us] = args else {
+        panic!("{usage}");
+    };
+    let number = |a: &String| -> u64 { a.parse().unwrap_or_else(|_| panic!("{usage}")) };
+    let (request_bytes, reply_bytes) =
+        (number(request_bytes) as usize, number(reply_bytes) as usize);
+    let server_us = number(server_us);
+    let _ = std::fs::remove_file(path); // a socket left by an earlier run
+    let listener = UnixListener::bind(path).unwrap_or_else(|e| panic!("bind {path}: {e}"));
+    for conn in listener.incoming() {
+        let conn = conn.expect("accept");
+        std::thread::spawn(move || echo(conn, request_bytes, reply_bytes, server_us));
+    }
+}
+
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().expect("number"))
-        .collect();
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().map(String::as_str) == Some("serve") {
+        return serve_forever(&raw[1..]);
+    }
+    let args: Vec<usize> = raw.iter().map(|a| a.parse().expect("number")).collect();
     let round_trips = *args.first().unwrap_or(&200_000);
     let request_bytes = *args.get(1).unwrap_or(&48);
     let reply_bytes = *args.get(2).unwrap_or(&64);
@@ -116,7 +141,8 @@ fn main() {
         if pin {
             pin_to(1);
         }
-        serve(listener, request_bytes, reply_bytes, server_us);
+        let (conn, _) = listener.accept().expect("accept");
+        echo(conn, request_bytes, reply_bytes, server_us);
         std::process::exit(0);
     }
     drop(listener);

@@ -130,8 +130,10 @@ function _M.render(prefix, opts)
   -- Debian's cjson encodes {} as an object: write the plugin array by hand
   local plugins = opts.plugins or {}
   local plugins_json = #plugins == 0 and "[]" or assert(cjson.encode(plugins))
+  -- `cosocket_floor` (bench/e2e.lua): fixtures/host/lua/kps_host/cosocket_floor.lua's settings
+  local floor_json = opts.cosocket_floor and (',"cosocket_floor":' .. assert(cjson.encode(opts.cosocket_floor))) or ""
   write(prefix .. "/kps_host.json", '{"configuration":' .. assert(cjson.encode(configuration))
-        .. ',"plugins":' .. plugins_json .. "}")
+        .. ',"plugins":' .. plugins_json .. floor_json .. "}")
   return port
 end
 
