@@ -211,6 +211,9 @@ local function floor_words(sc, calls)
          string.format("%g ms before %.0f of %.0f round trips, ", sc.pause_us / 1000, calls, calls + 1)
 end
 
+-- "fast"/"slow" -> connections -> the nginx cosocket floor's worker ns per round trip above no-plugin
+local cosocket_floor = { fast = {}, slow = {} }
+
 -- The nginx cosocket floor per round trip that matches a scenario at `c` connections,
 -- mixed like matched_floor; nil when one it needs was not measured.
 local function matched_cosocket_floor(sc, calls, c)
@@ -222,8 +225,6 @@ local function matched_cosocket_floor(sc, calls, c)
 end
 
 local baseline = {}   -- connections -> worker ns per request without plugins
--- "fast"/"slow" -> connections -> the nginx cosocket floor's worker ns per round trip above no-plugin
-local cosocket_floor = { fast = {}, slow = {} }
 local baseline_waits  -- the worker's epoll_wait per request without plugins (strace, 1 conn)
 
 local function row(label, text)
