@@ -4,12 +4,13 @@
 # loopback/unix only. Pieces: examples/transport_floor.rs, bench/codec.lua,
 # bench/e2e.lua, bench/startup.lua (each can be run alone; see their headers).
 #   KPS_BENCH_SECONDS   seconds per wrk run (default 3)
+#   KPS_COSOCKET_ROUND_TRIPS  round trips per request of e2e's nginx cosocket floor (default 4)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECONDS_PER_RUN=${KPS_BENCH_SECONDS:-3}
 cargo build -q --release --workspace  # the .so and kps-helper e2e loads
-cargo build -q --release --examples
+cargo build -q --release --examples  # transport_floor: the floors, and e2e's echo server
 
 echo "| benchmark | figure |"
 echo "|---|---|"
