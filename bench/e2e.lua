@@ -312,7 +312,7 @@ local function run(sc)
       end
     end
     wrk(h.port, 4, 1, TWO_CORES)  -- warm-up: instance started, JIT traces, pooled connections
-    local calls_per_req  -- PDK calls per request at 1 connection
+    local rts_per_req  -- round trips per request at 1 connection
     for _, c in ipairs(CONNECTIONS) do
       local c0, w0, s0 = counters(h, sc.name), worker_cpu_ns(worker), servers_cpu_ns(servers)
       local r = wrk(h.port, c, SECONDS, TWO_CORES)
@@ -340,16 +340,21 @@ local function run(sc)
           end
         end
       elseif sc.name then
+        -- Round trips per request: one per PDK call and one per event (its end); a
+        -- request runs one event per phase the plugin has (go-hello: access, response, log).
         local events = c1.events - c0.events
         local calls = c1.pdk_calls - c0.pdk_calls
-        local per_req = calls / math.max(events, 1)
-        if c == 1 then calls_per_req = per_req end
-        text = text .. string.format(", plugin server CPU %.0f µs/req, %.1f PDK calls/req", s_us, per_req)
-        if baseline[c] and per_req > 0 then
+        local per_req = calls / math.max(events, 1)  -- PDK calls per event
+        local calls_req, events_req = calls / n, events / n
+        local rts_req = calls_req + events_req
+        if c == 1 then rts_per_req = rts_req end
+        text = text .. string.format(", plugin server CPU %.0f µs/req, %.1f PDK calls in %.1f events per request",
+                                     s_us, calls_req, events_req)
+        if baseline[c] and calls > 0 then
           local extra = w_ns - baseline[c]
-          local per_rt = extra / (per_req + 1)
+          local per_rt = extra / rts_req
           text = text .. string.format(", worker CPU above no-plugin **%.1f µs per PDK call**, %.1f µs per round trip",
-                                       extra / per_req / 1000, per_rt / 1000)
+                                       extra / calls_req / 1000, per_rt / 1000)
           local floor = matched_floor(sc, per_req, "block")
           if floor then
             local words, detail = floor_words(sc, per_req)
@@ -411,7 +416,7 @@ local function run(sc)
       end
       local line = "worker syscalls per request (strace -c, 1 conn): " .. table.concat(items, ", ")
       local round_trips = sc.cosocket and COSOCKET_ROUND_TRIPS
-                          or (calls_per_req and calls_per_req > 0 and calls_per_req + 1)
+                          or (rts_per_req and rts_per_req > 0 and rts_per_req)
       if not (sc.name or sc.cosocket) then
         baseline_waits = waits
       elseif baseline_waits and round_trips then
