@@ -145,6 +145,82 @@ fn head(rest: &[u8], offset: usize) -> Result<Option<Head>, FrameError> {
     }
 }
 
+/// Nesting the one-pass [`complete_len`] tracks without the heap; deeper values
+/// take the resumable path.
+const FAST_DEPTH: usize = 32;
+
+fn be_at(bytes: &[u8], at: usize, n: usize) -> Option<u64> {
+    Some(be(bytes.get(at..at + n)?))
+}
+
+/// Length of the value at the start of `bytes` when it is complete there and
+/// within `limits`, in one tight pass over a slice that holds all of it. `None`
+/// means "not that simple" (incomplete, too large or deep, byte 0xc1, or nested
+/// past [`FAST_DEPTH`]): the resumable [`Framer`] then gives the exact answer.
+/// A complete value passes the framer's size checks exactly when its length is
+/// within `max_message_size` (each check bounds a prefix of it), so both agree.
+pub fn complete_len(bytes: &[u8], limits: Limits) -> Option<usize> {
+    let max_depth = limits.max_depth.min(FAST_DEPTH);
+    // Items left in each open array/map, innermost last.
+    let mut open = [0u64; FAST_DEPTH];
+    let mut depth = 0usize;
+    let mut pos = 0usize;
+    loop {
+        let b = *bytes.get(pos)?;
+        // A leaf's total length, or a container's header length and item count.
+        let (len, items): (u64, u64) = match b {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (1, 0),
+            0x80..=0x8f => (1, 2 * u64::from(b & 0x0f)),
+            0x90..=0x9f => (1, u64::from(b & 0x0f)),
+            0xa0..=0xbf => (1 + u64::from(b & 0x1f), 0),
+            0xc4 | 0xd9 => (2 + be_at(bytes, pos + 1, 1)?, 0),
+            0xc5 | 0xda => (3 + be_at(bytes, pos + 1, 2)?, 0),
+            0xc6 | 0xdb => (5 + be_at(bytes, pos + 1, 4)?, 0),
+            0xc7 => (3 + be_at(bytes, pos + 1, 1)?, 0),
+            0xc8 => (4 + be_at(bytes, pos + 1, 2)?, 0),
+            0xc9 => (6 + be_at(bytes, pos + 1, 4)?, 0),
+            0xcc | 0xd0 => (2, 0),
+            0xcd | 0xd1 => (3, 0),
+            0xca | 0xce | 0xd2 => (5, 0),
+            0xcb | 0xcf | 0xd3 => (9, 0),
+            0xd4 => (3, 0),
+            0xd5 => (4, 0),
+            0xd6 => (6, 0),
+            0xd7 => (10, 0),
+            0xd8 => (18, 0),
+            0xdc => (3, be_at(bytes, pos + 1, 2)?),
+            0xdd => (5, be_at(bytes, pos + 1, 4)?),
+            0xde => (3, 2 * be_at(bytes, pos + 1, 2)?),
+            0xdf => (5, 2 * be_at(bytes, pos + 1, 4)?),
+            0xc1 => return None,
+        };
+        let end = (pos as u64).checked_add(len)?;
+        if end > bytes.len() as u64 {
+            return None;
+        }
+        pos = end as usize;
+        if items > 0 {
+            if depth >= max_depth {
+                return None;
+            }
+            open[depth] = items;
+            depth += 1;
+            continue;
+        }
+        // A value ended: count it against the open containers.
+        loop {
+            if depth == 0 {
+                return (pos <= limits.max_message_size).then_some(pos);
+            }
+            open[depth - 1] -= 1;
+            if open[depth - 1] > 0 {
+                break;
+            }
+            depth -= 1;
+        }
+    }
+}
+
 /// Resumable scanner of one message at a time.
 #[derive(Debug)]
 pub struct Framer {
@@ -205,6 +281,18 @@ impl Framer {
     /// them on each call). Returns the message length once it is complete, after
     /// which the framer is ready for the next message.
     pub fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
+        if self.pos == 0 && self.skip == 0 && self.open.is_empty() {
+            // Most messages arrive whole: one tight pass; anything else (a
+            // partial message, an error to report) takes the resumable path.
+            if let Some(n) = complete_len(buf, self.limits) {
+                return Ok(Some(n));
+            }
+        }
+        self.scan_resumable(buf)
+    }
+
+    /// [`Framer::scan`] one marker at a time, from wherever the last call stopped.
+    fn scan_resumable(&mut self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
         loop {
             if self.skip > 0 {
                 let avail = (buf.len() - self.pos) as u64;
@@ -384,6 +472,92 @@ mod tests {
         );
         let ok = [0x91, 0x91, 0x91, 0x90];
         assert_eq!(Framer::new(limits(1024, 3)).scan(&ok), Ok(Some(4)));
+    }
+
+    /// A value of random shape, encoded (xorshift-driven, so the test is repeatable).
+    fn random_value(rng: &mut u64, depth: usize, out: &mut Vec<u8>) {
+        let mut next = || {
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            *rng
+        };
+        let pick = next() % if depth > 6 { 10 } else { 14 };
+        let n = (next() % 40) as usize;
+        match pick {
+            0 => out.push(0xc0),
+            1 => rmp::encode::write_sint(out, next() as i64 >> (next() % 64))
+                .map(drop)
+                .unwrap(),
+            2 => rmp::encode::write_f64(out, 1.5).unwrap(),
+            3 => rmp::encode::write_f32(out, 2.5).unwrap(),
+            4 => rmp::encode::write_str(out, &"s".repeat(n * (1 + n % 9))).unwrap(),
+            5 => rmp::encode::write_bin(out, &vec![7u8; n * 3]).unwrap(),
+            6 => {
+                rmp::encode::write_ext_meta(out, n as u32 % 20, 1).unwrap();
+                out.extend(std::iter::repeat_n(1u8, n % 20));
+            }
+            7 => rmp::encode::write_uint(out, next()).map(drop).unwrap(),
+            8 => out.push(0xc3),
+            9 => rmp::encode::write_array_len(out, 0).map(drop).unwrap(),
+            10 | 11 => {
+                let k = (n % 5) as u32 + if n % 7 == 0 { 20 } else { 0 };
+                rmp::encode::write_array_len(out, k).map(drop).unwrap();
+                for _ in 0..k {
+                    random_value(rng, depth + 1, out);
+                }
+            }
+            _ => {
+                let k = (n % 4) as u32 + if n % 9 == 0 { 17 } else { 0 };
+                rmp::encode::write_map_len(out, k).map(drop).unwrap();
+                for _ in 0..2 * k {
+                    random_value(rng, depth + 1, out);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_one_pass_length_agrees_with_the_resumable_scan() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let (mut whole, mut not) = (0, 0);
+        for round in 0..3000 {
+            let mut v = Vec::new();
+            random_value(&mut rng, 0, &mut v);
+            // Whole, with a tail, cut short, and with one byte changed.
+            let mut cases = vec![v.clone(), [&v[..], &[0xc0, 0x01]].concat()];
+            cases.push(v[..v.len() * (round % 7) / 7].to_vec());
+            let mut bad = v.clone();
+            bad[round % v.len()] = [0xc1, 0xdd, 0xff, 0x9f, 0xdf][round % 5];
+            cases.push(bad);
+            for bytes in cases {
+                for lim in [
+                    limits(1 << 20, 8),
+                    limits(1 << 20, 2),
+                    limits(v.len(), 32),
+                    limits(5, 32),
+                ] {
+                    let slow = Framer::new(lim).scan_resumable(&bytes);
+                    assert_eq!(
+                        complete_len(&bytes, lim),
+                        slow.clone().ok().flatten(),
+                        "{bytes:02x?} {lim:?}"
+                    );
+                    assert_eq!(Framer::new(lim).scan(&bytes), slow);
+                    if matches!(slow, Ok(Some(_))) {
+                        whole += 1;
+                    } else {
+                        not += 1;
+                    }
+                }
+            }
+        }
+        // Both outcomes are well represented.
+        assert!(whole > 8000 && not > 8000, "{whole} complete, {not} not");
+        // Nesting past the one-pass bound is left to the resumable scan.
+        let deep = [[0x91u8; 40].as_slice(), &[0xc0]].concat();
+        assert_eq!(complete_len(&deep, limits(1024, 64)), None);
+        assert_eq!(Framer::new(limits(1024, 64)).scan(&deep), Ok(Some(41)));
     }
 
     #[test]

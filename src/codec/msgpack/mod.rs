@@ -1,6 +1,7 @@
 //! MessagePack-RPC (`MsgPack:1`): the framer and the session engine.
 
 pub mod framer;
+mod read;
 pub mod session;
 
 pub use framer::{FrameError, Framer, Limits};

@@ -13,12 +13,11 @@
 
 use std::ops::Range;
 
-use rmp::Marker;
-use rmp::decode;
 use rmp::encode;
 use serde::Deserialize;
 
 use super::framer::{Framer, Limits, value_len};
+use super::read;
 use crate::codec::methods;
 
 /// The request a stream waits a reply for.
@@ -336,14 +335,11 @@ impl Stream {
 
     fn parse(&mut self, n: usize) -> Result<Option<Event>, String> {
         let msg = &self.inbuf[..n];
-        let mut rd: &[u8] = msg;
-        let len =
-            decode::read_array_len(&mut rd).map_err(|_| "message is not an array".to_string())?;
-        let kind: u8 =
-            decode::read_int(&mut rd).map_err(|_| "message type is not 1 or 2".to_string())?;
+        let (len, at) = read::array_at(msg, 0).ok_or("message is not an array")?;
+        let (kind, at): (u8, _) = read::int_at(msg, at).ok_or("message type is not 1 or 2")?;
         match (kind, len) {
-            (1, 4) => self.parse_response(n, msg.len() - rd.len()).map(Some),
-            (2, 3) => self.parse_notification(n, msg.len() - rd.len()),
+            (1, 4) => self.parse_response(n, at).map(Some),
+            (2, 3) => self.parse_notification(n, at),
             (0, 4) => Err(
                 "the plugin server sent a request; only responses and notifications are expected"
                     .into(),
@@ -356,18 +352,20 @@ impl Stream {
 
     fn parse_notification(&mut self, n: usize, at: usize) -> Result<Option<Event>, String> {
         let msg = &self.inbuf[..n];
-        let mut rd = &msg[at..];
-        let label = read_text(&mut rd).ok_or("notification name is not a string")?;
-        if label != b"serverPid" {
+        let label = read::text_at(msg, at).ok_or("notification name is not a string")?;
+        if msg[label.clone()] != *b"serverPid" {
             return Ok(None);
         }
         // The pid alone or as a one-element array.
-        let mut rd2 = rd;
-        let pid = match decode::read_int::<i64, _>(&mut rd) {
-            Ok(pid) => pid,
-            Err(_) => match decode::read_array_len(&mut rd2) {
-                Ok(1) => decode::read_int::<i64, _>(&mut rd2)
-                    .map_err(|_| "serverPid is not an integer")?,
+        let at = label.end;
+        let pid = match read::int_at::<i64>(msg, at) {
+            Some((pid, _)) => pid,
+            None => match read::array_at(msg, at) {
+                Some((1, at)) => {
+                    read::int_at::<i64>(msg, at)
+                        .ok_or("serverPid is not an integer")?
+                        .0
+                }
                 _ => return Err("serverPid is not an integer".into()),
             },
         };
@@ -376,9 +374,8 @@ impl Stream {
 
     fn parse_response(&mut self, n: usize, at: usize) -> Result<Event, String> {
         let msg = &self.inbuf[..n];
-        let mut rd = &msg[at..];
-        let id: u32 = decode::read_int(&mut rd)
-            .map_err(|_| "response id is not a 32-bit integer".to_string())?;
+        let (id, at): (u32, _) =
+            read::int_at(msg, at).ok_or("response id is not a 32-bit integer")?;
         let (want, req) = match self.pending.take() {
             Some(p) => p,
             None => return Err(format!("response #{id} with no request pending")),
@@ -386,18 +383,16 @@ impl Stream {
         if id != want {
             return Err(format!("unexpected response id {id} (expected {want})"));
         }
-        if rd.first() != Some(&0xc0) {
-            let start = msg.len() - rd.len();
-            let len = value_len(&mut self.scratch, rd)?;
-            let message = text_span(msg, &(start..start + len))
+        if msg.get(at) != Some(&0xc0) {
+            let len = value_len(&mut self.scratch, &msg[at..])?;
+            let message = read::text_at(&msg[..at + len], at)
                 .ok_or_else(|| format!("{} error is not a string", req.name()))?;
             return Ok(Event::ErrorReply { message });
         }
-        rd = &rd[1..];
-        let result = msg.len() - rd.len();
+        let result = at + 1;
         // The result is the message's last element and the framer found the
         // message's exact end: no scan needed.
-        let result_len = rd.len();
+        let result_len = msg.len() - result;
         let result_bytes = &msg[result..result + result_len];
         match req {
             Request::StartInstance => {
@@ -427,11 +422,9 @@ impl Stream {
         self.each_entry(start..end, what, |key, value, bytes| {
             match key {
                 b"EventId" => {
-                    let mut rd = &bytes[value.clone()];
-                    event_id = Some(
-                        decode::read_int::<i64, _>(&mut rd)
-                            .map_err(|_| format!("{what} EventId is not an integer"))?,
-                    );
+                    let (id, _) = read::int_at::<i64>(&bytes[..value.end], value.start)
+                        .ok_or_else(|| format!("{what} EventId is not an integer"))?;
+                    event_id = Some(id);
                 }
                 b"Data" => data = Some(value),
                 _ => {}
@@ -440,8 +433,8 @@ impl Stream {
         })?;
         let event_id = event_id.ok_or_else(|| format!("{what} reply has no EventId"))?;
         let data = data.ok_or_else(|| format!("{what} reply has no Data"))?;
-        let mut rd = &self.inbuf[data.clone()];
-        if let Some(text) = read_text(&mut rd) {
+        if let Some(text) = read::text_at(&self.inbuf[..data.end], data.start) {
+            let text = &self.inbuf[text];
             if text == b"ret" {
                 return Ok(Event::Ret { event_id });
             }
@@ -456,7 +449,7 @@ impl Stream {
             match key {
                 b"Method" => {
                     name = Some(
-                        text_span(bytes, &value)
+                        read::text_at(&bytes[..value.end], value.start)
                             .ok_or_else(|| format!("{what} call Method is not a string"))?,
                     );
                 }
@@ -483,55 +476,28 @@ impl Stream {
         F: FnMut(&[u8], Range<usize>, &[u8]) -> Result<(), String>,
     {
         let bytes = &self.inbuf[..span.end];
-        let mut rd = &bytes[span.start..];
-        let entries =
-            decode::read_map_len(&mut rd).map_err(|_| format!("{what} reply is not a map"))?;
+        let (entries, mut at) =
+            read::map_at(bytes, span.start).ok_or_else(|| format!("{what} reply is not a map"))?;
         for i in 0..entries {
-            let mut krd = rd;
-            let key = match read_text(&mut krd) {
+            let key = match read::text_at(bytes, at) {
                 Some(key) => {
-                    rd = krd;
-                    key
+                    at = key.end;
+                    &bytes[key]
                 }
                 None => {
-                    let key_len = value_len(&mut self.scratch, rd)?;
-                    rd = &rd[key_len..];
+                    at += value_len(&mut self.scratch, &bytes[at..])?;
                     b""
                 }
             };
-            let vstart = span.end - rd.len();
             // `span` is exact (framed), so the last value ends where it ends.
-            let vlen = if i + 1 == entries {
-                rd.len()
+            let len = if i + 1 == entries {
+                span.end - at
             } else {
-                value_len(&mut self.scratch, rd)?
+                value_len(&mut self.scratch, &bytes[at..])?
             };
-            rd = &rd[vlen..];
-            f(key, vstart..vstart + vlen, bytes)?;
+            f(key, at..at + len, bytes)?;
+            at += len;
         }
         Ok(())
     }
-}
-
-/// Reads a str or bin value and returns its bytes; `None` (and `rd` unspecified)
-/// for any other type.
-fn read_text<'a>(rd: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let len = match Marker::from_u8(*rd.first()?) {
-        Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => {
-            decode::read_str_len(rd).ok()?
-        }
-        Marker::Bin8 | Marker::Bin16 | Marker::Bin32 => decode::read_bin_len(rd).ok()?,
-        _ => return None,
-    } as usize;
-    let text = rd.get(..len)?;
-    *rd = &rd[len..];
-    Some(text)
-}
-
-/// The span of the bytes of the str/bin value encoded at `span` of `bytes`.
-fn text_span(bytes: &[u8], span: &Range<usize>) -> Option<Range<usize>> {
-    let mut rd = &bytes[span.clone()];
-    let text = read_text(&mut rd)?;
-    let end = span.end - rd.len();
-    Some(end - text.len()..end)
 }
