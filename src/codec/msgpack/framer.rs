@@ -145,12 +145,12 @@ fn head(rest: &[u8], offset: usize) -> Result<Option<Head>, FrameError> {
     }
 }
 
-/// Nesting the one-pass [`complete_len`] tracks without the heap; deeper values
-/// take the resumable path.
-const FAST_DEPTH: usize = 32;
+/// Nesting the one-pass [`complete_len`] tracks on the stack; deeper values take
+/// the resumable path.
+const FAST_DEPTH: usize = 16;
 
-fn be_at(bytes: &[u8], at: usize, n: usize) -> Option<u64> {
-    Some(be(bytes.get(at..at + n)?))
+fn be_at(bytes: &[u8], at: usize, n: usize) -> Option<usize> {
+    usize::try_from(be(bytes.get(at..at + n)?)).ok()
 }
 
 /// Length of the value at the start of `bytes` when it is complete there and
@@ -161,62 +161,82 @@ fn be_at(bytes: &[u8], at: usize, n: usize) -> Option<u64> {
 /// within `max_message_size` (each check bounds a prefix of it), so both agree.
 pub fn complete_len(bytes: &[u8], limits: Limits) -> Option<usize> {
     let max_depth = limits.max_depth.min(FAST_DEPTH);
-    // Items left in each open array/map, innermost last.
-    let mut open = [0u64; FAST_DEPTH];
+    let n = bytes.len();
+    // Values left in each enclosing array/map, and in the innermost one (the
+    // root counts as a container of one).
+    let mut outer = [0usize; FAST_DEPTH];
     let mut depth = 0usize;
+    let mut left = 1usize;
     let mut pos = 0usize;
     loop {
         let b = *bytes.get(pos)?;
-        // A leaf's total length, or a container's header length and item count.
-        let (len, items): (u64, u64) = match b {
-            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (1, 0),
-            0x80..=0x8f => (1, 2 * u64::from(b & 0x0f)),
-            0x90..=0x9f => (1, u64::from(b & 0x0f)),
-            0xa0..=0xbf => (1 + u64::from(b & 0x1f), 0),
-            0xc4 | 0xd9 => (2 + be_at(bytes, pos + 1, 1)?, 0),
-            0xc5 | 0xda => (3 + be_at(bytes, pos + 1, 2)?, 0),
-            0xc6 | 0xdb => (5 + be_at(bytes, pos + 1, 4)?, 0),
-            0xc7 => (3 + be_at(bytes, pos + 1, 1)?, 0),
-            0xc8 => (4 + be_at(bytes, pos + 1, 2)?, 0),
-            0xc9 => (6 + be_at(bytes, pos + 1, 4)?, 0),
-            0xcc | 0xd0 => (2, 0),
-            0xcd | 0xd1 => (3, 0),
-            0xca | 0xce | 0xd2 => (5, 0),
-            0xcb | 0xcf | 0xd3 => (9, 0),
-            0xd4 => (3, 0),
-            0xd5 => (4, 0),
-            0xd6 => (6, 0),
-            0xd7 => (10, 0),
-            0xd8 => (18, 0),
-            0xdc => (3, be_at(bytes, pos + 1, 2)?),
-            0xdd => (5, be_at(bytes, pos + 1, 4)?),
-            0xde => (3, 2 * be_at(bytes, pos + 1, 2)?),
-            0xdf => (5, 2 * be_at(bytes, pos + 1, 4)?),
+        let mut items = 0usize;
+        // The value's length (a container's: its header's).
+        let len = match b {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => 1,
+            0xa0..=0xbf => 1 + usize::from(b & 0x1f),
+            0x80..=0x8f => {
+                items = 2 * usize::from(b & 0x0f);
+                1
+            }
+            0x90..=0x9f => {
+                items = usize::from(b & 0x0f);
+                1
+            }
+            0xc4 | 0xd9 => 2 + be_at(bytes, pos + 1, 1)?,
+            0xc5 | 0xda => 3 + be_at(bytes, pos + 1, 2)?,
+            0xc6 | 0xdb => 5usize.checked_add(be_at(bytes, pos + 1, 4)?)?,
+            0xc7 => 3 + be_at(bytes, pos + 1, 1)?,
+            0xc8 => 4 + be_at(bytes, pos + 1, 2)?,
+            0xc9 => 6usize.checked_add(be_at(bytes, pos + 1, 4)?)?,
+            0xcc | 0xd0 => 2,
+            0xcd | 0xd1 => 3,
+            0xca | 0xce | 0xd2 => 5,
+            0xcb | 0xcf | 0xd3 => 9,
+            0xd4 => 3,
+            0xd5 => 4,
+            0xd6 => 6,
+            0xd7 => 10,
+            0xd8 => 18,
+            0xdc => {
+                items = be_at(bytes, pos + 1, 2)?;
+                3
+            }
+            0xdd => {
+                items = be_at(bytes, pos + 1, 4)?;
+                5
+            }
+            0xde => {
+                items = 2 * be_at(bytes, pos + 1, 2)?;
+                3
+            }
+            0xdf => {
+                items = be_at(bytes, pos + 1, 4)?.checked_mul(2)?;
+                5
+            }
             0xc1 => return None,
         };
-        let end = (pos as u64).checked_add(len)?;
-        if end > bytes.len() as u64 {
+        pos = pos.checked_add(len)?;
+        if pos > n {
             return None;
         }
-        pos = end as usize;
+        left -= 1;
         if items > 0 {
-            if depth >= max_depth {
+            // Each item takes a byte at least.
+            if items > n - pos || depth >= max_depth {
                 return None;
             }
-            open[depth] = items;
+            outer[depth] = left;
             depth += 1;
+            left = items;
             continue;
         }
-        // A value ended: count it against the open containers.
-        loop {
+        while left == 0 {
             if depth == 0 {
                 return (pos <= limits.max_message_size).then_some(pos);
             }
-            open[depth - 1] -= 1;
-            if open[depth - 1] > 0 {
-                break;
-            }
             depth -= 1;
+            left = outer[depth];
         }
     }
 }
@@ -534,8 +554,8 @@ mod tests {
                 for lim in [
                     limits(1 << 20, 8),
                     limits(1 << 20, 2),
-                    limits(v.len(), 32),
-                    limits(5, 32),
+                    limits(v.len(), FAST_DEPTH),
+                    limits(5, FAST_DEPTH),
                 ] {
                     let slow = Framer::new(lim).scan_resumable(&bytes);
                     assert_eq!(
