@@ -26,6 +26,24 @@ fn put<T, E: std::fmt::Debug>(r: Result<T, E>) {
     r.expect("writing to a Vec");
 }
 
+/// Appends `b` as a str value: the header rmp's `write_str_len` writes (the
+/// smallest form), written directly because this runs for every key and string.
+fn put_str(out: &mut Vec<u8>, b: &[u8]) {
+    let n = b.len();
+    if n < 32 {
+        out.push(0xa0 | n as u8);
+    } else if n < 0x100 {
+        out.extend_from_slice(&[0xd9, n as u8]);
+    } else if n < 0x1_0000 {
+        out.push(0xda);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        out.push(0xdb);
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+    }
+    out.extend_from_slice(b);
+}
+
 /// Encodes `value` into `out` (appending), shaped for a method whose result shape is `shape`.
 pub fn encode(out: &mut Vec<u8>, shape: Shape, s: &Stack, value: Val<'_>) -> Result<(), String> {
     let mut walker = Walker {
@@ -63,10 +81,7 @@ impl Walker<'_> {
             Val::Nil => put(encode::write_nil(self.out)),
             Val::Bool(b) => put(encode::write_bool(self.out, b)),
             Val::Num(n) => self.number(n),
-            Val::Str(b) => {
-                put(encode::write_str_len(self.out, b.len() as u32));
-                self.out.extend_from_slice(b);
-            }
+            Val::Str(b) => put_str(self.out, b),
             Val::Light(p) if p.is_null() => put(encode::write_nil(self.out)),
             Val::Table(t) => return self.table(t),
             other => return Err(walk::unsupported(other)),
@@ -146,9 +161,9 @@ impl Walker<'_> {
             self.value(k)?;
             match v {
                 Val::Bool(true) => put(encode::write_array_len(self.out, 0)),
-                Val::Str(_) => {
-                    put(encode::write_array_len(self.out, 1));
-                    self.value(v)?;
+                Val::Str(b) => {
+                    self.out.push(0x91); // a one-element array
+                    put_str(self.out, b);
                 }
                 _ => self.value(v)?,
             }

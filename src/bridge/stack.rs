@@ -115,6 +115,7 @@ impl Stack {
         Stack { l }
     }
 
+    #[inline]
     pub fn top(&self) -> c_int {
         // SAFETY: `l` is live (Stack::new).
         unsafe { ffi::lua_gettop(self.l) }
@@ -128,6 +129,7 @@ impl Stack {
         unsafe { ffi::lua_settop(self.l, top) }
     }
 
+    #[inline]
     pub fn check(&self, n: c_int) -> Result<(), Overflow> {
         // SAFETY: `l` is live; lua_checkstack does not raise except on OOM.
         if unsafe { ffi::lua_checkstack(self.l, n) } == 0 {
@@ -138,6 +140,7 @@ impl Stack {
 
     /// The value in slot `idx` (absolute, valid). The caller picks `'v` and must
     /// hold the slot that long.
+    #[inline]
     unsafe fn val<'v>(&self, idx: c_int) -> Val<'v> {
         // SAFETY: `idx` is a valid slot (caller); lua_to* do not raise for the
         // types they are called on (lua_tolstring only on strings: no conversion).
@@ -175,6 +178,7 @@ impl Stack {
     }
 
     /// `#t` without metamethods (`lua_objlen`).
+    #[inline]
     pub fn raw_len(&self, t: Table<'_>) -> usize {
         // SAFETY: `t.idx` holds a table.
         unsafe { ffi::lua_objlen(self.l, t.idx) }
@@ -191,28 +195,43 @@ impl Stack {
     pub fn each_pair<E: From<Overflow>>(
         &self,
         t: Table<'_>,
+        f: impl for<'v> FnMut(Val<'v>, Val<'v>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.each_pair_keyed(t, f, |e, _| e)
+    }
+
+    /// [`Stack::each_pair`], with `at(error, key)` applied to an error of `f`.
+    /// The key is read again from its slot for that, so that `f` gets its
+    /// arguments without the key being kept aside on every call.
+    #[inline]
+    pub fn each_pair_keyed<E: From<Overflow>>(
+        &self,
+        t: Table<'_>,
         mut f: impl for<'v> FnMut(Val<'v>, Val<'v>) -> Result<(), E>,
+        at: impl for<'v> FnOnce(E, Val<'v>) -> E,
     ) -> Result<(), E> {
         self.check(3)?;
         let top = self.top();
         // SAFETY: space checked; `t.idx` holds a table; lua_next gets back the key
         // it returned (f cannot touch the slots: it only has the stack's safe
-        // methods, which restore the top they found).
+        // methods, which restore the top they found); the key's slot is held
+        // while `at` reads it.
         unsafe {
             ffi::lua_pushnil(self.l);
             while ffi::lua_next(self.l, t.idx) != 0 {
-                let r = f(self.val(top + 1), self.val(top + 2));
-                ffi::lua_settop(self.l, top + 1);
-                if let Err(e) = r {
+                if let Err(e) = f(self.val(top + 1), self.val(top + 2)) {
+                    let e = at(e, self.val(top + 1));
                     ffi::lua_settop(self.l, top);
                     return Err(e);
                 }
+                ffi::lua_settop(self.l, top + 1);
             }
         }
         Ok(())
     }
 
     /// Calls `f(t[i])` (raw).
+    #[inline]
     pub fn item<R>(
         &self,
         t: Table<'_>,
