@@ -13,6 +13,7 @@ use rmp::encode;
 use super::stack::{Stack, Table, Val};
 use super::walk::{self, EncodeError, Guard, Layout};
 use crate::codec::methods::Shape;
+use crate::codec::msgpack::write::put_str;
 
 pub use super::walk::MAX_DEPTH;
 
@@ -24,24 +25,6 @@ const MAP_HEADER_MAX: usize = 5;
 fn put<T, E: std::fmt::Debug>(r: Result<T, E>) {
     // Writing into a Vec cannot fail.
     r.expect("writing to a Vec");
-}
-
-/// Appends `b` as a str value: the header rmp's `write_str_len` writes (the
-/// smallest form), written directly because this runs for every key and string.
-fn put_str(out: &mut Vec<u8>, b: &[u8]) {
-    let n = b.len();
-    if n < 32 {
-        out.push(0xa0 | n as u8);
-    } else if n < 0x100 {
-        out.extend_from_slice(&[0xd9, n as u8]);
-    } else if n < 0x1_0000 {
-        out.push(0xda);
-        out.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        out.push(0xdb);
-        out.extend_from_slice(&(n as u32).to_be_bytes());
-    }
-    out.extend_from_slice(b);
 }
 
 /// Encodes `value` into `out` (appending), shaped for a method whose result shape is `shape`.

@@ -3,6 +3,7 @@
 pub mod framer;
 mod read;
 pub mod session;
+pub mod write;
 
 pub use framer::{FrameError, Framer, Limits};
 pub use session::{Event, Request, Session, Stream};

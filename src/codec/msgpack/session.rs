@@ -16,8 +16,9 @@ use std::ops::Range;
 use rmp::encode;
 use serde::Deserialize;
 
-use super::framer::{Framer, Limits, value_len};
+use super::framer::{Framer, Limits, complete_len, value_len};
 use super::read;
+use super::write::put_str;
 use crate::codec::methods;
 
 /// The request a stream waits a reply for.
@@ -92,11 +93,6 @@ impl Session {
 fn put<T, E: std::fmt::Debug>(r: Result<T, E>) {
     // Writing into a Vec cannot fail.
     r.expect("writing to a Vec");
-}
-
-fn put_str(out: &mut Vec<u8>, s: &[u8]) {
-    put(encode::write_str_len(out, s.len() as u32));
-    out.extend_from_slice(s);
 }
 
 fn put_int(out: &mut Vec<u8>, v: i64) {
@@ -252,7 +248,9 @@ impl Stream {
         value: Option<&[u8]>,
     ) -> Result<&[u8], String> {
         let m = methods::get(method).ok_or_else(|| format!("unknown method index {method}"))?;
-        if let Some(v) = value {
+        // The usual case (one whole value) in one pass; anything else gets the
+        // framer's exact message.
+        if let Some(v) = value.filter(|v| complete_len(v, self.scratch.limits()) != Some(v.len())) {
             let n = value_len(&mut self.scratch, v)
                 .map_err(|e| format!("invalid value for {}: {e}", m.name))?;
             if n != v.len() {
