@@ -95,7 +95,7 @@ fn arg_bytes(v: Val<'_>) -> Result<&[u8], String> {
 unsafe fn entry(l: *mut lua_State, body: impl FnOnce(&Stack) -> Result<c_int, String>) -> c_int {
     // SAFETY: caller.
     let s = unsafe { Stack::new(l) };
-    let base = s.top();
+    let base = s.args();
     let msg = match catch_unwind(AssertUnwindSafe(|| body(&s))) {
         Ok(Ok(n)) => return n,
         Ok(Err(msg)) => msg,

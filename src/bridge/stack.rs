@@ -96,6 +96,8 @@ pub struct NewTable {
 /// The stack of one C function call.
 pub struct Stack {
     l: *mut lua_State,
+    /// The number of arguments (they keep their slots for the whole call).
+    args: c_int,
 }
 
 /// The `lua_CFunction` that [`Stack::field`] runs under `lua_pcall`: `t[k]` with
@@ -112,7 +114,9 @@ impl Stack {
     /// `l` is the state that is running the calling C function, on this thread,
     /// and the `Stack` is dropped before that function returns.
     pub unsafe fn new(l: *mut lua_State) -> Stack {
-        Stack { l }
+        // SAFETY: caller.
+        let args = unsafe { ffi::lua_gettop(l) };
+        Stack { l, args }
     }
 
     #[inline]
@@ -167,10 +171,15 @@ impl Stack {
         }
     }
 
+    /// The number of arguments of the running call.
+    pub fn args(&self) -> c_int {
+        self.args
+    }
+
     /// Argument `i` (1-based) of the running call; nil when absent. Arguments
     /// stay in their slots for the whole call, the lifetime of `&self`.
     pub fn arg(&self, i: c_int) -> Val<'_> {
-        if i < 1 || i > self.top() {
+        if i < 1 || i > self.args {
             return Val::Nil;
         }
         // SAFETY: a valid slot below every slot the bridge pushes.
