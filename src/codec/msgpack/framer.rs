@@ -267,6 +267,11 @@ impl Framer {
         self.limits
     }
 
+    /// Whether no message is partly scanned (the next byte starts one).
+    pub fn at_start(&self) -> bool {
+        self.pos == 0 && self.skip == 0 && self.open.is_empty()
+    }
+
     /// Forgets any partly scanned message.
     pub fn reset(&mut self) {
         self.pos = 0;
@@ -301,7 +306,7 @@ impl Framer {
     /// them on each call). Returns the message length once it is complete, after
     /// which the framer is ready for the next message.
     pub fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
-        if self.pos == 0 && self.skip == 0 && self.open.is_empty() {
+        if self.at_start() {
             // Most messages arrive whole: one tight pass; anything else (a
             // partial message, an error to report) takes the resumable path.
             if let Some(n) = complete_len(buf, self.limits) {
@@ -521,14 +526,14 @@ mod tests {
             8 => out.push(0xc3),
             9 => rmp::encode::write_array_len(out, 0).map(drop).unwrap(),
             10 | 11 => {
-                let k = (n % 5) as u32 + if n % 7 == 0 { 20 } else { 0 };
+                let k = (n % 5) as u32 + if n.is_multiple_of(7) { 20 } else { 0 };
                 rmp::encode::write_array_len(out, k).map(drop).unwrap();
                 for _ in 0..k {
                     random_value(rng, depth + 1, out);
                 }
             }
             _ => {
-                let k = (n % 4) as u32 + if n % 9 == 0 { 17 } else { 0 };
+                let k = (n % 4) as u32 + if n.is_multiple_of(9) { 17 } else { 0 };
                 rmp::encode::write_map_len(out, k).map(drop).unwrap();
                 for _ in 0..2 * k {
                     random_value(rng, depth + 1, out);

@@ -1,5 +1,6 @@
 //! MessagePack-RPC (`MsgPack:1`): the framer and the session engine.
 
+mod fast;
 pub mod framer;
 mod read;
 pub mod session;

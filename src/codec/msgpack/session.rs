@@ -16,6 +16,7 @@ use std::ops::Range;
 use rmp::encode;
 use serde::Deserialize;
 
+use super::fast;
 use super::framer::{Framer, Limits, complete_len, value_len};
 use super::read;
 use super::write::put_str;
@@ -315,6 +316,44 @@ impl Stream {
     /// Notifications other than `serverPid` are skipped, as Kong does.
     pub fn poll(&mut self) -> Result<Option<Event>, String> {
         self.check_usable()?;
+        self.compact();
+        if let Some((n, event)) = self.poll_event_reply() {
+            self.consumed = n;
+            self.pending = None;
+            return Ok(Some(event));
+        }
+        self.poll_framed()
+    }
+
+    /// The reply to a pending HandleEvent or Step when it is all there and of
+    /// the usual shape ([`fast`]); `None`: [`Stream::poll_framed`] decides.
+    fn poll_event_reply(&self) -> Option<(usize, Event)> {
+        let Some((id, Request::HandleEvent | Request::Step)) = self.pending else {
+            return None;
+        };
+        if !self.framer.at_start() {
+            return None;
+        }
+        let (reply, n) = fast::event_reply(&self.inbuf, id, self.framer.limits())?;
+        let event = match reply {
+            fast::Reply::Ret { event_id } => Event::Ret { event_id },
+            fast::Reply::Call {
+                event_id,
+                method,
+                name,
+                args,
+            } => Event::Call {
+                event_id,
+                method,
+                name,
+                args,
+            },
+        };
+        Some((n, event))
+    }
+
+    /// [`Stream::poll`] by framing the message first: every shape, every error.
+    pub(super) fn poll_framed(&mut self) -> Result<Option<Event>, String> {
         loop {
             self.compact();
             let n = match self.framer.scan(&self.inbuf) {
