@@ -23,6 +23,12 @@ use crate::codec::methods;
 /// Arrays and maps around `Args`: the message, the result map, the Data map.
 const ENVELOPE_DEPTH: usize = 3;
 
+/// Whether `key` is `name`: compared as a fixed-size array, which compiles to a
+/// few integer compares where a slice compare calls `memcmp`.
+fn is<const N: usize>(key: &[u8], name: &[u8; N]) -> bool {
+    <&[u8; N]>::try_from(key).is_ok_and(|k| k == name)
+}
+
 /// A reply to a HandleEvent or Step request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reply {
@@ -60,12 +66,12 @@ pub fn event_reply(bytes: &[u8], id: u32, limits: Limits) -> Option<(Reply, usiz
         let key = read::text_at(bytes, at)?;
         at = key.end;
         match &bytes[key] {
-            b"EventId" if event_id.is_none() => {
+            k if is(k, b"EventId") && event_id.is_none() => {
                 let (n, end) = read::int_at::<i64>(bytes, at)?;
                 event_id = Some(n);
                 at = end;
             }
-            b"Data" if data.is_none() => {
+            k if is(k, b"Data") && data.is_none() => {
                 let (d, end) = self::data(bytes, at, inner)?;
                 data = Some(d);
                 at = end;
@@ -100,7 +106,7 @@ enum Data {
 /// The Data value at `at` and where it ends.
 fn data(bytes: &[u8], at: usize, inner: Limits) -> Option<(Data, usize)> {
     if let Some(text) = read::text_at(bytes, at) {
-        return (bytes[text.clone()] == *b"ret").then_some((Data::Ret, text.end));
+        return is(&bytes[text.clone()], b"ret").then_some((Data::Ret, text.end));
     }
     let (entries, mut at) = read::map_at(bytes, at)?;
     let (mut name, mut args) = (None, None);
@@ -108,12 +114,12 @@ fn data(bytes: &[u8], at: usize, inner: Limits) -> Option<(Data, usize)> {
         let key = read::text_at(bytes, at)?;
         at = key.end;
         match &bytes[key] {
-            b"Method" if name.is_none() => {
+            k if is(k, b"Method") && name.is_none() => {
                 let text = read::text_at(bytes, at)?;
                 at = text.end;
                 name = Some(text);
             }
-            b"Args" if args.is_none() => {
+            k if is(k, b"Args") && args.is_none() => {
                 let end = at + complete_len(&bytes[at..], inner)?;
                 args = Some(at..end);
                 at = end;
