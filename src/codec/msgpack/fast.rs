@@ -18,6 +18,7 @@ use std::ops::Range;
 
 use super::framer::{Limits, complete_len};
 use super::read;
+use super::session::Event;
 use crate::codec::methods;
 
 /// Arrays and maps around `Args`: the message, the result map, the Data map.
@@ -29,23 +30,10 @@ fn is<const N: usize>(key: &[u8], name: &[u8; N]) -> bool {
     <&[u8; N]>::try_from(key).is_ok_and(|k| k == name)
 }
 
-/// A reply to a HandleEvent or Step request.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Reply {
-    Ret {
-        event_id: i64,
-    },
-    Call {
-        event_id: i64,
-        method: u16,
-        name: Range<usize>,
-        args: Range<usize>,
-    },
-}
-
-/// Reads the reply to request `id` at the start of `bytes`; returns it and the
-/// message length, or `None` for the general path.
-pub fn event_reply(bytes: &[u8], id: u32, limits: Limits) -> Option<(Reply, usize)> {
+/// Reads the reply to HandleEvent or Step request `id` at the start of `bytes`;
+/// returns its event (spans index `bytes`) and the message length, or `None`
+/// for the general path.
+pub fn event_reply(bytes: &[u8], id: u32, limits: Limits) -> Option<(Event, usize)> {
     let inner = Limits {
         max_depth: limits.max_depth.checked_sub(ENVELOPE_DEPTH)?,
         ..limits
@@ -83,16 +71,16 @@ pub fn event_reply(bytes: &[u8], id: u32, limits: Limits) -> Option<(Reply, usiz
         return None;
     }
     let event_id = event_id?;
-    let reply = match data? {
-        Data::Ret => Reply::Ret { event_id },
-        Data::Call { name, args } => Reply::Call {
+    let event = match data? {
+        Data::Ret => Event::Ret { event_id },
+        Data::Call { name, args } => Event::Call {
             event_id,
             method: methods::index_of(&bytes[name.clone()]),
             name,
             args,
         },
     };
-    Some((reply, at))
+    Some((event, at))
 }
 
 enum Data {

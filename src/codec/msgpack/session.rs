@@ -320,7 +320,7 @@ impl Stream {
     pub fn poll(&mut self) -> Result<Option<Event>, String> {
         self.check_usable()?;
         self.compact();
-        if let Some((n, event)) = self.poll_event_reply() {
+        if let Some((event, n)) = self.poll_event_reply() {
             self.consumed = n;
             self.pending = None;
             return Ok(Some(event));
@@ -330,29 +330,14 @@ impl Stream {
 
     /// The reply to a pending HandleEvent or Step when it is all there and of
     /// the usual shape ([`fast`]); `None`: [`Stream::poll_framed`] decides.
-    fn poll_event_reply(&self) -> Option<(usize, Event)> {
+    fn poll_event_reply(&self) -> Option<(Event, usize)> {
         let Some((id, Request::HandleEvent | Request::Step)) = self.pending else {
             return None;
         };
         if !self.framer.at_start() {
             return None;
         }
-        let (reply, n) = fast::event_reply(&self.inbuf, id, self.framer.limits())?;
-        let event = match reply {
-            fast::Reply::Ret { event_id } => Event::Ret { event_id },
-            fast::Reply::Call {
-                event_id,
-                method,
-                name,
-                args,
-            } => Event::Call {
-                event_id,
-                method,
-                name,
-                args,
-            },
-        };
-        Some((n, event))
+        fast::event_reply(&self.inbuf, id, self.framer.limits())
     }
 
     /// [`Stream::poll`] by framing the message first: every shape, every error.
