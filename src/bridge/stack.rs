@@ -200,20 +200,11 @@ impl Stack {
     }
 
     /// Calls `f(key, value)` for every entry of `t` (raw, `next` order) and stops
-    /// at the first error.
-    pub fn each_pair<E: From<Overflow>>(
-        &self,
-        t: Table<'_>,
-        f: impl for<'v> FnMut(Val<'v>, Val<'v>) -> Result<(), E>,
-    ) -> Result<(), E> {
-        self.each_pair_keyed(t, f, |e, _| e)
-    }
-
-    /// [`Stack::each_pair`], with `at(error, key)` applied to an error of `f`.
-    /// The key is read again from its slot for that, so that `f` gets its
-    /// arguments without the key being kept aside on every call.
+    /// at the first error, which `at(error, key)` may add the key to. The key is
+    /// read again from its slot for that, so that `f` gets its arguments without
+    /// the key being kept aside on every call.
     #[inline]
-    pub fn each_pair_keyed<E: From<Overflow>>(
+    pub fn each_pair<E: From<Overflow>>(
         &self,
         t: Table<'_>,
         mut f: impl for<'v> FnMut(Val<'v>, Val<'v>) -> Result<(), E>,
@@ -232,6 +223,30 @@ impl Stack {
                     let e = at(e, self.val(top + 1));
                     ffi::lua_settop(self.l, top);
                     return Err(e);
+                }
+                ffi::lua_settop(self.l, top + 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `f(key)` for every key of `t` (raw, `next` order) and stops at the
+    /// first error; the values are not read.
+    pub fn each_key<E: From<Overflow>>(
+        &self,
+        t: Table<'_>,
+        mut f: impl for<'v> FnMut(Val<'v>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.check(3)?;
+        let top = self.top();
+        // SAFETY: as `each_pair`.
+        unsafe {
+            ffi::lua_pushnil(self.l);
+            while ffi::lua_next(self.l, t.idx) != 0 {
+                let r = f(self.val(top + 1));
+                if r.is_err() {
+                    ffi::lua_settop(self.l, top);
+                    return r;
                 }
                 ffi::lua_settop(self.l, top + 1);
             }

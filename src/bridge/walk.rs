@@ -101,7 +101,7 @@ pub fn layout(s: &Stack, t: Table<'_>) -> Result<Layout, EncodeError> {
     let n = s.raw_len(t);
     let mut count = 0usize;
     let mut sequence = true;
-    s.each_pair(t, |k, _| {
+    s.each_key(t, |k| {
         count += 1;
         if sequence {
             sequence = matches!(k, Val::Num(x) if x.fract() == 0.0 && x >= 1.0 && x <= n as f64);
@@ -186,7 +186,7 @@ pub fn each_pair(
     t: Table<'_>,
     f: impl for<'v> FnMut(Val<'v>, Val<'v>) -> Result<(), EncodeError>,
 ) -> Result<(), EncodeError> {
-    s.each_pair_keyed(t, f, |e, k| e.at(k))
+    s.each_pair(t, f, |e, k| e.at(k))
 }
 
 /// The error for a value no encoder can represent.
