@@ -39,11 +39,17 @@ enum Pushed {
 /// (a nested table makes its own check before it is pushed).
 const ENTRY_SLOTS: i32 = 2;
 
+/// Nesting covered by the one stack check at the start: a table at depth `d`
+/// (1-based) has at most `2d + 1` slots in use above the base (the tables and
+/// keys above it, itself and its entry), so real values need no check per table.
+const CHECKED_DEPTH: usize = 16;
+
 /// Decodes the one value in `bytes` and pushes it. Returns its length when it
 /// is an array.
 pub fn decode(s: &Stack, bytes: &[u8]) -> Res<Option<usize>> {
     let mut rd = bytes;
-    s.check(1).map_err(overflow)?;
+    s.check(1 + ENTRY_SLOTS * CHECKED_DEPTH as i32)
+        .map_err(overflow)?;
     let pushed = value(s, &mut rd, 0)?;
     if !rd.is_empty() {
         return Err(format!("{} bytes after the MessagePack value", rd.len()));
@@ -162,19 +168,22 @@ fn deeper(depth: usize) -> Res<usize> {
     Ok(depth + 1)
 }
 
-/// Pushes a table and makes room for its entries. On an error the caller's
-/// entry point resets the stack, so a partly built table is simply dropped.
-fn table(s: &Stack, narr: usize, nrec: usize) -> Res<()> {
+/// Pushes a table (at `depth`) and makes room for its entries. On an error the
+/// caller's entry point resets the stack, so a partly built table is simply dropped.
+fn table(s: &Stack, narr: usize, nrec: usize, depth: usize) -> Res<()> {
     // SAFETY: the caller of `value` made room for the table's slot.
     unsafe { s.new_table_unchecked(narr, nrec) };
-    s.check(ENTRY_SLOTS).map_err(overflow)
+    if depth > CHECKED_DEPTH {
+        s.check(ENTRY_SLOTS).map_err(overflow)?;
+    }
+    Ok(())
 }
 
 fn array(s: &Stack, rd: &mut &[u8], n: usize, depth: usize) -> Res<Pushed> {
     let depth = deeper(depth)?;
     let n = count(rd, n, 1)?;
     let last = i32::try_from(n).map_err(|_| truncated(()))?;
-    table(s, n, 0)?;
+    table(s, n, 0, depth)?;
     for i in 1..=last {
         value(s, rd, depth)?;
         // SAFETY: `value` pushed one value right above the table (a nil leaves
@@ -187,7 +196,7 @@ fn array(s: &Stack, rd: &mut &[u8], n: usize, depth: usize) -> Res<Pushed> {
 fn map(s: &Stack, rd: &mut &[u8], n: usize, depth: usize) -> Res<()> {
     let depth = deeper(depth)?;
     let n = count(rd, n, 2)?;
-    table(s, 0, n)?;
+    table(s, 0, n, depth)?;
     for _ in 0..n {
         let key = value(s, rd, depth)?;
         let val = value(s, rd, depth)?;

@@ -13,6 +13,7 @@ use rmp::encode;
 use super::stack::{Stack, Table, Val};
 use super::walk::{self, EncodeError, Guard, Layout};
 use crate::codec::methods::Shape;
+use crate::codec::msgpack::write::put_str;
 
 pub use super::walk::MAX_DEPTH;
 
@@ -63,10 +64,7 @@ impl Walker<'_> {
             Val::Nil => put(encode::write_nil(self.out)),
             Val::Bool(b) => put(encode::write_bool(self.out, b)),
             Val::Num(n) => self.number(n),
-            Val::Str(b) => {
-                put(encode::write_str_len(self.out, b.len() as u32));
-                self.out.extend_from_slice(b);
-            }
+            Val::Str(b) => put_str(self.out, b),
             Val::Light(p) if p.is_null() => put(encode::write_nil(self.out)),
             Val::Table(t) => return self.table(t),
             other => return Err(walk::unsupported(other)),
@@ -146,9 +144,9 @@ impl Walker<'_> {
             self.value(k)?;
             match v {
                 Val::Bool(true) => put(encode::write_array_len(self.out, 0)),
-                Val::Str(_) => {
-                    put(encode::write_array_len(self.out, 1));
-                    self.value(v)?;
+                Val::Str(b) => {
+                    self.out.push(0x91); // a one-element array
+                    put_str(self.out, b);
                 }
                 _ => self.value(v)?,
             }

@@ -95,7 +95,7 @@ fn arg_bytes(v: Val<'_>) -> Result<&[u8], String> {
 unsafe fn entry(l: *mut lua_State, body: impl FnOnce(&Stack) -> Result<c_int, String>) -> c_int {
     // SAFETY: caller.
     let s = unsafe { Stack::new(l) };
-    let base = s.top();
+    let base = s.args();
     let msg = match catch_unwind(AssertUnwindSafe(|| body(&s))) {
         Ok(Ok(n)) => return n,
         Ok(Err(msg)) => msg,
@@ -122,11 +122,18 @@ unsafe extern "C-unwind" fn lua_encode(l: *mut lua_State) -> c_int {
     unsafe {
         entry(l, |s| {
             let m = method(arg_index(s.arg(1))?)?;
-            with_out(|out| {
-                encode::encode(out, m.shape, s, s.arg(2))?;
-                s.push_str(out)?;
-                Ok(1)
-            })
+            // Only a bool comes back through `with_out` (in a register; a
+            // `Result<_, String>` went through memory, a few ns per call).
+            let mut failed = None;
+            let pushed = with_out(|out| {
+                let r = encode::encode(out, m.shape, s, s.arg(2))
+                    .and_then(|()| s.push_str(out).map_err(String::from));
+                r.map_err(|e| failed = Some(e)).is_ok()
+            });
+            match failed {
+                Some(e) if !pushed => Err(e),
+                _ => Ok(1),
+            }
         })
     }
 }

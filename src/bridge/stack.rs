@@ -96,6 +96,8 @@ pub struct NewTable {
 /// The stack of one C function call.
 pub struct Stack {
     l: *mut lua_State,
+    /// The number of arguments (they keep their slots for the whole call).
+    args: c_int,
 }
 
 /// The `lua_CFunction` that [`Stack::field`] runs under `lua_pcall`: `t[k]` with
@@ -112,9 +114,12 @@ impl Stack {
     /// `l` is the state that is running the calling C function, on this thread,
     /// and the `Stack` is dropped before that function returns.
     pub unsafe fn new(l: *mut lua_State) -> Stack {
-        Stack { l }
+        // SAFETY: caller.
+        let args = unsafe { ffi::lua_gettop(l) };
+        Stack { l, args }
     }
 
+    #[inline]
     pub fn top(&self) -> c_int {
         // SAFETY: `l` is live (Stack::new).
         unsafe { ffi::lua_gettop(self.l) }
@@ -128,6 +133,7 @@ impl Stack {
         unsafe { ffi::lua_settop(self.l, top) }
     }
 
+    #[inline]
     pub fn check(&self, n: c_int) -> Result<(), Overflow> {
         // SAFETY: `l` is live; lua_checkstack does not raise except on OOM.
         if unsafe { ffi::lua_checkstack(self.l, n) } == 0 {
@@ -138,6 +144,7 @@ impl Stack {
 
     /// The value in slot `idx` (absolute, valid). The caller picks `'v` and must
     /// hold the slot that long.
+    #[inline]
     unsafe fn val<'v>(&self, idx: c_int) -> Val<'v> {
         // SAFETY: `idx` is a valid slot (caller); lua_to* do not raise for the
         // types they are called on (lua_tolstring only on strings: no conversion).
@@ -164,10 +171,15 @@ impl Stack {
         }
     }
 
+    /// The number of arguments of the running call.
+    pub fn args(&self) -> c_int {
+        self.args
+    }
+
     /// Argument `i` (1-based) of the running call; nil when absent. Arguments
     /// stay in their slots for the whole call, the lifetime of `&self`.
     pub fn arg(&self, i: c_int) -> Val<'_> {
-        if i < 1 || i > self.top() {
+        if i < 1 || i > self.args {
             return Val::Nil;
         }
         // SAFETY: a valid slot below every slot the bridge pushes.
@@ -175,6 +187,7 @@ impl Stack {
     }
 
     /// `#t` without metamethods (`lua_objlen`).
+    #[inline]
     pub fn raw_len(&self, t: Table<'_>) -> usize {
         // SAFETY: `t.idx` holds a table.
         unsafe { ffi::lua_objlen(self.l, t.idx) }
@@ -187,32 +200,62 @@ impl Stack {
     }
 
     /// Calls `f(key, value)` for every entry of `t` (raw, `next` order) and stops
-    /// at the first error.
+    /// at the first error, which `at(error, key)` may add the key to. The key is
+    /// read again from its slot for that, so that `f` gets its arguments without
+    /// the key being kept aside on every call.
+    #[inline]
     pub fn each_pair<E: From<Overflow>>(
         &self,
         t: Table<'_>,
         mut f: impl for<'v> FnMut(Val<'v>, Val<'v>) -> Result<(), E>,
+        at: impl for<'v> FnOnce(E, Val<'v>) -> E,
     ) -> Result<(), E> {
         self.check(3)?;
         let top = self.top();
         // SAFETY: space checked; `t.idx` holds a table; lua_next gets back the key
         // it returned (f cannot touch the slots: it only has the stack's safe
-        // methods, which restore the top they found).
+        // methods, which restore the top they found); the key's slot is held
+        // while `at` reads it.
         unsafe {
             ffi::lua_pushnil(self.l);
             while ffi::lua_next(self.l, t.idx) != 0 {
-                let r = f(self.val(top + 1), self.val(top + 2));
-                ffi::lua_settop(self.l, top + 1);
-                if let Err(e) = r {
+                if let Err(e) = f(self.val(top + 1), self.val(top + 2)) {
+                    let e = at(e, self.val(top + 1));
                     ffi::lua_settop(self.l, top);
                     return Err(e);
                 }
+                ffi::lua_settop(self.l, top + 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `f(key)` for every key of `t` (raw, `next` order) and stops at the
+    /// first error; the values are not read.
+    pub fn each_key<E: From<Overflow>>(
+        &self,
+        t: Table<'_>,
+        mut f: impl for<'v> FnMut(Val<'v>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.check(3)?;
+        let top = self.top();
+        // SAFETY: as `each_pair`.
+        unsafe {
+            ffi::lua_pushnil(self.l);
+            while ffi::lua_next(self.l, t.idx) != 0 {
+                let r = f(self.val(top + 1));
+                if r.is_err() {
+                    ffi::lua_settop(self.l, top);
+                    return r;
+                }
+                ffi::lua_settop(self.l, top + 1);
             }
         }
         Ok(())
     }
 
     /// Calls `f(t[i])` (raw).
+    #[inline]
     pub fn item<R>(
         &self,
         t: Table<'_>,

@@ -124,6 +124,17 @@ fn strings_are_binary_safe() {
     lua.globals().set("LONG", long.as_str()).unwrap();
     assert!(enc(&lua, "RAW_BODY", "LONG").starts_with("c600011170"));
     assert!(enc(&lua, "0", "LONG").starts_with("db00011170"));
+    // Every header width, at its bounds, as rmp writes it, for values and multimap entries.
+    for n in [0usize, 31, 32, 255, 256, 65535, 65536] {
+        let text = "y".repeat(n);
+        let mut want = Vec::new();
+        rmp::encode::write_str(&mut want, &text).unwrap();
+        lua.globals().set("TEXT", text.as_str()).unwrap();
+        assert_eq!(enc(&lua, "0", "TEXT"), hex(&want), "{n}");
+        let mut entry = vec![0x81, 0xa1, b'k', 0x91];
+        entry.extend_from_slice(&want);
+        assert_eq!(enc(&lua, "GET_HEADERS", "{ k = TEXT }"), hex(&entry), "{n}");
+    }
     for bytes in [vec![0xa3, 0, 0xff, b'x'], vec![0xc4, 3, 0, 0xff, b'x']] {
         assert_eq!(
             dec(&lua, &bytes, "return tostring(v == '\\0\\255x')"),
@@ -188,6 +199,33 @@ fn multimaps_are_shaped_for_the_pdks() {
         );
     }
     assert_eq!(enc(&lua, "0", "{ a = 'b' }"), "81a161a162");
+}
+
+#[test]
+fn cycles_are_found_at_any_depth() {
+    let lua = lua();
+    // A chain of `depth` tables under [1]; `back` links the last one to level `to`.
+    let chain = |depth: usize, to: usize| {
+        format!(
+            "(function() local lv = {{ {{}} }} for i = 2, {depth} do lv[i] = {{}} lv[i - 1][1] = lv[i] end \
+             lv[{depth}].back = lv[{to}] return lv[1] end)()"
+        )
+    };
+    for (depth, to) in [(3, 1), (12, 1), (12, 5), (12, 10), (30, 20), (30, 30)] {
+        let got = enc(&lua, "0", &chain(depth, to));
+        assert!(
+            got.starts_with("error: cannot encode a cyclic table (at "),
+            "{depth} -> {to}: {got}"
+        );
+    }
+    // The same table twice on one level (not a cycle), below the inline levels.
+    let shared = "(function() local t = {} local r = t for i = 1, 12 do t[1] = {} t = t[1] end \
+                  local x = { 1 } t[1] = x t[2] = x return r end)()";
+    let got = enc(&lua, "0", shared);
+    assert!(
+        got.ends_with("929101910 1".replace(' ', "").as_str()),
+        "{got}"
+    );
 }
 
 #[test]

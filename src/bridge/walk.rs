@@ -101,7 +101,7 @@ pub fn layout(s: &Stack, t: Table<'_>) -> Result<Layout, EncodeError> {
     let n = s.raw_len(t);
     let mut count = 0usize;
     let mut sequence = true;
-    s.each_pair(t, |k, _| {
+    s.each_key(t, |k| {
         count += 1;
         if sequence {
             sequence = matches!(k, Val::Num(x) if x.fract() == 0.0 && x >= 1.0 && x <= n as f64);
@@ -115,30 +115,54 @@ pub fn layout(s: &Stack, t: Table<'_>) -> Result<Layout, EncodeError> {
     })
 }
 
-/// The tables on the way from the root: finds cycles and bounds the depth.
-#[derive(Default)]
+/// Levels [`Guard`] holds without the heap (real values rarely nest deeper).
+const INLINE_LEVELS: usize = 8;
+
+/// The tables on the way from the root: finds cycles and bounds the depth. The
+/// first levels live in an inline array, so encoding a value allocates nothing.
 pub struct Guard {
-    path: Vec<*const std::ffi::c_void>,
+    inline: [*const std::ffi::c_void; INLINE_LEVELS],
+    len: usize,
+    deeper: Vec<*const std::ffi::c_void>,
+}
+
+impl Default for Guard {
+    fn default() -> Self {
+        Guard {
+            inline: [std::ptr::null(); INLINE_LEVELS],
+            len: 0,
+            deeper: Vec::new(),
+        }
+    }
 }
 
 impl Guard {
     /// Call before walking into `t`; pair with [`Guard::leave`].
     pub fn enter(&mut self, s: &Stack, t: Table<'_>) -> Result<(), EncodeError> {
         let p = s.pointer(t);
-        if self.path.contains(&p) {
+        let held = self.len.min(INLINE_LEVELS);
+        if self.inline[..held].contains(&p) || self.deeper.contains(&p) {
             return Err(EncodeError::new("cannot encode a cyclic table"));
         }
-        if self.path.len() >= MAX_DEPTH {
+        if self.len >= MAX_DEPTH {
             return Err(EncodeError::new(format!(
                 "cannot encode tables nested deeper than {MAX_DEPTH} levels"
             )));
         }
-        self.path.push(p);
+        if self.len < INLINE_LEVELS {
+            self.inline[self.len] = p;
+        } else {
+            self.deeper.push(p);
+        }
+        self.len += 1;
         Ok(())
     }
 
     pub fn leave(&mut self) {
-        self.path.pop();
+        self.len -= 1;
+        if self.len >= INLINE_LEVELS {
+            self.deeper.pop();
+        }
     }
 }
 
@@ -160,9 +184,9 @@ pub fn each_item(
 pub fn each_pair(
     s: &Stack,
     t: Table<'_>,
-    mut f: impl for<'v> FnMut(Val<'v>, Val<'v>) -> Result<(), EncodeError>,
+    f: impl for<'v> FnMut(Val<'v>, Val<'v>) -> Result<(), EncodeError>,
 ) -> Result<(), EncodeError> {
-    s.each_pair(t, |k, v| f(k, v).map_err(|e| e.at(k)))
+    s.each_pair(t, f, |e, k| e.at(k))
 }
 
 /// The error for a value no encoder can represent.

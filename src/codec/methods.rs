@@ -13,7 +13,6 @@
 //! - Protobuf: the input and output message types ([`PbType`], PROTOCOL.md §5.3);
 //!   `None` for methods the Protobuf service does not have.
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 /// The MessagePack-RPC method that carries a PDK result back (PROTOCOL.md §4.3).
@@ -268,18 +267,53 @@ pub fn get(index: u16) -> Option<&'static Method> {
     METHODS.get(usize::from(index))
 }
 
+/// Slots of the name lookup table (a power of two, well above the method count).
+const SLOTS: usize = 256;
+
+/// A hash of a method name from two 8-byte words (the tail and the middle, where
+/// names sharing the `kong.` prefix differ) and the length: a few ns, where
+/// hashing byte by byte took tens (the lookup runs for every PDK call). Equal
+/// names are confirmed by comparing them, so the hash only spreads the slots.
+fn name_hash(name: &[u8]) -> usize {
+    let n = name.len();
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&name[at..at + 8]);
+        u64::from_le_bytes(w)
+    };
+    let h = if n >= 8 {
+        word(n - 8) ^ word(n / 2 - 4).rotate_left(29)
+    } else {
+        name.iter().fold(0u64, |h, &b| (h << 8) | u64::from(b))
+    };
+    let h = (h ^ n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (h >> 56) as usize
+}
+
 /// The index of a PDK method name, or [`UNKNOWN`].
 pub fn index_of(name: &[u8]) -> u16 {
-    static BY_NAME: OnceLock<HashMap<&'static [u8], u16>> = OnceLock::new();
-    let map = BY_NAME.get_or_init(|| {
-        METHODS
-            .iter()
-            .enumerate()
-            .skip(1)
-            .map(|(i, m)| (m.name.as_bytes(), u16::try_from(i).expect("table fits u16")))
-            .collect()
+    // Open addressing, linear probing; slot value 0 (the unknown method) = empty.
+    static BY_NAME: OnceLock<[u16; SLOTS]> = OnceLock::new();
+    let table = BY_NAME.get_or_init(|| {
+        assert!(METHODS.len() < SLOTS / 2, "method table outgrew its lookup");
+        let mut table = [UNKNOWN; SLOTS];
+        for (i, m) in METHODS.iter().enumerate().skip(1) {
+            let mut slot = name_hash(m.name.as_bytes()) % SLOTS;
+            while table[slot] != UNKNOWN {
+                slot = (slot + 1) % SLOTS;
+            }
+            table[slot] = u16::try_from(i).expect("table fits u16");
+        }
+        table
     });
-    map.get(name).copied().unwrap_or(UNKNOWN)
+    let mut slot = name_hash(name) % SLOTS;
+    loop {
+        match table[slot] {
+            UNKNOWN => return UNKNOWN,
+            i if METHODS[usize::from(i)].name.as_bytes() == name => return i,
+            _ => slot = (slot + 1) % SLOTS,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -145,6 +145,107 @@ fn head(rest: &[u8], offset: usize) -> Result<Option<Head>, FrameError> {
     }
 }
 
+/// Nesting the one-pass [`complete_len`] tracks on the stack; deeper values take
+/// the resumable path.
+const FAST_DEPTH: usize = 16;
+
+fn be_at(bytes: &[u8], at: usize, n: usize) -> Option<usize> {
+    usize::try_from(be(bytes.get(at..at + n)?)).ok()
+}
+
+/// Length of the value at the start of `bytes` when it is complete there and
+/// within `limits`, in one tight pass over a slice that holds all of it. `None`
+/// means "not that simple" (incomplete, too large or deep, byte 0xc1, or nested
+/// past [`FAST_DEPTH`]): the resumable [`Framer`] then gives the exact answer.
+/// A complete value passes the framer's size checks exactly when its length is
+/// within `max_message_size` (each check bounds a prefix of it), so both agree.
+pub fn complete_len(bytes: &[u8], limits: Limits) -> Option<usize> {
+    let max_depth = limits.max_depth.min(FAST_DEPTH);
+    let n = bytes.len();
+    // Values left in each enclosing array/map, and in the innermost one (the
+    // root counts as a container of one).
+    let mut outer = [0usize; FAST_DEPTH];
+    let mut depth = 0usize;
+    let mut left = 1usize;
+    let mut pos = 0usize;
+    loop {
+        let b = *bytes.get(pos)?;
+        let mut items = 0usize;
+        // The value's length (a container's: its header's). The commonest
+        // markers (fixstr, fixint, nil, boolean, fixmap, fixarray) are told
+        // apart by compares before the table: those branches are well
+        // predicted where the table's indirect jump is not.
+        let len = if b & 0xe0 == 0xa0 {
+            1 + usize::from(b & 0x1f)
+        } else if !(0x80..0xe0).contains(&b) || b == 0xc0 || b == 0xc2 || b == 0xc3 {
+            1
+        } else if b & 0xe0 == 0x80 {
+            // fixmap (0x8_: twice its entries) or fixarray (0x9_)
+            items = usize::from(b & 0x0f) << usize::from(b & 0x10 == 0);
+            1
+        } else {
+            match b {
+                0xc4 | 0xd9 => 2 + be_at(bytes, pos + 1, 1)?,
+                0xc5 | 0xda => 3 + be_at(bytes, pos + 1, 2)?,
+                0xc6 | 0xdb => 5usize.checked_add(be_at(bytes, pos + 1, 4)?)?,
+                0xc7 => 3 + be_at(bytes, pos + 1, 1)?,
+                0xc8 => 4 + be_at(bytes, pos + 1, 2)?,
+                0xc9 => 6usize.checked_add(be_at(bytes, pos + 1, 4)?)?,
+                0xcc | 0xd0 => 2,
+                0xcd | 0xd1 => 3,
+                0xca | 0xce | 0xd2 => 5,
+                0xcb | 0xcf | 0xd3 => 9,
+                0xd4 => 3,
+                0xd5 => 4,
+                0xd6 => 6,
+                0xd7 => 10,
+                0xd8 => 18,
+                0xdc => {
+                    items = be_at(bytes, pos + 1, 2)?;
+                    3
+                }
+                0xdd => {
+                    items = be_at(bytes, pos + 1, 4)?;
+                    5
+                }
+                0xde => {
+                    items = 2 * be_at(bytes, pos + 1, 2)?;
+                    3
+                }
+                0xdf => {
+                    items = be_at(bytes, pos + 1, 4)?.checked_mul(2)?;
+                    5
+                }
+                // 0xc1, which MessagePack never uses (the markers handled
+                // above do not get here).
+                _ => return None,
+            }
+        };
+        pos = pos.checked_add(len)?;
+        if pos > n {
+            return None;
+        }
+        left -= 1;
+        if items > 0 {
+            // Each item takes a byte at least.
+            if items > n - pos || depth >= max_depth {
+                return None;
+            }
+            outer[depth] = left;
+            depth += 1;
+            left = items;
+            continue;
+        }
+        while left == 0 {
+            if depth == 0 {
+                return (pos <= limits.max_message_size).then_some(pos);
+            }
+            depth -= 1;
+            left = outer[depth];
+        }
+    }
+}
+
 /// Resumable scanner of one message at a time.
 #[derive(Debug)]
 pub struct Framer {
@@ -169,6 +270,11 @@ impl Framer {
 
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Whether no message is partly scanned (the next byte starts one).
+    pub fn at_start(&self) -> bool {
+        self.pos == 0 && self.skip == 0 && self.open.is_empty()
     }
 
     /// Forgets any partly scanned message.
@@ -205,6 +311,18 @@ impl Framer {
     /// them on each call). Returns the message length once it is complete, after
     /// which the framer is ready for the next message.
     pub fn scan(&mut self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
+        if self.at_start() {
+            // Most messages arrive whole: one tight pass; anything else (a
+            // partial message, an error to report) takes the resumable path.
+            if let Some(n) = complete_len(buf, self.limits) {
+                return Ok(Some(n));
+            }
+        }
+        self.scan_resumable(buf)
+    }
+
+    /// [`Framer::scan`] one marker at a time, from wherever the last call stopped.
+    fn scan_resumable(&mut self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
         loop {
             if self.skip > 0 {
                 let avail = (buf.len() - self.pos) as u64;
@@ -384,6 +502,92 @@ mod tests {
         );
         let ok = [0x91, 0x91, 0x91, 0x90];
         assert_eq!(Framer::new(limits(1024, 3)).scan(&ok), Ok(Some(4)));
+    }
+
+    /// A value of random shape, encoded (xorshift-driven, so the test is repeatable).
+    fn random_value(rng: &mut u64, depth: usize, out: &mut Vec<u8>) {
+        let mut next = || {
+            *rng ^= *rng << 13;
+            *rng ^= *rng >> 7;
+            *rng ^= *rng << 17;
+            *rng
+        };
+        let pick = next() % if depth > 6 { 10 } else { 14 };
+        let n = (next() % 40) as usize;
+        match pick {
+            0 => out.push(0xc0),
+            1 => rmp::encode::write_sint(out, next() as i64 >> (next() % 64))
+                .map(drop)
+                .unwrap(),
+            2 => rmp::encode::write_f64(out, 1.5).unwrap(),
+            3 => rmp::encode::write_f32(out, 2.5).unwrap(),
+            4 => rmp::encode::write_str(out, &"s".repeat(n * (1 + n % 9))).unwrap(),
+            5 => rmp::encode::write_bin(out, &vec![7u8; n * 3]).unwrap(),
+            6 => {
+                rmp::encode::write_ext_meta(out, n as u32 % 20, 1).unwrap();
+                out.extend(std::iter::repeat_n(1u8, n % 20));
+            }
+            7 => rmp::encode::write_uint(out, next()).map(drop).unwrap(),
+            8 => out.push(0xc3),
+            9 => rmp::encode::write_array_len(out, 0).map(drop).unwrap(),
+            10 | 11 => {
+                let k = (n % 5) as u32 + if n.is_multiple_of(7) { 20 } else { 0 };
+                rmp::encode::write_array_len(out, k).map(drop).unwrap();
+                for _ in 0..k {
+                    random_value(rng, depth + 1, out);
+                }
+            }
+            _ => {
+                let k = (n % 4) as u32 + if n.is_multiple_of(9) { 17 } else { 0 };
+                rmp::encode::write_map_len(out, k).map(drop).unwrap();
+                for _ in 0..2 * k {
+                    random_value(rng, depth + 1, out);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_one_pass_length_agrees_with_the_resumable_scan() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let (mut whole, mut not) = (0, 0);
+        for round in 0..3000 {
+            let mut v = Vec::new();
+            random_value(&mut rng, 0, &mut v);
+            // Whole, with a tail, cut short, and with one byte changed.
+            let mut cases = vec![v.clone(), [&v[..], &[0xc0, 0x01]].concat()];
+            cases.push(v[..v.len() * (round % 7) / 7].to_vec());
+            let mut bad = v.clone();
+            bad[round % v.len()] = [0xc1, 0xdd, 0xff, 0x9f, 0xdf][round % 5];
+            cases.push(bad);
+            for bytes in cases {
+                for lim in [
+                    limits(1 << 20, 8),
+                    limits(1 << 20, 2),
+                    limits(v.len(), FAST_DEPTH),
+                    limits(5, FAST_DEPTH),
+                ] {
+                    let slow = Framer::new(lim).scan_resumable(&bytes);
+                    assert_eq!(
+                        complete_len(&bytes, lim),
+                        slow.clone().ok().flatten(),
+                        "{bytes:02x?} {lim:?}"
+                    );
+                    assert_eq!(Framer::new(lim).scan(&bytes), slow);
+                    if matches!(slow, Ok(Some(_))) {
+                        whole += 1;
+                    } else {
+                        not += 1;
+                    }
+                }
+            }
+        }
+        // Both outcomes are well represented.
+        assert!(whole > 8000 && not > 8000, "{whole} complete, {not} not");
+        // Nesting past the one-pass bound is left to the resumable scan.
+        let deep = [[0x91u8; 40].as_slice(), &[0xc0]].concat();
+        assert_eq!(complete_len(&deep, limits(1024, 64)), None);
+        assert_eq!(Framer::new(limits(1024, 64)).scan(&deep), Ok(Some(41)));
     }
 
     #[test]

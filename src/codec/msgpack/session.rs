@@ -13,12 +13,13 @@
 
 use std::ops::Range;
 
-use rmp::Marker;
-use rmp::decode;
 use rmp::encode;
 use serde::Deserialize;
 
-use super::framer::{Framer, Limits, value_len};
+use super::fast;
+use super::framer::{Framer, Limits, complete_len, value_len};
+use super::read;
+use super::write::put_str;
 use crate::codec::methods;
 
 /// The request a stream waits a reply for.
@@ -95,11 +96,6 @@ fn put<T, E: std::fmt::Debug>(r: Result<T, E>) {
     r.expect("writing to a Vec");
 }
 
-fn put_str(out: &mut Vec<u8>, s: &[u8]) {
-    put(encode::write_str_len(out, s.len() as u32));
-    out.extend_from_slice(s);
-}
-
 fn put_int(out: &mut Vec<u8>, v: i64) {
     put(encode::write_sint(out, v));
 }
@@ -124,6 +120,10 @@ pub struct Stream {
     /// Set by a protocol error; the stream is unusable until reset.
     failed: Option<String>,
 }
+
+/// The headers of the `{EventId, Data}`-style maps of the requests.
+const FIXMAP_1: u8 = 0x81;
+const FIXMAP_2: u8 = 0x82;
 
 /// Capacity kept across resets; a larger buffer (one big message) is released.
 const KEEP_CAPACITY: usize = 64 * 1024;
@@ -190,11 +190,12 @@ impl Stream {
         }
         let id = session.take_id();
         self.out.clear();
-        put(encode::write_array_len(&mut self.out, 4));
-        put(encode::write_pfix(&mut self.out, 0));
+        // The fixed parts are written as their bytes (fixarray 4, type 0;
+        // fixarray 1 for the params): rmp's writers cost more than the writing.
+        self.out.extend_from_slice(&[0x94, 0x00]);
         put(encode::write_uint(&mut self.out, u64::from(id)));
         put_str(&mut self.out, method.as_bytes());
-        put(encode::write_array_len(&mut self.out, 1));
+        self.out.push(0x91);
         self.pending = Some((id, req));
         Ok(())
     }
@@ -208,7 +209,7 @@ impl Stream {
         config: &[u8],
     ) -> Result<&[u8], String> {
         self.begin(session, "plugin.StartInstance", Request::StartInstance)?;
-        put(encode::write_map_len(&mut self.out, 2));
+        self.out.push(FIXMAP_2);
         put_str(&mut self.out, b"Name");
         put_str(&mut self.out, name);
         put_str(&mut self.out, b"Config");
@@ -235,7 +236,7 @@ impl Stream {
         event: &[u8],
     ) -> Result<&[u8], String> {
         self.begin(session, "plugin.HandleEvent", Request::HandleEvent)?;
-        put(encode::write_map_len(&mut self.out, 2));
+        self.out.push(FIXMAP_2);
         put_str(&mut self.out, b"InstanceId");
         put_int(&mut self.out, instance_id);
         put_str(&mut self.out, b"EventName");
@@ -253,7 +254,9 @@ impl Stream {
         value: Option<&[u8]>,
     ) -> Result<&[u8], String> {
         let m = methods::get(method).ok_or_else(|| format!("unknown method index {method}"))?;
-        if let Some(v) = value {
+        // The usual case (one whole value) in one pass; anything else gets the
+        // framer's exact message.
+        if let Some(v) = value.filter(|v| complete_len(v, self.scratch.limits()) != Some(v.len())) {
             let n = value_len(&mut self.scratch, v)
                 .map_err(|e| format!("invalid value for {}: {e}", m.name))?;
             if n != v.len() {
@@ -265,10 +268,8 @@ impl Stream {
             }
         }
         self.begin(session, m.step.rpc_name(), Request::Step)?;
-        put(encode::write_map_len(
-            &mut self.out,
-            if value.is_some() { 2 } else { 1 },
-        ));
+        self.out
+            .push(if value.is_some() { FIXMAP_2 } else { FIXMAP_1 });
         put_str(&mut self.out, b"EventId");
         put_int(&mut self.out, event_id);
         if let Some(v) = value {
@@ -286,7 +287,7 @@ impl Stream {
         message: &[u8],
     ) -> Result<&[u8], String> {
         self.begin(session, "plugin.StepError", Request::Step)?;
-        put(encode::write_map_len(&mut self.out, 2));
+        self.out.push(FIXMAP_2);
         put_str(&mut self.out, b"EventId");
         put_int(&mut self.out, event_id);
         put_str(&mut self.out, b"Data");
@@ -318,6 +319,29 @@ impl Stream {
     /// Notifications other than `serverPid` are skipped, as Kong does.
     pub fn poll(&mut self) -> Result<Option<Event>, String> {
         self.check_usable()?;
+        self.compact();
+        if let Some((event, n)) = self.poll_event_reply() {
+            self.consumed = n;
+            self.pending = None;
+            return Ok(Some(event));
+        }
+        self.poll_framed()
+    }
+
+    /// The reply to a pending HandleEvent or Step when it is all there and of
+    /// the usual shape ([`fast`]); `None`: [`Stream::poll_framed`] decides.
+    fn poll_event_reply(&self) -> Option<(Event, usize)> {
+        let Some((id, Request::HandleEvent | Request::Step)) = self.pending else {
+            return None;
+        };
+        if !self.framer.at_start() {
+            return None;
+        }
+        fast::event_reply(&self.inbuf, id, self.framer.limits())
+    }
+
+    /// [`Stream::poll`] by framing the message first: every shape, every error.
+    pub(super) fn poll_framed(&mut self) -> Result<Option<Event>, String> {
         loop {
             self.compact();
             let n = match self.framer.scan(&self.inbuf) {
@@ -336,14 +360,11 @@ impl Stream {
 
     fn parse(&mut self, n: usize) -> Result<Option<Event>, String> {
         let msg = &self.inbuf[..n];
-        let mut rd: &[u8] = msg;
-        let len =
-            decode::read_array_len(&mut rd).map_err(|_| "message is not an array".to_string())?;
-        let kind: u8 =
-            decode::read_int(&mut rd).map_err(|_| "message type is not 1 or 2".to_string())?;
+        let (len, at) = read::array_at(msg, 0).ok_or("message is not an array")?;
+        let (kind, at): (u8, _) = read::int_at(msg, at).ok_or("message type is not 1 or 2")?;
         match (kind, len) {
-            (1, 4) => self.parse_response(n, msg.len() - rd.len()).map(Some),
-            (2, 3) => self.parse_notification(n, msg.len() - rd.len()),
+            (1, 4) => self.parse_response(n, at).map(Some),
+            (2, 3) => self.parse_notification(n, at),
             (0, 4) => Err(
                 "the plugin server sent a request; only responses and notifications are expected"
                     .into(),
@@ -356,18 +377,20 @@ impl Stream {
 
     fn parse_notification(&mut self, n: usize, at: usize) -> Result<Option<Event>, String> {
         let msg = &self.inbuf[..n];
-        let mut rd = &msg[at..];
-        let label = read_text(&mut rd).ok_or("notification name is not a string")?;
-        if label != b"serverPid" {
+        let label = read::text_at(msg, at).ok_or("notification name is not a string")?;
+        if msg[label.clone()] != *b"serverPid" {
             return Ok(None);
         }
         // The pid alone or as a one-element array.
-        let mut rd2 = rd;
-        let pid = match decode::read_int::<i64, _>(&mut rd) {
-            Ok(pid) => pid,
-            Err(_) => match decode::read_array_len(&mut rd2) {
-                Ok(1) => decode::read_int::<i64, _>(&mut rd2)
-                    .map_err(|_| "serverPid is not an integer")?,
+        let at = label.end;
+        let pid = match read::int_at::<i64>(msg, at) {
+            Some((pid, _)) => pid,
+            None => match read::array_at(msg, at) {
+                Some((1, at)) => {
+                    read::int_at::<i64>(msg, at)
+                        .ok_or("serverPid is not an integer")?
+                        .0
+                }
                 _ => return Err("serverPid is not an integer".into()),
             },
         };
@@ -376,9 +399,8 @@ impl Stream {
 
     fn parse_response(&mut self, n: usize, at: usize) -> Result<Event, String> {
         let msg = &self.inbuf[..n];
-        let mut rd = &msg[at..];
-        let id: u32 = decode::read_int(&mut rd)
-            .map_err(|_| "response id is not a 32-bit integer".to_string())?;
+        let (id, at): (u32, _) =
+            read::int_at(msg, at).ok_or("response id is not a 32-bit integer")?;
         let (want, req) = match self.pending.take() {
             Some(p) => p,
             None => return Err(format!("response #{id} with no request pending")),
@@ -386,18 +408,16 @@ impl Stream {
         if id != want {
             return Err(format!("unexpected response id {id} (expected {want})"));
         }
-        if rd.first() != Some(&0xc0) {
-            let start = msg.len() - rd.len();
-            let len = value_len(&mut self.scratch, rd)?;
-            let message = text_span(msg, &(start..start + len))
+        if msg.get(at) != Some(&0xc0) {
+            let len = value_len(&mut self.scratch, &msg[at..])?;
+            let message = read::text_at(&msg[..at + len], at)
                 .ok_or_else(|| format!("{} error is not a string", req.name()))?;
             return Ok(Event::ErrorReply { message });
         }
-        rd = &rd[1..];
-        let result = msg.len() - rd.len();
+        let result = at + 1;
         // The result is the message's last element and the framer found the
         // message's exact end: no scan needed.
-        let result_len = rd.len();
+        let result_len = msg.len() - result;
         let result_bytes = &msg[result..result + result_len];
         match req {
             Request::StartInstance => {
@@ -427,11 +447,9 @@ impl Stream {
         self.each_entry(start..end, what, |key, value, bytes| {
             match key {
                 b"EventId" => {
-                    let mut rd = &bytes[value.clone()];
-                    event_id = Some(
-                        decode::read_int::<i64, _>(&mut rd)
-                            .map_err(|_| format!("{what} EventId is not an integer"))?,
-                    );
+                    let (id, _) = read::int_at::<i64>(&bytes[..value.end], value.start)
+                        .ok_or_else(|| format!("{what} EventId is not an integer"))?;
+                    event_id = Some(id);
                 }
                 b"Data" => data = Some(value),
                 _ => {}
@@ -440,8 +458,8 @@ impl Stream {
         })?;
         let event_id = event_id.ok_or_else(|| format!("{what} reply has no EventId"))?;
         let data = data.ok_or_else(|| format!("{what} reply has no Data"))?;
-        let mut rd = &self.inbuf[data.clone()];
-        if let Some(text) = read_text(&mut rd) {
+        if let Some(text) = read::text_at(&self.inbuf[..data.end], data.start) {
+            let text = &self.inbuf[text];
             if text == b"ret" {
                 return Ok(Event::Ret { event_id });
             }
@@ -456,7 +474,7 @@ impl Stream {
             match key {
                 b"Method" => {
                     name = Some(
-                        text_span(bytes, &value)
+                        read::text_at(&bytes[..value.end], value.start)
                             .ok_or_else(|| format!("{what} call Method is not a string"))?,
                     );
                 }
@@ -483,55 +501,28 @@ impl Stream {
         F: FnMut(&[u8], Range<usize>, &[u8]) -> Result<(), String>,
     {
         let bytes = &self.inbuf[..span.end];
-        let mut rd = &bytes[span.start..];
-        let entries =
-            decode::read_map_len(&mut rd).map_err(|_| format!("{what} reply is not a map"))?;
+        let (entries, mut at) =
+            read::map_at(bytes, span.start).ok_or_else(|| format!("{what} reply is not a map"))?;
         for i in 0..entries {
-            let mut krd = rd;
-            let key = match read_text(&mut krd) {
+            let key = match read::text_at(bytes, at) {
                 Some(key) => {
-                    rd = krd;
-                    key
+                    at = key.end;
+                    &bytes[key]
                 }
                 None => {
-                    let key_len = value_len(&mut self.scratch, rd)?;
-                    rd = &rd[key_len..];
+                    at += value_len(&mut self.scratch, &bytes[at..])?;
                     b""
                 }
             };
-            let vstart = span.end - rd.len();
             // `span` is exact (framed), so the last value ends where it ends.
-            let vlen = if i + 1 == entries {
-                rd.len()
+            let len = if i + 1 == entries {
+                span.end - at
             } else {
-                value_len(&mut self.scratch, rd)?
+                value_len(&mut self.scratch, &bytes[at..])?
             };
-            rd = &rd[vlen..];
-            f(key, vstart..vstart + vlen, bytes)?;
+            f(key, at..at + len, bytes)?;
+            at += len;
         }
         Ok(())
     }
-}
-
-/// Reads a str or bin value and returns its bytes; `None` (and `rd` unspecified)
-/// for any other type.
-fn read_text<'a>(rd: &mut &'a [u8]) -> Option<&'a [u8]> {
-    let len = match Marker::from_u8(*rd.first()?) {
-        Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => {
-            decode::read_str_len(rd).ok()?
-        }
-        Marker::Bin8 | Marker::Bin16 | Marker::Bin32 => decode::read_bin_len(rd).ok()?,
-        _ => return None,
-    } as usize;
-    let text = rd.get(..len)?;
-    *rd = &rd[len..];
-    Some(text)
-}
-
-/// The span of the bytes of the str/bin value encoded at `span` of `bytes`.
-fn text_span(bytes: &[u8], span: &Range<usize>) -> Option<Range<usize>> {
-    let mut rd = &bytes[span.clone()];
-    let text = read_text(&mut rd)?;
-    let end = span.end - rd.len();
-    Some(end - text.len()..end)
 }

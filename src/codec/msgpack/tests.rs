@@ -523,3 +523,132 @@ fn ids_count_per_session_across_streams_and_wrap() {
     assert_eq!(id(a.close_instance(&mut session, 1).unwrap()), u32::MAX);
     assert_eq!(id(b.close_instance(&mut session, 1).unwrap()), 1);
 }
+
+/// Everything `poll` reports for `bytes` fed in one piece: each result until
+/// more bytes are needed or an error, and whether bytes are left unread.
+fn poll_all(framed_only: bool, pending: &str, bytes: &[u8], limits: Limits) -> String {
+    let mut session = Session::new(limits);
+    let mut stream = Stream::new(limits);
+    match pending {
+        "handle_event" => drop(stream.handle_event(&mut session, 0, b"access").unwrap()),
+        "step" => drop(stream.step(&mut session, 7, 1, None).unwrap()),
+        _ => drop(stream.start_instance(&mut session, b"x", b"{}").unwrap()),
+    }
+    stream.feed(bytes).unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let r = if framed_only {
+            stream.poll_framed()
+        } else {
+            stream.poll()
+        };
+        match r {
+            Ok(Some(ev)) => seen.push(format!("{ev:?}")),
+            Ok(None) => break,
+            Err(e) => {
+                seen.push(format!("error {e}"));
+                break;
+            }
+        }
+    }
+    format!("{seen:?} unread={}", stream.has_unread())
+}
+
+#[test]
+fn the_one_pass_reply_reader_agrees_with_the_framed_path() {
+    use serde_json::json;
+    let call = |data: serde_json::Value| packed(&(1, 1, (), json!({"EventId": 9, "Data": data})));
+    let mut messages = vec![
+        call(json!({"Method": "kong.request.get_header", "Args": ["host"]})),
+        call(json!({"Args": ["a", 1, {"k": [true, null, 1.5]}], "Method": "kong.nope"})),
+        call(json!({"Method": "kong.response.exit", "Args": [200, "x".repeat(300), {}]})),
+        call(json!({"Method": "kong.log.err"})),
+        call(json!({"Args": [1]})),
+        call(json!({"Method": "m", "Args": [1], "Extra": 2})),
+        call(json!({"Method": 5, "Args": []})),
+        call(json!("ret")),
+        call(json!("rat")),
+        call(json!(null)),
+        call(json!({"Method": "m", "Args": [[[[[[[[1]]]]]]]]})),
+        packed(&(1, 1, (), json!({"Data": "ret", "EventId": -3}))),
+        packed(&(1, 1, (), json!({"EventId": "9", "Data": "ret"}))),
+        packed(&(1, 1, (), json!({"EventId": 9}))),
+        packed(&(1, 1, (), json!({"Data": "ret"}))),
+        packed(&(
+            1,
+            1,
+            (),
+            json!({"EventId": 1, "Data": "ret", "More": [1, 2]}),
+        )),
+        packed(&(1, 2, (), json!({"EventId": 9, "Data": "ret"}))),
+        packed(&(1, 1, "failed", ())),
+        packed(&(1, 1, (), json!({"Id": 4}))),
+        packed(&(2, "serverPid", 77)),
+        packed(&(0, 1, "m", [1])),
+        packed(&(1, 1, (), 5)),
+        // Repeated keys: the general path keeps the last.
+        {
+            let mut m = vec![0x94, 0x01, 0x01, 0xc0, 0x83];
+            for (k, v) in [("EventId", 1u8), ("EventId", 2), ("Data", 0)] {
+                rmp::encode::write_str(&mut m, k).unwrap();
+                if k == "Data" {
+                    rmp::encode::write_str(&mut m, "ret").unwrap();
+                } else {
+                    m.push(v);
+                }
+            }
+            m
+        },
+        // Two replies in one read, and a reply with bytes after it.
+        [call(json!("ret")), call(json!("ret"))].concat(),
+        [call(json!("ret")), vec![0x94, 0x01]].concat(),
+        [packed(&(2, "serverPid", 77)), call(json!("ret"))].concat(),
+    ];
+    // Every byte of two messages changed, and every cut.
+    for base in [messages[0].clone(), messages[1].clone()] {
+        for i in 0..base.len() {
+            for b in [
+                0x00, 0x01, 0x7f, 0x90, 0x9f, 0xa3, 0xc0, 0xc1, 0xd9, 0xdc, 0xdf, 0xff,
+            ] {
+                let mut m = base.clone();
+                m[i] = b;
+                messages.push(m);
+            }
+            messages.push(base[..i].to_vec());
+        }
+    }
+    let limits = [
+        Limits::default(),
+        Limits {
+            max_message_size: 40,
+            max_depth: 8,
+        },
+        Limits {
+            max_message_size: 1 << 20,
+            max_depth: 5,
+        },
+        Limits {
+            max_message_size: 1 << 20,
+            max_depth: 3,
+        },
+        Limits {
+            max_message_size: 1 << 20,
+            max_depth: 2,
+        },
+    ];
+    let mut fast_calls = 0;
+    for m in &messages {
+        for l in limits {
+            for pending in ["handle_event", "step", "start"] {
+                let want = poll_all(true, pending, m, l);
+                assert_eq!(
+                    poll_all(false, pending, m, l),
+                    want,
+                    "{m:02x?} {l:?} {pending}"
+                );
+                fast_calls += usize::from(want.contains("Call {"));
+            }
+        }
+    }
+    assert!(fast_calls > 100, "{fast_calls}");
+}
