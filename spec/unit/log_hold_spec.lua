@@ -1,8 +1,9 @@
 -- plugin.lua's hold on requests while log events pile up: past LOG_HOLD queued log
 -- events of a server, a request-phase event of that server waits until the drain
--- timers have brought the queue down to LOG_HOLD / 2 (bounded by read_timeout), so
--- that the server's work stays in a few connections; never while the server is
--- down (then only the wait for readiness applies).
+-- timers have brought the queue down to LOG_HOLD / 2, so that the server's work
+-- stays in a few connections; only when the drains are quick enough to do that
+-- within LOG_HOLD_MS (a slow log phase gets more drain timers instead), never
+-- while the server is down (then only the wait for readiness applies).
 local stub = require "spec.helpers.ngx_stub"
 
 -- A stand-in for ngx.semaphore: wait() yields the calling coroutine (as a light
@@ -41,7 +42,7 @@ end
 describe("requests held while log events pile up", function()
   local saved_ngx, saved_kong = _G.ngx, _G.kong
   local PRELOADED = { "ngx.semaphore", "kong.runloop.plugin_servers.state" }
-  local plugin, timers, ngx, server_state
+  local plugin, timers, ngx, server_state, clock
 
   local def = { name = "srv", socket = "/tmp/none.socket", connect_timeout = 10, send_timeout = 10,
                 read_timeout = 2500, max_message_size = 1000, log_window = 0, fail_open = false,
@@ -82,6 +83,8 @@ describe("requests held while log events pile up", function()
     for i = #timers, 1, -1 do timers[i] = nil end
     unload()
     server_state = "ready"
+    clock = 1000
+    ngx.now = function() return clock end
     package.loaded["ngx.semaphore"] = fake_semaphore_lib()
     package.loaded["kong.runloop.plugin_servers.state"] = {
       get = function(name)
@@ -110,6 +113,19 @@ describe("requests held while log events pile up", function()
     return p
   end
 
+  -- Runs one log event through a drain timer, taking `ms`, so that the queue
+  -- knows how long its events take; leaves no timer behind.
+  local function warm(p, ms)
+    p:log(conf)
+    local t = table.remove(timers)
+    local co = coroutine.create(t.fn)
+    assert(coroutine.resume(co, false, unpack(t.args)))
+    clock = clock + ms / 1000
+    assert(coroutine.resume(co))
+    assert.equal("dead", coroutine.status(co))
+    p.ran = {}
+  end
+
   local function count(list, what)
     local n = 0
     for _, v in ipairs(list) do
@@ -120,6 +136,7 @@ describe("requests held while log events pile up", function()
 
   it("runs a request's event at once below LOG_HOLD queued log events", function()
     local p = new_plugin()
+    warm(p, 2)
     for _ = 1, plugin.LOG_HOLD - 1 do
       p:log(conf)
     end
@@ -144,6 +161,7 @@ describe("requests held while log events pile up", function()
   it("holds a request past LOG_HOLD until the drains bring the queue to half, then runs it", function()
     local semas = capture_semaphore()
     local p = new_plugin()
+    warm(p, 2)
     for _ = 1, plugin.LOG_HOLD do
       p:log(conf)
     end
@@ -174,23 +192,53 @@ describe("requests held while log events pile up", function()
     assert.equal(1, count(p.ran, "access"))
   end)
 
-  it("bounds the hold by the server's read_timeout", function()
+  it("waits at most twice LOG_HOLD_MS", function()
     local semas = capture_semaphore()
     local p = new_plugin()
+    warm(p, 2)
     for _ = 1, plugin.LOG_HOLD do
       p:log(conf)
     end
     local request = coroutine.create(p.access)
     assert(coroutine.resume(request, p, conf))
-    assert.same({ 2.5 }, semas[1].timeouts)
+    assert.same({ 2 * plugin.LOG_HOLD_MS / 1000 }, semas[1].timeouts)
     -- the wait timed out (nil, "timeout"): the event runs anyway
     assert(coroutine.resume(request, nil, "timeout"))
     assert.equal("dead", coroutine.status(request))
     assert.equal(1, count(p.ran, "access"))
   end)
 
+  it("does not hold a request when the drains are slow to halve the queue: more drain timers instead", function()
+    local p = new_plugin()
+    -- log events of 100 ms: two drains need 200 ms to take four events
+    warm(p, 100)
+    for _ = 1, plugin.LOG_HOLD do
+      p:log(conf)
+    end
+    local request = coroutine.create(p.access)
+    assert(coroutine.resume(request, p, conf))
+    assert.equal("dead", coroutine.status(request))
+    assert.equal(1, count(p.ran, "access"))
+    -- the queue keeps growing: past the backlog it gets more drain timers
+    for _ = 1, plugin.LOG_BACKLOG + plugin.LOG_CONNECTIONS do
+      p:log(conf)
+    end
+    assert.is_true(#timers > plugin.LOG_CONNECTIONS)
+  end)
+
+  it("does not hold before any log event of the server has ended (nothing to go by)", function()
+    local p = new_plugin()
+    for _ = 1, plugin.LOG_HOLD do
+      p:log(conf)
+    end
+    local request = coroutine.create(p.access)
+    assert(coroutine.resume(request, p, conf))
+    assert.equal("dead", coroutine.status(request))
+  end)
+
   it("does not hold a request while its server is down (only the wait for readiness applies)", function()
     local p = new_plugin()
+    warm(p, 2)
     for _ = 1, plugin.LOG_HOLD + 4 do
       p:log(conf)
     end

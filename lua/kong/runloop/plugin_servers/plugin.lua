@@ -35,6 +35,8 @@ local timer_at = ngx.timer.at
 local pcall = pcall
 local tostring = tostring
 local setmetatable = setmetatable
+local max = math.max
+local min = math.min
 
 local ERROR_BODY = { message = "An unexpected error occurred" }
 
@@ -207,20 +209,29 @@ function Plugin:fail(phase, err, cause)
 end
 
 -- Per server name, this worker's queue of log events: { first, last, [i] = entry,
--- running = drain timers, held = requests waiting for it to shrink, sema }.
+-- running = drain timers, held = requests waiting for it to shrink, sema,
+-- event_ms = running mean of its log events' durations }.
 local log_queues = {}
 
 -- Log events wait for a connection in a queue (see log_handler below); a request
 -- is where the gateway can slow down when they pile up. Past LOG_HOLD queued
--- events of its server, a request waits (at most read_timeout) until the drains
--- have brought the queue down to half that, before its own event takes a
--- connection: the server's work stays in a few connections instead of the queue
--- growing into extra drain timers, each one more connection in use (and one
--- more nginx error line) if the server dies. Not while the server is down: the
--- request then waits for readiness (ready_timeout), and only for that.
+-- events of its server, a request waits until the drains have brought the queue
+-- down to half that, before its own event takes a connection: the server's work
+-- stays in a few connections instead of the queue growing into extra drain
+-- timers, each one more connection in use (and one more nginx error line) if the
+-- server dies. Only when that pays: the drains must be expected to halve the
+-- queue within LOG_HOLD_MS (a server busy with CPU work, like go-hello's log
+-- phase under load, where more connections would not make it faster), and the
+-- wait is at most twice that. A slow log phase (a plugin posting to a remote
+-- collector) gets more drain timers instead, so requests never wait on it. Not
+-- while the server is down either: then only the wait for readiness applies.
 local LOG_HOLD = 8
+local LOG_HOLD_MS = 50
+-- Weight of the newest log event in a queue's running mean of event durations.
+local EVENT_MS_WEIGHT = 0.2
 local HOLD_PHASES = { rewrite = true, access = true, preread = true }
 _M.LOG_HOLD = LOG_HOLD
+_M.LOG_HOLD_MS = LOG_HOLD_MS
 
 local function server_down(def)
   local e = state and def.start_command and state.get(def.name)
@@ -230,12 +241,20 @@ end
 local function hold_for_log_backlog(self, phase)
   local def = self.server_def
   local q = log_queues[def.name]
-  if not (q and q.sema and HOLD_PHASES[phase]) or q.last - q.first + 1 < LOG_HOLD or server_down(def) then
+  if not (q and q.sema and q.event_ms and HOLD_PHASES[phase]) then
+    return
+  end
+  local queued = q.last - q.first + 1
+  if queued < LOG_HOLD or server_down(def) then
+    return
+  end
+  local expected_ms = (queued - LOG_HOLD / 2) * q.event_ms / max(q.running, 1)
+  if expected_ms > LOG_HOLD_MS then
     return
   end
   q.held = q.held + 1
   -- pcall: a phase where nginx forbids yielding only skips the wait
-  pcall(q.sema.wait, q.sema, (def.read_timeout or 1000) / 1000)
+  pcall(q.sema.wait, q.sema, min(def.read_timeout or LOG_HOLD_MS, 2 * LOG_HOLD_MS) / 1000)
   q.held = q.held - 1
 end
 
@@ -337,10 +356,16 @@ local function drain(premature, q)
     if not entry then
       break
     end
+    update_time()
+    local started = now()
     local ok, err = pcall(run_log_event, entry, premature)
     if not ok then
       log(ERR, "[pluginserver] log event of ", entry.plugin.name, " raised: ", tostring(err))
     end
+    update_time()
+    local ms = (now() - started) * 1000
+    local mean = q.event_ms
+    q.event_ms = mean and mean + (ms - mean) * EVENT_MS_WEIGHT or ms
   end
   q.running = q.running - 1
 end
