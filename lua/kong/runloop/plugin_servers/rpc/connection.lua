@@ -113,36 +113,38 @@ end
 -- Serves the PDK calls of an event whose first event is `ev` until the engine
 -- reports its end. Returns true, nil, nil, stats or nil, err, cause, stats; the
 -- connection is finished or closed either way.
-function _M.serve_event(self, c, ev, phase, dispatch, saved, stats)
+--
+-- One PDK call per invocation, the next one by a tail call (no stack growth):
+-- each call ends at the cosocket's yield, so a loop here could never close into
+-- a JIT trace and aborted the traces that entered it ("inner loop in root trace").
+local function serve_event(self, c, ev, phase, dispatch, saved, stats)
   local engine = self.engine
-  local done, call, answer, roundtrip = engine.EVENT_DONE, engine.EVENT_CALL, engine.answer, engine.roundtrip
-  while true do
-    local kind = ev.kind
-    if kind == done then
-      _M.finish(self, c)
-      return true, nil, nil, stats
-    elseif kind == call then
-      local ok, err = answer(self, c, ev, dispatch, saved, stats)
-      if ok == "terminal" then
-        -- The handler does not wait for a reply; Kong's request ends here.
-        _M.close(self, c)
-        return true, nil, nil, stats
-      elseif not ok then
-        _M.close(self, c)
-        return nil, err, "protocol", stats
-      end
-      local err2, cause2
-      ev, err2, cause2 = roundtrip(self, c)
-      if not ev then
-        _M.close(self, c)
-        return nil, err2, cause2, stats
-      end
-    else
-      local _, err, ecause = engine.other_event(self, ev, phase)
+  local kind = ev.kind
+  if kind == engine.EVENT_DONE then
+    _M.finish(self, c)
+    return true, nil, nil, stats
+  elseif kind == engine.EVENT_CALL then
+    local ok, err = engine.answer(self, c, ev, dispatch, saved, stats)
+    if ok == "terminal" then
+      -- The handler does not wait for a reply; Kong's request ends here.
       _M.close(self, c)
-      return nil, err, ecause, stats
+      return true, nil, nil, stats
+    elseif not ok then
+      _M.close(self, c)
+      return nil, err, "protocol", stats
     end
+    local cause
+    ev, err, cause = engine.roundtrip(self, c)
+    if not ev then
+      _M.close(self, c)
+      return nil, err, cause, stats
+    end
+    return serve_event(self, c, ev, phase, dispatch, saved, stats)
   end
+  local _, err, ecause = engine.other_event(self, ev, phase)
+  _M.close(self, c)
+  return nil, err, ecause, stats
 end
+_M.serve_event = serve_event
 
 return _M

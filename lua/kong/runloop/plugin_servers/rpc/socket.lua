@@ -99,38 +99,12 @@ local function connect_polling(def)
   return sock, (sock:getreusedtimes() or 0) > 0
 end
 
--- A connected cosocket and whether it came from the pool, or nil, err, cause.
---
--- A managed server is connected to only when the supervisor reports it ready, so
--- that nothing probes a socket that is not there (nginx logs every failed connect
--- itself, at crit for a missing file). Until then the request waits, up to
--- ready_timeout, woken when the state changes (state.wait_ready). A refused
--- connect means the server died and the supervisor has not reported it yet: the
--- pid is marked (state.refused) so that the other requests wait instead of
--- connecting too.
---
--- Cause "restarted": the server got a new pid while this request waited, so the
--- caller's instance ids are stale (plugin.lua drops them and retries the event).
-function _M.connect(def)
-  if not def.start_command then
-    local sock, err = try_connect(def, nil)
-    if not sock then
-      return connect_error(def, err)
-    end
-    return sock, (sock:getreusedtimes() or 0) > 0
-  end
-  if not (state and state.dict()) then
-    return connect_polling(def)
-  end
-  local entry = state.get(def.name)
-  if not entry then
-    -- not supervised here (no state yet): connect and poll as without the dict
-    return connect_polling(def)
-  end
-  -- the pid this request's caller knows as ready (nil: none)
-  local entry_pid = entry.state == "ready" and not state.is_refused(def.name, entry.pid) and entry.pid or nil
-  local pid, deadline = entry_pid, nil
-  local sock, err
+-- The slow path of connect (below): wait for a ready pid, up to ready_timeout,
+-- and connect, again after each refused connect. `entry_pid` is the pid the
+-- caller knew as ready (nil: none); `err` the error of a refused connect to it.
+local function connect_waiting(def, entry_pid, err)
+  local pid, deadline = nil, nil
+  local sock
   while true do
     if not pid then
       update_time()
@@ -164,6 +138,55 @@ function _M.connect(def)
       .. tostring(pid) .. ")", "restarted"
   end
   return sock, (sock:getreusedtimes() or 0) > 0
+end
+
+-- A connected cosocket and whether it came from the pool, or nil, err, cause.
+--
+-- A managed server is connected to only when the supervisor reports it ready, so
+-- that nothing probes a socket that is not there (nginx logs every failed connect
+-- itself, at crit for a missing file). Until then the request waits, up to
+-- ready_timeout, woken when the state changes (state.wait_ready). A refused
+-- connect means the server died and the supervisor has not reported it yet: the
+-- pid is marked (state.refused) so that the other requests wait instead of
+-- connecting too.
+--
+-- Cause "restarted": the server got a new pid while this request waited, so the
+-- caller's instance ids are stale (plugin.lua drops them and retries the event).
+--
+-- The common case (server ready, connect succeeds) runs no loop: a loop that
+-- never loops back aborted the JIT trace of every caller ("inner loop in root
+-- trace"); the waits are in connect_waiting.
+function _M.connect(def)
+  if not def.start_command then
+    local sock, err = try_connect(def, nil)
+    if not sock then
+      return connect_error(def, err)
+    end
+    return sock, (sock:getreusedtimes() or 0) > 0
+  end
+  if not (state and state.dict()) then
+    return connect_polling(def)
+  end
+  local entry = state.get(def.name)
+  if not entry then
+    -- not supervised here (no state yet): connect and poll as without the dict
+    return connect_polling(def)
+  end
+  -- the pid this request's caller knows as ready (nil: none)
+  local entry_pid = entry.state == "ready" and not state.is_refused(def.name, entry.pid) and entry.pid or nil
+  if not entry_pid then
+    return connect_waiting(def, nil, nil)
+  end
+  local sock, err = try_connect(def, entry_pid)
+  if sock then
+    pid_of[sock] = entry_pid
+    return sock, (sock:getreusedtimes() or 0) > 0
+  end
+  if not not_listening(err) then
+    return connect_error(def, err)
+  end
+  state.refused(def.name, entry_pid)
+  return connect_waiting(def, entry_pid, err)
 end
 
 -- A send or read on `sock` failed with `err`. A reset or a broken pipe means the
