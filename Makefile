@@ -5,6 +5,7 @@
 #   make demo    the main job: nginx + real plugin servers, end to end
 #   make fuzz    every fuzz target for FUZZ_SECONDS (60) each; make fuzz-smoke: 12 s each
 #   make probe-outage  SIGKILL of each plugin server under load: responses, errors, timings
+#   make jit-aborts    LuaJIT trace aborts in the shim under load, per hello plugin server
 #   make install PREFIX=/usr/local   (or LUA_LIB_DIR=... LUA_CLIB_DIR=...)
 
 PREFIX       ?= /usr/local
@@ -25,7 +26,7 @@ APT_PACKAGES := nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache lu
                 strace valgrind util-linux
 
 .PHONY: all build header deps deps-apt deps-fixtures test test-rust test-unit test-integration \
-        demo bench probe-outage install uninstall clean deps-fuzz fuzz fuzz-smoke
+        demo bench probe-outage jit-aborts install uninstall clean deps-fuzz fuzz fuzz-smoke
 
 all: build
 
@@ -80,6 +81,9 @@ bench: build
 
 probe-outage: build
 	tools/probe-outage.sh
+
+jit-aborts: build
+	luajit tools/jit-aborts.lua go-hello py-hello js-hello
 
 install: build
 	install -d $(DESTDIR)$(LUA_LIB_DIR)/kong/runloop/plugin_servers/rpc $(DESTDIR)$(LUA_CLIB_DIR)

@@ -133,15 +133,15 @@ end
 -- One server: returns the counts, or nil and the error.
 local function run(name)
   local prefix = nginx.make_prefix()
-  local h, err = nginx.start {
+  local sok, h = pcall(nginx.start, {
     prefix = prefix,
     workers = 1,
     log_level = "notice",
     configuration = fixtures.settings({ name }, prefix),
     plugins = { { name = name, config = { message = "x" } } },
-  }
-  if not h then
-    return nil, "nginx did not start: " .. tostring(err)
+  })
+  if not (sok and h) then
+    return nil, "nginx did not start: " .. tostring(h)
   end
   local out = os.tmpname()
   local ok, res = pcall(function()
