@@ -1,13 +1,14 @@
 -- Trace aborts of LuaJIT's JIT in our shim under load (issue 9): for each plugin
--- server, nginx (1 worker) with that server's hello plugin, `jit.v` switched on in
--- the worker, a bounded wrk run, then a table of the aborts whose start or
+-- server, nginx (1 worker) with that server's hello plugin, LuaJIT's trace events
+-- logged in the worker (jit.attach, as jit.v does, in jit.v's format but with full
+-- paths), a warm-up and a bounded wrk run, then a table of the aborts whose start or
 -- reason location is in lua/kong/runloop/plugin_servers/, counted by
 -- (start, reason), and the total number of aborts vs compiled traces.
 --
 --   luajit tools/jit-aborts.lua [server ...]     (from the repo root; default:
 --                                                 go-hello py-hello js-hello)
 --   JIT_SECONDS=3   length of the wrk run
---   JIT_KEEP=1      keep the raw jit.v logs (their paths are printed)
+--   JIT_KEEP=1      keep the raw trace logs (their paths are printed)
 --
 -- Aborts elsewhere (resty.core, the test host) are counted in the total only.
 -- Cosocket calls yield, so no trace spans them: the aim is that the code between
