@@ -101,12 +101,13 @@ end
 -- across workers); a new server pid means this worker's instances are gone, so the
 -- first event after a restart starts the instance and the others wait for it
 -- (instances.lua). Returns true, or nil, err, cause.
+local function supervised_state(def)
+  return state and def.start_command and state.get(def.name)
+end
+
 local function await_server(self, ready_ms)
   local def = self.server_def
-  if not (state and def.start_command) then
-    return true
-  end
-  local e = state.get(def.name)
+  local e = supervised_state(def)
   if not e then
     -- no shared dict or no supervisor state: socket.lua polls the socket
     return true
@@ -209,7 +210,7 @@ function Plugin:fail(phase, err, cause)
 end
 
 -- Per server name, this worker's queue of log events: { first, last, [i] = entry,
--- running = drain timers, held = requests waiting for it to shrink, sema,
+-- running = drain timers, sema = where requests wait for it to shrink,
 -- event_ms = running mean of its log events' durations }.
 local log_queues = {}
 
@@ -234,7 +235,7 @@ _M.LOG_HOLD = LOG_HOLD
 _M.LOG_HOLD_MS = LOG_HOLD_MS
 
 local function server_down(def)
-  local e = state and def.start_command and state.get(def.name)
+  local e = supervised_state(def)
   return e and e.state ~= "ready"
 end
 
@@ -252,10 +253,8 @@ local function hold_for_log_backlog(self, phase)
   if expected_ms > LOG_HOLD_MS then
     return
   end
-  q.held = q.held + 1
   -- pcall: a phase where nginx forbids yielding only skips the wait
   pcall(q.sema.wait, q.sema, min(def.read_timeout or LOG_HOLD_MS, 2 * LOG_HOLD_MS) / 1000)
-  q.held = q.held - 1
 end
 
 local function phase_handler(phase)
@@ -299,7 +298,7 @@ local log_events = 0
 local function log_queue(name)
   local q = log_queues[name]
   if not q then
-    q = { first = 1, last = 0, running = 0, held = 0, sema = semaphore and semaphore.new() }
+    q = { first = 1, last = 0, running = 0, sema = semaphore and semaphore.new() }
     log_queues[name] = q
   end
   return q
@@ -313,19 +312,22 @@ local function pop(q)
   local entry = q[i]
   q[i] = nil
   q.first = i + 1
-  -- wake the requests held by hold_for_log_backlog once the queue is down to half
-  if q.held > 0 and q.last - q.first + 1 <= LOG_HOLD / 2 then
-    local count = q.sema:count()
+  -- wake the requests held by hold_for_log_backlog (a negative count: that many
+  -- wait) once the queue is down to half
+  local sema = q.sema
+  if sema and q.last - q.first + 1 <= LOG_HOLD / 2 then
+    local count = sema:count()
     if count < 0 then
-      q.sema:post(-count)
+      sema:post(-count)
     end
   end
   return entry
 end
 
 -- One queued log event. A managed server is waited for up to ready_timeout from
--- the moment the event was queued, as a request would, not from its turn.
-local function run_log_event(entry, premature)
+-- the moment the event was queued, as a request would, not from its turn
+-- (`started`, the drain's clock reading when the turn came).
+local function run_log_event(entry, premature, started)
   local self = entry.plugin
   local ok, res, err, cause
   if premature then
@@ -333,8 +335,7 @@ local function run_log_event(entry, premature)
   else
     -- kong.plugin.get_id() and the ctx overrides see the request's ctx.
     ngx.ctx = entry.saved.ngx_ctx
-    update_time()
-    local waited_ms = (now() - entry.queued) * 1000
+    local waited_ms = (started - entry.queued) * 1000
     local budget = self.server_def.ready_timeout
     budget = budget and (waited_ms < budget and budget - waited_ms or 0) or nil
     ok, res, err, cause = pcall(self.run_event, self, entry.conf, "log", entry.saved, budget)
@@ -358,7 +359,7 @@ local function drain(premature, q)
     end
     update_time()
     local started = now()
-    local ok, err = pcall(run_log_event, entry, premature)
+    local ok, err = pcall(run_log_event, entry, premature, started)
     if not ok then
       log(ERR, "[pluginserver] log event of ", entry.plugin.name, " raised: ", tostring(err))
     end

@@ -80,6 +80,26 @@ local function connect_error(def, err)
   return nil, "cannot connect to " .. def.socket .. ": " .. tostring(err), "connect"
 end
 
+-- What connect returns on success: the cosocket and whether it came from the pool.
+local function connected(sock)
+  return sock, (sock:getreusedtimes() or 0) > 0
+end
+
+-- Connects to the socket of server pid `pid`: the cosocket, or nil, err and
+-- whether the connect was refused (the server died: the pid is marked).
+local function connect_pid(def, pid)
+  local sock, err = try_connect(def, pid)
+  if sock then
+    pid_of[sock] = pid
+    return sock
+  end
+  if not not_listening(err) then
+    return nil, err, false
+  end
+  state.refused(def.name, pid)
+  return nil, err, true
+end
+
 -- Without the shared dict (no supervisor state): retry a server that is not
 -- listening every 10 ms up to ready_timeout (INTERFACES.md "Shared state").
 local function connect_polling(def)
@@ -96,7 +116,7 @@ local function connect_polling(def)
   if not sock then
     return connect_error(def, err)
   end
-  return sock, (sock:getreusedtimes() or 0) > 0
+  return connected(sock)
 end
 
 -- The slow path of connect (below): wait for a ready pid, up to ready_timeout,
@@ -120,15 +140,14 @@ local function connect_waiting(def, entry_pid, err)
         return connect_error(def, werr)
       end
     end
-    sock, err = try_connect(def, pid)
+    local refused
+    sock, err, refused = connect_pid(def, pid)
     if sock then
-      pid_of[sock] = pid
       break
     end
-    if not not_listening(err) then
+    if not refused then
       return connect_error(def, err)
     end
-    state.refused(def.name, pid)
     pid = nil
   end
   if pid ~= entry_pid then
@@ -137,7 +156,7 @@ local function connect_waiting(def, entry_pid, err)
     return nil, "pluginserver '" .. def.name .. "' restarted (pid " .. tostring(entry_pid or "-") .. " -> "
       .. tostring(pid) .. ")", "restarted"
   end
-  return sock, (sock:getreusedtimes() or 0) > 0
+  return connected(sock)
 end
 
 -- A connected cosocket and whether it came from the pool, or nil, err, cause.
@@ -162,7 +181,7 @@ function _M.connect(def)
     if not sock then
       return connect_error(def, err)
     end
-    return sock, (sock:getreusedtimes() or 0) > 0
+    return connected(sock)
   end
   if not (state and state.dict()) then
     return connect_polling(def)
@@ -177,15 +196,13 @@ function _M.connect(def)
   if not entry_pid then
     return connect_waiting(def, nil, nil)
   end
-  local sock, err = try_connect(def, entry_pid)
+  local sock, err, refused = connect_pid(def, entry_pid)
   if sock then
-    pid_of[sock] = entry_pid
-    return sock, (sock:getreusedtimes() or 0) > 0
+    return connected(sock)
   end
-  if not not_listening(err) then
+  if not refused then
     return connect_error(def, err)
   end
-  state.refused(def.name, entry_pid)
   return connect_waiting(def, entry_pid, err)
 end
 
