@@ -23,4 +23,27 @@ function _M.new()
   return ngx
 end
 
+-- Makes `ngx.timer.at` record each timer in `timers` ({ delay, fn, args }) instead
+-- of running it, so that a spec fires them when it chooses.
+function _M.capture_timers(ngx, timers)
+  ngx.timer.at = function(delay, fn, ...)
+    timers[#timers + 1] = { delay = delay, fn = fn, args = { ... } }
+    return true
+  end
+end
+
+-- Drops the shim's modules (but the FFI loader, loaded once per process) and
+-- `extra` names from package.loaded, so that the next require reads the stubs
+-- of this spec.
+function _M.unload_shim(extra)
+  for k in pairs(package.loaded) do
+    if k:find("^kong%.runloop%.plugin_servers%.") and k ~= "kong.runloop.plugin_servers.lib" then
+      package.loaded[k] = nil
+    end
+  end
+  for _, k in ipairs(extra or {}) do
+    package.loaded[k] = nil
+  end
+end
+
 return _M

@@ -1,4 +1,5 @@
 -- counters.lua and log_limiter.lua over a fake shared dict.
+local stub = require "spec.helpers.ngx_stub"
 local function fake_dict()
   local data = {}
   local d = { data = data }
@@ -24,10 +25,7 @@ describe("counters and log limiter", function()
 
   before_each(function()
     timers = {}
-    ngx.timer.at = function(delay, fn, ...)
-      timers[#timers + 1] = { delay = delay, fn = fn, args = { ... } }
-      return true
-    end
+    stub.capture_timers(ngx, timers)
     for i = #ngx.logs, 1, -1 do ngx.logs[i] = nil end
     package.loaded["kong.runloop.plugin_servers.counters"] = nil
     package.loaded["kong.runloop.plugin_servers.log_limiter"] = nil

@@ -1,26 +1,10 @@
 -- instances.lua (one StartInstance per config per worker, waiters, config change)
 -- and plugin.lua (objects, failure rules, no-instance retry) with fake RPCs.
-local pending -- coroutines a fake semaphore post woke up
-
-package.loaded["ngx.semaphore"] = {
-  new = function()
-    local s = { n = 0, waiters = {} }
-    function s:count() return self.n end
-    function s:wait()
-      self.n = self.n - 1
-      self.waiters[#self.waiters + 1] = coroutine.running()
-      return coroutine.yield("waiting")
-    end
-    function s:post(k)
-      self.n = self.n + k
-      for _ = 1, k do
-        local co = table.remove(self.waiters, 1)
-        if co then pending[#pending + 1] = co end
-      end
-    end
-    return s
-  end,
-}
+local stub = require "spec.helpers.ngx_stub"
+local semaphores = require("spec.helpers.fake_semaphore").lib()
+package.loaded["ngx.semaphore"] = semaphores
+-- coroutines a fake semaphore post woke up
+local pending = semaphores.runnable
 
 local function fake_rpc()
   local rpc = { starts = {}, closes = {}, events = {}, next_id = 10, script = {} }
@@ -56,7 +40,7 @@ describe("instances", function()
   end)
 
   before_each(function()
-    pending = {}
+    for i = #pending, 1, -1 do pending[i] = nil end
   end)
 
   it("starts one instance per config and reuses it", function()
@@ -133,11 +117,7 @@ describe("plugin objects", function()
 
   setup(function()
     ngx.socket = ngx.socket or { tcp = function() end }
-    for k in pairs(package.loaded) do
-      if k:find("^kong%.runloop%.plugin_servers%.") and k ~= "kong.runloop.plugin_servers.lib" then
-        package.loaded[k] = nil
-      end
-    end
+    stub.unload_shim()
     plugin = require "kong.runloop.plugin_servers.plugin"
   end)
 

@@ -5,39 +5,7 @@
 -- within LOG_HOLD_MS (a slow log phase gets more drain timers instead), never
 -- while the server is down (then only the wait for readiness applies).
 local stub = require "spec.helpers.ngx_stub"
-
--- A stand-in for ngx.semaphore: wait() yields the calling coroutine (as a light
--- thread would sleep); post(n) marks up to n waiters runnable; the spec resumes them.
-local function fake_semaphore_lib()
-  local lib = {}
-  function lib.new()
-    local s = { resources = 0, waiting = {}, runnable = {}, timeouts = {} }
-    function s.wait(self, timeout)
-      if self.resources > 0 then
-        self.resources = self.resources - 1
-        return true
-      end
-      self.timeouts[#self.timeouts + 1] = timeout
-      self.waiting[#self.waiting + 1] = coroutine.running()
-      return coroutine.yield("waiting on semaphore")
-    end
-    function s.post(self, n)
-      for _ = 1, n or 1 do
-        local co = table.remove(self.waiting, 1)
-        if co then
-          self.runnable[#self.runnable + 1] = co
-        else
-          self.resources = self.resources + 1
-        end
-      end
-    end
-    function s.count(self)
-      return #self.waiting > 0 and -#self.waiting or self.resources
-    end
-    return s
-  end
-  return lib
-end
+local fake_semaphore = require "spec.helpers.fake_semaphore"
 
 describe("requests held while log events pile up", function()
   local saved_ngx, saved_kong = _G.ngx, _G.kong
@@ -48,44 +16,30 @@ describe("requests held while log events pile up", function()
                 read_timeout = 2500, max_message_size = 1000, log_window = 0, fail_open = false,
                 start_command = "/bin/true" }
 
-  local function unload()
-    for k in pairs(package.loaded) do
-      if k:find("^kong%.runloop%.plugin_servers%.") and k ~= "kong.runloop.plugin_servers.lib" then
-        package.loaded[k] = nil
-      end
-    end
-    for _, k in ipairs(PRELOADED) do
-      package.loaded[k] = nil
-    end
-  end
-
   setup(function()
     ngx = stub.new()
     timers = {}
-    ngx.timer.at = function(_, fn, ...)
-      timers[#timers + 1] = { fn = fn, args = { ... } }
-      return true
-    end
+    stub.capture_timers(ngx, timers)
     ngx.socket = { tcp = function() end }
     ngx.ctx = {}
     ngx.config.subsystem = "stream"
     _G.ngx = ngx
     _G.kong = { log = { serialize = function() return {} end }, ctx = { shared = {} } }
-    unload()
+    stub.unload_shim(PRELOADED)
   end)
 
   teardown(function()
     _G.ngx, _G.kong = saved_ngx, saved_kong
-    unload()
+    stub.unload_shim(PRELOADED)
   end)
 
   before_each(function()
     for i = #timers, 1, -1 do timers[i] = nil end
-    unload()
+    stub.unload_shim(PRELOADED)
     server_state = "ready"
     clock = 1000
     ngx.now = function() return clock end
-    package.loaded["ngx.semaphore"] = fake_semaphore_lib()
+    package.loaded["ngx.semaphore"] = fake_semaphore.lib()
     package.loaded["kong.runloop.plugin_servers.state"] = {
       get = function(name)
         return { name = name, state = server_state, pid = 42 }
@@ -134,41 +88,38 @@ describe("requests held while log events pile up", function()
     return n
   end
 
+  -- Starts p's access handler as a request would; its coroutine and what a
+  -- yield said (nil when it ran to its end).
+  local function start_request(p)
+    local co = coroutine.create(p.access)
+    local ok, said = coroutine.resume(co, p, conf)
+    assert(ok, said)
+    return co, said
+  end
+
+  local function queue_logs(p, n)
+    for _ = 1, n do
+      p:log(conf)
+    end
+  end
+
   it("runs a request's event at once below LOG_HOLD queued log events", function()
     local p = new_plugin()
     warm(p, 2)
-    for _ = 1, plugin.LOG_HOLD - 1 do
-      p:log(conf)
-    end
-    local co = coroutine.create(p.access)
-    assert(coroutine.resume(co, p, conf))
-    assert.equal("dead", coroutine.status(co))
+    queue_logs(p, plugin.LOG_HOLD - 1)
+    local request = start_request(p)
+    assert.equal("dead", coroutine.status(request))
     assert.same({ "access" }, p.ran)
   end)
 
-  -- Captures the semaphore the plugin module creates for the server's queue.
-  local function capture_semaphore()
-    local lib = package.loaded["ngx.semaphore"]
-    local orig, captured = lib.new, {}
-    lib.new = function()
-      local s = orig()
-      captured[#captured + 1] = s
-      return s
-    end
-    return captured
-  end
-
   it("holds a request past LOG_HOLD until the drains bring the queue to half, then runs it", function()
-    local semas = capture_semaphore()
+    local semas = package.loaded["ngx.semaphore"].created
     local p = new_plugin()
     warm(p, 2)
-    for _ = 1, plugin.LOG_HOLD do
-      p:log(conf)
-    end
+    queue_logs(p, plugin.LOG_HOLD)
     assert.is_true(plugin.LOG_HOLD < plugin.LOG_BACKLOG, "the hold comes before extra drain timers")
-    local request = coroutine.create(p.access)
-    local _, why = coroutine.resume(request, p, conf)
-    assert.equal("waiting on semaphore", why)
+    local request, why = start_request(p)
+    assert.equal("waiting", why)
     assert.equal(0, count(p.ran, "access"))
     assert.equal(1, #semas)
     local sema = semas[1]
@@ -193,14 +144,11 @@ describe("requests held while log events pile up", function()
   end)
 
   it("waits at most twice LOG_HOLD_MS", function()
-    local semas = capture_semaphore()
+    local semas = package.loaded["ngx.semaphore"].created
     local p = new_plugin()
     warm(p, 2)
-    for _ = 1, plugin.LOG_HOLD do
-      p:log(conf)
-    end
-    local request = coroutine.create(p.access)
-    assert(coroutine.resume(request, p, conf))
+    queue_logs(p, plugin.LOG_HOLD)
+    local request = start_request(p)
     assert.same({ 2 * plugin.LOG_HOLD_MS / 1000 }, semas[1].timeouts)
     -- the wait timed out (nil, "timeout"): the event runs anyway
     assert(coroutine.resume(request, nil, "timeout"))
@@ -212,39 +160,28 @@ describe("requests held while log events pile up", function()
     local p = new_plugin()
     -- log events of 100 ms: two drains need 200 ms to take four events
     warm(p, 100)
-    for _ = 1, plugin.LOG_HOLD do
-      p:log(conf)
-    end
-    local request = coroutine.create(p.access)
-    assert(coroutine.resume(request, p, conf))
+    queue_logs(p, plugin.LOG_HOLD)
+    local request = start_request(p)
     assert.equal("dead", coroutine.status(request))
     assert.equal(1, count(p.ran, "access"))
     -- the queue keeps growing: past the backlog it gets more drain timers
-    for _ = 1, plugin.LOG_BACKLOG + plugin.LOG_CONNECTIONS do
-      p:log(conf)
-    end
+    queue_logs(p, plugin.LOG_BACKLOG + plugin.LOG_CONNECTIONS)
     assert.is_true(#timers > plugin.LOG_CONNECTIONS)
   end)
 
   it("does not hold before any log event of the server has ended (nothing to go by)", function()
     local p = new_plugin()
-    for _ = 1, plugin.LOG_HOLD do
-      p:log(conf)
-    end
-    local request = coroutine.create(p.access)
-    assert(coroutine.resume(request, p, conf))
+    queue_logs(p, plugin.LOG_HOLD)
+    local request = start_request(p)
     assert.equal("dead", coroutine.status(request))
   end)
 
   it("does not hold a request while its server is down (only the wait for readiness applies)", function()
     local p = new_plugin()
     warm(p, 2)
-    for _ = 1, plugin.LOG_HOLD + 4 do
-      p:log(conf)
-    end
+    queue_logs(p, plugin.LOG_HOLD + 4)
     server_state = "restarting"
-    local request = coroutine.create(p.access)
-    assert(coroutine.resume(request, p, conf))
+    local request = start_request(p)
     assert.equal("dead", coroutine.status(request))
     assert.equal(1, count(p.ran, "access"))
   end)

@@ -15,31 +15,20 @@ describe("log events in flight", function()
   setup(function()
     ngx = stub.new()
     timers = {}
-    ngx.timer.at = function(_, fn, ...)
-      timers[#timers + 1] = { fn = fn, args = { ... } }
-      return true
-    end
+    stub.capture_timers(ngx, timers)
     ngx.socket = { tcp = function() end }
     ngx.ctx = {}
     ngx.config.subsystem = "stream"
     ngx.shared.kong_plugin_servers = nil
     _G.ngx = ngx
     _G.kong = { log = { serialize = function() return {} end }, ctx = { shared = {} } }
-    for k in pairs(package.loaded) do
-      if k:find("^kong%.runloop%.plugin_servers%.") and k ~= "kong.runloop.plugin_servers.lib" then
-        package.loaded[k] = nil
-      end
-    end
+    stub.unload_shim()
     plugin = require "kong.runloop.plugin_servers.plugin"
   end)
 
   teardown(function()
     _G.ngx, _G.kong = saved_ngx, saved_kong
-    for k in pairs(package.loaded) do
-      if k:find("^kong%.runloop%.plugin_servers%.") and k ~= "kong.runloop.plugin_servers.lib" then
-        package.loaded[k] = nil
-      end
-    end
+    stub.unload_shim()
   end)
 
   local function new_plugin(name, d)
