@@ -193,13 +193,14 @@ local function state_of(h, name)
   end
 end
 
--- The floor per round trip that matches a scenario: a slow server pauses before each PDK
--- call, so `calls` of the `calls + 1` round trips of an event wait SLOW_PAUSE_US and the
--- last (the event's end) comes at once. nil when a floor it needs was not measured.
-local function matched_floor(sc, calls, kind)
-  local fast = FLOORS.fast[kind]
+-- The floor per round trip that matches a scenario, from `floors` ({ fast = {...},
+-- slow = {...} }, each keyed by `key`): a slow server pauses before each PDK call, so
+-- `calls` of the `calls + 1` round trips of an event wait SLOW_PAUSE_US and the last
+-- (the event's end) comes at once. nil when a floor it needs was not measured.
+local function matched(floors, sc, calls, key)
+  local fast = floors.fast[key]
   if not sc.pause_us then return fast end
-  local slow = FLOORS.slow[kind]
+  local slow = floors.slow[key]
   if not (slow and fast) then return nil end
   return (calls * slow + fast) / (calls + 1)
 end
@@ -213,16 +214,6 @@ end
 
 -- "fast"/"slow" -> connections -> the nginx cosocket floor's worker ns per round trip above no-plugin
 local cosocket_floor = { fast = {}, slow = {} }
-
--- The nginx cosocket floor per round trip that matches a scenario at `c` connections,
--- mixed like matched_floor; nil when one it needs was not measured.
-local function matched_cosocket_floor(sc, calls, c)
-  local fast = cosocket_floor.fast[c]
-  if not sc.pause_us then return fast end
-  local slow = cosocket_floor.slow[c]
-  if not (slow and fast) then return nil end
-  return (calls * slow + fast) / (calls + 1)
-end
 
 local baseline = {}   -- connections -> worker ns per request without plugins
 local baseline_waits  -- the worker's epoll_wait per request without plugins (strace, 1 conn)
@@ -344,7 +335,7 @@ local function run(sc)
         -- request runs one event per phase the plugin has (go-hello: access, response, log).
         local events = c1.events - c0.events
         local calls = c1.pdk_calls - c0.pdk_calls
-        local per_req = calls / math.max(events, 1)  -- PDK calls per event
+        local calls_event = calls / math.max(events, 1)  -- PDK calls per event
         local calls_req, events_req = calls / n, events / n
         local rts_req = calls_req + events_req
         if c == 1 then rts_per_req = rts_req end
@@ -355,14 +346,14 @@ local function run(sc)
           local per_rt = extra / rts_req
           text = text .. string.format(", worker CPU above no-plugin **%.1f µs per PDK call**, %.1f µs per round trip",
                                        extra / calls_req / 1000, per_rt / 1000)
-          local floor = matched_floor(sc, per_req, "block")
+          local floor = matched(FLOORS, sc, calls_event, "block")
           if floor then
-            local words, detail = floor_words(sc, per_req)
+            local words, detail = floor_words(sc, calls_event)
             text = text .. string.format(" = **%.1f× %s** (%.1f µs: %sblocking client; target ≤ 2×)",
                                          per_rt / floor, words, floor / 1000, detail)
           end
           -- what nginx and its cosockets alone cost per round trip, in the same run
-          local ngx_floor = matched_cosocket_floor(sc, per_req, c)
+          local ngx_floor = matched(cosocket_floor, sc, calls_event, c)
           if ngx_floor then
             text = text .. string.format(" = **%.1f× the nginx cosocket floor** (%.1f µs%s)", per_rt / ngx_floor,
                                          ngx_floor / 1000, sc.pause_us and ", same pauses" or "")
@@ -370,7 +361,7 @@ local function run(sc)
           -- nginx registers each connection EPOLLIN|EPOLLOUT|EPOLLET, so a server that
           -- reads the request and replies later wakes the worker twice per round trip:
           -- that part is nginx's; the floor of a client that waits the same way has it too.
-          local nginx_floor = c == 1 and matched_floor(sc, per_req, "epoll")
+          local nginx_floor = c == 1 and matched(FLOORS, sc, calls_event, "epoll")
           if nginx_floor then
             local server = sc.pause_us and string.format("same %g ms pauses", sc.pause_us / 1000)
                            or "server answers at once"
