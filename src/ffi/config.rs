@@ -155,10 +155,8 @@ pub extern "C" fn kps_config_new() -> *mut KpsConfig {
 /// borrowed from it becomes invalid.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn kps_config_free(config: *mut KpsConfig) {
-    if !config.is_null() {
-        // SAFETY: per the contract, `config` came from Box::into_raw and is freed once.
-        drop(unsafe { Box::from_raw(config) });
-    }
+    // SAFETY: per the contract, NULL or a live handle, freed once.
+    unsafe { super::handle::free_handle(config) }
 }
 
 /// Validates Kong's `pluginserver_*` settings given as JSON (`input`, `input_len`

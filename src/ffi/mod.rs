@@ -6,6 +6,7 @@
 
 mod args;
 mod errbuf;
+mod handle;
 mod library;
 
 #[cfg(feature = "module")]

@@ -83,10 +83,8 @@ pub extern "C" fn kps_mp_session_new(max_message_size: u64, max_depth: u32) -> *
 /// `session` must be NULL or a handle from `kps_mp_session_new` not yet freed.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn kps_mp_session_free(session: *mut kps_mp_session) {
-    if !session.is_null() {
-        // SAFETY: per the contract, a live handle from Box::into_raw.
-        drop(unsafe { Box::from_raw(session) });
-    }
+    // SAFETY: per the contract, NULL or a live handle, freed once.
+    unsafe { super::handle::free_handle(session) }
 }
 
 /// Makes a stream with the session's limits.
@@ -120,10 +118,8 @@ pub unsafe extern "C" fn kps_mp_stream_new(session: *const kps_mp_session) -> *m
 /// `stream` must be NULL or a handle from `kps_mp_stream_new` not yet freed.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn kps_mp_stream_free(stream: *mut kps_mp_stream) {
-    if !stream.is_null() {
-        // SAFETY: per the contract, a live handle from Box::into_raw.
-        drop(unsafe { Box::from_raw(stream) });
-    }
+    // SAFETY: per the contract, NULL or a live handle, freed once.
+    unsafe { super::handle::free_handle(stream) }
 }
 
 /// Starts the stream over for a fresh connection checkout (clears buffered bytes,

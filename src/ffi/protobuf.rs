@@ -89,10 +89,8 @@ pub extern "C" fn kps_pb_session_new(max_message_size: u64) -> *mut kps_pb_sessi
 /// `session` must be null or a pointer from `kps_pb_session_new` not yet freed.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn kps_pb_session_free(session: *mut kps_pb_session) {
-    if !session.is_null() {
-        // SAFETY: per the contract, `session` came from Box::into_raw and is freed once.
-        drop(unsafe { Box::from_raw(session) });
-    }
+    // SAFETY: per the contract, NULL or a live handle, freed once.
+    unsafe { super::handle::free_handle(session) }
 }
 
 /// Makes a stream with the session's frame limit. Release it with `kps_pb_stream_free`.
@@ -126,10 +124,8 @@ pub unsafe extern "C" fn kps_pb_stream_new(session: *const kps_pb_session) -> *m
 /// `stream` must be null or a pointer from `kps_pb_stream_new` not yet freed.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn kps_pb_stream_free(stream: *mut kps_pb_stream) {
-    if !stream.is_null() {
-        // SAFETY: per the contract, `stream` came from Box::into_raw and is freed once.
-        drop(unsafe { Box::from_raw(stream) });
-    }
+    // SAFETY: per the contract, NULL or a live handle, freed once.
+    unsafe { super::handle::free_handle(stream) }
 }
 
 /// Starts the stream over for a fresh connection checkout; null is ignored.

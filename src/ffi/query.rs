@@ -90,8 +90,6 @@ pub unsafe extern "C" fn kps_query_json(
 /// `q` must come from `kps_query_run` and be freed once.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn kps_query_free(q: *mut KpsQuery) {
-    if !q.is_null() {
-        // SAFETY: ownership returns from the caller, once.
-        drop(unsafe { Box::from_raw(q) });
-    }
+    // SAFETY: per the contract, NULL or a live handle, freed once.
+    unsafe { super::handle::free_handle(q) }
 }
