@@ -283,6 +283,34 @@ describe("MessagePack plugins", function()
     end)
   end)
 
+  describe("with a server killed as a request reaches it", function()
+    it("the request waits for the restarted server instead of failing", function()
+      -- The server is stopped, so the request's connect lands in its listen queue
+      -- unread; SIGKILL then resets that connection. The request never ran on the
+      -- dead server: it waits for the restart and runs on the new one.
+      local settings = timings("py_hello", fx.settings({ "py-hello" }, prefix))
+      settings.pluginserver_py_hello_respawn_delay = "100"
+      settings.pluginserver_py_hello_ready_timeout = "5000"
+      h = start_nginx(settings, { { name = "py-hello", config = { message = "Kong!" } } })
+      assert(h:wait_log("pluginserver 'py%-hello' is ready, pid %d+", 10))
+      local st = assert(h:eval_json [[return require("kong.runloop.plugin_servers").status()]])
+      local pid = assert(tonumber(st[1].pid))
+      assert(procs.kill(pid, "STOP"))
+      -- no connection to it yet in any worker: the next one is made now
+      os.execute("(sleep 0.3; kill -KILL " .. pid .. ") >/dev/null 2>&1 &")
+      local res = assert(h:request { headers = { host = "d.test" } })
+      assert.equal(200, res.status, "body: " .. tostring(res.body) .. "\n" .. (h:error_log() or ""):sub(-3000))
+      assert.equal("Python says Kong! to d.test", res.headers["x-hello-from-python"])
+      assert.not_equal(pid, tonumber(res.headers["x-python-pid"]))
+      -- it waited (no error counted, nothing skipped) and the reset was nginx's one line
+      st = assert(h:eval_json [[return require("kong.runloop.plugin_servers").status()]])
+      assert.equal(1, st[1].restarts)
+      assert.same({ connect = 0, timeout = 0, protocol = 0, no_instance = 0 }, st[1].counters.errors)
+      assert.equal(0, st[1].counters.fail_open)
+      assert.equal(0, h:count_log("failed in access"))
+    end)
+  end)
+
   describe("with a server that is down", function()
     it("fail_open skips the plugin, logs why and counts it", function()
       local settings = settings_for(prefix, { "py-hello" }, timings("py_hello", {

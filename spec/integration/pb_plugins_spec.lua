@@ -154,6 +154,22 @@ describe("Protobuf plugins (go-pdk)", function()
     assert.equal("Go says Kong! to " .. HOST, res.headers["x-hello-from-go"])
   end)
 
+  it("runs a request whose connect reached the server as it was killed on the restarted server", function()
+    -- Stopped, the server leaves the request's connection in its listen queue;
+    -- SIGKILL resets it unread. The event never ran: it waits for the restart.
+    start { "go-hello" }
+    local pid = assert(tonumber(status_of(h, "go-hello").pid))
+    assert(procs.kill(pid, "STOP"))
+    os.execute("(sleep 0.3; kill -KILL " .. pid .. ") >/dev/null 2>&1 &")
+    local res = assert(h:request { path = "/", headers = { host = HOST } })
+    assert.equal(200, res.status, "body: " .. tostring(res.body) .. "\n" .. (h:error_log() or ""):sub(-3000))
+    assert.equal("Go says Kong! to " .. HOST, res.headers["x-hello-from-go"])
+    local s = status_of(h, "go-hello")
+    assert.equal(1, s.restarts)
+    assert.same({ connect = 0, timeout = 0, protocol = 0, no_instance = 0 }, s.counters.errors)
+    assert.equal(0, h:count_log("failed in access"))
+  end)
+
   it("refuses a frame longer than max_message_size", function()
     start({ "go-hello" }, { ["go-hello"] = { max_message_size = "200" } })
     local res = assert(h:request { path = "/", headers = { host = string.rep("h", 300) } })

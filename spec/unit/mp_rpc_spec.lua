@@ -183,6 +183,66 @@ describe("mp_rpc", function()
     assert.equal(3, #log_of)
   end)
 
+  it("retries a fresh connection reset before any reply byte on the restarted server", function()
+    -- A managed server killed just before this request: the connect reached its
+    -- listening socket, then the dying process reset the connection unread.
+    local state = require "kong.runloop.plugin_servers.state"
+    local data = {}
+    ngx.shared.kong_plugin_servers = {
+      get = function(_, k) return data[k] end,
+      set = function(_, k, v) data[k] = v return true end,
+    }
+    local sleeps, next_pid = 0, 9
+    ngx.sleep = function()
+      sleeps = sleeps + 1
+      state.set("srv", { state = "ready", pid = next_pid })
+    end
+    finally(function()
+      ngx.shared.kong_plugin_servers = nil
+      ngx.sleep = function() end
+    end)
+    local managed = setmetatable({ start_command = "/bin/srv" }, { __index = def })
+    state.set("srv", { state = "ready", pid = 7 })
+    local rpc = mp_rpc.new(managed, "vhello")
+    sockets = {
+      fake({ { reply = "", read_error = "connection reset by peer" } }, 0),
+      fake({}, 0),
+    }
+    local id, err, cause = rpc:start_instance("{}")
+    -- the retry waited for the supervisor's new pid instead of failing the request
+    assert.is_nil(id)
+    assert.equal("restarted", cause)
+    assert.matches("pid 7 -> 9", err, 1, true)
+    assert.is_true(sleeps >= 1)
+    assert.equal(2, #log_of)
+    assert.is_true(log_of[1].closed)
+    assert.matches(":7:", log_of[1].pool, 1, true)
+    assert.matches(":9:", log_of[2].pool, 1, true)
+    -- the new connection was not used for the stale instance: it went to the pool
+    assert.same({}, log_of[2].sent)
+    assert.is_true(log_of[2].kept)
+    -- a clean close of a fresh connection is not retried: the server may have run it
+    state.set("srv", { state = "ready", pid = 10 })
+    sockets = { fake({ { reply = "", read_error = "closed" } }, 0) }
+    _, err, cause = rpc:start_instance("{}")
+    assert.equal("connect", cause)
+    assert.equal("plugin server srv closed the connection", err)
+    assert.equal(3, #log_of)
+    -- a dead pooled connection, then a connect into the dying server: still waits
+    state.set("srv", { state = "ready", pid = 11 })
+    next_pid = 12
+    sockets = {
+      fake({ { reply = "", read_error = "closed" } }, 2),
+      fake({ { send_error = "broken pipe" } }, 0),
+      fake({}, 0),
+    }
+    _, err, cause = rpc:start_instance("{}")
+    assert.equal("restarted", cause)
+    assert.matches("pid 11 -> 12", err, 1, true)
+    assert.equal(6, #log_of)
+    assert.matches(":12:", log_of[6].pool, 1, true)
+  end)
+
   it("answers a PDK failure with StepError and an unencodable result with StepError too", function()
     local rpc = mp_rpc.new(def, "vhello")
     local function response(id, result)

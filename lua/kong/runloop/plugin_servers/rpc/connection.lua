@@ -17,6 +17,9 @@ local errmsg = lib.errmsg
 local tostring = tostring
 
 local FREE_STREAMS = 16
+-- A dead pooled connection, then a connect that reached the dying server, then
+-- the restarted server.
+local MAX_ATTEMPTS = 3
 
 local _M = {}
 
@@ -79,19 +82,27 @@ function _M.finish(self, c)
 end
 
 -- Runs `build(self, c, buf, len, a, b)` (which builds the first request into the
--- protocol's output buffer) and its round trip on a connection; retries once on a
--- fresh connection when a pooled one fails before any reply byte. Returns c, ev or
--- nil, err, cause, before_reply. Builders are module-level functions taking their
--- arguments, not closures: creating a closure per event (bytecode FNEW) is NYI in
--- LuaJIT's JIT and aborted the trace of every event.
+-- protocol's output buffer) and its round trip on a connection. Retries on a fresh
+-- connection (at most MAX_ATTEMPTS in all) when before any reply byte
+--   * a pooled connection failed (the server may have restarted since), or
+--   * the server reset the connection or broke the pipe (c.peer_died): it died
+--     without reading the whole request, so the event never ran. This is a request
+--     racing a SIGKILL: the connect reached the listening socket of a process being
+--     torn down. Its pid is marked (socket.peer_failed), so the retry waits for the
+--     supervisor's restart and comes back as "restarted" (plugin.lua re-creates the
+--     instance and runs the event again). A clean close is not retried: the server
+--     may have run the event.
+-- Returns c, ev or nil, err, cause, before_reply. Builders are module-level
+-- functions taking their arguments, not closures: creating a closure per event
+-- (bytecode FNEW) is NYI in LuaJIT's JIT and aborted the trace of every event.
 function _M.first_exchange(self, build, a, b)
   local roundtrip = self.engine.roundtrip
-  for attempt = 1, 2 do
+  for attempt = 1, MAX_ATTEMPTS do
     local sock, reused_or_err, cause = socket.connect(self.def)
     if not sock then
       return nil, reused_or_err, cause
     end
-    local c = { sock = sock, st = checkout(self), got_reply = false }
+    local c = { sock = sock, st = checkout(self), got_reply = false, peer_died = false }
     local buf, len = errbuf()
     if build(self, c, buf, len, a, b) ~= 0 then
       local msg = errmsg()
@@ -103,7 +114,8 @@ function _M.first_exchange(self, build, a, b)
       return c, ev
     end
     _M.close(self, c)
-    if not (reused_or_err and before and attempt == 1) then
+    local retry = not c.got_reply and (c.peer_died or attempt == 1 and reused_or_err and before)
+    if not retry or attempt == MAX_ATTEMPTS then
       return nil, err, ecause, before
     end
     socket.discard_pool(self.def)

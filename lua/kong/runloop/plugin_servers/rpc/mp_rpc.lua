@@ -78,7 +78,7 @@ end
 local function roundtrip(self, c)
   local ok, err = c.sock:send(ffi_str(out[0], out_len[0]))
   if not ok then
-    socket.peer_failed(self.def, c.sock, err)
+    c.peer_died = socket.peer_failed(self.def, c.sock, err)
     return nil, "send to " .. self.def.name .. " failed: " .. tostring(err), socket.cause(err)
   end
   local st = c.st
@@ -96,7 +96,7 @@ local function roundtrip(self, c)
     else
       local data, rerr = c.sock:receiveany(READ_SIZE)
       if not data then
-        socket.peer_failed(self.def, c.sock, rerr)
+        c.peer_died = socket.peer_failed(self.def, c.sock, rerr)
         if rerr == "closed" then
           return nil, "plugin server " .. self.def.name .. " closed the connection", "connect"
         end

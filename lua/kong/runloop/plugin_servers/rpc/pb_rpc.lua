@@ -75,7 +75,7 @@ end
 local function roundtrip(self, c)
   local ok, err = c.sock:send(ffi_str(out[0], out_len[0]))
   if not ok then
-    socket.peer_failed(self.def, c.sock, err)
+    c.peer_died = socket.peer_failed(self.def, c.sock, err)
     return nil, "send to " .. self.def.name .. " failed: " .. tostring(err), socket.cause(err), not c.got_reply and "send"
   end
   local st = c.st
@@ -90,7 +90,7 @@ local function roundtrip(self, c)
     end
     local data, rerr = c.sock:receiveany(READ_SIZE)
     if not data then
-      socket.peer_failed(self.def, c.sock, rerr)
+      c.peer_died = socket.peer_failed(self.def, c.sock, rerr)
       if rerr == "closed" then
         buf, len = errbuf()
         local before = C.kps_pb_stream_closed(st.stream, buf, len) == CLOSED_BEFORE_REPLY

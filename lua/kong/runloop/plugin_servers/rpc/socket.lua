@@ -192,9 +192,10 @@ function _M.connect(def)
     return connect_polling(def)
   end
   -- the pid this request's caller knows as ready (nil: none)
-  local entry_pid = entry.state == "ready" and not state.is_refused(def.name, entry.pid) and entry.pid or nil
-  if not entry_pid then
-    return connect_waiting(def, nil, nil)
+  local entry_pid = entry.state == "ready" and entry.pid or nil
+  if not entry_pid or state.is_refused(def.name, entry_pid) then
+    -- not ready, or a request saw it die: wait for the supervisor
+    return connect_waiting(def, entry_pid, nil)
   end
   local sock, err, refused = connect_pid(def, entry_pid)
   if sock then
@@ -209,15 +210,18 @@ end
 -- A send or read on `sock` failed with `err`. A reset or a broken pipe means the
 -- server process died (SIGKILL, crash): its pid is marked like a refused connect,
 -- so that other requests wait for the supervisor's restart instead of connecting
--- to the dying process (each failure is an error line of nginx's own).
+-- to the dying process (each failure is an error line of nginx's own). Returns
+-- true when it marked the pid.
 function _M.peer_failed(def, sock, err)
   local pid = pid_of[sock]
   if pid and state and def.start_command then
     err = lower(tostring(err))
     if find(err, "reset by peer", 1, true) or find(err, "broken pipe", 1, true) then
       state.refused(def.name, pid)
+      return true
     end
   end
+  return false
 end
 
 -- Back to the pool after a clean finish.
