@@ -16,6 +16,7 @@
 package.path = "./?.lua;./lua/?.lua;./lua/?/init.lua;" .. package.path
 
 local nginx = require "spec.helpers.nginx"
+local procs = require "spec.helpers.procs"
 local fixtures = require "spec.helpers.fixtures"
 
 local ffi = require "ffi"
@@ -40,15 +41,7 @@ local VERBOSE = os.getenv("PROBE_VERBOSE") == "1"
 -- Column of each plugin's header in the timing log.
 local HEADER_COLUMN = { ["go-hello"] = 1, ["py-hello"] = 2, ["js-hello"] = 3 }
 
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then
-    return nil
-  end
-  local data = f:read("*a")
-  f:close()
-  return data
-end
+local read = procs.read_file
 
 local function split(text)
   local out = {}

@@ -199,17 +199,11 @@ end
 -- Processes reparented to init whose command line names this prefix: orphans.
 local function orphans(prefix, master)
   local out = {}
-  local p = io.popen("ls /proc")
-  for entry in p:lines() do
-    local pid = tonumber(entry)
-    if pid and procs.alive(pid) then
-      local ppid = procs.stat(pid)
-      if ppid == 1 and pid ~= master and (procs.cmdline(pid) or ""):find(prefix, 1, true) then
-        out[#out + 1] = pid
-      end
+  for _, pid in ipairs(procs.with_cmdline(prefix)) do
+    if pid ~= master and procs.stat(pid) == 1 then
+      out[#out + 1] = pid
     end
   end
-  p:close()
   return out
 end
 

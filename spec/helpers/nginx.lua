@@ -35,21 +35,9 @@ local function sh(cmd)
   return ok == true or ok == 0, code
 end
 
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then
-    return nil
-  end
-  local data = f:read("*a")
-  f:close()
-  return data
-end
+local read = procs.read_file
 
-local function write(path, data)
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
-end
+local write = procs.write_file
 
 function _M.sleep(s)
   socket.sleep(s)

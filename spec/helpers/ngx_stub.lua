@@ -23,6 +23,28 @@ function _M.new()
   return ngx
 end
 
+-- A shared dict stand-in with what the shim uses (get, set, add, incr, delete;
+-- ttls are ignored). `data` holds its keys.
+function _M.fake_dict()
+  local data = {}
+  local d = { data = data }
+  function d:get(k) return data[k] end
+  function d:set(k, v) data[k] = v return true end
+  function d:add(k, v)
+    if data[k] ~= nil then return false, "exists" end
+    data[k] = v
+    return true
+  end
+  function d:incr(k, n, init)
+    local v = data[k] or init
+    if v == nil then return nil, "not found" end
+    data[k] = v + n
+    return data[k]
+  end
+  function d:delete(k) data[k] = nil end
+  return d
+end
+
 -- Makes `ngx.timer.at` record each timer in `timers` ({ delay, fn, args }) instead
 -- of running it, so that a spec fires them when it chooses.
 function _M.capture_timers(ngx, timers)

@@ -1,8 +1,9 @@
 -- Process helpers for specs (Linux /proc): liveness, parent links, descendants,
--- open file descriptors. Only ever signals PIDs that a spec started or that
--- descend from one.
+-- open file descriptors; and the file helpers they and the specs share. Only ever
+-- signals PIDs that a spec started or that descend from one.
 local _M = {}
 
+-- The whole file at `path`, or nil when it cannot be opened.
 local function read(path)
   local f = io.open(path, "rb")
   if not f then
@@ -11,6 +12,19 @@ local function read(path)
   local data = f:read("*a")
   f:close()
   return data
+end
+_M.read_file = read
+
+function _M.write_file(path, data)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+end
+
+-- Whether a unix socket is at `path` (io.open cannot open one: ask test(1)).
+function _M.is_socket(path)
+  local ok = os.execute("test -S '" .. path .. "'")
+  return ok == true or ok == 0
 end
 
 -- Returns ppid, state and command name of pid, or nil when it is gone.
@@ -43,6 +57,17 @@ local function all_pids()
   end
   p:close()
   return list
+end
+
+-- Live processes whose command line contains `text` (e.g. a spec's prefix).
+function _M.with_cmdline(text)
+  local out = {}
+  for _, pid in ipairs(all_pids()) do
+    if _M.alive(pid) and (_M.cmdline(pid) or ""):find(text, 1, true) then
+      out[#out + 1] = pid
+    end
+  end
+  return out
 end
 
 -- Every live descendant of pid (children, grandchildren, ...).

@@ -12,15 +12,7 @@ local procs = require "spec.helpers.procs"
 local ROOT = nginx.root
 local PY = ROOT .. "/build/venv/bin/python3"
 
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then
-    return nil
-  end
-  local text = f:read("*a")
-  f:close()
-  return text
-end
+local read = procs.read_file
 
 -- Per protocol: the stand-in server and the texts that differ.
 local PROTOCOLS = {
@@ -45,11 +37,6 @@ local K = "pluginserver_fault_"
 local READ_TIMEOUT = 500
 local READY_TIMEOUT = 600
 local MAX_MESSAGE = 65536
-
-local function exists(path)
-  local ok = os.execute("test -e '" .. path .. "'")
-  return ok == true or ok == 0
-end
 
 local function settings(prefix, opts)
   opts = opts or {}
@@ -150,19 +137,7 @@ local function failure_line(cause)
   return "%[pluginserver%] .-plugin fault failed in access %(" .. cause .. "%): "
 end
 
--- Live processes whose command line contains text.
-local function processes_with(text)
-  local out = {}
-  local p = io.popen("ls /proc")
-  for name in p:lines() do
-    local pid = tonumber(name)
-    if pid and procs.alive(pid) and (procs.cmdline(pid) or ""):find(text, 1, true) then
-      out[#out + 1] = pid
-    end
-  end
-  p:close()
-  return out
-end
+local processes_with = procs.with_cmdline
 
 local function wait_new_pid(h, old)
   return nginx.wait_until(function()

@@ -40,17 +40,8 @@ if __name__ == "__main__":
     start_dedicated_server("py-codec", Plugin, "0.1.0", 50, ({"sleep": {"type": "number"}},))
 ]]
 
-local function write(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
+local write = procs.write_file
 
--- io.open cannot open a unix socket: ask test(1).
-local function exists(path)
-  local ok = os.execute("test -e '" .. path .. "'")
-  return ok == true or ok == 0
-end
 
 -- Starts a server in the background (its parent stays this process: kong-pdk for
 -- Python exits when its parent pid becomes 1).
@@ -58,7 +49,7 @@ local function spawn(cmd, sock, logfile)
   os.remove(sock)
   local h = assert(io.popen("echo $$; exec " .. cmd .. " >>" .. logfile .. " 2>&1"))
   local pid = tonumber(h:read("*l"))
-  if not nginx.wait_until(function() return exists(sock) end, 10) then
+  if not nginx.wait_until(function() return procs.is_socket(sock) end, 10) then
     procs.kill(pid, "KILL")
     h:close()
     error("server did not listen: " .. cmd)

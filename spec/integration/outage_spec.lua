@@ -43,11 +43,7 @@ do
   end
 end
 
-local function write(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
+local write = procs.write_file
 
 local STATUS = [[return require("kong.runloop.plugin_servers").status()]]
 

@@ -14,12 +14,6 @@ for _, name in ipairs { "go-hello", "py-hello" } do
   end
 end
 
--- io.open cannot open a unix socket: ask test(1).
-local function is_socket(path)
-  local ok = os.execute("test -S '" .. path .. "'")
-  return ok == true or ok == 0
-end
-
 -- Small timings for a server (specs never wait for a default).
 local function timings(settings, name, extra)
   local k = "pluginserver_" .. name:gsub("-", "_")
@@ -191,7 +185,7 @@ describe("Protobuf plugins (go-pdk)", function()
       os.remove(sock)
       local p = assert(io.popen("echo $$; exec " .. start_cmd .. " >>" .. prefix .. "/logs/go.log 2>&1"))
       local pid = tonumber(p:read("*l"))
-      assert(nginx.wait_until(function() return is_socket(sock) end, 10))
+      assert(nginx.wait_until(function() return procs.is_socket(sock) end, 10))
       return { pid = pid, handle = p }
     end
     local server = spawn()
@@ -219,9 +213,7 @@ describe("Protobuf plugins (go-pdk)", function()
       -- the connection before it writes that line: wait for it)
       local text
       nginx.wait_until(function()
-        local f = assert(io.open(prefix .. "/logs/go.log"))
-        text = f:read("*a")
-        f:close()
+        text = procs.read_file(prefix .. "/logs/go.log") or ""
         return text:find("no plugin instance", 1, true)
       end, 5)
       assert.matches("no plugin instance", text, 1, true)

@@ -185,13 +185,7 @@ describe("real plugin servers go-hello + py-hello together", function()
     end, 5), "a plugin server outlived nginx")
     assert(nginx.wait_until(function() return #h:leftovers() == 0 end, 5))
     -- nothing was respawned either: no process names this prefix any more
-    local p = io.popen("ls /proc")
-    for entry in p:lines() do
-      local pid = tonumber(entry)
-      if pid and procs.alive(pid) then
-        assert.is_nil((procs.cmdline(pid) or ""):find(h.prefix, 1, true), "left: " .. tostring(procs.cmdline(pid)))
-      end
-    end
-    p:close()
+    local left = procs.with_cmdline(h.prefix)
+    assert.equal(0, #left, "left: " .. tostring(left[1] and procs.cmdline(left[1])))
   end)
 end)

@@ -47,19 +47,7 @@ local function settings(prefix, servers)
   return conf
 end
 
--- Live processes whose command line mentions text (e.g. a spec's prefix).
-local function processes_with(text)
-  local out = {}
-  local p = io.popen("ls /proc")
-  for name in p:lines() do
-    local pid = tonumber(name)
-    if pid and procs.alive(pid) and (procs.cmdline(pid) or ""):find(text, 1, true) then
-      out[#out + 1] = pid
-    end
-  end
-  p:close()
-  return out
-end
+local processes_with = procs.with_cmdline
 
 -- The worker that supervises: the parent of kps-helper.
 local function supervising_worker(h)

@@ -1,24 +1,6 @@
 -- counters.lua and log_limiter.lua over a fake shared dict.
 local stub = require "spec.helpers.ngx_stub"
-local function fake_dict()
-  local data = {}
-  local d = { data = data }
-  function d:get(k) return data[k] end
-  function d:set(k, v) data[k] = v return true end
-  function d:add(k, v)
-    if data[k] ~= nil then return false, "exists" end
-    data[k] = v
-    return true
-  end
-  function d:incr(k, n, init)
-    local v = data[k] or init
-    if v == nil then return nil, "not found" end
-    data[k] = v + n
-    return data[k]
-  end
-  function d:delete(k) data[k] = nil end
-  return d
-end
+local fake_dict = stub.fake_dict
 
 describe("counters and log limiter", function()
   local counters, limiter, timers, dict

@@ -2,6 +2,7 @@
 -- cosocket that replays the conversation recorded from kong-pdk 0.36
 -- (tests/vectors/msgpack.json) in small chunks.
 local cjson = require "cjson"
+local fake_cosocket = require "spec.helpers.fake_cosocket"
 
 local function unhex(s)
   return (s:gsub("..", function(h) return string.char(tonumber(h, 16)) end))
@@ -12,34 +13,11 @@ local VECTORS = cjson.decode(f:read("*a"))
 f:close()
 
 local sockets      -- fakes handed out by ngx.socket.tcp, in order
-local script       -- per connection: list of { expect = label or fn, reply = bytes }
 local log_of       -- what each fake saw
 
+-- Replies arrive 7 bytes at a time.
 local function fake(conn_script, reused)
-  local s = { sent = {}, closed = false, kept = false, chunks = {}, reused = reused or 0 }
-  function s:settimeouts(c, se, r) self.timeouts = { c, se, r } end
-  function s:connect(path, opts) self.path, self.pool = path, opts.pool return true end
-  function s:getreusedtimes() return self.reused end
-  function s:send(data)
-    self.sent[#self.sent + 1] = data
-    local turn = table.remove(conn_script, 1)
-    if not turn then return nil, "closed" end
-    if turn.send_error then return nil, turn.send_error end
-    local reply = turn.reply or ""
-    for i = 1, #reply, 7 do
-      self.chunks[#self.chunks + 1] = reply:sub(i, i + 6)
-    end
-    self.read_error = turn.read_error
-    return #data
-  end
-  function s:receiveany()
-    local c = table.remove(self.chunks, 1)
-    if c then return c end
-    return nil, self.read_error or "timeout"
-  end
-  function s:setkeepalive() self.kept = true return true end
-  function s:close() self.closed = true return true end
-  return s
+  return fake_cosocket.new(conn_script, reused, 7)
 end
 
 local conv = {}
@@ -187,11 +165,7 @@ describe("mp_rpc", function()
     -- A managed server killed just before this request: the connect reached its
     -- listening socket, then the dying process reset the connection unread.
     local state = require "kong.runloop.plugin_servers.state"
-    local data = {}
-    ngx.shared.kong_plugin_servers = {
-      get = function(_, k) return data[k] end,
-      set = function(_, k, v) data[k] = v return true end,
-    }
+    ngx.shared.kong_plugin_servers = require("spec.helpers.ngx_stub").fake_dict()
     local sleeps, next_pid = 0, 9
     ngx.sleep = function()
       sleeps = sleeps + 1

@@ -4,14 +4,7 @@
 -- while waiting is reported as "restarted".
 local stub = require "spec.helpers.ngx_stub"
 
-local function fake_dict()
-  local data = {}
-  return {
-    get = function(_, k) return data[k] end,
-    set = function(_, k, v) data[k] = v return true end,
-    data = data,
-  }
-end
+local fake_dict = stub.fake_dict
 
 local STATE = "kong.runloop.plugin_servers.state"
 local SOCKET = "kong.runloop.plugin_servers.rpc.socket"

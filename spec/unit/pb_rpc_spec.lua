@@ -2,6 +2,7 @@
 -- cosocket that replays the conversation recorded from a real go-hello (go-pdk
 -- v0.11.2, tests/vectors/protobuf_conversation.txt) in small chunks, plus the
 -- failure rules: lost instances, pooled connections, unknown methods, limits.
+local fake_cosocket = require "spec.helpers.fake_cosocket"
 
 local function unhex(s)
   return (s:gsub("..", function(h) return string.char(tonumber(h, 16)) end))
@@ -29,30 +30,9 @@ end
 
 local sockets, log_of
 
+-- Replies arrive 5 bytes at a time.
 local function fake(conn_script, reused)
-  local s = { sent = {}, closed = false, kept = false, chunks = {}, reused = reused or 0 }
-  function s:settimeouts(c, se, r) self.timeouts = { c, se, r } end
-  function s:connect(path, opts) self.path, self.pool = path, opts.pool return true end
-  function s:getreusedtimes() return self.reused end
-  function s:send(data)
-    self.sent[#self.sent + 1] = data
-    local turn = table.remove(conn_script, 1)
-    if not turn then return nil, "closed" end
-    local reply = turn.reply or ""
-    for i = 1, #reply, 5 do
-      self.chunks[#self.chunks + 1] = reply:sub(i, i + 4)
-    end
-    self.read_error = turn.read_error
-    return #data
-  end
-  function s:receiveany()
-    local c = table.remove(self.chunks, 1)
-    if c then return c end
-    return nil, self.read_error or "timeout"
-  end
-  function s:setkeepalive() self.kept = true return true end
-  function s:close() self.closed = true return true end
-  return s
+  return fake_cosocket.new(conn_script, reused, 5)
 end
 
 local function copy(list)

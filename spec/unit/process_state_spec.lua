@@ -1,15 +1,7 @@
 -- state.lua over a stand-in shared dict: ownership, status shapes, wait_ready.
 local stub = require "spec.helpers.ngx_stub"
 
--- A shared dict stand-in (get/set only, as state.lua uses it).
-local function fake_dict()
-  local data = {}
-  return {
-    get = function(_, k) return data[k] end,
-    set = function(_, k, v) data[k] = v return true end,
-    data = data,
-  }
-end
+local fake_dict = stub.fake_dict
 
 local function load_state(with_dict)
   local ngx = stub.new()

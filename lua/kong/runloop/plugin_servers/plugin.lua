@@ -257,6 +257,9 @@ local function hold_for_log_backlog(self, phase)
   pcall(q.sema.wait, q.sema, min(def.read_timeout or LOG_HOLD_MS, 2 * LOG_HOLD_MS) / 1000)
 end
 
+-- The failure handling below has a twin at the end of run_log_event. It stays
+-- inline here: moved into a shared function, its return aborted a JIT trace of
+-- every request ("NYI: return to lower frame", make jit-aborts).
 local function phase_handler(phase)
   return function(self, conf)
     hold_for_log_backlog(self, phase)

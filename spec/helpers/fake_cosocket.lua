@@ -1,0 +1,36 @@
+-- A scripted stand-in for one ngx.socket.tcp cosocket, for the RPC unit specs.
+-- `turns` is the connection's script, one entry per send: { reply = bytes,
+-- read_error = err after the reply, send_error = err instead of sending }. A send
+-- past the script fails with "closed". Replies are handed out `chunk` bytes at a
+-- time, so that the engines see partial messages. The fake records what it saw:
+-- sent, path, pool, timeouts, closed, kept.
+local _M = {}
+
+function _M.new(turns, reused, chunk)
+  local s = { sent = {}, closed = false, kept = false, chunks = {}, reused = reused or 0 }
+  function s:settimeouts(c, se, r) self.timeouts = { c, se, r } end
+  function s:connect(path, opts) self.path, self.pool = path, opts.pool return true end
+  function s:getreusedtimes() return self.reused end
+  function s:send(data)
+    self.sent[#self.sent + 1] = data
+    local turn = table.remove(turns, 1)
+    if not turn then return nil, "closed" end
+    if turn.send_error then return nil, turn.send_error end
+    local reply = turn.reply or ""
+    for i = 1, #reply, chunk do
+      self.chunks[#self.chunks + 1] = reply:sub(i, i + chunk - 1)
+    end
+    self.read_error = turn.read_error
+    return #data
+  end
+  function s:receiveany()
+    local c = table.remove(self.chunks, 1)
+    if c then return c end
+    return nil, self.read_error or "timeout"
+  end
+  function s:setkeepalive() self.kept = true return true end
+  function s:close() self.closed = true return true end
+  return s
+end
+
+return _M
