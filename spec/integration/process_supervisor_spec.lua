@@ -7,7 +7,6 @@ local cjson = require "cjson"
 
 local ROOT = nginx.root
 local SERVERS = ROOT .. "/fixtures/servers"
-local PATH = "/usr/local/bin:/usr/bin:/bin"
 local DUMP = SERVERS .. "/two_plugins_dump.sh"
 
 -- kong.conf-style settings for stand-in servers: name -> { start = cmd, ... }.

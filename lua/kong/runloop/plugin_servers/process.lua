@@ -17,7 +17,6 @@ local state = require "kong.runloop.plugin_servers.state"
 local ngx = ngx
 local log = ngx.log
 local ERR = ngx.ERR
-local WARN = ngx.WARN
 local NOTICE = ngx.NOTICE
 local type = type
 local pcall = pcall
