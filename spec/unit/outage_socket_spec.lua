@@ -113,6 +113,21 @@ describe("outage handling", function()
     assert.is_false(state.is_refused("py", 9))
   end)
 
+  it("a marked pid that accepts again once the mark expires is the same server, not a restart", function()
+    local dict
+    local st, socket, connects = setup(function() return true end, function()
+      dict.data["ps:refused:py"] = nil  -- the mark's ttl passed; the supervisor saw no exit
+    end)
+    dict = ngx.shared.kong_plugin_servers
+    st.set("py", { state = "ready", pid = 7 })
+    st.refused("py", 7)
+    local sock, reused_or_err, cause = socket.connect(DEF)
+    -- waited, then connected to the same pid: the caller's instance ids stay valid
+    assert.is_truthy(sock, reused_or_err)
+    assert.is_nil(cause)
+    assert.same({ "kps:/tmp/py.socket:7:0" }, connects)
+  end)
+
   it("gives up after ready_timeout with a message naming the server and its state", function()
     local st, socket, connects = setup(function() return nil, "connection refused" end)
     st.set("py", { state = "ready", pid = 7 })
