@@ -227,9 +227,9 @@ describe("outage of a supervised plugin server", function()
 
   it("holds at most LOG_CONNECTIONS log-event connections to one server at once per worker", function()
     start({}, { logger = { log_window = "1000" } })
-    local limit = h:eval_json [[return require("kong.runloop.plugin_servers.plugin").LOG_CONNECTIONS]]
+    local limit = h:eval_json [[return require("kong.runloop.plugin_servers.log_queue").LOG_CONNECTIONS]]
     assert.is_number(limit)
-    local backlog = h:eval_json [[return require("kong.runloop.plugin_servers.plugin").LOG_BACKLOG]]
+    local backlog = h:eval_json [[return require("kong.runloop.plugin_servers.log_queue").LOG_BACKLOG]]
     -- one log event: the logger holds its listener and one pooled connection
     assert.equal(200, get().status)
     assert(h:wait_log("py%-logger ran", 5))

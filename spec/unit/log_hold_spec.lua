@@ -1,4 +1,4 @@
--- plugin.lua's hold on requests while log events pile up: past LOG_HOLD queued log
+-- log_queue.lua's hold on requests while log events pile up: past LOG_HOLD queued log
 -- events of a server, a request-phase event of that server waits until the drain
 -- timers have brought the queue down to LOG_HOLD / 2, so that the server's work
 -- stays in a few connections; only when the drains are quick enough to do that
@@ -10,7 +10,7 @@ local fake_semaphore = require "spec.helpers.fake_semaphore"
 describe("requests held while log events pile up", function()
   local saved_ngx, saved_kong = _G.ngx, _G.kong
   local PRELOADED = { "ngx.semaphore", "kong.runloop.plugin_servers.state" }
-  local plugin, timers, ngx, server_state, clock
+  local plugin, log_queue, timers, ngx, server_state, clock
 
   local def = { name = "srv", socket = "/tmp/none.socket", connect_timeout = 10, send_timeout = 10,
                 read_timeout = 2500, max_message_size = 1000, log_window = 0, fail_open = false,
@@ -47,6 +47,7 @@ describe("requests held while log events pile up", function()
       wait_ready = function() return 42 end,
     }
     plugin = require "kong.runloop.plugin_servers.plugin"
+    log_queue = require "kong.runloop.plugin_servers.log_queue"
   end)
 
   local conf = { __plugin_id = "x", __seq__ = 1 }
@@ -106,7 +107,7 @@ describe("requests held while log events pile up", function()
   it("runs a request's event at once below LOG_HOLD queued log events", function()
     local p = new_plugin()
     warm(p, 2)
-    queue_logs(p, plugin.LOG_HOLD - 1)
+    queue_logs(p, log_queue.LOG_HOLD - 1)
     local request = start_request(p)
     assert.equal("dead", coroutine.status(request))
     assert.same({ "access" }, p.ran)
@@ -116,8 +117,8 @@ describe("requests held while log events pile up", function()
     local semas = package.loaded["ngx.semaphore"].created
     local p = new_plugin()
     warm(p, 2)
-    queue_logs(p, plugin.LOG_HOLD)
-    assert.is_true(plugin.LOG_HOLD < plugin.LOG_BACKLOG, "the hold comes before extra drain timers")
+    queue_logs(p, log_queue.LOG_HOLD)
+    assert.is_true(log_queue.LOG_HOLD < log_queue.LOG_BACKLOG, "the hold comes before extra drain timers")
     local request, why = start_request(p)
     assert.equal("waiting", why)
     assert.equal(0, count(p.ran, "access"))
@@ -127,8 +128,8 @@ describe("requests held while log events pile up", function()
     -- one drain timer takes the queued events one at a time
     local drain = coroutine.create(timers[1].fn)
     assert(coroutine.resume(drain, false, unpack(timers[1].args)))
-    local queued = plugin.LOG_HOLD - 1 -- it took the first one
-    while queued > plugin.LOG_HOLD / 2 do
+    local queued = log_queue.LOG_HOLD - 1 -- it took the first one
+    while queued > log_queue.LOG_HOLD / 2 do
       -- still above half: the request stays held
       assert.equal(0, #sema.runnable)
       assert(coroutine.resume(drain)) -- ends one event, takes the next
@@ -147,9 +148,9 @@ describe("requests held while log events pile up", function()
     local semas = package.loaded["ngx.semaphore"].created
     local p = new_plugin()
     warm(p, 2)
-    queue_logs(p, plugin.LOG_HOLD)
+    queue_logs(p, log_queue.LOG_HOLD)
     local request = start_request(p)
-    assert.same({ 2 * plugin.LOG_HOLD_MS / 1000 }, semas[1].timeouts)
+    assert.same({ 2 * log_queue.LOG_HOLD_MS / 1000 }, semas[1].timeouts)
     -- the wait timed out (nil, "timeout"): the event runs anyway
     assert(coroutine.resume(request, nil, "timeout"))
     assert.equal("dead", coroutine.status(request))
@@ -160,18 +161,18 @@ describe("requests held while log events pile up", function()
     local p = new_plugin()
     -- log events of 100 ms: two drains need 200 ms to take four events
     warm(p, 100)
-    queue_logs(p, plugin.LOG_HOLD)
+    queue_logs(p, log_queue.LOG_HOLD)
     local request = start_request(p)
     assert.equal("dead", coroutine.status(request))
     assert.equal(1, count(p.ran, "access"))
     -- the queue keeps growing: past the backlog it gets more drain timers
-    queue_logs(p, plugin.LOG_BACKLOG + plugin.LOG_CONNECTIONS)
-    assert.is_true(#timers > plugin.LOG_CONNECTIONS)
+    queue_logs(p, log_queue.LOG_BACKLOG + log_queue.LOG_CONNECTIONS)
+    assert.is_true(#timers > log_queue.LOG_CONNECTIONS)
   end)
 
   it("does not hold before any log event of the server has ended (nothing to go by)", function()
     local p = new_plugin()
-    queue_logs(p, plugin.LOG_HOLD)
+    queue_logs(p, log_queue.LOG_HOLD)
     local request = start_request(p)
     assert.equal("dead", coroutine.status(request))
   end)
@@ -179,7 +180,7 @@ describe("requests held while log events pile up", function()
   it("does not hold a request while its server is down (only the wait for readiness applies)", function()
     local p = new_plugin()
     warm(p, 2)
-    queue_logs(p, plugin.LOG_HOLD + 4)
+    queue_logs(p, log_queue.LOG_HOLD + 4)
     server_state = "restarting"
     local request = start_request(p)
     assert.equal("dead", coroutine.status(request))
@@ -188,7 +189,7 @@ describe("requests held while log events pile up", function()
 
   it("does not hold log events themselves", function()
     local p = new_plugin()
-    for _ = 1, plugin.LOG_HOLD + 4 do
+    for _ = 1, log_queue.LOG_HOLD + 4 do
       local co = coroutine.create(p.log)
       assert(coroutine.resume(co, p, conf))
       assert.equal("dead", coroutine.status(co))

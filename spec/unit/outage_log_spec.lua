@@ -1,4 +1,4 @@
--- plugin.lua's log phase: at most 128 log events queued or running per worker (the
+-- log_queue.lua (the log phase of plugin objects): at most 128 log events queued or running per worker (the
 -- rest fail at once, logged and counted), and at most LOG_CONNECTIONS of one
 -- server's log events holding a connection at once per worker (a few drain timers
 -- per server, not one timer per event), so that few connections are in use when a
@@ -7,7 +7,7 @@ local stub = require "spec.helpers.ngx_stub"
 
 describe("log events in flight", function()
   local saved_ngx, saved_kong = _G.ngx, _G.kong
-  local plugin, timers, ngx
+  local plugin, log_queue, timers, ngx
 
   local def = { name = "srv", socket = "/tmp/none.socket", connect_timeout = 10, send_timeout = 10,
                 read_timeout = 10, max_message_size = 1000, log_window = 0, fail_open = false }
@@ -24,6 +24,7 @@ describe("log events in flight", function()
     _G.kong = { log = { serialize = function() return {} end }, ctx = { shared = {} } }
     stub.unload_shim()
     plugin = require "kong.runloop.plugin_servers.plugin"
+    log_queue = require "kong.runloop.plugin_servers.log_queue"
   end)
 
   teardown(function()
@@ -56,9 +57,11 @@ describe("log events in flight", function()
   before_each(function()
     for i = #timers, 1, -1 do timers[i] = nil end
     for i = #ngx.logs, 1, -1 do ngx.logs[i] = nil end
-    -- a fresh module: its queues and counts are per worker (module state)
+    -- fresh modules: the queues and counts are per worker (module state)
     package.loaded["kong.runloop.plugin_servers.plugin"] = nil
+    package.loaded["kong.runloop.plugin_servers.log_queue"] = nil
     plugin = require "kong.runloop.plugin_servers.plugin"
+    log_queue = require "kong.runloop.plugin_servers.log_queue"
   end)
 
   it("queues at most 128 per worker and fails the others at once with a logged error", function()
@@ -70,7 +73,7 @@ describe("log events in flight", function()
       p:log(conf)
     end
     -- drain timers, not one timer per event
-    assert.equal(plugin.MAX_LOG_CONNECTIONS, #timers)
+    assert.equal(log_queue.MAX_LOG_CONNECTIONS, #timers)
     assert.equal(2, count_logs("plugin p failed in log (timeout): 128 log events already in flight"))
     -- a drain timer runs every queued event in turn; places free up
     fire(table.remove(timers, 1))
@@ -95,11 +98,11 @@ describe("log events in flight", function()
     end
     local conf = { __plugin_id = "x", __seq__ = 1 }
     -- as many as fit under the backlog that would add drain timers
-    local n = plugin.LOG_CONNECTIONS + plugin.LOG_BACKLOG - 1
+    local n = log_queue.LOG_CONNECTIONS + log_queue.LOG_BACKLOG - 1
     for _ = 1, n do
       p:log(conf)
     end
-    assert.equal(plugin.LOG_CONNECTIONS, #timers)
+    assert.equal(log_queue.LOG_CONNECTIONS, #timers)
     local cos = {}
     for _, t in ipairs(timers) do
       cos[#cos + 1] = fire(t)
@@ -117,8 +120,8 @@ describe("log events in flight", function()
       guard = guard + 1
     until not alive or guard > 100
     assert.equal(n, ran)
-    assert.equal(plugin.LOG_CONNECTIONS, max_active)
-    assert.is_true(plugin.LOG_CONNECTIONS >= 1 and plugin.LOG_CONNECTIONS <= 4)
+    assert.equal(log_queue.LOG_CONNECTIONS, max_active)
+    assert.is_true(log_queue.LOG_CONNECTIONS >= 1 and log_queue.LOG_CONNECTIONS <= 4)
     -- the timers are done: the next event starts a new one
     for i = #timers, 1, -1 do timers[i] = nil end
     p:log(conf)
@@ -133,8 +136,8 @@ describe("log events in flight", function()
     local p = new_plugin()
     p.run_event = function() return true end
     local conf = { __plugin_id = "x", __seq__ = 1 }
-    local base = plugin.LOG_CONNECTIONS
-    for _ = 1, base + plugin.LOG_BACKLOG - 1 do
+    local base = log_queue.LOG_CONNECTIONS
+    for _ = 1, base + log_queue.LOG_BACKLOG - 1 do
       p:log(conf)
     end
     assert.equal(base, #timers)
@@ -144,8 +147,8 @@ describe("log events in flight", function()
     for _ = 1, 100 do
       p:log(conf)
     end
-    assert.equal(plugin.MAX_LOG_CONNECTIONS, #timers)
-    assert.is_true(plugin.MAX_LOG_CONNECTIONS < plugin.MAX_LOG_EVENTS)
+    assert.equal(log_queue.MAX_LOG_CONNECTIONS, #timers)
+    assert.is_true(log_queue.MAX_LOG_CONNECTIONS < log_queue.MAX_LOG_EVENTS)
   end)
 
   it("limits per server: another server's log events get their own drain timers", function()
@@ -158,7 +161,7 @@ describe("log events in flight", function()
       a:log(conf)
       b:log(conf)
     end
-    assert.equal(2 * plugin.LOG_CONNECTIONS, #timers)
+    assert.equal(2 * log_queue.LOG_CONNECTIONS, #timers)
     for _, t in ipairs(timers) do
       fire(t)
     end
@@ -170,6 +173,7 @@ describe("log events in flight", function()
     local saved_now = ngx.now
     ngx.now = function() return clock end
     package.loaded["kong.runloop.plugin_servers.plugin"] = nil
+    package.loaded["kong.runloop.plugin_servers.log_queue"] = nil -- caches ngx.now
     local ok, fresh = pcall(require, "kong.runloop.plugin_servers.plugin")
     ngx.now = saved_now
     assert(ok, fresh)
