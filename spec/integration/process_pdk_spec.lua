@@ -6,24 +6,6 @@ local procs = require "spec.helpers.procs"
 local fixtures = require "spec.helpers.fixtures"
 
 -- Small timings for every server (specs never wait for a default).
--- SIGKILL of the whole nginx, master first: a master that outlives its workers
--- even briefly respawns them (and a new worker 0 would start new servers).
-local function kill9(h)
-  h:remember_descendants()
-  local master = assert(h:master_pid())
-  local workers = h:worker_pids()
-  assert(procs.kill(master, "KILL"))
-  assert(nginx.wait_until(function() return not procs.alive(master) end, 5))
-  for _, pid in ipairs(workers) do
-    procs.kill(pid, "KILL")
-  end
-  return nginx.wait_until(function()
-    for _, pid in ipairs(workers) do
-      if procs.alive(pid) then return false end
-    end
-    return true
-  end, 5)
-end
 
 local function settings(names, prefix)
   local conf = fixtures.settings(names, prefix)
@@ -176,7 +158,7 @@ describe("real plugin servers go-hello + py-hello together", function()
     for _, name in ipairs({ "go-hello", "py-hello", "js-hello" }) do
       pids[#pids + 1] = assert(wait_ready(h, name)).pid
     end
-    assert(kill9(h))
+    assert(h:kill9())
     assert(nginx.wait_until(function()
       for _, pid in ipairs(pids) do
         if procs.alive(pid) then return false end

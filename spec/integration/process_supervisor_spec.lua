@@ -10,24 +10,6 @@ local SERVERS = ROOT .. "/fixtures/servers"
 local DUMP = SERVERS .. "/two_plugins_dump.sh"
 
 -- kong.conf-style settings for stand-in servers: name -> { start = cmd, ... }.
--- SIGKILL of the whole nginx, master first: a master that outlives its workers
--- even briefly respawns them (and a new worker 0 would start new servers).
-local function kill9(h)
-  h:remember_descendants()
-  local master = assert(h:master_pid())
-  local workers = h:worker_pids()
-  assert(procs.kill(master, "KILL"))
-  assert(nginx.wait_until(function() return not procs.alive(master) end, 5))
-  for _, pid in ipairs(workers) do
-    procs.kill(pid, "KILL")
-  end
-  return nginx.wait_until(function()
-    for _, pid in ipairs(workers) do
-      if procs.alive(pid) then return false end
-    end
-    return true
-  end, 5)
-end
 
 local function settings(prefix, servers)
   local conf = { prefix = prefix, pluginserver_names = {} }
@@ -190,7 +172,7 @@ describe("plugin server supervisor (stand-in servers)", function()
     local a = assert(wait_state(h, "lsn", "ready"))
     local line = assert(h:wait_log("%[stubborn:%d+%] ignore_term: running", 5))
     local b = tonumber(line:match("%[stubborn:(%d+)%]"))
-    assert(kill9(h))
+    assert(h:kill9())
     assert(nginx.wait_until(function()
       return not procs.alive(a.pid) and not procs.alive(b)
     end, 5), "plugin servers outlived nginx")

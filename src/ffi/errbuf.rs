@@ -9,8 +9,6 @@ pub const KPS_ERR_FAILED: i32 = -1;
 pub const KPS_ERR_ARGS: i32 = -2;
 /// A panic was caught at the boundary (a bug in this library).
 pub const KPS_ERR_PANIC: i32 = -3;
-/// An output did not fit the caller's buffer.
-pub const KPS_ERR_BUF_TOO_SMALL: i32 = -4;
 
 /// Copies `msg` into `errbuf` (truncated to its capacity) and stores the length written.
 ///

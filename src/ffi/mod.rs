@@ -12,7 +12,7 @@ mod library;
 #[cfg(feature = "module")]
 pub(crate) use errbuf::install_quiet_panic_hook;
 pub use errbuf::{
-    KPS_ERR_ARGS, KPS_ERR_BUF_TOO_SMALL, KPS_ERR_FAILED, KPS_ERR_PANIC, guard, write_error,
+    KPS_ERR_ARGS, KPS_ERR_FAILED, KPS_ERR_PANIC, guard, write_error,
 };
 
 // One file per object or area; each owned by its issue.

@@ -304,45 +304,6 @@ pub unsafe extern "C" fn kps_pb_stream_close_instance(
     }
 }
 
-/// Builds `RpcCall{cmd_get_instance_status{instance_id}}` and points `out` at it.
-///
-/// # Errors
-/// As `kps_pb_stream_start_instance`.
-///
-/// # Panics
-/// Never across the boundary.
-///
-/// # Safety
-/// As `kps_pb_stream_start_instance`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_pb_stream_get_instance_status(
-    session: *mut kps_pb_session,
-    stream: *mut kps_pb_stream,
-    instance_id: i32,
-    out: *mut *const u8,
-    out_len: *mut usize,
-    errbuf: *mut u8,
-    errbuf_len: *mut usize,
-) -> i32 {
-    let ok = !session.is_null() && !stream.is_null() && !out.is_null() && !out_len.is_null();
-    // SAFETY: pointers checked non-null by `call`, valid per the contract.
-    unsafe {
-        call(
-            "kps_pb_stream_get_instance_status",
-            ok,
-            errbuf,
-            errbuf_len,
-            || {
-                let bytes = (*stream)
-                    .0
-                    .get_instance_status(&mut (*session).0, instance_id)?;
-                set_out(bytes, out, out_len);
-                Ok(())
-            },
-        )
-    }
-}
-
 /// Builds `RpcCall{cmd_handle_event{instance_id, event_name}}` and points `out`
 /// at it; the stream then expects PDK calls and the end of the event.
 ///

@@ -30,9 +30,6 @@ static const int KPS_ERR_ARGS = -2;
 // A panic was caught at the boundary (a bug in this library).
 static const int KPS_ERR_PANIC = -3;
 
-// An output did not fit the caller's buffer.
-static const int KPS_ERR_BUF_TOO_SMALL = -4;
-
 // `kps_mp_event.kind`: more bytes are needed.
 static const int KPS_MP_NONE = 0;
 
@@ -562,24 +559,6 @@ int32_t kps_pb_stream_close_instance(kps_pb_session *session,
                                      size_t *out_len,
                                      uint8_t *errbuf,
                                      size_t *errbuf_len);
-
-// Builds `RpcCall{cmd_get_instance_status{instance_id}}` and points `out` at it.
-//
-// # Errors
-// As `kps_pb_stream_start_instance`.
-//
-// # Panics
-// Never across the boundary.
-//
-// # Safety
-// As `kps_pb_stream_start_instance`.
-int32_t kps_pb_stream_get_instance_status(kps_pb_session *session,
-                                          kps_pb_stream *stream,
-                                          int32_t instance_id,
-                                          const uint8_t **out,
-                                          size_t *out_len,
-                                          uint8_t *errbuf,
-                                          size_t *errbuf_len);
 
 // Builds `RpcCall{cmd_handle_event{instance_id, event_name}}` and points `out`
 // at it; the stream then expects PDK calls and the end of the event.
