@@ -15,7 +15,8 @@ use super::errbuf::{KPS_ERR_ARGS, guard, write_error};
 use crate::config::{self, Options, Settings, Value};
 
 /// Owns the output of the last `kps_config_parse` made with it.
-pub struct KpsConfig {
+#[allow(non_camel_case_types)]
+pub struct kps_config {
     out: Vec<u8>,
 }
 
@@ -138,8 +139,8 @@ pub extern "C" fn kps_config_setting_names() -> *const std::ffi::c_char {
 /// # Safety
 /// None: the returned pointer is owned by the caller until `kps_config_free`.
 #[unsafe(no_mangle)]
-pub extern "C" fn kps_config_new() -> *mut KpsConfig {
-    Box::into_raw(Box::new(KpsConfig { out: Vec::new() }))
+pub extern "C" fn kps_config_new() -> *mut kps_config {
+    Box::into_raw(Box::new(kps_config { out: Vec::new() }))
 }
 
 /// Releases a handle made by `kps_config_new`; null is ignored.
@@ -154,7 +155,7 @@ pub extern "C" fn kps_config_new() -> *mut KpsConfig {
 /// `config` must be null or a pointer from `kps_config_new` not yet freed; output
 /// borrowed from it becomes invalid.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_config_free(config: *mut KpsConfig) {
+pub unsafe extern "C" fn kps_config_free(config: *mut kps_config) {
     // SAFETY: per the contract, NULL or a live handle, freed once.
     unsafe { super::handle::free_handle(config) }
 }
@@ -178,7 +179,7 @@ pub unsafe extern "C" fn kps_config_free(config: *mut KpsConfig) {
 /// writes. No other thread may use `config` during the call.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn kps_config_parse(
-    config: *mut KpsConfig,
+    config: *mut kps_config,
     input: *const u8,
     input_len: usize,
     out: *mut *const u8,
@@ -209,7 +210,7 @@ mod tests {
     use super::*;
     use crate::ffi::{KPS_ERR_ARGS, KPS_ERR_FAILED};
 
-    fn call(h: *mut KpsConfig, input: &str) -> (i32, String) {
+    fn call(h: *mut kps_config, input: &str) -> (i32, String) {
         let mut out: *const u8 = std::ptr::null();
         let mut out_len = 0usize;
         let mut err = [0u8; 256];

@@ -11,11 +11,9 @@ mod library;
 
 #[cfg(feature = "module")]
 pub(crate) use errbuf::install_quiet_panic_hook;
-pub use errbuf::{
-    KPS_ERR_ARGS, KPS_ERR_FAILED, KPS_ERR_PANIC, guard, write_error,
-};
+pub use errbuf::{KPS_ERR_ARGS, KPS_ERR_FAILED, KPS_ERR_PANIC, guard, write_error};
 
-// One file per object or area; each owned by its issue.
+// One file per object or area.
 pub mod config;
 mod msgpack;
 mod protobuf;

@@ -5,7 +5,8 @@ use crate::config::ServerDef;
 use crate::process::query;
 
 /// The result of one info query: JSON text owned by the handle.
-pub struct KpsQuery {
+#[allow(non_camel_case_types)]
+pub struct kps_query {
     json: Vec<u8>,
 }
 
@@ -30,7 +31,7 @@ pub struct KpsQuery {
 pub unsafe extern "C" fn kps_query_run(
     defs: *const u8,
     defs_len: usize,
-    out: *mut *mut KpsQuery,
+    out: *mut *mut kps_query,
     errbuf: *mut u8,
     errbuf_len: *mut usize,
 ) -> i32 {
@@ -46,7 +47,7 @@ pub unsafe extern "C" fn kps_query_run(
                 .map_err(|e| format!("invalid server definitions: {e}"))?;
             let infos = query::query_all(&defs)?;
             let json = serde_json::to_vec(&infos).map_err(|e| e.to_string())?;
-            *out = Box::into_raw(Box::new(KpsQuery { json }));
+            *out = Box::into_raw(Box::new(kps_query { json }));
             Ok(())
         })
     }
@@ -64,7 +65,7 @@ pub unsafe extern "C" fn kps_query_run(
 /// `q` must come from `kps_query_run` and not be freed; `out`/`out_len` valid for writes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn kps_query_json(
-    q: *const KpsQuery,
+    q: *const kps_query,
     out: *mut *const u8,
     out_len: *mut usize,
 ) {
@@ -89,7 +90,7 @@ pub unsafe extern "C" fn kps_query_json(
 /// # Safety
 /// `q` must come from `kps_query_run` and be freed once.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_query_free(q: *mut KpsQuery) {
+pub unsafe extern "C" fn kps_query_free(q: *mut kps_query) {
     // SAFETY: per the contract, NULL or a live handle, freed once.
     unsafe { super::handle::free_handle(q) }
 }

@@ -83,10 +83,7 @@ static const int NGX_NOTICE = 6;
 static const int NGX_INFO = 7;
 
 // Owns the output of the last `kps_config_parse` made with it.
-typedef struct KpsConfig KpsConfig;
-
-// The result of one info query: JSON text owned by the handle.
-typedef struct KpsQuery KpsQuery;
+typedef struct kps_config kps_config;
 
 // Opaque: message ids and limits of one plugin in one worker.
 typedef struct kps_mp_session kps_mp_session;
@@ -99,6 +96,9 @@ typedef struct kps_pb_session kps_pb_session;
 
 // One request (an instance command or a whole event) on one connection.
 typedef struct kps_pb_stream kps_pb_stream;
+
+// The result of one info query: JSON text owned by the handle.
+typedef struct kps_query kps_query;
 
 // One decoded message, as scalars and borrowed bytes.
 typedef struct {
@@ -182,7 +182,7 @@ const char *kps_config_setting_names(void);
 //
 // # Safety
 // None: the returned pointer is owned by the caller until `kps_config_free`.
-KpsConfig *kps_config_new(void);
+kps_config *kps_config_new(void);
 
 // Releases a handle made by `kps_config_new`; null is ignored.
 //
@@ -195,7 +195,7 @@ KpsConfig *kps_config_new(void);
 // # Safety
 // `config` must be null or a pointer from `kps_config_new` not yet freed; output
 // borrowed from it becomes invalid.
-void kps_config_free(KpsConfig *config);
+void kps_config_free(kps_config *config);
 
 // Validates Kong's `pluginserver_*` settings given as JSON (`input`, `input_len`
 // bytes) and points `*out`/`*out_len` at the JSON result, which stays valid until
@@ -214,7 +214,7 @@ void kps_config_free(KpsConfig *config);
 // bytes of reads; `out` and `out_len` valid for one write each; `errbuf` null or
 // valid for `*errbuf_len` bytes of writes, `errbuf_len` null or valid for reads and
 // writes. No other thread may use `config` during the call.
-int32_t kps_config_parse(KpsConfig *config,
+int32_t kps_config_parse(kps_config *config,
                          const uint8_t *input,
                          size_t input_len,
                          const uint8_t **out,
@@ -677,7 +677,7 @@ int32_t kps_pb_stream_closed(kps_pb_stream *stream, uint8_t *msg, size_t *msg_le
 // `errbuf`/`errbuf_len` as in `kps_selftest_panic`.
 int32_t kps_query_run(const uint8_t *defs,
                       size_t defs_len,
-                      KpsQuery **out,
+                      kps_query **out,
                       uint8_t *errbuf,
                       size_t *errbuf_len);
 
@@ -691,7 +691,7 @@ int32_t kps_query_run(const uint8_t *defs,
 //
 // # Safety
 // `q` must come from `kps_query_run` and not be freed; `out`/`out_len` valid for writes.
-void kps_query_json(const KpsQuery *q, const uint8_t **out, size_t *out_len);
+void kps_query_json(const kps_query *q, const uint8_t **out, size_t *out_len);
 
 // Releases a query result (null is ignored).
 //
@@ -703,7 +703,7 @@ void kps_query_json(const KpsQuery *q, const uint8_t **out, size_t *out_len);
 //
 // # Safety
 // `q` must come from `kps_query_run` and be freed once.
-void kps_query_free(KpsQuery *q);
+void kps_query_free(kps_query *q);
 
 // Starts the supervisor thread of this process for the managed servers among
 // `defs` (a JSON array of server definitions, `conf.parse`'s tables). `old_pids`

@@ -88,7 +88,7 @@ function _M.query(defs)
   if not json then
     return nil, "cannot encode server definitions: " .. tostring(eerr)
   end
-  local out = ffi_new("KpsQuery *[1]")
+  local out = ffi_new("kps_query *[1]")
   local buf, len = l.errbuf()
   local rc = l.C.kps_query_run(json, #json, out, buf, len)
   if rc ~= 0 then
