@@ -182,7 +182,7 @@ describe("PDK surface", function()
         n = n + 1
       end
     end
-    -- 16 names of their own, then one line for all the others
-    assert.equal(17, n)
+    -- 32 names of their own, then one line for all the others
+    assert.equal(33, n)
   end)
 end)

@@ -225,8 +225,10 @@ end
 
 -- Distinct method names this worker logged in the current window of each server,
 -- bounded: past MAX_LOGGED_NAMES further names share one limiter key, so a server
--- inventing names cannot fill the shared dict with log windows.
-local MAX_LOGGED_NAMES = 16
+-- inventing names cannot fill the shared dict with log windows (each name is two
+-- keys of the limiter, of at most MAX_KEY_NAME bytes of name, for one window).
+local MAX_LOGGED_NAMES = 32
+local MAX_KEY_NAME = 64
 local logged = {}   -- server name -> { until_s = window end, n = names, [method] = true }
 
 local function log_key(def, name)
@@ -252,7 +254,7 @@ end
 function _M.refuse(def, name)
   local msg = _M.refusal(name)
   counters.incr(def.name, "errors.refused_method")
-  limiter.log(def.name, log_key(def, sub(tostring(name), 1, MAX_NAME)), def.log_window, ERR,
+  limiter.log(def.name, log_key(def, sub(tostring(name), 1, MAX_KEY_NAME)), def.log_window, ERR,
               "[pluginserver] ", def.name, ": ", msg, " (refused)")
   return msg
 end
