@@ -184,5 +184,8 @@ describe("PDK surface", function()
     end
     -- 32 names of their own, then one line for all the others
     assert.equal(33, n)
+    -- a name with a line break logs (and keys the limiter) without it
+    pdk.refuse({ name = "nl", log_window = 60000 }, "os.x\n[emerg] forged")
+    assert.equal("[pluginserver] nl: method 'os.x?[emerg] forged' is not part of the PDK (refused)", logs[#logs][2])
   end)
 end)

@@ -213,14 +213,19 @@ function _M.clear_cache()
   by_index, by_name, cached_names = {}, {}, 0
 end
 
--- The reply to a refused method, its name made printable and short.
-function _M.refusal(name)
+-- A method name made printable (no line breaks into logs) and short.
+local function shown(name)
   name = tostring(name)
-  local shown = gsub(sub(name, 1, MAX_NAME), "[^%w%p ]", "?")
+  local s = gsub(sub(name, 1, MAX_NAME), "[^%w%p ]", "?")
   if #name > MAX_NAME then
-    shown = shown .. "..."
+    s = s .. "..."
   end
-  return "method '" .. shown .. "' is not part of the PDK"
+  return s
+end
+
+-- The reply to a refused method.
+function _M.refusal(name)
+  return "method '" .. shown(name) .. "' is not part of the PDK"
 end
 
 -- Distinct method names this worker logged in the current window of each server,
@@ -229,33 +234,33 @@ end
 -- keys of the limiter, of at most MAX_KEY_NAME bytes of name, for one window).
 local MAX_LOGGED_NAMES = 32
 local MAX_KEY_NAME = 64
-local logged = {}   -- server name -> { until_s = window end, n = names, [method] = true }
+local logged = {}   -- server name -> { until_s = window end, n = count, names = { [name] = true } }
 
 local function log_key(def, name)
   local w = logged[def.name]
   local t = ngx.now()
   if not w or t >= w.until_s then
-    w = { until_s = t + (def.log_window or 1000) / 1000, n = 0 }
+    w = { until_s = t + (def.log_window or 1000) / 1000, n = 0, names = {} }
     logged[def.name] = w
   end
-  if w[name] then
-    return "refused_method:" .. name
-  end
-  if w.n < MAX_LOGGED_NAMES then
-    w[name] = true
+  name = sub(name, 1, MAX_KEY_NAME)
+  if not w.names[name] then
+    if w.n >= MAX_LOGGED_NAMES then
+      return "refused_method:(more)"
+    end
+    w.names[name] = true
     w.n = w.n + 1
-    return "refused_method:" .. name
   end
-  return "refused_method:(more)"
+  return "refused_method:" .. name
 end
 
 -- Counts a refused method of server `def` (errors.refused_method) and logs it,
 -- once per method per log window. Returns the reply text.
 function _M.refuse(def, name)
-  local msg = _M.refusal(name)
+  local s = shown(name)
+  local msg = "method '" .. s .. "' is not part of the PDK"
   counters.incr(def.name, "errors.refused_method")
-  limiter.log(def.name, log_key(def, sub(tostring(name), 1, MAX_KEY_NAME)), def.log_window, ERR,
-              "[pluginserver] ", def.name, ": ", msg, " (refused)")
+  limiter.log(def.name, log_key(def, s), def.log_window, ERR, "[pluginserver] ", def.name, ": ", msg, " (refused)")
   return msg
 end
 
