@@ -648,7 +648,8 @@ int32_t kps_pb_stream_poll(kps_pb_stream *stream,
 // (for an event: closed before the first callback frame, which go-pdk does for
 // an unknown instance; re-create the instance and retry once), else
 // `KPS_PB_CLOSED_LATER` (0); a description goes into `(msg, msg_len)`. The
-// stream is unusable until reset. Null `stream` returns `KPS_PB_CLOSED_LATER`.
+// stream is unusable until reset. Null `stream` returns `KPS_PB_CLOSED_LATER`
+// with a message saying so.
 //
 // # Errors
 // None (the classification is the result).
@@ -685,6 +686,7 @@ int32_t kps_query_run(const uint8_t *defs,
                       size_t *errbuf_len);
 
 // Borrows the JSON text of a query result; valid until `kps_query_free(q)`.
+// A null `q` or `out` gives length 0.
 //
 // # Errors
 // None.

@@ -160,7 +160,7 @@ describe("Protobuf plugins (go-pdk)", function()
     assert.equal("Go says Kong! to " .. HOST, res.headers["x-hello-from-go"])
     local s = status_of(h, "go-hello")
     assert.equal(1, s.restarts)
-    assert.same({ connect = 0, timeout = 0, protocol = 0, no_instance = 0 }, s.counters.errors)
+    assert.same({ connect = 0, timeout = 0, protocol = 0, no_instance = 0, refused_method = 0 }, s.counters.errors)
     assert.equal(0, h:count_log("failed in access"))
   end)
 

@@ -32,7 +32,7 @@ describe("counters and log limiter", function()
     counters.latency("a", 2)
     assert.same({
       events = 2, pdk_calls = 3, instance_starts = 0, fail_open = 0,
-      errors = { connect = 0, timeout = 1, protocol = 0, no_instance = 0 },
+      errors = { connect = 0, timeout = 1, protocol = 0, no_instance = 0, refused_method = 0 },
       latency_ms = { sum = 16, max = 10 },
     }, counters.get("a"))
     assert.equal(1, counters.get("b").events)

@@ -78,19 +78,20 @@ describe("mp_rpc", function()
       ["kong.request.get_header"] = { true, "example.com" },
       ["kong.request.get_headers"] = { true, { host = "example.com", accept = { "a", "b" }, ["x-e"] = true } },
       ["kong.request.get_raw_body"] = { true, "\0\255body" },
-      ["kong.nope.missing"] = { false, "could not find pdk method: kong.nope.missing" },
+      -- refused (outside the PDK): answered with StepError, not counted as a PDK call
+      ["kong.nope.missing"] = { false, "could not find pdk method: kong.nope.missing", "refused" },
       ["kong.response.set_header"] = { true, nil },
     }
     local function dispatch(index, name, args, n, saved)
       calls[#calls + 1] = { index = index, name = name, args = args, n = n, saved = saved }
       local a = answers[name]
-      return a[1], a[2]
+      return a[1], a[2], a[3]
     end
     local ok, err, cause, stats = rpc:handle_event(0, "access", dispatch, "SAVED")
     assert.is_nil(err)
     assert.is_nil(cause)
     assert.is_true(ok)
-    assert.equal(5, stats.pdk_calls)
+    assert.equal(4, stats.pdk_calls)
     local sent = log_of[1].sent
     assert.equal(6, #sent)
     assert.equal(conv.handle_event.request, sent[1])

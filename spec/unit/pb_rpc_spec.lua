@@ -178,8 +178,10 @@ describe("pb_rpc", function()
       return true, { f = print }
     end
     local cases = {
-      { one_call("kong.nope.missing"), "unknown PDK method kong.nope.missing" },
-      { one_call("kong.response.error"), "unknown PDK method kong.response.error" },
+      -- outside the Protobuf service: refused before anything runs
+      { one_call("kong.nope.missing"), "method 'kong.nope.missing' is not part of the PDK", "refused_method" },
+      { one_call("kong.response.error"), "method 'kong.response.error' is not part of the PDK", "refused_method" },
+      { one_call("os.execute", "\10\2id"), "method 'os.execute' is not part of the PDK", "refused_method" },
       { one_call("kong.request.get_header", "\10\5ab"), "protocol error: arguments of kong.request.get_header: " },
       { one_call("kong.request.get_path"), "kong.request.get_path failed: boom" },
       { one_call("kong.ctx.shared.get", "\10\1k"), "cannot encode the result of kong.ctx.shared.get: " ..
@@ -189,7 +191,7 @@ describe("pb_rpc", function()
       sockets, log_of = { fake({ { reply = case[1] } }, 0) }, {}
       local ok, err, cause = rpc:handle_event(7, "access", dispatch)
       assert.is_nil(ok)
-      assert.equal("protocol", cause)
+      assert.equal(case[3] or "protocol", cause)
       assert.equal(case[2], err:sub(1, #case[2]))
       assert.is_true(log_of[1].closed)
       assert.is_false(log_of[1].kept)

@@ -4,7 +4,9 @@
 //! engines report `index` for a call, the mlua bridge shapes the value it encodes
 //! by `index`, and Lua caches the resolved PDK function per `index`. Index 0 is
 //! the "unknown method" entry: the engine then also hands over the method name,
-//! and values are encoded without shaping.
+//! and values are encoded without shaping. The engines pass every name on; which
+//! names a server may call is decided once, in Lua (`pdk.lua`: functions under
+//! `kong.*` and Kong's overrides), so a name outside the table costs nothing here.
 //!
 //! Per method the table records what each protocol needs:
 //! - MessagePack: the Step method that carries the result ([`Step`]) and how the
@@ -392,6 +394,25 @@ mod tests {
         );
         assert_eq!(pb("kong.response.error"), None);
         assert_eq!(METHODS.iter().filter(|m| m.pb.is_some()).count(), 74);
+    }
+
+    #[test]
+    fn every_name_is_a_pdk_name() {
+        // `kong.` then identifiers joined by single dots: what pdk.lua lets through
+        for m in METHODS.iter().skip(1) {
+            let rest = m
+                .name
+                .strip_prefix("kong.")
+                .unwrap_or_else(|| panic!("{}", m.name));
+            for seg in rest.split('.') {
+                let ok = seg
+                    .bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+                    && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                assert!(ok, "{}", m.name);
+            }
+        }
     }
 
     #[test]

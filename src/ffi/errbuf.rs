@@ -10,13 +10,20 @@ pub const KPS_ERR_ARGS: i32 = -2;
 /// A panic was caught at the boundary (a bug in this library).
 pub const KPS_ERR_PANIC: i32 = -3;
 
-/// Copies `msg` into `errbuf` (truncated to its capacity) and stores the length written.
+/// Copies `msg` into `errbuf` (truncated to its capacity) and stores the length
+/// written; with a null `errbuf` the length is set to 0, so that no caller reads
+/// a stale message.
 ///
 /// # Safety
 /// `errbuf` must be null or valid for `*errbuf_len` bytes of writes; `errbuf_len`
 /// must be null or valid for reads and writes.
 pub unsafe fn write_error(errbuf: *mut u8, errbuf_len: *mut usize, msg: &str) {
-    if errbuf.is_null() || errbuf_len.is_null() {
+    if errbuf_len.is_null() {
+        return;
+    }
+    if errbuf.is_null() {
+        // SAFETY: non-null, valid for writes per this function's contract.
+        unsafe { *errbuf_len = 0 };
         return;
     }
     // SAFETY: both pointers are non-null and valid per this function's contract.
@@ -80,6 +87,13 @@ mod tests {
         let rc = unsafe { guard(buf.as_mut_ptr(), &mut len, || Err("abcdef".into())) };
         assert_eq!(rc, KPS_ERR_FAILED);
         assert_eq!(&buf[..len], b"abcd");
+    }
+
+    #[test]
+    fn a_null_buffer_gets_length_zero() {
+        let mut len = 4096usize;
+        unsafe { write_error(std::ptr::null_mut(), &mut len, "lost") };
+        assert_eq!(len, 0);
     }
 
     #[test]

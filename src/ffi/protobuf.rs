@@ -479,7 +479,8 @@ pub unsafe extern "C" fn kps_pb_stream_poll(
 /// (for an event: closed before the first callback frame, which go-pdk does for
 /// an unknown instance; re-create the instance and retry once), else
 /// `KPS_PB_CLOSED_LATER` (0); a description goes into `(msg, msg_len)`. The
-/// stream is unusable until reset. Null `stream` returns `KPS_PB_CLOSED_LATER`.
+/// stream is unusable until reset. Null `stream` returns `KPS_PB_CLOSED_LATER`
+/// with a message saying so.
 ///
 /// # Errors
 /// None (the classification is the result).
@@ -498,6 +499,8 @@ pub unsafe extern "C" fn kps_pb_stream_closed(
 ) -> i32 {
     // SAFETY: null or live per the contract.
     let Some(s) = (unsafe { stream.as_mut() }) else {
+        // SAFETY: forwarded msg contract (no stale message for the caller).
+        unsafe { write_error(msg, msg_len, "kps_pb_stream_closed: null stream") };
         return KPS_PB_CLOSED_LATER;
     };
     let (kind, text) = s.0.closed();

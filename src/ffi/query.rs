@@ -1,6 +1,6 @@
 //! `extern "C"` adapters for the plugin info query.
 
-use super::errbuf::guard;
+use super::errbuf::{guard, write_error};
 use crate::config::ServerDef;
 use crate::process::query;
 
@@ -36,6 +36,9 @@ pub unsafe extern "C" fn kps_query_run(
     errbuf_len: *mut usize,
 ) -> i32 {
     if defs.is_null() || out.is_null() {
+        // SAFETY: forwarded contract. Every error return writes its message: the
+        // caller's buffer still holds the last one otherwise.
+        unsafe { write_error(errbuf, errbuf_len, "kps_query_run: null defs or out") };
         return super::KPS_ERR_ARGS;
     }
     // SAFETY: checked non-null; valid per contract.
@@ -54,6 +57,7 @@ pub unsafe extern "C" fn kps_query_run(
 }
 
 /// Borrows the JSON text of a query result; valid until `kps_query_free(q)`.
+/// A null `q` or `out` gives length 0.
 ///
 /// # Errors
 /// None.
@@ -70,6 +74,10 @@ pub unsafe extern "C" fn kps_query_json(
     out_len: *mut usize,
 ) {
     if q.is_null() || out.is_null() || out_len.is_null() {
+        if !out_len.is_null() {
+            // SAFETY: non-null, valid for writes per contract: no stale length.
+            unsafe { *out_len = 0 };
+        }
         return;
     }
     // SAFETY: valid per contract.
@@ -93,4 +101,55 @@ pub unsafe extern "C" fn kps_query_json(
 pub unsafe extern "C" fn kps_query_free(q: *mut kps_query) {
     // SAFETY: per the contract, NULL or a live handle, freed once.
     unsafe { super::handle::free_handle(q) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The caller's error buffer after a failed call: what Lua's errmsg() reads.
+    fn stale_then(f: impl FnOnce(*mut u8, *mut usize) -> i32) -> (i32, String) {
+        let mut buf = [b'#'; 4096];
+        let mut len = buf.len();
+        let rc = f(buf.as_mut_ptr(), &mut len);
+        (rc, String::from_utf8_lossy(&buf[..len]).into_owned())
+    }
+
+    #[test]
+    fn null_arguments_write_a_message_not_the_stale_buffer() {
+        let mut out: *mut KpsQuery = std::ptr::null_mut();
+        let (rc, msg) =
+            stale_then(|b, l| unsafe { kps_query_run(std::ptr::null(), 0, &mut out, b, l) });
+        assert_eq!(
+            (rc, msg.as_str()),
+            (crate::ffi::KPS_ERR_ARGS, "kps_query_run: null defs or out")
+        );
+        let defs = b"[]";
+        let (rc, msg) = stale_then(|b, l| unsafe {
+            kps_query_run(defs.as_ptr(), defs.len(), std::ptr::null_mut(), b, l)
+        });
+        assert_eq!(
+            (rc, msg.as_str()),
+            (crate::ffi::KPS_ERR_ARGS, "kps_query_run: null defs or out")
+        );
+    }
+
+    #[test]
+    fn bad_definitions_write_their_message() {
+        let mut out: *mut KpsQuery = std::ptr::null_mut();
+        let defs = b"{";
+        let (rc, msg) =
+            stale_then(|b, l| unsafe { kps_query_run(defs.as_ptr(), defs.len(), &mut out, b, l) });
+        assert_eq!(rc, crate::ffi::KPS_ERR_FAILED);
+        assert!(msg.starts_with("invalid server definitions: "), "{msg}");
+        assert!(out.is_null());
+    }
+
+    #[test]
+    fn json_of_a_null_handle_is_empty() {
+        let mut ptr: *const u8 = std::ptr::null();
+        let mut len = 4096usize;
+        unsafe { kps_query_json(std::ptr::null(), &mut ptr, &mut len) };
+        assert_eq!(len, 0);
+    }
 }

@@ -11,7 +11,8 @@ local DICT = "kong_plugin_servers"
 local _M = {}
 
 -- Counter names as they appear in status(); errors.* by cause.
-_M.ERROR_CAUSES = { "connect", "timeout", "protocol", "no_instance" }
+-- refused_method: calls of a name outside the PDK (pdk.refuse), not events.
+_M.ERROR_CAUSES = { "connect", "timeout", "protocol", "no_instance", "refused_method" }
 
 local function dict()
   return shared and shared[DICT]

@@ -179,7 +179,8 @@ end
 function Plugin:fail(phase, err, cause)
   local def = self.server_def
   cause = cause or "protocol"
-  if cause ~= "no_instance" then
+  -- no_instance is counted where it happens; a refused method when refused
+  if cause ~= "no_instance" and cause ~= "refused_method" then
     counters.incr(def.name, "errors." .. cause)
   end
   local skip = def.fail_open

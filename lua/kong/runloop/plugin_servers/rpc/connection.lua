@@ -28,7 +28,8 @@ local _M = {}
 --   stream_reset(stream), stream_has_unread(stream) -> int, event_ctype ("kps_x_event[1]"),
 --   roundtrip(self, c) -> ev | nil, err, cause, before_reply,
 --   EVENT_DONE, EVENT_CALL (event kinds), answer(self, c, ev, dispatch, saved, stats)
---   -> true | "terminal" | false, err, and other_event(self, ev, phase) -> nil, err, cause,
+--   -> true | "terminal" | false, err[, cause (default "protocol")],
+--   and other_event(self, ev, phase) -> nil, err, cause,
 -- }
 function _M.session(self)
   local s = self.session
@@ -136,16 +137,15 @@ local function serve_event(self, c, ev, phase, dispatch, saved, stats)
     _M.finish(self, c)
     return true, nil, nil, stats
   elseif kind == engine.EVENT_CALL then
-    local ok, err = engine.answer(self, c, ev, dispatch, saved, stats)
+    local ok, err, cause = engine.answer(self, c, ev, dispatch, saved, stats)
     if ok == "terminal" then
       -- The handler does not wait for a reply; Kong's request ends here.
       _M.close(self, c)
       return true, nil, nil, stats
     elseif not ok then
       _M.close(self, c)
-      return nil, err, "protocol", stats
+      return nil, err, cause or "protocol", stats
     end
-    local cause
     ev, err, cause = engine.roundtrip(self, c)
     if not ev then
       _M.close(self, c)

@@ -10,6 +10,7 @@ local ffi = require "ffi"
 local lib = require "kong.runloop.plugin_servers.lib"
 local socket = require "kong.runloop.plugin_servers.rpc.socket"
 local connection = require "kong.runloop.plugin_servers.rpc.connection"
+local pdk = require "kong.runloop.plugin_servers.pdk"
 
 local C = lib.C
 local bridge = lib.bridge
@@ -19,6 +20,7 @@ local errbuf = lib.errbuf
 local errmsg = lib.errmsg
 local encode = bridge.encode
 local decode = bridge.decode
+local refuse = pdk.refuse
 local type = type
 local tonumber = tonumber
 local tostring = tostring
@@ -219,8 +221,13 @@ local function answer(self, c, ev, dispatch, saved, stats)
     end
   end
   local name = method_names[index] or ffi_str(ev.text, ev.text_len)
-  stats.pdk_calls = stats.pdk_calls + 1
-  local ok, value = dispatch(index, name, args, n, saved)
+  local ok, value, refused = dispatch(index, name, args, n, saved)
+  if refused then
+    -- outside the PDK: nothing ran; the plugin gets the error (StepError), the event goes on
+    refuse(self.def, name)
+  else
+    stats.pdk_calls = stats.pdk_calls + 1
+  end
   if terminal[index] then
     return "terminal"
   end

@@ -10,14 +10,16 @@
 -- go-pdk never sends an error message: it closes the connection. A connection
 -- closed before the first callback frame of an event means "no such instance"
 -- (cause "no_instance": plugin.lua re-creates the instance and retries once);
--- closed later is a failure. An unknown PDK method, undecodable arguments, a PDK
--- function that raises or returns nil, err, or a result that cannot be encoded
--- end the event with an error (Protobuf has no error reply).
+-- closed later is a failure. A method outside the Protobuf service (refused,
+-- cause "refused_method"), undecodable arguments, a PDK function that raises or
+-- returns nil, err, or a result that cannot be encoded end the event with an error
+-- (Protobuf has no error reply).
 
 local ffi = require "ffi"
 local lib = require "kong.runloop.plugin_servers.lib"
 local socket = require "kong.runloop.plugin_servers.rpc.socket"
 local connection = require "kong.runloop.plugin_servers.rpc.connection"
+local pdk = require "kong.runloop.plugin_servers.pdk"
 
 local ngx = ngx
 local C = lib.C
@@ -28,6 +30,7 @@ local errbuf = lib.errbuf
 local errmsg = lib.errmsg
 local pb_encode = bridge.pb_encode
 local pb_decode = bridge.pb_decode
+local refuse = pdk.refuse
 local type = type
 local pcall = pcall
 local tonumber = tonumber
@@ -44,9 +47,14 @@ local READ_SIZE = 65536
 local NO_BODY = "Can't read request body"
 
 local terminal = {}
+-- Methods of the Protobuf service; any other name is refused.
+local in_service = {}
 for i, m in pairs(bridge.methods()) do
   if m.terminal then
     terminal[i] = true
+  end
+  if m.pb_in then
+    in_service[i] = true
   end
 end
 -- The one method whose result says where the body is (RawBodyResult).
@@ -191,12 +199,14 @@ local function raw_body(ok, value)
   return { error = (not ok and value) or NO_BODY }
 end
 
--- Answers one PDK call. Returns true, "terminal", or false, err.
+-- Answers one PDK call. Returns true, "terminal", or false, err[, cause].
 local function answer(self, c, ev, dispatch, saved, stats)
   local index = ev.method
   local name = ffi_str(ev.text, ev.text_len)
-  if index == 0 then
-    return false, "unknown PDK method " .. name
+  if not in_service[index] then
+    -- outside the Protobuf PDK: nothing runs; go-pdk has no error reply, so the
+    -- event ends (the connection is closed, the plugin's call returns an error)
+    return false, refuse(self.def, name), "refused_method"
   end
   local args, n = pb_decode(index, ffi_str(ev.value, ev.value_len))
   if args == nil and n ~= nil then
