@@ -117,7 +117,7 @@ mod tests {
 
     #[test]
     fn null_arguments_write_a_message_not_the_stale_buffer() {
-        let mut out: *mut KpsQuery = std::ptr::null_mut();
+        let mut out: *mut kps_query = std::ptr::null_mut();
         let (rc, msg) =
             stale_then(|b, l| unsafe { kps_query_run(std::ptr::null(), 0, &mut out, b, l) });
         assert_eq!(
@@ -136,7 +136,7 @@ mod tests {
 
     #[test]
     fn bad_definitions_write_their_message() {
-        let mut out: *mut KpsQuery = std::ptr::null_mut();
+        let mut out: *mut kps_query = std::ptr::null_mut();
         let defs = b"{";
         let (rc, msg) =
             stale_then(|b, l| unsafe { kps_query_run(defs.as_ptr(), defs.len(), &mut out, b, l) });
