@@ -313,10 +313,15 @@ fn two_servers_on_one_socket_are_rejected_after_defaults() {
         ]
     );
     // An explicit socket equal to another server's default.
-    let s = settings(&["a", "b"], &[("pluginserver_b_socket", t("/kong/a.socket"))]);
+    let s = settings(
+        &["a", "b"],
+        &[("pluginserver_b_socket", t("/kong/a.socket"))],
+    );
     assert_eq!(
         errors(parse(&s, &env.opts())),
-        ["pluginserver_b_socket (pluginserver b): socket '/kong/a.socket' is already the socket of pluginserver a"]
+        [
+            "pluginserver_b_socket (pluginserver b): socket '/kong/a.socket' is already the socket of pluginserver a"
+        ]
     );
     // Different sockets are fine.
     assert!(parse(&settings(&["a", "b"], &[]), &env.opts()).is_ok());
