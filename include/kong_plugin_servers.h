@@ -76,6 +76,20 @@
 // Smallest delay used even if configured lower, so a crash loop stays cheap.
 #define MIN_DELAY_MS 10
 
+// Reports waiting for the shim's drain timer (every 10 ms). Bounded: a server
+// that floods its output cannot make the worker's memory grow.
+#define REPORT_QUEUE 4096
+
+// Helper events queued for the supervisor thread. When the queue is full,
+// output lines are dropped (and counted per pid); other events wait for room.
+#define EVENT_QUEUE 1024
+
+// Output lines of one server logged per log window; the rest are dropped.
+#define LINES_PER_WINDOW 100
+
+// Places of a bounded queue kept free of log lines, for states and `Done`.
+#define RESERVED_FOR_STATES 256
+
 // nginx log levels (the values of `ngx.DEBUG` ... `ngx.ERR`).
 #define NGX_ERR 4
 
@@ -712,8 +726,11 @@ void kps_query_free(kps_query *q);
 
 // Starts the supervisor thread of this process for the managed servers among
 // `defs` (a JSON array of server definitions, `conf.parse`'s tables). `old_pids`
-// (a JSON object `{ name: pid }`, may be empty) names servers of a previous
-// generation that must be gone before the same socket is served again.
+// (a JSON object `{ name: { "pid": n, "start": t } }`, may be empty; `start` is the
+// `pid_start` of the state report) names servers of a previous generation that
+// must be gone before the same socket is served again. A pid whose start time
+// differs (or is not given) is not that server: it is neither waited for nor
+// signalled.
 // `kps-helper` is looked for beside this library.
 //
 // Returns 0 when the supervisor started, 1 when one was already running in this
@@ -751,6 +768,20 @@ int32_t kps_supervisor_start(const uint8_t *defs,
 // None: no pointers.
 int32_t kps_supervisor_stop(uint64_t wait_ms);
 
+// Tells the supervisor the error log's level (an nginx level: `ngx.STDERR` 0 ..
+// `ngx.DEBUG` 8, as `ngx.errlog.get_sys_filter_level()` returns it): lines of a
+// less severe level, plugin server output among them, are then not reported.
+//
+// # Errors
+// None.
+//
+// # Panics
+// Never.
+//
+// # Safety
+// None: no pointers.
+void kps_supervisor_set_log_level(int32_t level);
+
 // The longest a stop can take, in ms: the largest `stop_timeout` plus the wait
 // after SIGKILL (0 without a supervisor).
 //
@@ -766,7 +797,7 @@ uint64_t kps_supervisor_stop_bound_ms(void);
 
 // Takes the pending reports of the supervisor as a JSON array of objects:
 // `{"kind":"log","level":<ngx level>,"msg":...}`,
-// `{"kind":"state","name","state","pid","restarts","last_exit","started_at","since"}`,
+// `{"kind":"state","name","state","pid","pid_start","restarts","last_exit","started_at","since","note"}`,
 // `{"kind":"done"}`. Writes the bytes to `*out`/`*out_len` (empty when there is
 // nothing) and returns the number of reports.
 //
@@ -779,6 +810,7 @@ uint64_t kps_supervisor_stop_bound_ms(void);
 // # Safety
 // `out`/`out_len` valid for writes. The bytes stay valid until the next call of
 // this function (from any thread: call it from one Lua state only).
-int32_t kps_supervisor_drain(const uint8_t **out, size_t *out_len);
+int32_t kps_supervisor_drain(const uint8_t **out,
+                             size_t *out_len);
 
 #endif  /* KONG_PLUGIN_SERVERS_H */

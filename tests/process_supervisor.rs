@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, unbounded};
 use kong_plugin_servers::config::ServerDef;
 use kong_plugin_servers::process::helper_link::{Exit, HelperEvent, HelperLink};
+use kong_plugin_servers::process::identity::{Recorded, start_time};
 use kong_plugin_servers::process::supervisor::{Command, Report, State, Supervisor};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -71,7 +72,7 @@ struct Running {
 }
 
 impl Running {
-    fn start(defs: Vec<ServerDef>, old: HashMap<String, i32>) -> Self {
+    fn start(defs: Vec<ServerDef>, old: HashMap<String, Recorded>) -> Self {
         let (ctx, crx) = unbounded();
         let (rtx, rrx) = unbounded();
         let sup = Supervisor::new(defs, old, helper(), rtx);
@@ -182,7 +183,7 @@ fn helper_reports_output_and_real_exit_status() {
                 .expect("helper event"),
         );
     }
-    let HelperEvent::Spawned { id: 7, pid } = got[0] else {
+    let HelperEvent::Spawned { id: 7, pid, .. } = got[0] else {
         panic!("{got:?}")
     };
     assert!(
@@ -209,7 +210,7 @@ fn helper_reports_output_and_real_exit_status() {
 
     h.spawn(8, "/usr/bin:/bin", "sleep 100").unwrap();
     let pid = match h.events.recv_timeout(WAIT).unwrap() {
-        HelperEvent::Spawned { id: 8, pid } => pid,
+        HelperEvent::Spawned { id: 8, pid, .. } => pid,
         other => panic!("{other:?}"),
     };
     h.kill(pid, libc::SIGKILL).unwrap();
@@ -347,7 +348,11 @@ fn a_previous_generation_is_waited_for_then_killed() {
     let old_pid = old.id() as i32;
     let mut d = def("gen", "sleep 100", &dir.join("g").display().to_string());
     d.stop_timeout = 200;
-    let mut run = Running::start(vec![d], HashMap::from([("gen".to_string(), old_pid)]));
+    let recorded = Recorded::Process {
+        pid: old_pid,
+        start: start_time(old_pid),
+    };
+    let mut run = Running::start(vec![d], HashMap::from([("gen".to_string(), recorded)]));
     run.wait_log(&format!(
         "waiting for the previous pluginserver 'gen', pid {old_pid}, to exit"
     ));
@@ -359,4 +364,212 @@ fn a_previous_generation_is_waited_for_then_killed() {
     let out = old.wait_with_output().unwrap();
     assert!(!out.status.success());
     run.stop();
+}
+
+/// Waits for `pid` to run `comm` (after the exec of the start command).
+fn wait_comm(pid: i32, comm: &str) {
+    let deadline = Instant::now() + WAIT;
+    while std::fs::read_to_string(format!("/proc/{pid}/comm")).map_or(true, |c| c.trim() != comm) {
+        assert!(Instant::now() < deadline, "pid {pid} does not run {comm}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn spawned(h: &HelperLink) -> (i32, Option<u64>) {
+    match h.events.recv_timeout(WAIT).unwrap() {
+        HelperEvent::Spawned { pid, start, .. } => (pid, start),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn an_unrelated_process_written_where_the_old_pid_was_survives() {
+    let dir = tmp("unrelated");
+    // The previous generation's server: recorded, then gone.
+    let mut old = std::process::Command::new("true").spawn().unwrap();
+    let (old_pid, old_start) = (old.id() as i32, start_time(old.id() as i32));
+    old.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    // An unrelated process (leading its own group, as servers do) whose pid is
+    // written where the old one was; once with the old start time, once bare.
+    let mut other = std::process::Command::new("/bin/sh");
+    std::os::unix::process::CommandExt::process_group(&mut other, 0);
+    let mut other = other
+        .args(["-c", "trap '' TERM; exec sleep 100"])
+        .spawn()
+        .unwrap();
+    let other_pid = other.id() as i32;
+    assert_ne!(start_time(other_pid), old_start, "{old_pid}");
+    let mut defs = Vec::new();
+    let mut old_pids = HashMap::new();
+    for (name, rec) in [
+        (
+            "a",
+            Recorded::Process {
+                pid: other_pid,
+                start: old_start,
+            },
+        ),
+        ("b", Recorded::Pid(other_pid)),
+    ] {
+        let mut d = def(name, "sleep 100", &dir.join(name).display().to_string());
+        d.stop_timeout = 100;
+        defs.push(d);
+        old_pids.insert(name.to_string(), rec);
+    }
+    let mut run = Running::start(defs, old_pids);
+    for name in ["a", "b"] {
+        run.wait_log(&format!(
+            "pid {other_pid}, recorded for the previous pluginserver '{name}', is not that server"
+        ));
+        run.wait_started(name);
+    }
+    // Well past the stop timeout: the kill path would have run by now.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !run.seen
+            .iter()
+            .any(|r| matches!(r, Report::Log { msg, .. } if msg.contains("killing it"))),
+        "{:#?}",
+        run.seen
+    );
+    assert!(alive(other_pid), "the unrelated process was signalled");
+    run.stop();
+    other.kill().unwrap();
+    other.wait().unwrap();
+}
+
+#[test]
+fn the_helper_signals_a_child_only_with_its_start_time() {
+    let mut h = HelperLink::start(&helper()).unwrap();
+    h.spawn(1, "/usr/bin:/bin", "sleep 100").unwrap();
+    let (pid, start) = spawned(&h);
+    let start = start.expect("the helper reports the start time");
+    assert_eq!(start_time(pid), Some(start));
+    h.signal(pid, libc::SIGKILL, Some(start + 1)).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(alive(pid), "a kill naming another start time was sent");
+    h.signal(pid, libc::SIGKILL, Some(start)).unwrap();
+    assert_eq!(
+        h.events.recv_timeout(WAIT).unwrap(),
+        HelperEvent::Exited {
+            pid,
+            exit: Exit::Signal(9)
+        }
+    );
+    h.close();
+}
+
+#[test]
+fn a_server_inherits_only_stdin_stdout_and_stderr() {
+    let mut h = HelperLink::start(&helper()).unwrap();
+    // Two servers: the second must not see the first one's pipe either.
+    h.spawn(1, "/usr/bin:/bin", "sleep 100").unwrap();
+    let (first, _) = spawned(&h);
+    h.spawn(2, "/usr/bin:/bin", "sleep 100").unwrap();
+    let (pid, _) = spawned(&h);
+    wait_comm(pid, "sleep");
+    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort();
+    assert_eq!(fds, [0, 1, 2]);
+    let target = |fd: i32| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+    assert_eq!(target(0), std::path::Path::new("/dev/null"));
+    assert!(target(1).to_string_lossy().starts_with("pipe:"));
+    assert_eq!(target(1), target(2), "stdout and stderr are the same pipe");
+    h.close();
+    wait_gone(first);
+    wait_gone(pid);
+}
+
+#[test]
+fn a_foreign_listener_on_the_socket_is_not_ready_and_is_reported() {
+    let dir = tmp("foreign");
+    let sock = dir.join("f.socket").display().to_string();
+    // This test process listens on the server's socket before the server starts.
+    let foreign = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let me = std::process::id() as i32;
+    // The server listens itself after 1.5 s (replacing the socket file).
+    let cmd = format!("{}/fixtures/servers/listen.py {sock} 1.5", root().display());
+    let mut run = Running::start(vec![def("f", &cmd, &sock)], HashMap::new());
+    let pid = run.wait_started("f");
+    let note = format!("foreign listener pid {me} on {sock}");
+    let r = run.wait_for(
+        "the foreign listener note",
+        |r| matches!(r, Report::State { note: Some(n), state: State::Starting, .. } if *n == note),
+    );
+    assert_eq!(pid_of(&r), pid);
+    run.wait_log(&format!(
+        "pluginserver 'f', pid {pid}, is not ready: {note}"
+    ));
+    let ready = run.wait_state("f", State::Ready);
+    assert_eq!(pid_of(&ready), pid);
+    assert!(matches!(ready, Report::State { note: None, .. }));
+    // Ready only after the server's own listen (it prints "listening" first).
+    let seen_listening = run.seen.iter().position(
+        |r| matches!(r, Report::Log { msg, .. } if msg.contains(&format!("[f:{pid}] listening"))),
+    );
+    let seen_ready = run.seen.iter().position(|r| *r == ready);
+    assert!(
+        seen_listening.is_some() && seen_listening < seen_ready,
+        "{:#?}",
+        run.seen
+    );
+    drop(foreign);
+    run.stop();
+}
+
+#[test]
+fn a_flooding_server_costs_a_bounded_number_of_lines_and_one_summary_per_window() {
+    let dir = tmp("flood");
+    let mut d = def(
+        "flood",
+        "sh -c 'i=0; while [ $i -lt 20000 ]; do echo flood line $i; i=$((i+1)); done; exec sleep 100'",
+        &dir.join("x").display().to_string(),
+    );
+    d.log_window = 500;
+    let mut run = Running::start(vec![d], HashMap::new());
+    run.wait_started("flood");
+    let summary = run.wait_log("[pluginserver] flood: ");
+    assert!(
+        summary.ends_with("output lines dropped in the last 500 ms"),
+        "{summary}"
+    );
+    let lines = run
+        .seen
+        .iter()
+        .filter(|r| matches!(r, Report::Log { msg, .. } if msg.starts_with("[flood:")))
+        .count();
+    // The summary ends the first window that dropped lines: at most two windows' worth.
+    assert!(lines <= 2 * 100, "{lines} lines logged");
+    run.stop();
+}
+
+#[test]
+fn an_over_long_output_line_is_cut_with_its_dropped_length() {
+    let mut h = HelperLink::start(&helper()).unwrap();
+    h.spawn(
+        1,
+        "/usr/bin:/bin",
+        "sh -c 'head -c 10000 /dev/zero | tr \"\\000\" x; echo; echo next'",
+    )
+    .unwrap();
+    let (pid, _) = spawned(&h);
+    let mut lines = Vec::new();
+    loop {
+        match h.events.recv_timeout(WAIT).unwrap() {
+            HelperEvent::Output { line, .. } => lines.push(line),
+            HelperEvent::Exited { pid: p, .. } if p == pid => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(
+        lines[0],
+        format!("{} [5904 more bytes dropped]", "x".repeat(4096))
+    );
+    assert_eq!(lines[1], "next");
+    h.close();
 }

@@ -7,9 +7,15 @@
 //!
 //! Line protocol (one message per line, fields separated by TAB, strings escaped
 //! with `\\`, `\t`, `\n`):
-//! - stdin (commands): `spawn <id> <PATH> <command>`, `kill <pid> <signal>`.
-//! - stdout (reports): `spawned <id> <pid>`, `spawnfail <id> <message>`,
+//! - stdin (commands): `spawn <id> <PATH> <command>`, `kill <pid> <signal> [<start>]`.
+//! - stdout (reports): `spawned <id> <pid> <start>`, `spawnfail <id> <message>`,
 //!   `out <pid> <line>`, `exit <pid> code <n>` or `exit <pid> signal <n>`.
+//!
+//! `<start>` is the child's start time (`/proc/<pid>/stat` field 22): a kill that
+//! names one is only sent to the child that started then (never to a later child
+//! that got the same pid). A child gets `/dev/null` as stdin, the pipe as stdout
+//! and stderr, and no other descriptor. An output line longer than [`MAX_LINE`]
+//! is cut there (the rest of the line is dropped and its length noted).
 //!
 //! The helper dies with its parent: `PR_SET_PDEATHSIG` delivers SIGTERM when the
 //! supervisor thread that spawned it ends, and EOF on stdin means the same. Either
@@ -23,11 +29,15 @@ use std::io::{self, Write};
 use std::os::raw::c_int;
 use std::ptr;
 
-/// Longest output line forwarded in one piece; longer lines are split.
+/// Longest output line forwarded; the rest of a longer line is dropped.
 const MAX_LINE: usize = 4096;
 /// How long the helper waits for killed children before exiting anyway.
 const EXIT_REAP_MS: i32 = 2000;
 
+#[allow(dead_code)] // shared with the query runner, which uses cloexec_from
+mod fds;
+#[allow(dead_code)] // shared with the supervisor, which uses all of it
+mod procid;
 mod wire;
 
 use wire::{escape, unescape};
@@ -35,8 +45,12 @@ use wire::{escape, unescape};
 /// One forked server: the read end of its merged stdout/stderr and a partial line.
 struct Child {
     pid: libc::pid_t,
+    /// Start time (`/proc/<pid>/stat` field 22), 0 when unknown.
+    start: u64,
     out_fd: c_int,
     partial: Vec<u8>,
+    /// Bytes dropped from the current (over-long) line.
+    cut: usize,
     reaped: bool,
 }
 
@@ -68,12 +82,12 @@ impl Helper {
     /// Forks `/bin/sh -c "exec <command>"` in a new process group with PATH set.
     fn spawn(&mut self, id: &str, path: &str, command: &str) {
         match self.fork_server(path, command) {
-            Ok(pid) => self.report(&format!("spawned\t{id}\t{pid}")),
+            Ok((pid, start)) => self.report(&format!("spawned\t{id}\t{pid}\t{start}")),
             Err(msg) => self.report(&format!("spawnfail\t{id}\t{}", escape(msg.as_bytes()))),
         }
     }
 
-    fn fork_server(&mut self, path: &str, command: &str) -> Result<libc::pid_t, String> {
+    fn fork_server(&mut self, path: &str, command: &str) -> Result<(libc::pid_t, u64), String> {
         let sh = CString::new("/bin/sh").unwrap();
         let arg_c = CString::new("-c").unwrap();
         let script = CString::new(format!("exec {command}"))
@@ -138,6 +152,9 @@ impl Helper {
                 }
                 libc::dup2(wr, 1);
                 libc::dup2(wr, 2);
+                // Nothing else crosses into the server: not the helper's pipes, not
+                // the other servers' output pipes, not the /dev/null fd just opened.
+                fds::close_from(3);
                 // nginx ignores SIGPIPE and the helper blocks some signals: servers start clean.
                 let mut set: libc::sigset_t = std::mem::zeroed();
                 libc::sigemptyset(&mut set);
@@ -159,21 +176,31 @@ impl Helper {
             // Also set the group from the parent side, so that a kill right after spawn hits it.
             libc::setpgid(pid, pid);
         }
+        // Unreaped, the child keeps its pid: this is its start time.
+        let start = procid::start_time(pid).unwrap_or(0);
         self.children.insert(
             pid,
             Child {
                 pid,
+                start,
                 out_fd: rd,
                 partial: Vec::new(),
+                cut: 0,
                 reaped: false,
             },
         );
-        Ok(pid)
+        Ok((pid, start))
     }
 
-    /// Signals the process group of one of our own children (never any other pid).
-    fn kill(&mut self, pid: libc::pid_t, sig: c_int) {
-        if self.children.get(&pid).is_some_and(|c| !c.reaped) {
+    /// Signals the process group of one of our own unreaped children (never any
+    /// other pid: an unreaped child keeps its pid, and as the group's leader it
+    /// keeps the group id). With `start`, only the child that started then.
+    fn kill(&mut self, pid: libc::pid_t, sig: c_int, start: Option<u64>) {
+        let ours = self
+            .children
+            .get(&pid)
+            .is_some_and(|c| !c.reaped && start.is_none_or(|s| s == c.start));
+        if ours {
             // SAFETY: plain syscall.
             unsafe { libc::kill(-pid, sig) };
         }
@@ -188,7 +215,12 @@ impl Helper {
             }
             ["kill", pid, sig] => {
                 if let (Ok(pid), Ok(sig)) = (pid.parse(), sig.parse()) {
-                    self.kill(pid, sig);
+                    self.kill(pid, sig, None);
+                }
+            }
+            ["kill", pid, sig, start] => {
+                if let (Ok(pid), Ok(sig), Ok(start)) = (pid.parse(), sig.parse(), start.parse()) {
+                    self.kill(pid, sig, Some(start));
                 }
             }
             _ => eprintln!("kps-helper: unknown command {line:?}"),
@@ -224,13 +256,19 @@ impl Helper {
                 // SAFETY: reading into a local buffer from our own fd.
                 let n = unsafe { libc::read(child.out_fd, buf.as_mut_ptr().cast(), buf.len()) };
                 if n > 0 {
-                    child.partial.extend_from_slice(&buf[..n as usize]);
-                    while let Some(pos) = child.partial.iter().position(|&b| b == b'\n') {
-                        let line: Vec<u8> = child.partial.drain(..=pos).collect();
-                        lines.push(line[..line.len() - 1].to_vec());
-                    }
-                    while child.partial.len() >= MAX_LINE {
-                        lines.push(child.partial.drain(..MAX_LINE).collect());
+                    for piece in buf[..n as usize].split_inclusive(|&b| b == b'\n') {
+                        let (text, ends) = match piece.split_last() {
+                            Some((b'\n', text)) => (text, true),
+                            _ => (piece, false),
+                        };
+                        let room = MAX_LINE.saturating_sub(child.partial.len());
+                        child
+                            .partial
+                            .extend_from_slice(&text[..text.len().min(room)]);
+                        child.cut += text.len().saturating_sub(room);
+                        if ends {
+                            lines.push(finish_line(child));
+                        }
                     }
                     continue;
                 }
@@ -245,7 +283,7 @@ impl Helper {
                 }
                 open = false;
                 if !child.partial.is_empty() {
-                    lines.push(std::mem::take(&mut child.partial));
+                    lines.push(finish_line(child));
                 }
                 break;
             }
@@ -282,10 +320,32 @@ impl Helper {
     /// Reaps every exited child and reports its status after its last output.
     fn reap(&mut self, report: bool) {
         loop {
+            // SAFETY: siginfo_t is plain data filled by waitid.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // Look without reaping: while the child is a zombie, its pid and group id
+            // stay reserved, so the group kill below reaches only its own group.
+            // SAFETY: plain syscall with a valid siginfo pointer.
+            let rc = unsafe {
+                libc::waitid(
+                    libc::P_ALL,
+                    0,
+                    &mut info,
+                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+                )
+            };
+            // SAFETY: si_pid is set by waitid (0 when no child has exited).
+            let pid = unsafe { info.si_pid() };
+            if rc != 0 || pid <= 0 {
+                break;
+            }
+            if self.children.contains_key(&pid) {
+                // Leftovers of the server's group (its own children) go with it.
+                // SAFETY: plain syscall.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            }
             let mut status: c_int = 0;
             // SAFETY: plain syscall with a valid status pointer.
-            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-            if pid <= 0 {
+            if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
                 break;
             }
             if !self.children.contains_key(&pid) {
@@ -297,9 +357,6 @@ impl Helper {
             if let Some(child) = self.children.get_mut(&pid) {
                 child.reaped = true;
             }
-            // Leftovers of the server's group (its own children) go with it.
-            // SAFETY: plain syscall; the group id cannot be reused while members exist.
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
             if report {
                 let what = if libc::WIFSIGNALED(status) {
                     format!("signal\t{}", libc::WTERMSIG(status))
@@ -416,19 +473,21 @@ impl Helper {
     }
 }
 
+/// Ends the current output line of `child`: its text, with the length of what
+/// was cut from it.
+fn finish_line(child: &mut Child) -> Vec<u8> {
+    let mut line = std::mem::take(&mut child.partial);
+    if child.cut > 0 {
+        line.extend_from_slice(format!(" [{} more bytes dropped]", child.cut).as_bytes());
+        child.cut = 0;
+    }
+    line
+}
+
 /// Closes every inherited descriptor above stderr (nginx's listening sockets, ...).
 fn close_inherited_fds() {
-    let fds: Vec<c_int> = match std::fs::read_dir("/proc/self/fd") {
-        Ok(dir) => dir
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .filter(|&fd| fd > 2)
-            .collect(),
-        Err(_) => (3..1024).collect(),
-    };
-    for fd in fds {
-        // SAFETY: closing inherited descriptors; the read_dir fd is already closed.
-        unsafe { libc::close(fd) };
-    }
+    // SAFETY: at start-up, before the helper opens anything of its own.
+    unsafe { fds::close_from(3) };
 }
 
 fn main() {

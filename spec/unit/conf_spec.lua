@@ -210,6 +210,15 @@ describe("conf.parse", function()
       assert.equal(ok, conf.parse(settings({ "s" }, { pluginserver_s_socket = ok }), opts)[1].socket)
     end)
 
+    it("rejects two servers on the same socket, also when one is a default", function()
+      file(bin, "a", 755)
+      file(bin, "b", 755)
+      local errors = rejected(settings({ "a", "b" }, { pluginserver_b_socket = "/kong/a.socket" }))
+      assert.same({
+        "pluginserver_b_socket (pluginserver b): socket '/kong/a.socket' is already the socket of pluginserver a",
+      }, errors)
+    end)
+
     it("rejects a default socket path that a long prefix makes too long", function()
       file(bin, "s", 755)
       local prefix = "/" .. string.rep("p", 100)

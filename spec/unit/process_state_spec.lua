@@ -47,13 +47,32 @@ describe("plugin server state", function()
     }, list)
   end)
 
+  it("status() shows why a starting server is not ready", function()
+    local state, _, advance = load_state(true)
+    assert(state.claim(11, DEFS))
+    assert(state.set("go", { state = "ready", pid = 42, restarts = 2,
+                             last_exit = { signal = 9 }, started_at = 990 }, 11))
+    assert(state.set("ext", { state = "external" }, 11))
+    assert(state.set("py", { state = "starting", pid = 7, started_at = 1000,
+                             note = "foreign listener pid 99 on /kong/py.socket" }, 11))
+    advance(0.5)
+    local list = assert(state.status(DEFS))
+    assert.same({
+      { name = "go", pid = 42, state = "ready", restarts = 2, last_exit = { signal = 9 }, uptime = 10.5 },
+      { name = "ext", state = "external", restarts = 0, uptime = 0 },
+      { name = "py", state = "starting", pid = 7, restarts = 0, uptime = 0.5,
+        note = "foreign listener pid 99 on /kong/py.socket" },
+    }, list)
+  end)
+
   it("lets only the owner write, and hands over the previous pids on claim", function()
     local state = load_state(true)
     state.claim(11, DEFS)
-    assert(state.set("go", { state = "ready", pid = 42 }, 11))
+    assert(state.set("go", { state = "ready", pid = 42, pid_start = 123456 }, 11))
     assert(state.set("py", { state = "backoff" }, 11))
     local old = state.claim(22, DEFS)
-    assert.same({ go = 42 }, old)
+    -- The start time goes along: it proves the pid still names that server.
+    assert.same({ go = { pid = 42, start = 123456 } }, old)
     local ok, err = state.set("go", { state = "stopped" }, 11)
     assert.is_nil(ok)
     assert.equal("not the owner", err)

@@ -5,6 +5,7 @@ mod keys;
 mod names;
 mod program;
 mod server_def;
+mod sockets;
 mod suffixes;
 mod suggest;
 #[cfg(test)]
@@ -97,6 +98,7 @@ pub fn parse(settings: &Settings, opts: &Options) -> Result<Accepted, Rejected> 
         };
         defs.push(check.resolve(prefix.as_deref(), opts, &mut warnings));
     }
+    sockets::check_unique(&listed, &defs, &mut errors);
     keys::check(settings, &listed, &mut errors);
 
     if errors.is_empty() {

@@ -291,6 +291,43 @@ fn a_missing_prefix_is_an_error_only_when_a_default_socket_needs_it() {
 }
 
 #[test]
+fn two_servers_on_one_socket_are_rejected_after_defaults() {
+    let env = Env::new();
+    env.bin("a");
+    env.bin("b");
+    env.bin("c");
+    // Explicit against explicit, and another spelling of the same path.
+    let s = settings(
+        &["a", "b", "c"],
+        &[
+            ("pluginserver_a_socket", t("/x.sock")),
+            ("pluginserver_b_socket", t("/x.sock")),
+            ("pluginserver_c_socket", t("//./x.sock")),
+        ],
+    );
+    assert_eq!(
+        errors(parse(&s, &env.opts())),
+        [
+            "pluginserver_b_socket (pluginserver b): socket '/x.sock' is already the socket of pluginserver a",
+            "pluginserver_c_socket (pluginserver c): socket '//./x.sock' is already the socket of pluginserver a",
+        ]
+    );
+    // An explicit socket equal to another server's default.
+    let s = settings(
+        &["a", "b"],
+        &[("pluginserver_b_socket", t("/kong/a.socket"))],
+    );
+    assert_eq!(
+        errors(parse(&s, &env.opts())),
+        [
+            "pluginserver_b_socket (pluginserver b): socket '/kong/a.socket' is already the socket of pluginserver a"
+        ]
+    );
+    // Different sockets are fine.
+    assert!(parse(&settings(&["a", "b"], &[]), &env.opts()).is_ok());
+}
+
+#[test]
 fn unknown_servers_and_suffixes_suggest_the_right_key() {
     let env = Env::new();
     env.bin("go-hello");

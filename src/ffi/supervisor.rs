@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::args::byte_arg;
 use super::errbuf::guard;
 use crate::config::ServerDef;
+use crate::process::identity::Recorded;
 use crate::process::{handle, helper_link};
 
 /// Most reports returned by one drain call.
@@ -25,8 +26,11 @@ unsafe fn json_arg<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a [u8
 
 /// Starts the supervisor thread of this process for the managed servers among
 /// `defs` (a JSON array of server definitions, `conf.parse`'s tables). `old_pids`
-/// (a JSON object `{ name: pid }`, may be empty) names servers of a previous
-/// generation that must be gone before the same socket is served again.
+/// (a JSON object `{ name: { "pid": n, "start": t } }`, may be empty; `start` is the
+/// `pid_start` of the state report) names servers of a previous generation that
+/// must be gone before the same socket is served again. A pid whose start time
+/// differs (or is not given) is not that server: it is neither waited for nor
+/// signalled.
 /// `kps-helper` is looked for beside this library.
 ///
 /// Returns 0 when the supervisor started, 1 when one was already running in this
@@ -57,7 +61,7 @@ pub unsafe extern "C" fn kps_supervisor_start(
             let defs: Vec<ServerDef> = serde_json::from_slice(json_arg(defs, defs_len, "defs")?)
                 .map_err(|e| format!("invalid server definitions: {e}"))?;
             let old = json_arg(old_pids, old_pids_len, "old_pids")?;
-            let old: HashMap<String, i32> = if old.is_empty() {
+            let old: HashMap<String, Recorded> = if old.is_empty() {
                 HashMap::new()
             } else {
                 serde_json::from_slice(old).map_err(|e| format!("invalid old pids: {e}"))?
@@ -89,6 +93,23 @@ pub extern "C" fn kps_supervisor_stop(wait_ms: u64) -> i32 {
     std::panic::catch_unwind(|| handle::stop(Duration::from_millis(wait_ms)) as i32).unwrap_or(0)
 }
 
+/// Tells the supervisor the error log's level (an nginx level: `ngx.STDERR` 0 ..
+/// `ngx.DEBUG` 8, as `ngx.errlog.get_sys_filter_level()` returns it): lines of a
+/// less severe level, plugin server output among them, are then not reported.
+///
+/// # Errors
+/// None.
+///
+/// # Panics
+/// Never.
+///
+/// # Safety
+/// None: no pointers.
+#[unsafe(no_mangle)]
+pub extern "C" fn kps_supervisor_set_log_level(level: i32) {
+    crate::process::output::set_log_level(level.clamp(0, 8) as u8);
+}
+
 /// The longest a stop can take, in ms: the largest `stop_timeout` plus the wait
 /// after SIGKILL (0 without a supervisor).
 ///
@@ -107,7 +128,7 @@ pub extern "C" fn kps_supervisor_stop_bound_ms() -> u64 {
 
 /// Takes the pending reports of the supervisor as a JSON array of objects:
 /// `{"kind":"log","level":<ngx level>,"msg":...}`,
-/// `{"kind":"state","name","state","pid","restarts","last_exit","started_at","since"}`,
+/// `{"kind":"state","name","state","pid","pid_start","restarts","last_exit","started_at","since","note"}`,
 /// `{"kind":"done"}`. Writes the bytes to `*out`/`*out_len` (empty when there is
 /// nothing) and returns the number of reports.
 ///

@@ -8,10 +8,15 @@ use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, unbounded};
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 
+use super::identity::Recorded;
 use super::supervisor::{Command, Report, Supervisor, stop_bound};
 use crate::config::ServerDef;
+
+/// Reports waiting for the shim's drain timer (every 10 ms). Bounded: a server
+/// that floods its output cannot make the worker's memory grow.
+pub const REPORT_QUEUE: usize = 4096;
 
 struct Handle {
     owner: u32,
@@ -34,7 +39,7 @@ fn current() -> std::sync::MutexGuard<'static, Option<Handle>> {
 /// When the thread cannot be created.
 pub fn start(
     defs: Vec<ServerDef>,
-    old_pids: HashMap<String, i32>,
+    old_pids: HashMap<String, Recorded>,
     helper: PathBuf,
 ) -> Result<bool, String> {
     let mut cur = current();
@@ -47,7 +52,7 @@ pub fn start(
         }
     }
     let (cmd_tx, cmd_rx) = unbounded();
-    let (rep_tx, rep_rx) = unbounded();
+    let (rep_tx, rep_rx) = bounded(REPORT_QUEUE);
     let bound = stop_bound(&defs);
     let sup = Supervisor::new(defs, old_pids, helper, rep_tx);
     let thread = std::thread::Builder::new()

@@ -1,12 +1,21 @@
 //! The supervisor's side of `kps-helper`: starts it, sends spawn/kill commands,
 //! and turns its report lines into events on a channel (read by a small thread).
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, unbounded};
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+
+use super::output;
+use super::supervisor::NGX_INFO;
+
+/// Helper events queued for the supervisor thread. When the queue is full,
+/// output lines are dropped (and counted per pid); other events wait for room.
+pub const EVENT_QUEUE: usize = 1024;
 use serde::Serialize;
 
 #[path = "../../helper/src/wire.rs"]
@@ -34,6 +43,9 @@ pub enum HelperEvent {
     Spawned {
         id: u64,
         pid: i32,
+        /// The child's start time (`/proc/<pid>/stat` field 22) as the helper read
+        /// it while the child was its own, unreaped.
+        start: Option<u64>,
     },
     SpawnFailed {
         id: u64,
@@ -58,6 +70,12 @@ pub fn parse_line(line: &str) -> Option<HelperEvent> {
         ["spawned", id, pid] => HelperEvent::Spawned {
             id: id.parse().ok()?,
             pid: pid.parse().ok()?,
+            start: None,
+        },
+        ["spawned", id, pid, start] => HelperEvent::Spawned {
+            id: id.parse().ok()?,
+            pid: pid.parse().ok()?,
+            start: start.parse().ok().filter(|&s| s != 0),
         },
         ["spawnfail", id, msg] => HelperEvent::SpawnFailed {
             id: id.parse().ok()?,
@@ -86,6 +104,31 @@ pub struct HelperLink {
     stdin: Option<ChildStdin>,
     pub events: Receiver<HelperEvent>,
     reader: Option<JoinHandle<()>>,
+    /// Output lines dropped by the reader (full queue), per pid.
+    dropped: Arc<Mutex<HashMap<i32, u64>>>,
+}
+
+/// Queues one event: output lines only when there is room (else counted as
+/// dropped), other events always. False when the supervisor is gone.
+fn forward(tx: &Sender<HelperEvent>, ev: HelperEvent, dropped: &Mutex<HashMap<i32, u64>>) -> bool {
+    if let HelperEvent::Output { pid, .. } = ev {
+        if !output::printed(NGX_INFO) {
+            return true;
+        }
+        return match tx.try_send(ev) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                *dropped
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(pid)
+                    .or_default() += 1;
+                true
+            }
+            Err(TrySendError::Disconnected(_)) => false,
+        };
+    }
+    tx.send(ev).is_ok()
 }
 
 impl HelperLink {
@@ -104,14 +147,16 @@ impl HelperLink {
         let pid = child.id();
         // Never waited through std: nginx's SIGCHLD handler reaps the helper.
         drop(child);
-        let (tx, rx) = unbounded();
+        let (tx, rx) = bounded(EVENT_QUEUE);
+        let dropped = Arc::new(Mutex::new(HashMap::new()));
+        let counts = Arc::clone(&dropped);
         let reader = std::thread::Builder::new()
             .name("kps-helper-reader".into())
             .spawn(move || {
                 for line in BufReader::new(stdout).lines() {
                     let Ok(line) = line else { break };
                     if let Some(ev) = parse_line(&line)
-                        && tx.send(ev).is_err()
+                        && !forward(&tx, ev, &counts)
                     {
                         return;
                     }
@@ -124,6 +169,7 @@ impl HelperLink {
             stdin,
             events: rx,
             reader: Some(reader),
+            dropped,
         })
     }
 
@@ -153,6 +199,25 @@ impl HelperLink {
     /// Signals the process group of one of the helper's children.
     pub fn kill(&mut self, pid: i32, signal: i32) -> Result<(), String> {
         self.send(&format!("kill\t{pid}\t{signal}"))
+    }
+
+    /// Signals the process group of the helper's child `pid` only if it is the
+    /// child that started at `start` (as `Spawned` said); without a start time,
+    /// as [`Self::kill`].
+    pub fn signal(&mut self, pid: i32, signal: i32, start: Option<u64>) -> Result<(), String> {
+        match start {
+            Some(start) => self.send(&format!("kill\t{pid}\t{signal}\t{start}")),
+            None => self.kill(pid, signal),
+        }
+    }
+
+    /// How many output lines of `pid` the queue had no room for (since the last call).
+    pub fn take_dropped(&self, pid: i32) -> u64 {
+        self.dropped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&pid)
+            .unwrap_or(0)
     }
 
     /// Closes the helper's stdin and waits for its reader thread (it ends when the
@@ -211,7 +276,19 @@ mod tests {
     fn report_lines_parse() {
         assert_eq!(
             parse_line("spawned\t3\t42"),
-            Some(HelperEvent::Spawned { id: 3, pid: 42 })
+            Some(HelperEvent::Spawned {
+                id: 3,
+                pid: 42,
+                start: None
+            })
+        );
+        assert_eq!(
+            parse_line("spawned\t3\t42\t9876"),
+            Some(HelperEvent::Spawned {
+                id: 3,
+                pid: 42,
+                start: Some(9876)
+            })
         );
         assert_eq!(
             parse_line("out\t42\ta\\tb"),

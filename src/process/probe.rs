@@ -45,11 +45,21 @@ fn sockaddr(path: &str) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
     Ok((addr, len as libc::socklen_t))
 }
 
-/// Ok when something accepts connections on `path`; the connection is closed at once.
-/// A full backlog (`EAGAIN`) counts as listening.
-pub fn probe_socket(path: &str) -> io::Result<()> {
+/// A connected probe socket, closed on drop.
+pub struct ProbeFd(pub libc::c_int);
+
+impl Drop for ProbeFd {
+    fn drop(&mut self) {
+        // SAFETY: closing our own fd once.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// Connects to `path` without blocking. Ok with the connected socket when
+/// something accepts; a full backlog (`EAGAIN`) is an error of that kind.
+pub fn connect_probe(path: &str) -> io::Result<ProbeFd> {
     let (addr, len) = sockaddr(path)?;
-    // SAFETY: plain syscalls on a socket we own and close.
+    // SAFETY: plain syscalls on a socket we own (closed by ProbeFd).
     unsafe {
         let fd = libc::socket(
             libc::AF_UNIX,
@@ -59,16 +69,26 @@ pub fn probe_socket(path: &str) -> io::Result<()> {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        let rc = libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len);
-        let err = io::Error::last_os_error();
-        libc::close(fd);
-        if rc == 0
-            || err.raw_os_error() == Some(libc::EAGAIN)
-            || err.raw_os_error() == Some(libc::EINPROGRESS)
-        {
-            return Ok(());
+        let fd = ProbeFd(fd);
+        if libc::connect(fd.0, (&addr as *const libc::sockaddr_un).cast(), len) == 0 {
+            return Ok(fd);
         }
-        Err(err)
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Ok when something accepts connections on `path`; the connection is closed at once.
+/// A full backlog (`EAGAIN`) counts as listening.
+pub fn probe_socket(path: &str) -> io::Result<()> {
+    match connect_probe(path) {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.raw_os_error() == Some(libc::EAGAIN)
+                || e.raw_os_error() == Some(libc::EINPROGRESS) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -4,6 +4,12 @@
 //! Runs in the nginx master during `init`. On a HUP reload the master's SIGCHLD
 //! handler may reap our shell before we do, so the exit status travels through a
 //! pipe written by the shell itself (`echo $? >&3`), and `waitpid` only cleans up.
+//!
+//! For the same reason the shell's pid is not ours to signal by number alone: a
+//! pidfd is opened at spawn (while the shell is known to be our child) and the
+//! command's group is signalled only while that pidfd shows the shell alive. The
+//! shell waits on a pipe after writing the status, so it is alive until we kill
+//! the group. The command gets `/dev/null`, the two pipes, and nothing else.
 
 use std::collections::HashMap;
 use std::io;
@@ -15,6 +21,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::identity::{Pidfd, fds, start_time};
 use crate::config::ServerDef;
 
 /// Protocol of a dump that does not name one (Python and JS).
@@ -27,8 +34,9 @@ const QUOTE_LEN: usize = 200;
 const KILL_DRAIN: Duration = Duration::from_millis(1000);
 
 /// The shell wrapper: runs the query command as Kong does (`sh -c`), in a subshell
-/// that does not see fd 3, then writes its status to fd 3.
-const WRAPPER: &str = "(eval \"$1\") 3>&-; echo \"$?\" >&3";
+/// that does not see fds 3 and 4, writes its status to fd 3, then waits on fd 4
+/// (a pipe we never write) so that it lives until we kill its group.
+const WRAPPER: &str = "(eval \"$1\") 3>&- 4<&-; echo \"$?\" >&3; read x <&4";
 
 /// What one query command did.
 #[derive(Debug, Default)]
@@ -78,7 +86,9 @@ fn quote(bytes: &[u8]) -> String {
 /// When the shell cannot be started or a pipe cannot be made.
 pub fn run_query(command: &str, path: &str, timeout: Duration) -> Result<QueryOutput, String> {
     let (status_rd, status_wr) = pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
+    let (hold_rd, hold_wr) = pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
     let status_wr_fd = status_wr.as_raw_fd();
+    let hold_rd_fd = hold_rd.as_raw_fd();
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(WRAPPER)
@@ -89,12 +99,16 @@ pub fn run_query(command: &str, path: &str, timeout: Duration) -> Result<QueryOu
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    // SAFETY: dup2 is async-signal-safe; fd 3 gets the status pipe without CLOEXEC.
+    // SAFETY: dup2, fcntl and close_range are async-signal-safe. Fds 3 and 4 get the
+    // pipes without CLOEXEC; every other inherited fd (nginx's listening sockets and
+    // log files) is closed at exec.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(status_wr_fd, 3) < 0 {
+            let (status, hold) = (libc::dup(status_wr_fd), libc::dup(hold_rd_fd));
+            if status < 0 || hold < 0 || libc::dup2(status, 3) < 0 || libc::dup2(hold, 4) < 0 {
                 return Err(io::Error::last_os_error());
             }
+            fds::cloexec_from(5);
             Ok(())
         });
     }
@@ -102,7 +116,9 @@ pub fn run_query(command: &str, path: &str, timeout: Duration) -> Result<QueryOu
         .spawn()
         .map_err(|e| format!("cannot run /bin/sh: {e}"))?;
     drop(status_wr);
+    drop(hold_rd);
     let pid = child.id() as libc::pid_t;
+    let shell = ShellIdentity::of_child(pid);
     let stdout: OwnedFd = child.stdout.take().expect("piped stdout").into();
     let stderr: OwnedFd = child.stderr.take().expect("piped stderr").into();
     // The Child is never waited through std: nginx's handler may have reaped it.
@@ -124,8 +140,7 @@ pub fn run_query(command: &str, path: &str, timeout: Duration) -> Result<QueryOu
                 out.timed_out = true;
             }
             // Timeout, or done: either way nothing of the command's group may stay behind.
-            // SAFETY: plain syscall on the group we created (not yet waited for).
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            shell.kill_group(pid);
             kill_deadline = Some(now + KILL_DRAIN);
         }
         let limit = kill_deadline.unwrap_or(deadline);
@@ -171,11 +186,66 @@ pub fn run_query(command: &str, path: &str, timeout: Duration) -> Result<QueryOu
             streams.remove(i);
         }
     }
+    // The shell exits on EOF if the kill did not reach it.
+    drop(hold_wr);
     // Clean up the zombie unless nginx's handler already did (ECHILD).
     let mut st = 0;
     // SAFETY: plain syscall; the shell exits promptly after its status write or the kill.
     unsafe { libc::waitpid(pid, &mut st, 0) };
     Ok(out)
+}
+
+/// What proves that the shell's pid still names the shell: a pidfd opened while
+/// it was our child (the kernel's own proof), else its start time.
+struct ShellIdentity {
+    pidfd: Option<Pidfd>,
+    start: Option<u64>,
+}
+
+/// Field 4 of `/proc/<pid>/stat`: the parent pid.
+fn parent_of(pid: libc::pid_t) -> Option<libc::pid_t> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_ascii_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+impl ShellIdentity {
+    /// Right after spawn: the pid is our child's unless nginx reaped it already;
+    /// a pidfd whose process has us as parent (checked while it is alive) is it.
+    fn of_child(pid: libc::pid_t) -> Self {
+        let pidfd = Pidfd::open(pid);
+        let start = start_time(pid);
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::getpid() };
+        let ours = parent_of(pid) == Some(me) && pidfd.as_ref().is_none_or(|p| p.signal(0));
+        if ours {
+            ShellIdentity { pidfd, start }
+        } else {
+            ShellIdentity {
+                pidfd: None,
+                start: None,
+            }
+        }
+    }
+
+    /// SIGKILL to the command's process group, only while `pid` provably is (or,
+    /// reaped, was) our shell, the group's leader.
+    fn kill_group(&self, pid: libc::pid_t) {
+        let alive = match (&self.pidfd, self.start) {
+            (Some(p), _) => p.signal(0),
+            (None, Some(start)) => start_time(pid) == Some(start),
+            (None, None) => false,
+        };
+        // A group id stays reserved while its leader lives; once the leader is
+        // reaped, only when no process has that number is the group still ours.
+        if alive || (self.start.is_some() && start_time(pid).is_none()) {
+            // SAFETY: plain syscall on the group of our own shell.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+    }
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -583,6 +653,92 @@ mod tests {
             !marker.exists(),
             "a process of the timed-out group survived"
         );
+    }
+
+    /// The descriptors of a process, by number.
+    fn fds_of(pid: i32) -> Vec<i32> {
+        let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        fds.sort();
+        fds
+    }
+
+    #[test]
+    fn a_query_command_inherits_only_stdin_stdout_and_stderr() {
+        // A descriptor of ours without CLOEXEC, as nginx's listening sockets are.
+        // SAFETY: dup of our stderr; closed below.
+        let leak = unsafe { libc::dup(2) };
+        assert!(leak > 2);
+        let dir = std::env::temp_dir().join(format!("kps-query-fds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pidfile = dir.join("pid");
+        let cmd = format!(
+            "sh -c 'echo $$ > {}.tmp; mv {}.tmp {}; exec sleep 3'",
+            pidfile.display(),
+            pidfile.display(),
+            pidfile.display()
+        );
+        let runner =
+            std::thread::spawn(move || run_query(&cmd, "/usr/bin:/bin", Duration::from_secs(20)));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pid: i32 = loop {
+            if let Some(pid) = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "the query command did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        // Wait for the exec of sleep (the pid file is written by the sh before it).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.trim() != "sleep")
+        {
+            assert!(Instant::now() < deadline, "no exec of sleep");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(fds_of(pid), [0, 1, 2]);
+        let stdin = std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap();
+        assert_eq!(stdin, std::path::Path::new("/dev/null"));
+        let out = runner.join().unwrap().unwrap();
+        assert_eq!(out.status, Some(0));
+        // SAFETY: closing our own dup.
+        unsafe { libc::close(leak) };
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_group_is_not_signalled_when_the_pid_names_another_process() {
+        // A shell identity of a process that exited; its pid then written where
+        // the shell's was: the kill path leaves the unrelated process alone.
+        let mut gone = Command::new("true").process_group(0).spawn().unwrap();
+        let gone_pid = gone.id() as i32;
+        let identity = ShellIdentity::of_child(gone_pid);
+        gone.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let mut other = Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let other_pid = other.id() as i32;
+        identity.kill_group(other_pid);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "an unrelated process group was killed"
+        );
+        // The identity of the live process itself does reach its group.
+        ShellIdentity::of_child(other_pid).kill_group(other_pid);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while other.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "our own group was not killed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]

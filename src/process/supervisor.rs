@@ -12,7 +12,11 @@ use serde::Serialize;
 
 use super::backoff::Backoff;
 use super::helper_link::{Exit, HelperEvent, HelperLink};
-use super::probe::{Probe, probe_socket, remove_stale_socket};
+use super::identity::{Identity, Recorded, signal_if_same};
+use super::output::{LINES_PER_WINDOW, OutputBudget};
+use super::peercred::{Listener, probe_server};
+use super::probe::{Probe, remove_stale_socket};
+use super::reports::ReportSink;
 use crate::config::ServerDef;
 
 /// Probe period while a server starts (readiness must show within 10 ms).
@@ -51,6 +55,9 @@ pub enum Report {
         name: String,
         state: State,
         pid: Option<i32>,
+        /// The start time of `pid` (`/proc/<pid>/stat` field 22): what proves, after
+        /// a reload, that the pid still names this server.
+        pid_start: Option<u64>,
         restarts: u32,
         last_exit: Option<Exit>,
         /// Wall-clock start of the current process (seconds since the epoch).
@@ -58,6 +65,9 @@ pub enum Report {
         /// Wall-clock time of this state change (seconds since the epoch): when the
         /// probe saw a server accept, for `ready` (outage measurements).
         since: f64,
+        /// Why a starting server is not ready yet, when the probe knows
+        /// (`foreign listener pid N on <socket>`).
+        note: Option<String>,
     },
     /// The supervisor has stopped every server and ended.
     Done,
@@ -71,7 +81,7 @@ pub enum Command {
 enum Phase {
     /// A server of the previous generation (same socket) must be gone first.
     WaitOld {
-        pid: i32,
+        old: Recorded,
         deadline: Instant,
     },
     /// Spawn asked for; waiting for the helper's answer.
@@ -98,6 +108,11 @@ struct Server {
     command: String,
     phase: Phase,
     pid: Option<i32>,
+    /// Start time of `pid`, as the helper read it at fork.
+    pid_start: Option<u64>,
+    /// Why the server is not ready (the probe found another process listening).
+    note: Option<String>,
+    output: OutputBudget,
     started: Option<Instant>,
     started_wall: Option<f64>,
     /// Spawns in this generation; `restarts` is all but the first.
@@ -116,7 +131,7 @@ impl Server {
 /// The supervisor thread's state.
 pub struct Supervisor {
     servers: Vec<Server>,
-    reports: Sender<Report>,
+    reports: ReportSink,
     helper_path: PathBuf,
     helper: Option<HelperLink>,
     next_id: u64,
@@ -138,11 +153,11 @@ fn pid_alive(pid: i32) -> bool {
 }
 
 impl Supervisor {
-    /// `old_pids`: per server name, the pid a previous generation (HUP reload,
+    /// `old_pids`: per server name, the process a previous generation (HUP reload,
     /// crashed worker) was running on the same socket.
     pub fn new(
         defs: Vec<ServerDef>,
-        old_pids: HashMap<String, i32>,
+        old_pids: HashMap<String, Recorded>,
         helper_path: PathBuf,
         reports: Sender<Report>,
     ) -> Self {
@@ -152,13 +167,16 @@ impl Supervisor {
             .filter_map(|def| {
                 let command = def.start_command.clone()?;
                 let phase = match old_pids.get(&def.name) {
-                    Some(&pid) if pid_alive(pid) => Phase::WaitOld {
-                        pid,
+                    Some(&old) if pid_alive(old.pid()) => Phase::WaitOld {
+                        old,
                         deadline: now + Duration::from_millis(def.stop_timeout),
                     },
                     _ => Phase::Backoff { until: now },
                 };
                 Some(Server {
+                    output: OutputBudget::new(def.log_window, LINES_PER_WINDOW),
+                    pid_start: None,
+                    note: None,
                     backoff: Backoff::new(
                         def.respawn_delay,
                         def.respawn_delay_max,
@@ -178,7 +196,7 @@ impl Supervisor {
             .collect();
         Supervisor {
             servers,
-            reports,
+            reports: ReportSink::new(reports),
             helper_path,
             helper: None,
             next_id: 1,
@@ -186,20 +204,22 @@ impl Supervisor {
         }
     }
 
-    fn log(&self, level: u8, msg: String) {
-        let _ = self.reports.send(Report::Log { level, msg });
+    fn log(&mut self, level: u8, msg: String) {
+        self.reports.log(level, msg);
     }
 
-    fn publish(&self, i: usize, state: State) {
+    fn publish(&mut self, i: usize, state: State) {
         let s = &self.servers[i];
-        let _ = self.reports.send(Report::State {
+        self.reports.state(Report::State {
             name: s.def.name.clone(),
             state,
             pid: s.pid,
+            pid_start: s.pid.and(s.pid_start),
             restarts: s.restarts,
             last_exit: s.last_exit,
             started_at: s.started_wall,
             since: wall_now(),
+            note: s.note.clone(),
         });
     }
 
@@ -219,12 +239,13 @@ impl Supervisor {
                     self.servers[i].phase = Phase::Failed;
                     self.publish(i, State::Failed);
                 }
-                let _ = self.reports.send(Report::Done);
+                self.reports.finish();
                 return;
             }
         }
         for i in 0..self.servers.len() {
-            if let Phase::WaitOld { pid, .. } = self.servers[i].phase {
+            if let Phase::WaitOld { old, .. } = self.servers[i].phase {
+                let pid = old.pid();
                 self.log(
                     NGX_NOTICE,
                     format!(
@@ -237,12 +258,19 @@ impl Supervisor {
         }
         loop {
             self.tick(Instant::now());
+            self.summarise_output(Instant::now());
+            self.reports.flush();
             if self.stopping && self.servers.iter().all(Server::is_done) {
                 break;
             }
-            let timeout = self.next_deadline().map_or(Duration::from_secs(1), |d| {
-                d.saturating_duration_since(Instant::now())
-            });
+            let timeout = self
+                .next_deadline()
+                .into_iter()
+                .chain(self.output_deadline())
+                .min()
+                .map_or(Duration::from_secs(1), |d| {
+                    d.saturating_duration_since(Instant::now())
+                });
             let events = self.helper.as_ref().map(|h| h.events.clone());
             let Some(events) = events else { break };
             select! {
@@ -259,7 +287,7 @@ impl Supervisor {
         if let Some(h) = self.helper.take() {
             h.close();
         }
-        let _ = self.reports.send(Report::Done);
+        self.reports.finish();
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -280,29 +308,31 @@ impl Supervisor {
     fn tick(&mut self, now: Instant) {
         for i in 0..self.servers.len() {
             match self.servers[i].phase {
-                Phase::WaitOld { pid, deadline } => {
-                    if !pid_alive(pid) {
+                Phase::WaitOld { old, deadline } => {
+                    let (pid, identity) = (old.pid(), old.identity());
+                    let name = self.servers[i].def.name.clone();
+                    if identity == Identity::Gone {
                         // Logged by this supervisor before its own "started" line, so the
                         // hand-over order is visible even though the old worker logs
                         // its "stopped" line from another process.
-                        let name = self.servers[i].def.name.clone();
                         self.log(
                             NGX_NOTICE,
                             format!("[pluginserver] previous pluginserver '{name}', pid {pid}, has exited"),
                         );
                         self.spawn(i);
+                    } else if identity == Identity::Foreign {
+                        self.log(
+                            NGX_NOTICE,
+                            format!("[pluginserver] pid {pid}, recorded for the previous pluginserver '{name}', is not that server (it exited, or its start time was not recorded); not waiting for it or signalling it"),
+                        );
+                        self.spawn(i);
                     } else if now >= deadline {
-                        let name = self.servers[i].def.name.clone();
                         self.log(
                             NGX_WARN,
                             format!("[pluginserver] previous pluginserver '{name}', pid {pid}, still running; killing it"),
                         );
-                        // Only a process group leader is one of ours (servers run in their own group).
-                        // SAFETY: plain syscalls.
-                        unsafe {
-                            if libc::getpgid(pid) == pid {
-                                libc::kill(-pid, libc::SIGKILL);
-                            }
+                        if let Some(start) = old.start() {
+                            signal_if_same(pid, start, libc::SIGKILL);
                         }
                         self.spawn(i);
                     }
@@ -327,11 +357,11 @@ impl Supervisor {
         let s = &self.servers[i];
         let name = s.def.name.clone();
         remove_stale_socket(&s.def.socket);
+        let (path, command) = (s.def.path.clone(), s.command.clone());
         self.log(
             NGX_NOTICE,
             format!("[pluginserver] starting pluginserver process for {name}"),
         );
-        let (path, command) = (s.def.path.clone(), s.command.clone());
         let sent = match self.helper.as_mut() {
             Some(h) => h.spawn(id, &path, &command),
             None => Err("kps-helper is not running".into()),
@@ -378,8 +408,23 @@ impl Supervisor {
         let Phase::Starting { ref mut probe } = s.phase else {
             return;
         };
-        match probe_socket(&s.def.socket) {
-            Ok(()) => {
+        match probe_server(&s.def.socket, s.pid.unwrap_or(0)) {
+            Ok(Listener::Foreign(other)) => {
+                probe.next = now + PROBE_FAST.max(Duration::from_millis(50));
+                let note = format!("foreign listener pid {other} on {}", s.def.socket);
+                if s.note.as_ref() != Some(&note) {
+                    let msg = format!(
+                        "[pluginserver] pluginserver '{}', pid {}, is not ready: {note}",
+                        s.def.name,
+                        s.pid.unwrap_or(0)
+                    );
+                    s.note = Some(note);
+                    self.log(NGX_WARN, msg);
+                    self.publish(i, State::Starting);
+                }
+            }
+            Ok(Listener::Ours) => {
+                s.note = None;
                 s.phase = Phase::Ready;
                 let (name, pid) = (s.def.name.clone(), s.pid.unwrap_or(0));
                 self.log(
@@ -412,7 +457,7 @@ impl Supervisor {
 
     fn on_event(&mut self, ev: HelperEvent) {
         match ev {
-            HelperEvent::Spawned { id, pid } => {
+            HelperEvent::Spawned { id, pid, start } => {
                 let Some(i) = self
                     .servers
                     .iter()
@@ -425,6 +470,8 @@ impl Supervisor {
                 s.spawns += 1;
                 s.restarts = s.spawns - 1;
                 s.pid = Some(pid);
+                s.pid_start = start;
+                s.note = None;
                 s.started = Some(now);
                 s.started_wall = Some(wall_now());
                 s.phase = Phase::Starting {
@@ -449,12 +496,7 @@ impl Supervisor {
                     self.spawn_failed(i, &message);
                 }
             }
-            HelperEvent::Output { pid, line } => {
-                let name = self
-                    .server_of_pid(pid)
-                    .map_or("?", |i| self.servers[i].def.name.as_str());
-                self.log(NGX_INFO, format!("[{name}:{pid}] {line}"));
-            }
+            HelperEvent::Output { pid, line } => self.on_output(pid, line),
             HelperEvent::Exited { pid, exit } => {
                 if let Some(i) = self.server_of_pid(pid) {
                     self.on_exit(i, pid, exit);
@@ -565,7 +607,7 @@ impl Supervisor {
             killed: false,
         };
         if let (Some(pid), Some(h)) = (s.pid, self.helper.as_mut()) {
-            let _ = h.kill(pid, libc::SIGTERM);
+            let _ = h.signal(pid, libc::SIGTERM, s.pid_start);
         }
     }
 
@@ -605,7 +647,7 @@ impl Supervisor {
             return;
         };
         if !killed {
-            let grace = s.def.stop_timeout;
+            let (grace, start) = (s.def.stop_timeout, s.pid_start);
             s.phase = Phase::Stopping {
                 deadline: now + KILL_WAIT,
                 killed: true,
@@ -615,7 +657,7 @@ impl Supervisor {
                 format!("[pluginserver] pluginserver '{name}', pid {pid}, did not stop within {grace} ms of SIGTERM; sending SIGKILL"),
             );
             if let Some(h) = self.helper.as_mut() {
-                let _ = h.kill(pid, libc::SIGKILL);
+                let _ = h.signal(pid, libc::SIGKILL, start);
             }
         } else {
             s.phase = Phase::Stopped;
@@ -625,6 +667,61 @@ impl Supervisor {
             );
             self.publish(i, State::Stopped);
         }
+    }
+}
+
+/// Output lines of the servers: filtered by level, limited per log window.
+impl Supervisor {
+    fn on_output(&mut self, pid: i32, line: String) {
+        if !super::output::printed(NGX_INFO) {
+            return;
+        }
+        let now = Instant::now();
+        let Some(i) = self.server_of_pid(pid) else {
+            self.log(NGX_INFO, format!("[?:{pid}] {line}"));
+            return;
+        };
+        self.summarise_server_output(i, now);
+        if self.servers[i].output.admit(now) {
+            let name = &self.servers[i].def.name;
+            let msg = format!("[{name}:{pid}] {line}");
+            self.log(NGX_INFO, msg);
+        }
+    }
+
+    /// One line per server whose window with dropped lines has ended.
+    fn summarise_output(&mut self, now: Instant) {
+        for i in 0..self.servers.len() {
+            self.summarise_server_output(i, now);
+        }
+    }
+
+    fn summarise_server_output(&mut self, i: usize, now: Instant) {
+        if let (Some(pid), Some(h)) = (self.servers[i].pid, self.helper.as_ref()) {
+            let lost = h.take_dropped(pid);
+            self.servers[i].output.add_dropped(lost, now);
+        }
+        let s = &mut self.servers[i];
+        if let Some(n) = s.output.summary(now) {
+            let msg = format!(
+                "[pluginserver] {}: {n} output lines dropped in the last {} ms",
+                s.def.name,
+                s.output.window_ms()
+            );
+            self.log(NGX_WARN, msg);
+        }
+    }
+
+    fn output_deadline(&self) -> Option<Instant> {
+        let pending = self
+            .reports
+            .has_pending()
+            .then(|| Instant::now() + PROBE_FAST);
+        self.servers
+            .iter()
+            .filter_map(|s| s.output.deadline())
+            .chain(pending)
+            .min()
     }
 }
 

@@ -155,6 +155,8 @@ local function drain()
       state.set(r.name, {
         state = r.state,
         pid = denull(r.pid),
+        pid_start = denull(r.pid_start),
+        note = denull(r.note),
         restarts = r.restarts,
         last_exit = denull(r.last_exit),
         started_at = denull(r.started_at),
@@ -248,6 +250,15 @@ function _M.start(defs)
   end
   if #managed == 0 then
     return true
+  end
+
+  -- Lines the error log would not print (server output is logged at info) stay in Rust.
+  local errlog_ok, errlog = pcall(require, "ngx.errlog")
+  if errlog_ok and type(errlog) == "table" and errlog.get_sys_filter_level then
+    local ok_level, level = pcall(errlog.get_sys_filter_level)
+    if ok_level and type(level) == "number" then
+      l.C.kps_supervisor_set_log_level(level)
+    end
   end
 
   local json = encode_defs(managed)

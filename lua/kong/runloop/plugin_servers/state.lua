@@ -3,7 +3,9 @@
 --
 -- Owns the keys `ps:owner` (pid of the worker whose supervisor writes the state)
 -- `ps:refused:<name>` (a pid that refused a connection, see refused()) and
--- `ps:srv:<name>` (JSON: state, pid, restarts, last_exit, started_at, since:
+-- `ps:srv:<name>` (JSON: state, pid, pid_start (the pid's start time, which
+-- proves after a reload that the pid still names that server), note (why a
+-- starting server is not ready), restarts, last_exit, started_at, since:
 -- the supervisor's wall-clock time of the last state change). Written
 -- by worker 0's drain timer (process.lua); read by status() and by the RPC code
 -- through wait_ready().
@@ -111,6 +113,8 @@ function _M.get(name)
     return nil
   end
   e.pid = denull(e.pid)
+  e.pid_start = denull(e.pid_start)
+  e.note = denull(e.note)
   e.last_exit = denull(e.last_exit)
   e.started_at = denull(e.started_at)
   e.since = denull(e.since)
@@ -118,9 +122,10 @@ function _M.get(name)
   return e
 end
 
--- Makes `owner` (a worker pid) the writer of the state and returns the pids the
--- previous owner's servers had ({ [name] = pid }), so that the new supervisor can
--- wait for them to be gone before serving the same sockets.
+-- Makes `owner` (a worker pid) the writer of the state and returns the processes
+-- the previous owner's servers had ({ [name] = { pid = n, start = t } }), so that
+-- the new supervisor can wait for them to be gone before serving the same sockets
+-- (and never signals a pid whose start time is not `start`).
 function _M.claim(owner, defs)
   local d = dict()
   if not d then
@@ -130,7 +135,7 @@ function _M.claim(owner, defs)
   for _, def in ipairs(defs) do
     local e = _M.get(def.name)
     if e and e.pid and e.state ~= "external" then
-      old[def.name] = e.pid
+      old[def.name] = { pid = e.pid, start = e.pid_start }
     end
   end
   d:set(OWNER_KEY, owner)
@@ -156,6 +161,8 @@ function _M.set(name, entry, owner)
   local ok, err = d:set(SERVER_KEY .. name, cjson.encode({
     state = entry.state,
     pid = entry.pid,
+    pid_start = entry.pid_start,
+    note = entry.note,
     restarts = entry.restarts or 0,
     last_exit = entry.last_exit,
     started_at = entry.started_at,
@@ -165,7 +172,7 @@ function _M.set(name, entry, owner)
   return ok, err
 end
 
--- status() entries, in defs order: { name, pid, state, restarts, last_exit, uptime }.
+-- status() entries, in defs order: { name, pid, state, restarts, last_exit, note, uptime }.
 function _M.status(defs)
   if not dict() then
     return nil, _M.MISSING_DICT
@@ -183,6 +190,7 @@ function _M.status(defs)
       state = state,
       restarts = e.restarts or 0,
       last_exit = e.last_exit,
+      note = e.note,
       uptime = running and floor((now - e.started_at) * 1000) / 1000 or 0,
     }
   end
