@@ -274,7 +274,7 @@ describe("MessagePack coverage", function()
         assert.same({}, unlisted)
         local n = 0
         for _ in pairs(methods) do n = n + 1 end
-        assert.equal(pdk == "py" and 104 or 115, n)
+        assert.equal(pdk == "py" and 105 or 116, n)
       end)
 
       it("answers every call with the host's result in Kong's MessagePack shape, and its error", function()
