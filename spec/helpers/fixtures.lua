@@ -30,9 +30,18 @@ local EXPECTED = {
                    phases = { "access" }, header = "x-hello-from-javascript" },
   ["go-coverage"] = { protocol = "ProtoBuf:1", priority = 2, version = "0.1",
                       phases = { "access", "response", "log" } },
+  ["py-coverage"] = { protocol = "MsgPack:1", priority = 1000, version = "0.1.0",
+                      phases = { "rewrite", "log", "access", "response" } },
+  ["js-coverage"] = { protocol = "MsgPack:1", priority = 900, version = "0.1.0",
+                      phases = { "rewrite", "log", "access", "response" } },
+  ["go-terminal"] = { protocol = "ProtoBuf:1", priority = 800, version = "0.1",
+                      phases = { "rewrite", "access", "response", "log" } },
 }
 
+-- The fixtures every process spec runs; the MessagePack coverage and terminal-call
+-- fixtures are only run by their own specs (each real server costs seconds there).
 local NAMES = { "go-hello", "py-hello", "js-hello", "go-coverage" }
+local KNOWN = { "go-hello", "py-hello", "js-hello", "go-coverage", "py-coverage", "js-coverage", "go-terminal" }
 
 local function file_exists(path)
   local f = io_open(path, "rb")
@@ -147,6 +156,15 @@ local function new(root)
                command { bin, "-kong-prefix", prefix, "-dump" }
       end,
     },
+    ["go-terminal"] = {
+      target = "go",
+      built = { build .. "/bin/go-terminal" },
+      commands = function(prefix)
+        local bin = build .. "/bin/go-terminal"
+        return command { bin, "-kong-prefix", prefix },
+               command { bin, "-kong-prefix", prefix, "-dump" }
+      end,
+    },
     ["py-hello"] = {
       target = "python",
       built = { build .. "/venv/bin/python3", build .. "/venv/.kps-requirements" },
@@ -156,6 +174,27 @@ local function new(root)
         -- kong-pdk's dedicated server would listen on <prefix>/py-hello.sock by default.
         return command { py[1], py[2], py[3], "-p", prefix, "--socket-name", "py-hello.socket" },
                command { py[1], py[2], py[3], "--dump" }
+      end,
+    },
+    ["py-coverage"] = {
+      target = "python",
+      built = { build .. "/venv/bin/python3", build .. "/venv/.kps-requirements", build .. "/py-coverage.dump" },
+      commands = function(prefix)
+        local py = { build .. "/venv/bin/python3", "-u", plugins .. "/py-coverage/py-coverage.py" }
+        return command { py[1], py[2], py[3], "-p", prefix, "--socket-name", "py-coverage.socket" },
+               command { py[1], py[2], py[3], "--dump" }
+      end,
+    },
+    ["js-coverage"] = {
+      target = "js",
+      built = { build .. "/js-hello.node", js_server,
+                plugins .. "/js-hello/node_modules/.kps-npm-ci", build .. "/js-coverage.dump" },
+      commands = function(prefix)
+        -- served by js-hello's kong-pdk install, from a plugins directory of its own
+        local node = read_line(build .. "/js-hello.node")
+        local dir = plugins .. "/js-coverage/plugins"
+        return command { node, js_server, "-d", dir, "-p", prefix, "--sock-name", "js-coverage.socket" },
+               command { node, js_server, "-d", dir, "--dump-all-plugins" }
       end,
     },
     ["js-hello"] = {
@@ -177,7 +216,7 @@ local function new(root)
   local function def_of(name)
     local def = DEFS[name]
     if not def then
-      error("fixtures: unknown fixture '" .. tostring(name) .. "' (known: " .. concat(NAMES, ", ") .. ")", 0)
+      error("fixtures: unknown fixture '" .. tostring(name) .. "' (known: " .. concat(KNOWN, ", ") .. ")", 0)
     end
     return def
   end
@@ -191,10 +230,10 @@ local function new(root)
                       .. plugins .. " " .. def.target .. "`"
       end
     end
-    if name == "js-hello" then
+    if name == "js-hello" or name == "js-coverage" then
       local node = read_line(build .. "/js-hello.node")
       if not node or node:sub(1, 1) ~= "/" or not file_exists(node) then
-        return false, "fixture js-hello: " .. build .. "/js-hello.node does not name an existing node binary (got "
+        return false, "fixture " .. name .. ": " .. build .. "/js-hello.node does not name an existing node binary (got "
                       .. tostring(node) .. "): run `make -C " .. plugins .. " js` again"
       end
     end

@@ -241,7 +241,10 @@ function Host:request(opts)
     headers["content-length"] = #body
   end
   for k, v in pairs(headers) do
-    lines[#lines + 1] = k .. ": " .. tostring(v)
+    -- a list: the header repeated, once per value
+    for _, one in ipairs(type(v) == "table" and v or { v }) do
+      lines[#lines + 1] = k .. ": " .. tostring(one)
+    end
   end
   local sent, serr = c:send(table.concat(lines, "\r\n") .. "\r\n\r\n" .. body)
   if not sent then

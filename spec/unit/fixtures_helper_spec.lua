@@ -85,7 +85,7 @@ describe("spec.helpers.fixtures", function()
   it("rejects unknown names and relative prefixes", function()
     local f = built_root(tmp .. "/repo")
     assert.error_matches(function() f.settings("rb-hello", "/p") end,
-                         "unknown fixture 'rb-hello' (known: go-hello, py-hello, js-hello, go-coverage)", nil, true)
+                         "unknown fixture 'rb-hello' (known: go-hello, py-hello, js-hello, go-coverage, py-coverage, js-coverage, go-terminal)", nil, true)
     assert.error_matches(function() f.settings("go-hello", "kong") end,
                          "prefix must be an absolute path, got kong", nil, true)
     assert.error_matches(function() f.settings({}, "/p") end, "non-empty array", nil, true)

@@ -231,6 +231,17 @@ describe("pb_rpc", function()
     assert.is_false(log_of[1].kept)
   end)
 
+  it("fails the event when the PDK refuses kong.response.exit (headers already sent)", function()
+    local rpc = pb_rpc.new(def, "go-hello")
+    sockets = { fake({ { reply = one_call("kong.response.exit", "\8\147\3") } }, 0) }
+    local ok, err, cause = rpc:handle_event(7, "response", function() return false, "headers have already been sent" end)
+    assert.is_nil(ok)
+    assert.equal("kong.response.exit failed: headers have already been sent", err)
+    assert.equal("protocol", cause)
+    assert.equal(1, #log_of[1].sent)
+    assert.is_true(log_of[1].closed)
+  end)
+
   it("refuses a frame longer than max_message_size", function()
     local small = {}
     for k, v in pairs(def) do small[k] = v end

@@ -229,6 +229,11 @@ local function answer(self, c, ev, dispatch, saved, stats)
     stats.pdk_calls = stats.pdk_calls + 1
   end
   if terminal[index] then
+    if not ok then
+      -- Refused (headers already sent, a phase without a response...): the plugin
+      -- waits for no answer, so the event fails, as Kong's raised error would.
+      return false, name .. " failed: " .. tostring(value)
+    end
     return "terminal"
   end
   local buf, len = errbuf()

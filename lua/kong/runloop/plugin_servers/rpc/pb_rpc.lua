@@ -215,6 +215,11 @@ local function answer(self, c, ev, dispatch, saved, stats)
   stats.pdk_calls = stats.pdk_calls + 1
   local ok, value = dispatch(index, name, args, n, saved)
   if terminal[index] then
+    if not ok then
+      -- Refused (headers already sent, a phase without a response...): go-pdk has
+      -- closed, so the event fails, as Kong's raised error would.
+      return false, name .. " failed: " .. tostring(value)
+    end
     -- go-pdk closes the connection after this call; Kong's request ends here.
     return "terminal"
   end
