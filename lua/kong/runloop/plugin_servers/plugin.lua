@@ -68,6 +68,15 @@ local function reset_everywhere(self, why)
   end
 end
 
+-- Kong's export: drops this worker's instances of the plugin `name` (what Kong's
+-- reset_instances worker event handler calls).
+function _M.reset_instances_for_plugin(name)
+  local p = by_name[name]
+  if p then
+    p:reset_instances()
+  end
+end
+
 -- The `plugin_server`/`reset_instances` worker event handler. Kong's start()
 -- registers it; this also registers it lazily in each worker that runs a plugin.
 function _M.register_events()
