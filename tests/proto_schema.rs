@@ -9,7 +9,10 @@
 //! - every field: same name, number, type (message and enum types by name, map
 //!   key and value types) and label (singular, optional message, repeated, map,
 //!   oneof member);
-//! - every oneof: same members; every enum: same values.
+//! - every oneof: same members; every enum: same values;
+//! - every rpc of the `Kong` service is the method of that Kong-side name in
+//!   `src/codec/methods.rs`, with the same input and output types, and every
+//!   method the table gives Protobuf types is an rpc of the service.
 //!
 //! A struct is the message of its Rust name in its module's package, unless its
 //! doc comment starts with a backquoted proto name (`` `kong_plugin_protocol.KV` ``,
@@ -678,6 +681,152 @@ fn a_drifted_proto_is_reported() {
         );
         std::fs::write(dir.join(PROTO_FILE), original.replacen(from, to, 1)).unwrap();
         let found = problems(dir.to_str().unwrap(), MESSAGES_RS);
+        assert!(!found.is_empty(), "{what}: the edit went unnoticed");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+// ---- the service against the method table --------------------------------------
+
+/// The Kong-side name of an rpc without a `MethodName` option: `Request_GetHeader`
+/// -> `kong.request.get_header` (the rule stated in the `.proto`).
+fn kong_name(rpc: &str) -> String {
+    let dotted = format!("Kong.{rpc}").replace('_', ".");
+    let mut out = String::new();
+    let mut prev: Option<char> = None;
+    for c in dotted.chars() {
+        if c.is_ascii_uppercase()
+            && prev.is_some_and(|p| p.is_ascii_lowercase() || p.is_ascii_digit())
+        {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+        prev = Some(c);
+    }
+    out
+}
+
+fn service_problems(proto_dir: &str) -> Vec<String> {
+    use kong_plugin_servers::codec::methods::METHODS;
+    use prost_reflect::Value;
+
+    let mut compiler = protox::Compiler::new([proto_dir]).expect("include dir");
+    compiler.include_imports(true);
+    compiler
+        .open_file(PROTO_FILE)
+        .unwrap_or_else(|e| panic!("{PROTO_FILE} does not compile: {e:?}"));
+    let pool = compiler.descriptor_pool();
+    let option = pool
+        .get_extension_by_name(&format!("{PACKAGE}.MethodName"))
+        .expect("the MethodName option");
+    let service = pool
+        .get_service_by_name(&format!("{PACKAGE}.Kong"))
+        .expect("service Kong");
+
+    let mut problems = Vec::new();
+    let mut in_service = BTreeSet::new();
+    // `KV` is `PbType::Kv`: compare names case-insensitively
+    let same =
+        |pb: &dyn std::fmt::Debug, proto: &str| format!("{pb:?}").eq_ignore_ascii_case(proto);
+    for rpc in service.methods() {
+        let options = rpc.options();
+        let name = match options
+            .has_extension(&option)
+            .then(|| options.get_extension(&option))
+        {
+            Some(v) => match v.as_ref() {
+                Value::String(s) => s.clone(),
+                other => panic!("{}: MethodName is {other:?}", rpc.name()),
+            },
+            None => kong_name(rpc.name()),
+        };
+        let (input, output) = (rpc.input(), rpc.output());
+        match METHODS.iter().find(|m| m.name == name) {
+            None => problems.push(format!("rpc {} ({name}): not in methods.rs", rpc.name())),
+            Some(m) => match m.pb {
+                None => problems.push(format!(
+                    "rpc {} ({name}): methods.rs has no Protobuf types",
+                    rpc.name()
+                )),
+                Some((pin, pout)) => {
+                    if !same(&pin, input.name()) || !same(&pout, output.name()) {
+                        problems.push(format!(
+                            "rpc {} ({name}): {} -> {} in the schema, {pin:?} -> {pout:?} in methods.rs",
+                            rpc.name(),
+                            input.full_name(),
+                            output.full_name()
+                        ));
+                    }
+                }
+            },
+        }
+        in_service.insert(name);
+    }
+    for m in METHODS.iter().filter(|m| m.pb.is_some()) {
+        if !in_service.contains(m.name) {
+            problems.push(format!(
+                "{}: Protobuf types in methods.rs, no rpc in the schema",
+                m.name
+            ));
+        }
+    }
+    problems
+}
+
+#[test]
+fn the_service_matches_the_method_table() {
+    assert_eq!(kong_name("Request_GetHeader"), "kong.request.get_header");
+    assert_eq!(
+        kong_name("Nginx_GetTLS1VersionStr"),
+        "kong.nginx.get_tls1_version_str"
+    );
+    let problems = service_problems(PROTO_DIR);
+    assert!(
+        problems.is_empty(),
+        "methods.rs differs from the service of {PROTO_FILE}:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn a_drifted_service_is_reported() {
+    let original = std::fs::read_to_string(format!("{PROTO_DIR}/{PROTO_FILE}")).unwrap();
+    let edits: &[(&str, &str, &str)] = &[
+        (
+            "input type",
+            "rpc Client_GetIp(google.protobuf.Empty) returns (String);",
+            "rpc Client_GetIp(Int) returns (String);",
+        ),
+        (
+            "output type",
+            "rpc Client_GetIp(google.protobuf.Empty) returns (String);",
+            "rpc Client_GetIp(google.protobuf.Empty) returns (Int);",
+        ),
+        (
+            "removed rpc",
+            "rpc Client_GetIp(google.protobuf.Empty) returns (String);",
+            "",
+        ),
+        (
+            "new rpc",
+            "service Kong {",
+            "service Kong {\n  rpc Client_GetNothing(google.protobuf.Empty) returns (String);",
+        ),
+        (
+            "MethodName option",
+            "option (MethodName) = \"kong.ctx.shared.set\";",
+            "option (MethodName) = \"kong.ctx.shared.put\";",
+        ),
+    ];
+    let dir = std::env::temp_dir().join(format!("kps-proto-service-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (what, from, to) in edits {
+        assert!(
+            original.contains(from),
+            "{what}: `{from}` not in the schema"
+        );
+        std::fs::write(dir.join(PROTO_FILE), original.replacen(from, to, 1)).unwrap();
+        let found = service_problems(dir.to_str().unwrap());
         assert!(!found.is_empty(), "{what}: the edit went unnoticed");
     }
     std::fs::remove_dir_all(&dir).unwrap();
