@@ -141,6 +141,34 @@ describe("Kong's process-management spec: queries plugin info", function()
     assert.equal("test-py", py_info.server_def.name)
   end)
 
+  it("reads a configuration shaped by Kong's conf loader, per-server keys hidden behind a proxy", function()
+    local settings = { pluginserver_names = "test-go,test-py" }
+    go_settings(settings, "test_go", prefix)
+    py_settings(settings, "test_py", prefix)
+    local res = assert(h:eval_json(([[
+      local settings = require("cjson.safe").decode(%q)
+      -- what Kong's conf loader builds from them, then a proxy that shows only it
+      local list = {}
+      for i, name in ipairs({ "test-go", "test-py" }) do
+        local k = "pluginserver_" .. name:gsub("-", "_")
+        list[i] = { name = name, socket = settings[k .. "_socket"], start_command = settings[k .. "_start_cmd"],
+                    query_command = settings[k .. "_query_cmd"] }
+      end
+      local raw = { prefix = settings.prefix, pluginserver_names = { "test-go", "test-py" }, pluginservers = list }
+      local kong_conf = setmetatable({}, { __index = raw })
+      local infos, err = require("kong.runloop.plugin_servers.process").load_external_plugins_info(kong_conf)
+      if not infos then return { err = err } end
+      local out = {}
+      for name, info in pairs(infos) do
+        out[name] = { info.server_def.name, info.server_def.socket, info.server_def.protocol }
+      end
+      return out
+    ]]):format(cjson.encode(settings))))
+    assert.is_nil(res.err)
+    assert.same({ "test-go", prefix .. "/go-hello.socket", "ProtoBuf:1" }, res["go-hello"])
+    assert.same({ "test-py", prefix .. "/py-hello.socket", "MsgPack:1" }, res["py-hello"])
+  end)
+
   it("returns nil and the error for a configuration Kong's loader would refuse", function()
     local res = assert(h:eval_json([[
       local p = require "kong.runloop.plugin_servers.process"
@@ -196,13 +224,18 @@ describe("Kong's process, plugin and rpc exports on the servers of kong.configur
   it("reset_instances_for_plugin drops this worker's instances of that plugin", function()
     assert.equal("Go says Kong! to " .. HOST, hello())
     local counts = assert(h:eval_json([[
+      local plugin = require "kong.runloop.plugin_servers.plugin"
       local ok, p = require("kong.runloop.plugin_servers").load_plugin("go-hello")
-      local before = p.instances:count()
-      require("kong.runloop.plugin_servers.plugin").reset_instances_for_plugin("go-hello")
-      require("kong.runloop.plugin_servers.plugin").reset_instances_for_plugin("no-such-plugin")
-      return { before = before, after = p.instances:count() }
+      -- a second object of the same plugin, with an instance of its own
+      local q = assert(plugin.new(p))
+      assert(q.instances:get({ __plugin_id = "other", __seq__ = 1 }))
+      local before = { p.instances:count(), q.instances:count() }
+      plugin.reset_instances_for_plugin("no-such-plugin")
+      local unrelated = { p.instances:count(), q.instances:count() }
+      plugin.reset_instances_for_plugin("go-hello")
+      return { before = before, unrelated = unrelated, after = { p.instances:count(), q.instances:count() } }
     ]]))
-    assert.same({ before = 1, after = 0 }, counts)
+    assert.same({ before = { 1, 1 }, unrelated = { 1, 1 }, after = { 0, 0 } }, counts)
     assert.equal("Go says Kong! to " .. HOST, hello())
   end)
 
