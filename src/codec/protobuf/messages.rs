@@ -1,8 +1,10 @@
 //! The messages of the Kong plugin protocol (`kong_plugin_protocol`) and the
 //! Google well-known types it uses, as prost derives.
 //!
-//! Documented by `kong_plugin_protocol.proto` beside this file (nothing compiles
-//! it); field numbers and types follow PROTOCOL.md §5.1-5.2 and go-pdk v0.11.2.
+//! Written from `kong_plugin_protocol.proto` beside this file (go-pdk v0.11.2's
+//! schema). `tests/proto_schema.rs` compiles the `.proto` and fails on any
+//! message, field number, type or label that differs from these structs. A struct
+//! named unlike its message says the message's name first in its doc comment.
 //! Maps are `BTreeMap`s so that encoding is deterministic (sorted keys), as Go's
 //! deterministic marshalling is.
 
@@ -219,6 +221,7 @@ pub struct ByteString {
     pub v: Vec<u8>,
 }
 
+/// `kong_plugin_protocol.KV`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Kv {
     #[prost(string, tag = "1")]

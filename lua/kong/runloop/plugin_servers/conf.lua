@@ -2,12 +2,17 @@
 --
 -- parse(settings [, opts]) -> defs, warnings  |  nil, errors, warnings
 --
+-- `settings`: Kong's configuration (the `pluginserver_*` keys, or its
+-- `pluginservers` list where the keys are not readable: conf_pluginservers.lua)
+-- or any table of such settings.
+--
 -- The checks live in Rust (src/config); this module picks the relevant keys out of
 -- Kong's configuration, sends them as JSON through kps_config_parse and turns the
 -- JSON answer into plain tables. It never raises: any failure comes back as errors.
 
 local ffi = require "ffi"
 local cjson = require("cjson.safe").new()
+local pluginservers = require "kong.runloop.plugin_servers.conf_pluginservers"
 
 local ffi_gc = ffi.gc
 local ffi_new = ffi.new
@@ -149,6 +154,8 @@ local function pick(settings)
       end
     end
   end
+  -- what the keys do not give, from Kong's `pluginservers` list
+  pluginservers.fill(settings, out, key_of, to_json_value)
   return out
 end
 
@@ -218,7 +225,16 @@ function _M.parse(settings, opts)
   end
 
   if result.ok then
-    return plain_defs(result.defs), result.warnings
+    local defs = plain_defs(result.defs)
+    local warnings = type(result.warnings) == "table" and result.warnings or {}
+    local cok, more = pcall(pluginservers.compare, settings, defs)
+    if not cok then
+      more = { "plugin server configuration: cannot compare kong.configuration.pluginservers: " .. tostring(more) }
+    end
+    for _, w in ipairs(more) do
+      warnings[#warnings + 1] = w
+    end
+    return defs, warnings
   end
   return nil, result.errors, result.warnings
 end

@@ -5,7 +5,7 @@
 -- change, and adds status(). Nothing here raises: Kong calls start/stop from
 -- init_worker/exit_worker, where an error crash-loops workers or skips cleanup.
 
-local conf = require "kong.runloop.plugin_servers.conf"
+local servers_mod = require "kong.runloop.plugin_servers.servers"
 local process = require "kong.runloop.plugin_servers.process"
 local plugin = require "kong.runloop.plugin_servers.plugin"
 local counters = require "kong.runloop.plugin_servers.counters"
@@ -13,41 +13,19 @@ local counters = require "kong.runloop.plugin_servers.counters"
 local ngx = ngx
 local log = ngx.log
 local ERR = ngx.ERR
-local WARN = ngx.WARN
-local concat = table.concat
 local pcall = pcall
 
 local NO_PLUGIN = "no plugin found"
 
 local _M = {}
 
--- Per process (master, inherited by workers): server definitions, plugin infos
--- and plugin objects. A failure is kept and returned on every call, never raised.
-local servers, servers_err
+-- Per process (master, inherited by workers): plugin infos and plugin objects.
+-- A failure is kept and returned on every call, never raised.
 local infos, infos_err
 local plugins = {}
 
-local function load_servers()
-  if servers or servers_err then
-    return servers, servers_err
-  end
-  -- parse returns `defs, warnings` or `nil, errors, warnings`
-  local ok, defs, second, third = pcall(conf.parse, (kong and kong.configuration) or {})
-  if not ok then
-    servers_err = "invalid plugin server configuration: " .. tostring(defs)
-    return nil, servers_err
-  end
-  local warnings = (defs and second) or third
-  for _, w in ipairs(warnings or {}) do
-    log(WARN, "[pluginserver] ", w)
-  end
-  if defs then
-    servers = defs
-  else
-    servers_err = "invalid plugin server configuration: " .. concat(second or {}, "; ")
-  end
-  return servers, servers_err
-end
+-- parsed once per process, shared with process.start_pluginservers (servers.lua)
+local load_servers = servers_mod.get
 
 local function load_infos()
   if infos or infos_err then

@@ -29,13 +29,24 @@ local update_time = ngx.update_time
 local pcall = pcall
 local tostring = tostring
 local setmetatable = setmetatable
+local pairs = pairs
 
 local ERROR_BODY = { message = "An unexpected error occurred" }
 
 local _M = {}
 
--- Every plugin object of this process, by name (for the reset worker event).
+-- Every plugin object of this process, by name: a weak set per name (for the reset
+-- worker event and reset_instances_for_plugin).
 local by_name = {}
+
+local function reset_all(name, why)
+  local set = by_name[name]
+  if set then
+    for p in pairs(set) do
+      p:reset_instances(why)
+    end
+  end
+end
 local events_registered = false
 
 local Plugin = {}
@@ -68,6 +79,12 @@ local function reset_everywhere(self, why)
   end
 end
 
+-- Kong's export: drops this worker's instances of the plugin `name` (what Kong's
+-- reset_instances worker event handler calls).
+function _M.reset_instances_for_plugin(name)
+  reset_all(name)
+end
+
 -- The `plugin_server`/`reset_instances` worker event handler. Kong's start()
 -- registers it; this also registers it lazily in each worker that runs a plugin.
 function _M.register_events()
@@ -79,9 +96,8 @@ function _M.register_events()
     return nil, "no kong.worker_events"
   end
   we.register(function(data)
-    local p = data and by_name[data.plugin_name]
-    if p and data.pid ~= ngx.worker.pid() then
-      p:reset_instances()
+    if data and data.pid ~= ngx.worker.pid() then
+      reset_all(data.plugin_name)
     end
   end, "plugin_server", "reset_instances")
   events_registered = true
@@ -247,7 +263,12 @@ function _M.new(info)
   for _, phase in ipairs(info.phases or {}) do
     self[phase] = phase == "log" and log_queue.handler or phase_handler(phase)
   end
-  by_name[info.name] = self
+  local set = by_name[info.name]
+  if not set then
+    set = setmetatable({}, { __mode = "k" })
+    by_name[info.name] = set
+  end
+  set[self] = true
   return self
 end
 

@@ -7,6 +7,11 @@
 -- stop()       -> true   (bounded by stop_timeout; never raises)
 -- status(defs) -> array of { name, pid, state, restarts, last_exit, uptime } or nil, err
 --
+-- Kong 3.9's exports of this module, with Kong's arguments and results:
+-- load_external_plugins_info(kong_conf) -> { [plugin name] = info record } or nil, err
+-- start_pluginservers() -> true   (the servers of kong.configuration)
+-- stop_pluginservers()  -> true
+--
 -- The supervisor thread reports through a channel; worker 0 drains it every 10 ms,
 -- writes the lines with ngx.log and the states into the shared dict (state.lua).
 
@@ -18,6 +23,8 @@ local ngx = ngx
 local log = ngx.log
 local ERR = ngx.ERR
 local NOTICE = ngx.NOTICE
+local WARN = ngx.WARN
+local concat = table.concat
 local type = type
 local pcall = pcall
 local ipairs = ipairs
@@ -303,6 +310,59 @@ end
 
 function _M.status(defs)
   return state.status(defs)
+end
+
+-- ---- Kong's API ---------------------------------------------------------------
+
+-- Kong's load_external_plugins_info: the plugins of every server of `kong_conf` (a
+-- configuration as Kong's conf loader makes it, or any table of settings conf.parse
+-- reads), keyed by plugin name; nil, err on a configuration or query failure.
+-- A plugin name served twice is an error here (Kong kept the last one silently).
+function _M.load_external_plugins_info(kong_conf)
+  local conf = require "kong.runloop.plugin_servers.conf"
+  -- `defs, warnings` or `nil, errors, warnings`
+  local defs, second = conf.parse(kong_conf)
+  if not defs then
+    return nil, "invalid plugin server configuration: " .. concat(second or {}, "; ")
+  end
+  for _, w in ipairs(second or {}) do
+    log(WARN, "[pluginserver] ", w)
+  end
+  local list, err = _M.query(defs)
+  if not list then
+    return nil, err
+  end
+  local by_name = {}
+  for _, info in ipairs(list) do
+    by_name[info.name] = info
+  end
+  return by_name
+end
+
+-- Kong's start_pluginservers: starts the servers of kong.configuration (parsed
+-- once per process, as load_plugin sees them). Never raises; returns true.
+function _M.start_pluginservers()
+  local ok, defs, err = pcall(function()
+    return require("kong.runloop.plugin_servers.servers").get()
+  end)
+  if not ok or not defs then
+    log(ERR, "[pluginserver] ", tostring(ok and err or defs))
+    return true
+  end
+  local sok, serr = pcall(_M.start, defs)
+  if not sok then
+    log(ERR, "[pluginserver] failed starting plugin servers: ", tostring(serr))
+  end
+  return true
+end
+
+-- Kong's stop_pluginservers. Never raises; returns true.
+function _M.stop_pluginservers()
+  local ok, err = pcall(_M.stop)
+  if not ok then
+    log(ERR, "[pluginserver] failed stopping plugin servers: ", tostring(err))
+  end
+  return true
 end
 
 -- For specs: drain now (worker 0).
