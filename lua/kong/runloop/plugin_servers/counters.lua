@@ -51,6 +51,17 @@ end
 -- concatenate.
 local key_cache = {}
 
+-- Apart from keys(): a closure there would close an upvalue on its return path,
+-- which the JIT cannot compile (NYI: UCLO), aborting the trace of every event.
+local function key_table(prefix, server)
+  local head = prefix .. "c:" .. server .. ":"
+  return setmetatable({}, { __index = function(t, name)
+    local v = head .. name
+    t[name] = v
+    return v
+  end })
+end
+
 local function keys(prefix, server)
   local by_server = key_cache[prefix]
   if not by_server then
@@ -59,12 +70,7 @@ local function keys(prefix, server)
   end
   local k = by_server[server]
   if not k then
-    local head = prefix .. "c:" .. server .. ":"
-    k = setmetatable({}, { __index = function(t, name)
-      local v = head .. name
-      t[name] = v
-      return v
-    end })
+    k = key_table(prefix, server)
     by_server[server] = k
   end
   return k
