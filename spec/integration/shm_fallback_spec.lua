@@ -205,4 +205,56 @@ describe("shared state without the kong_plugin_servers dict", function()
     -- no worker crashed
     assert.equal(0, h:count_log("exited on signal"))
   end)
+
+  -- What docs/SETTINGS.md tells an operator to size the dict by, against nginx's slab
+  -- allocator: every key a server can have, for many servers, in the `kong` dict.
+  it("a server's keys take no more of the dict than bytes_per_server says", function()
+    h = assert(nginx.start { prefix = prefix, workers = 1, dicts = { kong = "5m" },
+                             configuration = { pluginserver_names = {} }, plugins = {} })
+    local r = assert(h:eval_json([[
+      local counters = require "kong.runloop.plugin_servers.counters"
+      local state = require "kong.runloop.plugin_servers.state"
+      local limiter = require "kong.runloop.plugin_servers.log_limiter"
+      local shm = require "kong.runloop.plugin_servers.shm"
+      local d = ngx.shared.kong
+      local M = 100 -- the limiter's timers stay below nginx's 1024 pending
+      local out = {}
+      for _, fmt in ipairs({ "srv-%06d", "a-rather-long-plugin-server-name-%07d" }) do
+        d:flush_all()
+        d:flush_expired(0)
+        local free, nkeys = d:free_space(), #d:get_keys(0)
+        for i = 1, M do
+          local name = string.format(fmt, i)
+          for _, ph in ipairs(counters.PHASES) do counters.event(name, ph, 100) end
+          for b = 1, #counters.LATENCY_BUCKETS_MS + 1 do
+            counters.event(name, "access", 125 * 2 ^ (b - 1) - 1)
+          end
+          for _, c in ipairs({ "pdk_calls", "instance_starts", "fail_open", "errors.connect",
+                               "errors.timeout", "errors.protocol", "errors.no_instance",
+                               "refused_method", "log_refused" }) do
+            counters.incr(name, c, 1)
+          end
+          state.set(name, { state = "ready", pid = 4194304, restarts = 12, last_exit = { signal = 9 },
+                            started_at = 1764766000.123, since = 1764766000.456 })
+          state.refused(name, 4194304)
+          for _, cause in ipairs(counters.ERROR_CAUSES) do
+            limiter.log(name, cause, 60000, ngx.DEBUG, "first")
+            limiter.log(name, cause, 60000, ngx.DEBUG, "counted")
+          end
+        end
+        out[#out + 1] = { name = string.format(fmt, 1), keys = (#d:get_keys(0) - nkeys) / M,
+                          used = (free - d:free_space()) / M,
+                          promised = shm.bytes_per_server(string.format(fmt, 1), "kps:") }
+      end
+      d:flush_all()
+      return out
+    ]]))
+    for _, m in ipairs(r) do
+      -- 48 keys (47 if a refused mark's 0.2 s ttl ran out while the loop ran)
+      assert.is_true(m.keys >= 47 and m.keys <= 48, m.name .. ": " .. m.keys)
+      assert.is_true(m.used > 0 and m.used <= m.promised, m.name .. ": " .. m.used .. " > " .. m.promised)
+      -- and not a wild overestimate
+      assert.is_true(m.used >= m.promised * 0.8, m.name .. ": " .. m.used .. " vs " .. m.promised)
+    end
+  end)
 end)

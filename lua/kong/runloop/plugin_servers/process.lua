@@ -238,7 +238,7 @@ function _M.start(defs)
   if not dict_ok then
     log(ERR, "[pluginserver] ", dict_err)
   else
-    log(NOTICE, "[pluginserver] ", shm.describe(#defs))
+    log(NOTICE, "[pluginserver] ", shm.describe(defs))
   end
   my_pid = ngx.worker.pid()
   local old = state.claim(my_pid, defs)
