@@ -148,7 +148,8 @@ describe("metrics()", function()
       -- histogram: cumulative, ending at the count, which is every event timed
       local prev = 0
       for _, b in ipairs(c.latency_ms.buckets) do
-        local n = v("event_duration_seconds_bucket", ',le="' .. string.format("%.9g", b.le_ms / 1000) .. '"')
+        local le = string.format("%.7f", b.le_ms / 1000):gsub("0+$", ""):gsub("%.$", "")
+        local n = v("event_duration_seconds_bucket", ',le="' .. le .. '"')
         assert.equal(b.count, n)
         assert.is_true(n >= prev)
         prev = n

@@ -50,17 +50,20 @@ describe("counters and log limiter", function()
   it("puts a latency in the first bucket whose bound is not below it, cumulative in get()", function()
     local b = counters.LATENCY_BUCKETS_MS
     assert.equal(17, #b)
-    assert.equal(0.125, b[1])
-    assert.equal(8192, b[17])
+    assert.equal(0.0625, b[1])
+    assert.equal(0.125, b[2])
+    assert.equal(4096, b[17])
     assert.equal(1, counters.bucket(0))
-    assert.equal(1, counters.bucket(125))
-    assert.equal(2, counters.bucket(126))
-    assert.equal(2, counters.bucket(250))
-    assert.equal(3, counters.bucket(251))
-    assert.equal(4, counters.bucket(1000))
-    assert.equal(17, counters.bucket(8192000))
-    assert.equal(18, counters.bucket(8192001))  -- +Inf
-    for _, us in ipairs({ 100, 250, 300, 999, 1000, 1001, 9000000 }) do
+    assert.equal(1, counters.bucket(62))
+    assert.equal(2, counters.bucket(63))
+    assert.equal(2, counters.bucket(125))
+    assert.equal(3, counters.bucket(126))
+    assert.equal(4, counters.bucket(500))
+    assert.equal(5, counters.bucket(501))
+    assert.equal(5, counters.bucket(1000))
+    assert.equal(17, counters.bucket(4096000))
+    assert.equal(18, counters.bucket(4096001))  -- +Inf
+    for _, us in ipairs({ 50, 125, 300, 999, 1000, 1001, 5000000 }) do
       counters.event("a", "access", us)
     end
     local lat = counters.get("a").latency_ms
@@ -70,9 +73,9 @@ describe("counters and log limiter", function()
       assert.equal(b[i], bucket.le_ms)
       cum[i] = bucket.count
     end
-    -- <=0.125: 100; <=0.25: +250; <=0.5: +300; <=1: +999, 1000; <=2: +1001; 9 s only in +Inf
-    assert.same({ 1, 2, 3, 5, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6 }, cum)
-    assert.equal(9000, lat.max)
+    -- <=0.0625: 50; <=0.125: +125; <=0.5: +300; <=1: +999, 1000; <=2: +1001; 5 s only in +Inf
+    assert.same({ 1, 2, 2, 3, 5, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6 }, cum)
+    assert.equal(5000, lat.max)
   end)
 
   it("falls back to Kong's `kong` dict under the prefix kps:, beside Kong's own keys", function()

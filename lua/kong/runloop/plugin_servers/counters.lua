@@ -27,9 +27,9 @@ _M.PHASES = { "certificate", "preread", "rewrite", "access", "response", "header
               "body_filter", "log", "other" }
 
 -- Latency histogram: bucket i holds events of at most FIRST_BUCKET_US * 2^(i-1)
--- microseconds (0.125 ms to 8192 ms; docs/METRICS.md says why), bucket
+-- microseconds (0.0625 ms to 4096 ms; docs/METRICS.md says why), bucket
 -- BUCKETS + 1 the slower ones. Powers of two find the bucket with one log, no loop.
-local FIRST_BUCKET_US = 125
+local FIRST_BUCKET_US = 62.5
 local BUCKETS = 17
 local INV_LN2 = 1 / log(2)
 _M.LATENCY_BUCKETS_MS = {}
@@ -89,7 +89,7 @@ local function bucket(us)
   if us <= FIRST_BUCKET_US then
     return 1
   end
-  -- the epsilon keeps an exact bound (250 µs) in its own bucket despite rounding
+  -- the epsilon keeps an exact bound (500 µs) in its own bucket despite rounding
   local i = ceil(log(us / FIRST_BUCKET_US) * INV_LN2 - 1e-9) + 1
   if i > BUCKETS then
     return BUCKETS + 1

@@ -32,6 +32,12 @@ local function number(v)
   return fmt("%.9g", v)
 end
 
+-- A bucket bound in seconds, in plain decimals ("0.0000625", not "6.25e-05").
+local function bound(seconds)
+  return (gsub(gsub(fmt("%.7f", seconds), "0+$", ""), "%.$", ""))
+end
+_M.bound = bound
+
 local ESCAPES = { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" }
 
 local function label(v)
@@ -102,7 +108,7 @@ function _M.render(list)
     function(emit, _, c)
       local lat = c.latency_ms or {}
       for _, b in ipairs(lat.buckets or {}) do
-        emit("_bucket", ',le="' .. number(b.le_ms / 1000) .. '"', b.count)
+        emit("_bucket", ',le="' .. bound(b.le_ms / 1000) .. '"', b.count)
       end
       emit("_bucket", ',le="+Inf"', lat.count or 0)
       emit("_sum", nil, (lat.sum or 0) / 1000)
