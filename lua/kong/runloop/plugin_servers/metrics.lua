@@ -53,6 +53,22 @@ local function sorted_keys(t)
   return keys
 end
 
+-- Counters with a family of their own above; and counter names fit for a metric name.
+local KNOWN_COUNTERS = { events = true, pdk_calls = true, fail_open = true, instance_starts = true }
+
+-- Sorted names of the numeric counters of any server not known above.
+local function other_counters(list)
+  local seen = {}
+  for _, entry in ipairs(list) do
+    for k, v in pairs(entry.counters or {}) do
+      if type(v) == "number" and not KNOWN_COUNTERS[k] and k:find("^[%a_][%w_]*$") then
+        seen[k] = true
+      end
+    end
+  end
+  return sorted_keys(seen)
+end
+
 -- One metric family: HELP, TYPE, then `sample(out, entry)` for every server.
 local function family(out, list, name, kind, help, sample)
   out[#out + 1] = "# HELP " .. PREFIX .. name .. " " .. help
@@ -103,6 +119,11 @@ function _M.render(list)
     function(emit, _, c) emit("", nil, c.fail_open or 0) end)
   family(out, list, "instance_starts_total", "counter", "Plugin instances started.",
     function(emit, _, c) emit("", nil, c.instance_starts or 0) end)
+  -- Any other number in status()'s counters (added later) as a counter of its own name.
+  for _, name in ipairs(other_counters(list)) do
+    family(out, list, name .. "_total", "counter", "status() counter '" .. name .. "'.",
+      function(emit, _, c) emit("", nil, type(c[name]) == "number" and c[name] or 0) end)
+  end
   family(out, list, "event_duration_seconds", "histogram",
     "Time an event took in this node, waits for the server included.",
     function(emit, _, c)
