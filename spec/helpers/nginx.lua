@@ -140,6 +140,8 @@ function _M.render(prefix, opts)
   local floor_json = opts.cosocket_floor and (',"cosocket_floor":' .. assert(cjson.encode(opts.cosocket_floor))) or ""
   -- `worker_header`: responses tell which worker ran their plugins (X-Kps-Host-Worker)
   floor_json = floor_json .. (opts.worker_header and ',"worker_header":true' or "")
+  -- `kong_reset`: the host empties the `kong` dict at init (start and reload), as Kong does
+  floor_json = floor_json .. (opts.kong_reset and ',"kong_reset":true' or "")
   write(prefix .. "/kps_host.json", '{"configuration":' .. assert(cjson.encode(configuration))
         .. ',"plugins":' .. plugins_json .. floor_json .. "}")
   return port

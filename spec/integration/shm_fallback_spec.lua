@@ -206,6 +206,47 @@ describe("shared state without the kong_plugin_servers dict", function()
     assert.equal(0, h:count_log("exited on signal"))
   end)
 
+  -- Kong's init empties the `kong` dict on every reload: the shim's state goes with it,
+  -- including the pids the new supervisor would wait for (docs/SETTINGS.md). With the
+  -- real servers, requests during the reload still succeed.
+  it("through a reload that empties the kong dict (as Kong's init does), requests keep succeeding", function()
+    local settings = fx.settings({ "go-hello", "py-hello" }, prefix)
+    h = assert(nginx.start {
+      prefix = prefix, workers = 2, dicts = { kong = "5m" }, kong_reset = true, configuration = settings,
+      plugins = { { name = "go-hello", config = { message = "Kong" } },
+                  { name = "py-hello", config = { message = "Kong" } } },
+    })
+    local function ready()
+      local st = h:eval_json(STATUS)
+      return type(st) == "table" and st[1].state == "ready" and st[2].state == "ready" and st
+    end
+    local before = assert(nginx.wait_until(ready, 15), (h:error_log() or ""):sub(-3000))
+    assert.equal(200, assert(h:request { headers = { host = "r.test" } }).status)
+    assert(h:reload())
+    local codes, n = {}, 0
+    local t0 = nginx.now()
+    while nginx.now() - t0 < 3 do
+      local res = h:request { headers = { host = "r.test" } }
+      local code = res and res.status or "none"
+      codes[code] = (codes[code] or 0) + 1
+      n = n + 1
+      nginx.sleep(0.02)
+    end
+    assert.same({ [200] = n }, codes)
+    local after = assert(nginx.wait_until(function()
+      local st = ready()
+      return st and st[1].pid ~= before[1].pid and st[2].pid ~= before[2].pid and st
+    end, 10))
+    -- the state was emptied: counters start over, and nothing told the new supervisor
+    -- about the old servers
+    assert.equal(0, after[1].restarts)
+    assert.equal(0, h:count_log("waiting for the previous pluginserver"))
+    -- the old generation still ends (the old worker stops it)
+    assert(nginx.wait_until(function()
+      return not procs.alive(before[1].pid) and not procs.alive(before[2].pid)
+    end, 8))
+  end)
+
   -- What docs/SETTINGS.md tells an operator to size the dict by, against nginx's slab
   -- allocator: every key a server can have, for many servers, in the `kong` dict.
   it("a server's keys take no more of the dict than bytes_per_server says", function()
