@@ -23,7 +23,8 @@ LUA_TREE     := lua/kong/runloop/plugin_servers
 APT_PACKAGES := nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache luajit2 \
                 libluajit2-5.1-dev lua-cjson lua-messagepack lua-busted lua-luassert \
                 lua-penlight lua-socket luarocks pkg-config wrk protobuf-compiler curl \
-                strace valgrind util-linux
+                strace valgrind util-linux \
+                prometheus
 
 .PHONY: all build header deps deps-apt deps-fixtures test test-rust test-unit test-integration \
         demo bench probe-outage jit-aborts install uninstall clean deps-fuzz fuzz fuzz-smoke

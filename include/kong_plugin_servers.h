@@ -174,6 +174,21 @@ const char *kps_version(void);
 // must be null or valid for reads and writes.
 int32_t kps_selftest_panic(uint8_t *errbuf, size_t *errbuf_len);
 
+// Microseconds on the monotonic clock (`CLOCK_MONOTONIC`: since an unspecified
+// origin, never stepped), for timing events from Lua more finely than nginx's
+// millisecond clock. A double, so that LuaJIT receives a plain number (a 64-bit
+// integer would be a boxed cdata, allocated on every call).
+//
+// # Errors
+// None: returns 0 in the impossible case that the clock cannot be read.
+//
+// # Panics
+// Never.
+//
+// # Safety
+// None: no arguments, no pointers.
+double kps_clock_us(void);
+
 // Returns the per-server setting suffixes (`socket,start_cmd,...`) as a static
 // NUL-terminated, comma-separated string, so that the Lua side can read them from
 // a settings table it cannot iterate (Kong's `kong.configuration` is a proxy).

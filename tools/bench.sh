@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make bench: every figure in one table, measured in the same run (ratios matter more
 # than absolute numbers on a shared machine). Bounded in time (a few minutes);
-# loopback/unix only. Pieces: examples/transport_floor.rs, bench/codec.lua,
+# loopback/unix only. Pieces: examples/transport_floor.rs, bench/codec.lua, bench/counters.lua,
 # bench/e2e.lua, bench/startup.lua (each can be run alone; see their headers).
 #   KPS_BENCH_SECONDS   seconds per wrk run (default 3)
 #   KPS_COSOCKET_ROUND_TRIPS  round trips per request of e2e's nginx cosocket floor (default 4)
@@ -56,6 +56,9 @@ fi
 
 # Codec micro-benchmarks in LuaJIT (each measurement in its own process).
 luajit bench/codec.lua 0.3
+
+# The per-event bookkeeping (counters, histogram, clock) in a real nginx worker.
+luajit bench/counters.lua
 
 # End to end through nginx with the real plugin servers.
 KPS_FLOOR_NS=$FLOOR_NS KPS_FLOOR_EPOLL_NS=$FLOOR_EPOLL_NS KPS_SLOW_FLOOR_NS=$SLOW_FLOOR_NS \

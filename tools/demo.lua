@@ -1,7 +1,8 @@
 -- make demo: validates a sample kong.conf with mistakes, then starts nginx (two
 -- workers) with the Kong-like host, the shim and the real hello plugin servers,
--- sends a request through them, prints what they did and the servers' status,
--- and stops everything.
+-- sends a request through them, prints what they did, the servers' status and
+-- a few lines of metrics(), and stops everything. nginx declares no shared dict
+-- of ours: the shim uses Kong's `kong` dict.
 package.path = "./spec/?.lua;./?.lua;./lua/?.lua;./lua/?/init.lua;" .. package.path
 
 local nginx = require "spec.helpers.nginx"
@@ -47,8 +48,11 @@ for _, name in ipairs(names) do
 end
 
 section("starting nginx (2 workers) with plugin servers: " .. (#names > 0 and table.concat(names, ", ") or "none"))
+-- Only Kong's own `kong` dict, as Kong's nginx template declares it: no shared-dict
+-- line of ours (the shim keeps its state there under keys "kps:*").
 local h, err = nginx.start {
   prefix = prefix, workers = 2, configuration = configuration, plugins = plugins, log_level = "info",
+  dicts = { kong = "5m" },
 }
 if not h then
   io.write(err, "\n")
@@ -104,6 +108,20 @@ local ok, run_err = pcall(function()
         tostring(s.pid), tostring(s.restarts), tostring(c.events), tostring(c.pdk_calls), errors,
         lat.sum or 0, lat.max or 0))
     end
+  end
+
+  section("metrics() (Prometheus text format; a few lines of each server)")
+  local res_m = h:request { path = "/plugin-servers/metrics" }
+  local shown = 0
+  for line in ((res_m and res_m.body) or ""):gmatch("[^\n]+") do
+    if line:find('state="ready"} 1', 1, true) or line:find("_total{", 1, true) and not line:find("} 0$")
+      or line:find("_count{", 1, true) or line:find('le="0.001"', 1, true) then
+      io.write(line, "\n")
+      shown = shown + 1
+    end
+  end
+  if shown == 0 then
+    io.write("metrics failed: ", tostring(res_m and res_m.body), "\n")
   end
 
   local errors = h:log_lines("%[error%]")

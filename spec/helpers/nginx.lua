@@ -92,6 +92,22 @@ _M.TIMING_LOG = "log_format kps_timing '$request_uri $msec $request_time $status
   .. "|$sent_http_x_hello_from_python|$sent_http_x_hello_from_javascript'; "
   .. "access_log logs/timing.log kps_timing;"
 
+-- `lua_shared_dict` lines for the rig's `dicts` option ({ [name] = size }; default
+-- the shim's own dict; `{ kong = "5m" }` is what Kong's template gives).
+local function shared_dicts(dicts)
+  dicts = dicts or { kong_plugin_servers = "1m" }
+  local names = {}
+  for name in pairs(dicts) do
+    names[#names + 1] = name
+  end
+  table.sort(names)
+  local lines = {}
+  for _, name in ipairs(names) do
+    lines[#lines + 1] = "lua_shared_dict " .. name .. " " .. dicts[name] .. ";"
+  end
+  return table.concat(lines, " ")
+end
+
 -- Writes conf/nginx.conf and kps_host.json into prefix; returns the port.
 function _M.render(prefix, opts)
   local root = _M.root
@@ -109,6 +125,8 @@ function _M.render(prefix, opts)
     lua_path = lua_path,
     lua_cpath = lua_cpath,
     timing_log = opts.timing_log and _M.TIMING_LOG or "",
+    shared_dicts = shared_dicts(opts.dicts),
+    metrics_conf = root .. "/fixtures/host/metrics.conf",
   }))
   local configuration = {}
   for k, v in pairs(opts.configuration or {}) do
@@ -120,6 +138,10 @@ function _M.render(prefix, opts)
   local plugins_json = #plugins == 0 and "[]" or assert(cjson.encode(plugins))
   -- `cosocket_floor` (bench/e2e.lua): fixtures/host/lua/kps_host/cosocket_floor.lua's settings
   local floor_json = opts.cosocket_floor and (',"cosocket_floor":' .. assert(cjson.encode(opts.cosocket_floor))) or ""
+  -- `worker_header`: responses tell which worker ran their plugins (X-Kps-Host-Worker)
+  floor_json = floor_json .. (opts.worker_header and ',"worker_header":true' or "")
+  -- `kong_reset`: the host empties the `kong` dict at init (start and reload), as Kong does
+  floor_json = floor_json .. (opts.kong_reset and ',"kong_reset":true' or "")
   write(prefix .. "/kps_host.json", '{"configuration":' .. assert(cjson.encode(configuration))
         .. ',"plugins":' .. plugins_json .. floor_json .. "}")
   return port

@@ -2,13 +2,14 @@
 --
 -- Keeps Kong's exports and return shapes (start, stop, load_schema, load_plugin) so
 -- that kong.init, kong.db.schema.plugin_loader and kong.db.dao.plugins need no
--- change, and adds status(). Nothing here raises: Kong calls start/stop from
+-- change, and adds status() and metrics(). Nothing here raises: Kong calls start/stop from
 -- init_worker/exit_worker, where an error crash-loops workers or skips cleanup.
 
 local servers_mod = require "kong.runloop.plugin_servers.servers"
 local process = require "kong.runloop.plugin_servers.process"
 local plugin = require "kong.runloop.plugin_servers.plugin"
 local counters = require "kong.runloop.plugin_servers.counters"
+local metrics = require "kong.runloop.plugin_servers.metrics"
 
 local ngx = ngx
 local log = ngx.log
@@ -125,6 +126,15 @@ function _M.status()
     entry.counters = counters.get(entry.name)
   end
   return list
+end
+
+-- status() in the Prometheus text format (docs/METRICS.md), or nil, err.
+function _M.metrics()
+  local list, err = _M.status()
+  if not list then
+    return nil, err
+  end
+  return metrics.render(list)
 end
 
 return _M

@@ -13,6 +13,7 @@ local pdk = require "kong.runloop.plugin_servers.pdk"
 local counters = require "kong.runloop.plugin_servers.counters"
 local limiter = require "kong.runloop.plugin_servers.log_limiter"
 local log_queue = require "kong.runloop.plugin_servers.log_queue"
+local clock_us = require("kong.runloop.plugin_servers.clock").us
 
 local state
 do
@@ -24,8 +25,6 @@ local ngx = ngx
 local log = ngx.log
 local ERR = ngx.ERR
 local WARN = ngx.WARN
-local now = ngx.now
-local update_time = ngx.update_time
 local pcall = pcall
 local tostring = tostring
 local setmetatable = setmetatable
@@ -145,8 +144,7 @@ function Plugin:run_event(conf, phase, saved, ready_ms)
     _M.register_events()
   end
   local server = self.server_def.name
-  update_time()
-  local started = now()
+  local started = clock_us()
   local ok, err, cause = await_server(self, ready_ms)
   if ok then
     for attempt = 1, 2 do
@@ -185,9 +183,7 @@ function Plugin:run_event(conf, phase, saved, ready_ms)
   if cause == "restarted" then
     cause = "connect"
   end
-  counters.incr(server, "events")
-  update_time()
-  counters.latency(server, (now() - started) * 1000)
+  counters.event(server, phase, clock_us() - started)
   return ok, err, cause
 end
 

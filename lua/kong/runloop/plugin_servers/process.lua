@@ -18,6 +18,7 @@
 local ffi = require "ffi"
 local cjson = require("cjson.safe").new()
 local state = require "kong.runloop.plugin_servers.state"
+local shm = require "kong.runloop.plugin_servers.shm"
 
 local ngx = ngx
 local log = ngx.log
@@ -245,6 +246,8 @@ function _M.start(defs)
   local dict_ok, dict_err = state.dict()
   if not dict_ok then
     log(ERR, "[pluginserver] ", dict_err)
+  else
+    log(NOTICE, "[pluginserver] ", shm.describe(defs))
   end
   my_pid = ngx.worker.pid()
   local old = state.claim(my_pid, defs)

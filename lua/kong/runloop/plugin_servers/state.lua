@@ -1,7 +1,7 @@
 -- kong.runloop.plugin_servers.state: per-server process state in the shared dict
--- `kong_plugin_servers`, readable from every worker.
+-- of shm.lua, readable from every worker.
 --
--- Owns the keys `ps:owner` (pid of the worker whose supervisor writes the state)
+-- Owns the keys (after shm's prefix) `ps:owner` (pid of the worker whose supervisor writes the state)
 -- `ps:refused:<name>` (a pid that refused a connection, see refused()) and
 -- `ps:srv:<name>` (JSON: state, pid, pid_start (the pid's start time, which
 -- proves after a reload that the pid still names that server), note (why a
@@ -11,6 +11,7 @@
 -- through wait_ready().
 
 local cjson = require("cjson.safe").new()
+local shm = require "kong.runloop.plugin_servers.shm"
 
 local ngx = ngx
 local type = type
@@ -24,7 +25,6 @@ local floor = math.floor
 local ngx_now = ngx.now
 local update_time = ngx.update_time
 
-local DICT = "kong_plugin_servers"
 local OWNER_KEY = "ps:owner"
 local SERVER_KEY = "ps:srv:"
 local REFUSED_KEY = "ps:refused:"
@@ -38,23 +38,15 @@ local POLL = 0.01
 local NULL = cjson.null
 
 local _M = {
-  DICT = DICT,
-  MISSING_DICT = "shared dict '" .. DICT .. "' not found; add "
-    .. "'nginx_http_lua_shared_dict = " .. DICT .. " 1m' to kong.conf",
+  MISSING_DICT = shm.MISSING,
 }
 
-local function dict()
-  local shared = ngx.shared
-  return shared and shared[DICT]
-end
+-- The dict and the prefix of our keys (shm.lua), or nil.
+local dict = shm.get
 
 -- The dict, or nil and the message naming the kong.conf line that declares it.
 function _M.dict()
-  local d = dict()
-  if not d then
-    return nil, _M.MISSING_DICT
-  end
-  return d
+  return shm.get()
 end
 
 -- Per-worker wake-ups for requests waiting on a server (posted by set()).
@@ -95,11 +87,11 @@ local cached_raw, cached_entry = {}, {}
 
 -- The entry of one server: { state, pid, restarts, last_exit, started_at, since } or nil.
 function _M.get(name)
-  local d = dict()
+  local d, p = dict()
   if not d then
     return nil
   end
-  local raw = d:get(SERVER_KEY .. name)
+  local raw = d:get(p .. SERVER_KEY .. name)
   if not raw then
     return nil
   end
@@ -127,7 +119,7 @@ end
 -- the new supervisor can wait for them to be gone before serving the same sockets
 -- (and never signals a pid whose start time is not `start`).
 function _M.claim(owner, defs)
-  local d = dict()
+  local d, p = dict()
   if not d then
     return {}
   end
@@ -138,27 +130,27 @@ function _M.claim(owner, defs)
       old[def.name] = { pid = e.pid, start = e.pid_start }
     end
   end
-  d:set(OWNER_KEY, owner)
+  d:set(p .. OWNER_KEY, owner)
   return old
 end
 
 function _M.owner()
-  local d = dict()
-  return d and d:get(OWNER_KEY)
+  local d, p = dict()
+  return d and d:get(p .. OWNER_KEY)
 end
 
 -- Stores a server's entry, if `owner` still owns the state (an old worker 0 that
 -- finishes its stop after a reload must not overwrite the new one's state).
 -- Wakes the requests of this worker that wait for the server.
 function _M.set(name, entry, owner)
-  local d = dict()
+  local d, p = dict()
   if not d then
     return nil, _M.MISSING_DICT
   end
-  if owner and d:get(OWNER_KEY) ~= owner then
+  if owner and d:get(p .. OWNER_KEY) ~= owner then
     return nil, "not the owner"
   end
-  local ok, err = d:set(SERVER_KEY .. name, cjson.encode({
+  local ok, err = d:set(p .. SERVER_KEY .. name, cjson.encode({
     state = entry.state,
     pid = entry.pid,
     pid_start = entry.pid_start,
@@ -202,16 +194,16 @@ end
 -- Until it does (or REFUSED_TTL passes), wait_ready treats that pid as not ready,
 -- so other requests wait instead of connecting (nginx logs each failed connect).
 function _M.refused(name, pid)
-  local d = dict()
+  local d, p = dict()
   if d and pid then
-    d:set(REFUSED_KEY .. name, pid, REFUSED_TTL)
+    d:set(p .. REFUSED_KEY .. name, pid, REFUSED_TTL)
   end
 end
 
 -- Whether `pid` of `name` refused a connection in the last REFUSED_TTL.
 function _M.is_refused(name, pid)
-  local d = dict()
-  return d ~= nil and pid ~= nil and d:get(REFUSED_KEY .. name) == pid
+  local d, p = dict()
+  return d ~= nil and pid ~= nil and d:get(p .. REFUSED_KEY .. name) == pid
 end
 
 local function sleep(sema, seconds)
@@ -258,12 +250,14 @@ function _M.wait_ready(name, timeout_ms)
   end
 end
 
--- For specs: every key this module owns.
+-- For specs: every key this module owns (with shm's prefix).
 function _M.keys(names)
-  local keys = { OWNER_KEY }
+  local _, p = dict()
+  p = p or ""
+  local keys = { p .. OWNER_KEY }
   for _, name in pairs(names) do
-    keys[#keys + 1] = SERVER_KEY .. name
-    keys[#keys + 1] = REFUSED_KEY .. name
+    keys[#keys + 1] = p .. SERVER_KEY .. name
+    keys[#keys + 1] = p .. REFUSED_KEY .. name
   end
   return keys
 end

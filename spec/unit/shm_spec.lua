@@ -1,0 +1,64 @@
+-- shm.lua: which shared dict the shim uses, its key prefix, and the size line.
+local stub = require "spec.helpers.ngx_stub"
+local fake_dict = stub.fake_dict
+
+describe("shm", function()
+  local shm
+
+  before_each(function()
+    package.loaded["kong.runloop.plugin_servers.shm"] = nil
+    shm = require "kong.runloop.plugin_servers.shm"
+    ngx.shared.kong_plugin_servers = nil
+    ngx.shared.kong = nil
+  end)
+
+  after_each(function()
+    ngx.shared.kong_plugin_servers = nil
+    ngx.shared.kong = nil
+  end)
+
+  it("uses kong_plugin_servers without a prefix when it exists, even beside kong", function()
+    local own = fake_dict()
+    ngx.shared.kong_plugin_servers = own
+    ngx.shared.kong = fake_dict()
+    local d, prefix, name = shm.get()
+    assert.equal(own, d)
+    assert.equal("", prefix)
+    assert.equal("kong_plugin_servers", name)
+  end)
+
+  it("falls back to Kong's kong dict under kps:", function()
+    local kong_dict = fake_dict()
+    ngx.shared.kong = kong_dict
+    local d, prefix, name = shm.get()
+    assert.equal(kong_dict, d)
+    assert.equal("kps:", prefix)
+    assert.equal("kong", name)
+  end)
+
+  it("without either: nil and the message naming the kong.conf line", function()
+    local d, err = shm.get()
+    assert.is_nil(d)
+    assert.equal("shared dict 'kong_plugin_servers' not found; add "
+      .. "'nginx_http_lua_shared_dict = kong_plugin_servers 1m' to kong.conf", err)
+    assert.equal(err, shm.describe({}))
+  end)
+
+  it("sizes a server by the slab its longest key needs (measured: 6267 and 11776 bytes)", function()
+    assert.equal(48 * 128 + 256, shm.bytes_per_server("srv-000001", "kps:"))
+    assert.equal(48 * 256 + 256, shm.bytes_per_server("a-rather-long-plugin-server-name-0000001", "kps:"))
+    assert.is_true(shm.bytes_per_server("srv-000001", "kps:") >= 6267)
+    assert.is_true(shm.bytes_per_server("a-rather-long-plugin-server-name-0000001", "kps:") >= 11776)
+  end)
+
+  it("describes the dict in use and the bytes it takes", function()
+    ngx.shared.kong = fake_dict()
+    local defs = { { name = "go-hello" }, { name = "py-hello" } }
+    assert.equal("plugin server state in Kong's shared dict 'kong' under keys 'kps:*' "
+      .. "(no 'kong_plugin_servers' dict declared): up to 6400 bytes per server, 12800 bytes for 2 server(s)",
+      shm.describe(defs))
+    ngx.shared.kong_plugin_servers = fake_dict()
+    assert.equal("plugin server state in shared dict 'kong_plugin_servers': up to 6400 bytes per server, "
+      .. "12800 bytes for 2 server(s)", shm.describe(defs))
+  end)
+end)
