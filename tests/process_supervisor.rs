@@ -469,11 +469,22 @@ fn a_server_inherits_only_stdin_stdout_and_stderr() {
     h.spawn(2, "/usr/bin:/bin", "sleep 100").unwrap();
     let (pid, _) = spawned(&h);
     wait_comm(pid, "sleep");
-    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    fds.sort();
+    let fds_of = |pid: i32| {
+        let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        fds.sort();
+        fds
+    };
+    // sleep's own start-up opens and closes files (locale data): wait for the set
+    // to settle; an inherited descriptor would never leave it.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut fds = fds_of(pid);
+    while fds != [0, 1, 2] && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        fds = fds_of(pid);
+    }
     assert_eq!(fds, [0, 1, 2]);
     let target = |fd: i32| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
     assert_eq!(target(0), std::path::Path::new("/dev/null"));

@@ -45,8 +45,9 @@ describe("shm", function()
   end)
 
   it("sizes a server by the slab its longest key needs (measured: 6267 and 11776 bytes)", function()
-    assert.equal(48 * 128 + 256, shm.bytes_per_server("srv-000001", "kps:"))
-    assert.equal(48 * 256 + 256, shm.bytes_per_server("a-rather-long-plugin-server-name-0000001", "kps:"))
+    local keys = shm.KEYS_PER_SERVER -- checked against a real dict by shm_fallback_spec
+    assert.equal(keys * 128 + 256, shm.bytes_per_server("srv-000001", "kps:"))
+    assert.equal(keys * 256 + 256, shm.bytes_per_server("a-rather-long-plugin-server-name-0000001", "kps:"))
     assert.is_true(shm.bytes_per_server("srv-000001", "kps:") >= 6267)
     assert.is_true(shm.bytes_per_server("a-rather-long-plugin-server-name-0000001", "kps:") >= 11776)
   end)
@@ -54,11 +55,11 @@ describe("shm", function()
   it("describes the dict in use and the bytes it takes", function()
     ngx.shared.kong = fake_dict()
     local defs = { { name = "go-hello" }, { name = "py-hello" } }
+    local one = shm.KEYS_PER_SERVER * 128 + 256
+    local sizes = ("up to %d bytes per server, %d bytes for 2 server(s)"):format(one, 2 * one)
     assert.equal("plugin server state in Kong's shared dict 'kong' under keys 'kps:*' "
-      .. "(no 'kong_plugin_servers' dict declared): up to 6400 bytes per server, 12800 bytes for 2 server(s)",
-      shm.describe(defs))
+      .. "(no 'kong_plugin_servers' dict declared): " .. sizes, shm.describe(defs))
     ngx.shared.kong_plugin_servers = fake_dict()
-    assert.equal("plugin server state in shared dict 'kong_plugin_servers': up to 6400 bytes per server, "
-      .. "12800 bytes for 2 server(s)", shm.describe(defs))
+    assert.equal("plugin server state in shared dict 'kong_plugin_servers': " .. sizes, shm.describe(defs))
   end)
 end)

@@ -701,7 +701,15 @@ mod tests {
             assert!(Instant::now() < deadline, "no exec of sleep");
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(fds_of(pid), [0, 1, 2]);
+        // sleep's own start-up opens and closes files (locale data): wait for the
+        // set to settle; an inherited descriptor would never leave it.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut fds = fds_of(pid);
+        while fds != [0, 1, 2] && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            fds = fds_of(pid);
+        }
+        assert_eq!(fds, [0, 1, 2]);
         let stdin = std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap();
         assert_eq!(stdin, std::path::Path::new("/dev/null"));
         let out = runner.join().unwrap().unwrap();
