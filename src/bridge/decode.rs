@@ -1,5 +1,6 @@
-//! MessagePack bytes → Lua value, built directly on the Lua stack (tables
-//! preallocated with their declared sizes).
+//! MessagePack bytes → Lua value, built on the Lua stack (tables presized with
+//! their declared sizes up to `stack::MAX_PRESIZE`: a header is a hint, not an
+//! allocation a server can demand).
 //!
 //! str and bin both become Lua strings (binary-safe); integers and floats become
 //! Lua numbers (an incoming whole float is that number); nil inside an array
