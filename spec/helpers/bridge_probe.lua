@@ -63,12 +63,18 @@ end
 -- whether a decode works once the finalizers have all run.
 function _M.gc_storm(b, rounds)
   local idx = b.method_index("kong.log.err")
+  local route_idx = b.method_index("kong.router.get_route")
+  local route = setmetatable({ id = "r1", name = "n", paths = { "/a" } }, { __index = function() return nil end })
   local msg = strings_message(2000)
   local r = { ok = 0, nil_err = 0, raised = 0, first_err = nil }
   local function round()
     for _ = 1, 50 do
       local p = newproxy(true)
       getmetatable(p).__gc = function() error("finalizer boom") end
+    end
+    -- a Protobuf entity result: its field reads push keys (allocations) too
+    if not pcall(b.pb_encode, route_idx, route) then
+      r.raised = r.raised + 1
     end
     local ok, v, err = pcall(b.decode, idx, msg)
     if not ok then

@@ -30,7 +30,7 @@ use mlua::ffi::{self, lua_State};
 use mlua::{Function, Lua, Result as LuaResult};
 
 use super::replay::replay;
-use super::stack::{READ_SLOTS, Record, Stack};
+use super::stack::{READ_SLOTS, Record, Stack, get_protected};
 
 /// Arguments passed on to the body (no bridge function takes more).
 const ARGS: c_int = 2;
@@ -177,13 +177,16 @@ unsafe fn raise(l: *mut lua_State, msg: &std::ffi::CStr) -> c_int {
 }
 
 /// The Lua function of bridge C function `f`: a C closure whose upvalue is the
-/// [`body`] trampoline, which [`entry`] calls.
+/// [`body`] trampoline, which [`entry`] calls; the trampoline's own upvalue is
+/// the protected field read (`Stack::field`), so that neither is pushed by
+/// allocating a function during a call.
 pub fn function(lua: &Lua, f: ffi::lua_CFunction) -> LuaResult<Function> {
     // SAFETY: exec_raw runs the closure under a protected call with room for
     // the two pushes; the closure leaves exactly the new function.
     unsafe {
         lua.exec_raw::<Function>((), |l| {
-            ffi::lua_pushcfunction(l, body);
+            ffi::lua_pushcfunction(l, get_protected);
+            ffi::lua_pushcclosure(l, body, 1);
             ffi::lua_pushcclosure(l, f, 1);
         })
     }

@@ -10,9 +10,10 @@
 //!   ([`Stack::new`] is `unsafe` for that reason) and is not `Send`.
 //! - Reading never raises: raw access only (`lua_rawgeti`, `lua_next`,
 //!   `lua_objlen` on tables, `lua_tolstring` on strings only, so no conversion in
-//!   place), and the one read that honours metamethods ([`Stack::field`]) runs
-//!   them under `lua_pcall`. Reads use slots the entry point reserved before
-//!   (`READ_SLOTS`), so they never grow the stack (growing may raise).
+//!   place), nothing that allocates, and the one read that needs a pushed key and
+//!   may honour metamethods ([`Stack::field`]) runs under `lua_pcall`. Reads use
+//!   slots the entry point reserved before (`READ_SLOTS`), so they never grow the
+//!   stack (growing may raise).
 //! - Building never touches the stack: pushes are recorded (`Op`) and replayed
 //!   by `super::replay` once every Rust frame that may panic or drop is gone,
 //!   inside the entry point's protected call (see `super::protect`).
@@ -179,18 +180,41 @@ pub struct Stack {
     /// The recorded pushes and the virtual top they reached.
     rec: RefCell<Record>,
     vtop: Cell<c_int>,
+    /// `lua_next` loops running: while one runs no metamethod may run (it could
+    /// change the table under `lua_next`, which would then raise).
+    iterating: Cell<u32>,
 }
 
-/// The `lua_CFunction` that [`Stack::field`] runs under `lua_pcall`: `t[k]` with
-/// metamethods. A Lua error raised here unwinds to the `lua_pcall`, through no
-/// Rust frame that needs cleanup. The metamethod may have run a GC cycle that
-/// shrank the stack: the reserve for reading is made again before returning
-/// (this frame is above the reader's, so it covers the reader's slots too).
-unsafe extern "C-unwind" fn get_protected(l: *mut lua_State) -> c_int {
-    // SAFETY: called by lua_pcall with exactly (table, key) as arguments;
-    // lua_checkstack may raise, into the lua_pcall.
+/// What [`get_protected`] reads: `t[name]`, raw or with metamethods.
+struct FieldKey {
+    ptr: *const u8,
+    len: usize,
+    raw: bool,
+}
+
+/// The `lua_CFunction` that [`Stack::field`] runs under `lua_pcall` with (table,
+/// `FieldKey`): pushes the key (an allocation, which may raise) and reads
+/// `t[key]`. A Lua error raised here (by the allocation or a metamethod) unwinds
+/// to the `lua_pcall` through this frame only, which holds nothing to drop. A
+/// metamethod may have run a GC cycle that shrank the stack: the reserve for
+/// reading is made again before returning (this frame is above the reader's, so
+/// it covers the reader's slots too). [`super::protect`] makes it the upvalue of
+/// the trampoline that runs every bridge body.
+pub unsafe extern "C-unwind" fn get_protected(l: *mut lua_State) -> c_int {
+    // SAFETY: called by lua_pcall from `Stack::field` with exactly (table,
+    // FieldKey) as arguments; the key's bytes outlive the call; every call that
+    // may raise raises into the lua_pcall.
     unsafe {
-        ffi::lua_gettable_(l, 1);
+        let key = ffi::lua_touserdata(l, 2).cast::<FieldKey>();
+        if key.is_null() {
+            return 0;
+        }
+        push_bytes(l, std::slice::from_raw_parts((*key).ptr, (*key).len));
+        if (*key).raw {
+            ffi::lua_rawget_(l, 1);
+        } else {
+            ffi::lua_gettable_(l, 1);
+        }
         ffi::lua_checkstack(l, READ_SLOTS);
     }
     1
@@ -211,6 +235,7 @@ impl Stack {
             room: base + READ_SLOTS,
             rec: RefCell::new(rec),
             vtop: Cell::new(base),
+            iterating: Cell::new(0),
         }
     }
 
@@ -299,18 +324,23 @@ impl Stack {
         // it returned (f cannot touch the slots: it only has the stack's safe
         // methods, which restore the top they found); the key's slot is held
         // while `at` reads it.
-        unsafe {
+        self.iterating.set(self.iterating.get() + 1);
+        let r = unsafe {
             ffi::lua_pushnil(self.l);
-            while ffi::lua_next(self.l, t.idx) != 0 {
+            loop {
+                if ffi::lua_next(self.l, t.idx) == 0 {
+                    break Ok(());
+                }
                 if let Err(e) = f(self.val(top + 1), self.val(top + 2)) {
                     let e = at(e, self.val(top + 1));
                     ffi::lua_settop(self.l, top);
-                    return Err(e);
+                    break Err(e);
                 }
                 ffi::lua_settop(self.l, top + 1);
             }
-        }
-        Ok(())
+        };
+        self.iterating.set(self.iterating.get() - 1);
+        r
     }
 
     /// Calls `f(key)` for every key of `t` (raw, `next` order) and stops at the
@@ -323,18 +353,23 @@ impl Stack {
         self.check_read(3)?;
         let top = self.top();
         // SAFETY: as `each_pair`.
-        unsafe {
+        self.iterating.set(self.iterating.get() + 1);
+        let r = unsafe {
             ffi::lua_pushnil(self.l);
-            while ffi::lua_next(self.l, t.idx) != 0 {
+            loop {
+                if ffi::lua_next(self.l, t.idx) == 0 {
+                    break Ok(());
+                }
                 let r = f(self.val(top + 1));
                 if r.is_err() {
                     ffi::lua_settop(self.l, top);
-                    return r;
+                    break r;
                 }
                 ffi::lua_settop(self.l, top + 1);
             }
-        }
-        Ok(())
+        };
+        self.iterating.set(self.iterating.get() - 1);
+        r
     }
 
     /// Calls `f(t[i])` (raw).
@@ -357,9 +392,10 @@ impl Stack {
         }
     }
 
-    /// Calls `f(t[name])` with metamethods, like mlua's `Table::get`: a plain
-    /// read when `t` has no metatable, else `lua_gettable` under `lua_pcall`; an
-    /// error raised by a metamethod comes back as its message.
+    /// Calls `f(t[name])` with metamethods, like mlua's `Table::get` (raw inside
+    /// an `each_pair`/`each_key` loop, see `iterating`). The read runs under
+    /// `lua_pcall` even when raw: pushing the key allocates, and an allocation
+    /// may raise; an error comes back as its message.
     pub fn field<R>(
         &self,
         t: Table<'_>,
@@ -368,25 +404,28 @@ impl Stack {
     ) -> Result<R, String> {
         self.check_read(4).map_err(|e| e.to_string())?;
         let top = self.top();
-        // SAFETY: space checked; `t.idx` holds a table; lua_pcall catches any
-        // error of the metamethod; the result slot is held during f.
+        // SAFETY: space checked; `t.idx` holds a table; the running C function
+        // is the trampoline whose upvalue is `get_protected` (protect.rs);
+        // pushvalue and pushlightuserdata do not allocate; lua_pcall catches any
+        // error; `key` outlives the call; the result slot is held during f.
         unsafe {
-            if ffi::lua_getmetatable(self.l, t.idx) == 0 {
-                push_bytes(self.l, name.as_bytes());
-                ffi::lua_rawget_(self.l, t.idx);
-            } else {
+            let raw = self.iterating.get() > 0 || ffi::lua_getmetatable(self.l, t.idx) == 0;
+            ffi::lua_settop(self.l, top);
+            let key = FieldKey {
+                ptr: name.as_ptr(),
+                len: name.len(),
+                raw,
+            };
+            ffi::lua_pushvalue(self.l, ffi::lua_upvalueindex(1));
+            ffi::lua_pushvalue(self.l, t.idx);
+            ffi::lua_pushlightuserdata(self.l, (&raw const key).cast_mut().cast::<c_void>());
+            if ffi::lua_pcall(self.l, 2, 1, 0) != 0 {
+                let msg = match self.val(top + 1) {
+                    Val::Str(b) => String::from_utf8_lossy(b).into_owned(),
+                    other => format!("error object is a {} value", other.type_name()),
+                };
                 ffi::lua_settop(self.l, top);
-                ffi::lua_pushcfunction(self.l, get_protected);
-                ffi::lua_pushvalue(self.l, t.idx);
-                push_bytes(self.l, name.as_bytes());
-                if ffi::lua_pcall(self.l, 2, 1, 0) != 0 {
-                    let msg = match self.val(top + 1) {
-                        Val::Str(b) => String::from_utf8_lossy(b).into_owned(),
-                        other => format!("error object is a {} value", other.type_name()),
-                    };
-                    ffi::lua_settop(self.l, top);
-                    return Err(format!("runtime error: {msg}"));
-                }
+                return Err(format!("runtime error: {msg}"));
             }
             let r = f(self.val(top + 1));
             ffi::lua_settop(self.l, top);
