@@ -155,7 +155,8 @@ fn float(s: &Stack, n: f64) -> Res<Pushed> {
 
 fn string(s: &Stack, rd: &mut &[u8], n: usize) -> Res<()> {
     let b = bytes(rd, n)?;
-    // SAFETY: the caller of `value` made room for one slot.
+    // SAFETY: the caller of `value` made room for one slot; `b` is part of the
+    // bytes argument, which stays in its slot for the whole call.
     unsafe { s.push_str_unchecked(b) };
     Ok(())
 }

@@ -49,6 +49,7 @@ pub unsafe fn replay(l: *mut lua_State, rec: &Record) -> bool {
                     Some(b) => push_bytes(l, b),
                     None => ffi::lua_pushnil(l),
                 },
+                Op::Borrowed { ptr, len } => push_bytes(l, std::slice::from_raw_parts(ptr, len)),
                 Op::Table { narr, nrec } => ffi::lua_createtable(l, narr, nrec),
                 Op::SetItem { t, i } => set_item(l, t, i),
                 Op::SetItemBelow(i) => set_item(l, -2, i),

@@ -123,6 +123,11 @@ pub enum Op {
         start: usize,
         end: usize,
     },
+    /// Bytes that outlive the replay (an argument's).
+    Borrowed {
+        ptr: *const u8,
+        len: usize,
+    },
     Table {
         narr: c_int,
         nrec: c_int,
@@ -564,10 +569,19 @@ impl Stack {
         self.record(Op::Num(n), 1);
     }
 
+    /// Pushes the bytes `b` without copying them into the recording.
+    ///
     /// # Safety
-    /// As [`Stack::push_nil_unchecked`].
+    /// As [`Stack::push_nil_unchecked`], and `b` stays valid until the running C
+    /// function returns (the bytes of an argument string).
     pub unsafe fn push_str_unchecked(&self, b: &[u8]) {
-        self.record_str(b);
+        self.record(
+            Op::Borrowed {
+                ptr: b.as_ptr(),
+                len: b.len(),
+            },
+            1,
+        );
     }
 
     /// Pushes a new table sized for `narr` array and `nrec` hash entries (each
