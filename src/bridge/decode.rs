@@ -1,5 +1,6 @@
-//! MessagePack bytes → Lua value, built directly on the Lua stack (tables
-//! preallocated with their declared sizes).
+//! MessagePack bytes → Lua value, built on the Lua stack (tables presized with
+//! their declared sizes up to `stack::MAX_PRESIZE`: a header is a hint, not an
+//! allocation a server can demand).
 //!
 //! str and bin both become Lua strings (binary-safe); integers and floats become
 //! Lua numbers (an incoming whole float is that number); nil inside an array
@@ -154,7 +155,8 @@ fn float(s: &Stack, n: f64) -> Res<Pushed> {
 
 fn string(s: &Stack, rd: &mut &[u8], n: usize) -> Res<()> {
     let b = bytes(rd, n)?;
-    // SAFETY: the caller of `value` made room for one slot.
+    // SAFETY: the caller of `value` made room for one slot; `b` is part of the
+    // bytes argument, which stays in its slot for the whole call.
     unsafe { s.push_str_unchecked(b) };
     Ok(())
 }

@@ -11,6 +11,11 @@
 //! - `methods() -> { [index] = { name = ..., terminal = true|nil, pb_in, pb_out } }` (index ≥ 1;
 //!   0 is the unknown method) and `method_index(name) -> index`.
 //! - `pb_encode`, `pb_decode`: the same for Protobuf messages (`protobuf/`).
+//! - `selftest_entry_panic() -> nil, err`: panics inside a bridge body (specs).
+//!
+//! No Lua error and no panic crosses a Rust frame (`protect.rs`): a body only
+//! reads (raw access, metamethods under `lua_pcall`) and records its pushes,
+//! which are replayed under `lua_pcall` after its frames are gone.
 //!
 //! The functions are raw `lua_CFunction`s that read and build values on the Lua
 //! stack (`stack.rs`), not mlua callbacks: an mlua call costs ~80 ns before any
@@ -19,7 +24,9 @@
 
 mod decode;
 mod encode;
+mod protect;
 mod protobuf;
+mod replay;
 mod stack;
 mod walk;
 
@@ -28,13 +35,13 @@ mod tests;
 
 use std::cell::RefCell;
 use std::ffi::c_int;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use mlua::ffi::lua_State;
 use mlua::{Lua, MultiValue, Result as LuaResult, Table, Value};
 
 use crate::codec::methods;
-use stack::{Stack, Val};
+use protect::entry;
+use stack::Val;
 
 pub use encode::MAX_DEPTH;
 
@@ -83,36 +90,6 @@ fn arg_bytes(v: Val<'_>) -> Result<&[u8], String> {
     match v {
         Val::Str(b) => Ok(b),
         other => Err(format!("bytes must be a string, got {}", other.type_name())),
-    }
-}
-
-/// The body of every bridge function: runs `body` (which pushes its results and
-/// says how many) and turns an error into `nil, message` and a panic into
-/// `nil, "internal error ..."`, so nothing unwinds or raises into Lua.
-///
-/// # Safety
-/// `l` is the state that called the C function running this.
-unsafe fn entry(l: *mut lua_State, body: impl FnOnce(&Stack) -> Result<c_int, String>) -> c_int {
-    // SAFETY: caller.
-    let s = unsafe { Stack::new(l) };
-    let base = s.args();
-    let msg = match catch_unwind(AssertUnwindSafe(|| body(&s))) {
-        Ok(Ok(n)) => return n,
-        Ok(Err(msg)) => msg,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            format!("internal error in the value bridge: {what}")
-        }
-    };
-    s.set_top(base);
-    // A C function starts with LUA_MINSTACK free slots: room for two.
-    match s.push_nil().and_then(|()| s.push_str(msg.as_bytes())) {
-        Ok(()) => 2,
-        Err(_) => 0,
     }
 }
 
@@ -203,20 +180,32 @@ unsafe extern "C-unwind" fn lua_method_index(l: *mut lua_State) -> c_int {
     }
 }
 
+/// `selftest_entry_panic()`: panics inside the entry point's body, for specs
+/// that check a panic there comes back as `nil, message`.
+unsafe extern "C-unwind" fn lua_selftest_entry_panic(l: *mut lua_State) -> c_int {
+    // SAFETY: called by Lua as a C function.
+    unsafe {
+        entry(l, |s| {
+            // Something recorded first: the error path must drop it.
+            s.push_str(b"half-built result")?;
+            panic!("bridge entry self-test panic")
+        })
+    }
+}
+
 /// Adds the bridge's functions to the module table.
 pub fn register(lua: &Lua, exports: &Table) -> LuaResult<()> {
-    let functions: [(&str, mlua::ffi::lua_CFunction); 6] = [
+    let functions: [(&str, mlua::ffi::lua_CFunction); 7] = [
         ("encode", lua_encode),
         ("decode", lua_decode),
         ("methods", lua_methods),
         ("method_index", lua_method_index),
         ("pb_encode", protobuf::lua_encode),
         ("pb_decode", protobuf::lua_decode),
+        ("selftest_entry_panic", lua_selftest_entry_panic),
     ];
     for (name, f) in functions {
-        // SAFETY: each function keeps the contract of a lua_CFunction (it uses
-        // only its own stack through `Stack` and never raises).
-        exports.set(name, unsafe { lua.create_c_function(f)? })?;
+        exports.set(name, protect::function(lua, f)?)?;
     }
     exports.set("MAX_DEPTH", MAX_DEPTH)
 }
@@ -235,8 +224,7 @@ impl StateValue {
 
 /// Calls bridge function `f` from Rust; `nil, message` becomes `Err(message)`.
 fn call(lua: &Lua, f: mlua::ffi::lua_CFunction, args: (i64, Value)) -> Result<MultiValue, String> {
-    // SAFETY: `f` is one of this module's lua_CFunctions.
-    let f = unsafe { lua.create_c_function(f) }.map_err(|e| e.to_string())?;
+    let f = protect::function(lua, f).map_err(|e| e.to_string())?;
     let r: MultiValue = f.call(args).map_err(|e| e.to_string())?;
     match (r.len(), r.front(), r.get(1)) {
         (2, Some(Value::Nil), Some(Value::String(msg))) => Err(msg.to_string_lossy()),

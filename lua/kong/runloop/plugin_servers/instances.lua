@@ -4,6 +4,13 @@
 -- wait on a semaphore (bounded), then share the result. A changed config starts a
 -- new instance and closes the old one. Shared by both protocols: `rpc` only needs
 -- start_instance(config_json) and close_instance(id).
+--
+-- Bounded: the shim never learns that a plugin entity left the configuration, so
+-- an instance counts as gone when it went unused while KEEP_GENERATIONS newer
+-- instances of the same plugin were started in this worker (each start is a new
+-- configuration seen); it is then closed on the server and forgotten. A plugin
+-- still configured simply starts again on its next use, as every plugin does in
+-- Kong after a configuration rebuild (new `__seq__`). docs/SECURITY.md.
 
 local cjson = require "cjson.safe"
 
@@ -19,7 +26,12 @@ do
   semaphore = ok and mod or nil
 end
 
-local _M = {}
+-- Generations an unused instance survives, and how many one start closes at
+-- most (the rest wait for the next start, keeping the request's extra work small).
+local KEEP_GENERATIONS = 16
+local CLOSE_PER_START = 8
+
+local _M = { KEEP_GENERATIONS = KEEP_GENERATIONS, CLOSE_PER_START = CLOSE_PER_START }
 local Instances = {}
 Instances.__index = Instances
 
@@ -27,7 +39,7 @@ Instances.__index = Instances
 function _M.new(plugin_name, rpc, wait_ms, on_start)
   return setmetatable({
     plugin_name = plugin_name, rpc = rpc, wait_ms = wait_ms,
-    on_start = on_start, entries = {},
+    on_start = on_start, entries = {}, generation = 0,
   }, Instances)
 end
 
@@ -39,8 +51,38 @@ local function key_of(conf)
   return tostring(key)
 end
 
+local function close(self, id, why)
+  local ok, err = self.rpc:close_instance(id)
+  if not ok then
+    log(DEBUG, "[pluginserver] closing instance #", id, " of ", self.plugin_name, " (", why, "): ", err)
+  end
+end
+
+-- Closes and forgets instances unused for KEEP_GENERATIONS starts (not `keep`).
+-- The stale ones are taken out first: closing yields, and other requests may
+-- add entries meanwhile.
+local function sweep(self, keep)
+  local oldest = self.generation - KEEP_GENERATIONS
+  local stale, n = {}, 0
+  for key, e in pairs(self.entries) do
+    if e ~= keep and e.id and e.used <= oldest then
+      n = n + 1
+      stale[n] = e
+      self.entries[key] = nil
+      if n >= CLOSE_PER_START then
+        break
+      end
+    end
+  end
+  for i = 1, n do
+    close(self, stale[i].id, "unused")
+  end
+end
+
 local function start(self, key, conf, old)
-  local entry = { seq = conf.__seq__, starting = true, sema = semaphore and semaphore.new() }
+  self.generation = self.generation + 1
+  local entry = { seq = conf.__seq__, starting = true, sema = semaphore and semaphore.new(),
+                  used = self.generation }
   self.entries[key] = entry
   local config_json, jerr = cjson.encode(conf)
   local id, err, cause
@@ -68,10 +110,10 @@ local function start(self, key, conf, old)
     end
   end
   if id and old and old.id then
-    local ok, cerr = self.rpc:close_instance(old.id)
-    if not ok then
-      log(DEBUG, "[pluginserver] closing instance #", old.id, " of ", self.plugin_name, ": ", cerr)
-    end
+    close(self, old.id, "config changed")
+  end
+  if id then
+    sweep(self, entry)
   end
   if not id then
     return nil, "starting instance of " .. self.plugin_name .. ": " .. tostring(err), cause
@@ -85,6 +127,7 @@ function Instances:get(conf)
   local entry = self.entries[key]
   if entry and entry.seq == conf.__seq__ then
     if entry.id then
+      entry.used = self.generation
       return entry.id
     end
     if entry.starting and entry.sema then
@@ -107,6 +150,7 @@ function Instances:reset()
   self.entries = {}
 end
 
+-- Instances this worker holds (started ones).
 function Instances:count()
   local n = 0
   for _, e in pairs(self.entries) do
