@@ -27,12 +27,15 @@ describe("counters and log limiter", function()
     counters.incr("a", "pdk_calls", 3)
     counters.incr("a", "errors.timeout")
     counters.incr("b", "events")
+    counters.incr("a", "log_events", 2)
+    counters.incr("a", "log_refused")
     counters.latency("a", 4.4)
     counters.latency("a", 10)
     counters.latency("a", 2)
     assert.same({
       events = 2, pdk_calls = 3, instance_starts = 0, fail_open = 0,
       errors = { connect = 0, timeout = 1, protocol = 0, no_instance = 0 },
+      log_events = 2, log_refused = 1,
       latency_ms = { sum = 16, max = 10 },
     }, counters.get("a"))
     assert.equal(1, counters.get("b").events)

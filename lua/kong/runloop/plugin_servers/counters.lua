@@ -58,6 +58,7 @@ function _M.get(server)
   return {
     events = v("events"), pdk_calls = v("pdk_calls"), instance_starts = v("instance_starts"),
     fail_open = v("fail_open"), errors = errors,
+    log_events = v("log_events"), log_refused = v("log_refused"),
     latency_ms = { sum = v("latency_ms.sum"), max = v("latency_ms.max") },
   }
 end
