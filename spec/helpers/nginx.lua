@@ -96,11 +96,16 @@ _M.TIMING_LOG = "log_format kps_timing '$request_uri $msec $request_time $status
 function _M.render(prefix, opts)
   local root = _M.root
   local port = opts.port or _M.free_port()
+  -- `lua_path_prefix`/`lua_cpath_prefix` (bench/kong.lua): searched before the shim
   local lua_path = table.concat({
+    opts.lua_path_prefix or root .. "/lua/?.lua",
     root .. "/lua/?.lua", root .. "/lua/?/init.lua",
     root .. "/fixtures/host/lua/?.lua", root .. "/fixtures/host/lua/?/init.lua",
   }, ";")
   local lua_cpath = opts.lua_cpath or (root .. "/target/release/lib?.so")
+  if opts.lua_cpath_prefix then
+    lua_cpath = opts.lua_cpath_prefix .. ";" .. lua_cpath
+  end
   local template = assert(read(root .. "/fixtures/host/nginx.conf.tpl"))
   write(prefix .. "/conf/nginx.conf", render(template, {
     workers = opts.workers or 1,
@@ -109,6 +114,8 @@ function _M.render(prefix, opts)
     lua_path = lua_path,
     lua_cpath = lua_cpath,
     timing_log = opts.timing_log and _M.TIMING_LOG or "",
+    -- `http_extra`: more directives in the http block (bench/kong.lua: Kong's timer limits)
+    http_extra = opts.http_extra or "",
   }))
   local configuration = {}
   for k, v in pairs(opts.configuration or {}) do
