@@ -33,7 +33,7 @@ if PB_DIR == "" then PB_DIR = nil end
 local SECONDS = tonumber(os.getenv("KPS_BENCH_SECONDS")) or 4
 local REPS = tonumber(os.getenv("KPS_BENCH_REPS")) or 2
 local ONLY = os.getenv("KPS_BENCH_ONLY")
-local TWO_CORES = tonumber(io.popen("nproc"):read("*l")) >= 2
+local TWO_CORES = tonumber(io.popen("nproc"):read("*l")) >= 2 and os.getenv("KPS_BENCH_PIN") ~= "0"
 local HZ = 100
 local KONG_TIMERS = "lua_max_pending_timers 16384; lua_max_running_timers 4096;"
 
