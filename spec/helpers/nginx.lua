@@ -98,10 +98,12 @@ function _M.render(prefix, opts)
   local port = opts.port or _M.free_port()
   -- `lua_path_prefix`/`lua_cpath_prefix` (bench/kong.lua): searched before the shim
   local lua_path = table.concat({
-    opts.lua_path_prefix or root .. "/lua/?.lua",
     root .. "/lua/?.lua", root .. "/lua/?/init.lua",
     root .. "/fixtures/host/lua/?.lua", root .. "/fixtures/host/lua/?/init.lua",
   }, ";")
+  if opts.lua_path_prefix then
+    lua_path = opts.lua_path_prefix .. ";" .. lua_path
+  end
   local lua_cpath = opts.lua_cpath or (root .. "/target/release/lib?.so")
   if opts.lua_cpath_prefix then
     lua_cpath = opts.lua_cpath_prefix .. ";" .. lua_cpath
