@@ -294,9 +294,12 @@ local function log_handler(self, conf)
     q.behind = true
   end
   -- one more drain for this event: always up to LOG_CONNECTIONS, past them while
-  -- more events wait than drains run
-  if q.running < LOG_CONNECTIONS or waiting > q.running then
-    add_drains(q, 1)
+  -- more events wait than drains run, within the limit. Inline and without a loop:
+  -- this runs in every request's log phase, and both a loop and a helper's return
+  -- aborted its JIT trace (make jit-aborts).
+  local running = q.running
+  if running < q.limit and (running < LOG_CONNECTIONS or waiting > running) and timer_at(0, drain, q) then
+    q.running = running + 1
   end
   if q.running == 0 then
     -- nothing would run the event
