@@ -14,8 +14,9 @@
 -- Kong's modules that the host lacks are the stand-ins in bench/kong_stubs/. Kong's
 -- http block sets lua_max_pending_timers 16384 and lua_max_running_timers 4096 (its
 -- log phase is one timer per event): both hosts get them here. Kong's servers are
--- started by this script with the same command lines (Kong's process.lua needs
--- ngx.pipe, which Debian's lua module lacks), ours by our supervisor.
+-- started with the same command lines from a worker of Kong's host (through its eval
+-- endpoint: Kong's process.lua needs ngx.pipe, which Debian's lua module lacks), so
+-- that they are in nginx's session as under Kong; ours by our supervisor.
 -- 1-worker rows: the worker on core 0, the plugin servers and wrk on core 1 (when
 -- there are 2 cores); 2-worker rows unpinned. Worker CPU: utime+stime of every worker
 -- (all threads) from /proc/<pid>/stat, read after the log events still queued when
@@ -133,21 +134,39 @@ local function start_host(impl, names, workers)
     kong_servers = {}
     for _, name in ipairs(names) do
       local s = fixtures.server(name, prefix)
-      -- no start_command: Kong's process.lua needs ngx.pipe, which Debian's module lacks
+      -- no start_command: Kong's process.lua needs ngx.pipe, which Debian's lua module
+      -- lacks; the servers are started from a worker below instead
       defs[#defs + 1] = { name = name, socket = s.socket, query_command = s.query_cmd }
-      local pid = tonumber(capture(string.format("(%s) >%s 2>&1 </dev/null & echo $!", s.start_cmd,
-                                                 fixtures.sh_quote(prefix .. "/" .. name .. ".out"))))
-      kong_servers[#kong_servers + 1] = pid
-      if not nginx.wait_until(function() return sh("test -S " .. fixtures.sh_quote(s.socket)) end, 20) then
-        for _, p in ipairs(kong_servers) do procs.kill(p, "KILL") end
-        return nil, name .. " did not listen for Kong's host"
-      end
+      kong_servers[#kong_servers + 1] = s
     end
     opts.configuration = { prefix = prefix, pluginservers = defs }
     opts.lua_path_prefix = KONG_PATH
     opts.lua_cpath_prefix = KONG_CPATH
   end
   local h, err = nginx.start(opts)
+  if h and kong_servers then
+    -- Started by a worker, as Kong's worker 0 does: in nginx's session, so that the
+    -- scheduler groups them with the workers as it groups ours (autogroups), not with wrk.
+    local servers = kong_servers
+    kong_servers = {}
+    for _, s in ipairs(servers) do
+      local pidfile = prefix .. "/" .. s.name .. ".pid"
+      local cmd = string.format("(%s) >%s 2>&1 </dev/null & echo $! >%s", s.start_cmd,
+                                fixtures.sh_quote(prefix .. "/" .. s.name .. ".out"), fixtures.sh_quote(pidfile))
+      h:eval(string.format("os.execute(%q) return 'ok'", cmd))
+      local f = io.open(pidfile, "rb")
+      kong_servers[#kong_servers + 1] = f and tonumber(f:read("*l"))
+      if f then f:close() end
+      if not nginx.wait_until(function() return sh("test -S " .. fixtures.sh_quote(s.socket)) end, 20) then
+        err = s.name .. " did not listen for Kong's host"
+      end
+    end
+    if err then
+      h:stop()
+      for _, pid in ipairs(kong_servers) do procs.kill(pid, "KILL") end
+      return nil, err
+    end
+  end
   if h and kong_servers then
     -- stopped with the host
     local stop = h.stop
@@ -160,7 +179,6 @@ local function start_host(impl, names, workers)
     end
   end
   if not h then
-    for _, pid in ipairs(kong_servers or {}) do procs.kill(pid, "KILL") end
     sh("rm -rf " .. fixtures.sh_quote(prefix))
     return nil, err
   end
@@ -188,9 +206,15 @@ local function start_host(impl, names, workers)
   for _, pid in ipairs(procs.descendants(h:master_pid())) do
     if not is_worker[pid] then h.server_pids[#h.server_pids + 1] = pid end
   end
+  local seen = {}
+  for _, pid in ipairs(h.server_pids) do seen[pid] = true end
   for _, pid in ipairs(kong_servers or {}) do
-    h.server_pids[#h.server_pids + 1] = pid
-    for _, child in ipairs(procs.descendants(pid)) do h.server_pids[#h.server_pids + 1] = child end
+    for _, p in ipairs({ pid, unpack(procs.descendants(pid)) }) do
+      if not seen[p] then
+        seen[p] = true
+        h.server_pids[#h.server_pids + 1] = p
+      end
+    end
   end
   h.pinned = workers == 1 and TWO_CORES
   if h.pinned then
