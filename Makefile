@@ -4,6 +4,7 @@
 #   make test    every suite; ends with one "N passed, N failed" line
 #   make demo    the main job: nginx + real plugin servers, end to end
 #   make fuzz    every fuzz target for FUZZ_SECONDS (60) each; make fuzz-smoke: 12 s each
+#   make bench-kong KONG_SRC=<a Kong source tree>  ours beside Kong's own Lua (docs/PERFORMANCE.md)
 #   make probe-outage  SIGKILL of each plugin server under load: responses, errors, timings
 #   make jit-aborts    LuaJIT trace aborts in the shim under load, per hello plugin server
 #   make install PREFIX=/usr/local   (or LUA_LIB_DIR=... LUA_CLIB_DIR=...)
@@ -27,7 +28,7 @@ APT_PACKAGES := nginx libnginx-mod-http-lua lua-resty-core lua-resty-lrucache lu
                 prometheus
 
 .PHONY: all build header deps deps-apt deps-fixtures test test-rust test-unit test-integration \
-        demo bench probe-outage jit-aborts install uninstall clean deps-fuzz fuzz fuzz-smoke
+        demo bench bench-kong probe-outage jit-aborts install uninstall clean deps-fuzz fuzz fuzz-smoke
 
 all: build
 
@@ -79,6 +80,12 @@ demo: build
 
 bench: build
 	tools/bench.sh
+
+# Not part of CI: needs a Kong source tree (KONG_SRC) and, for Kong's Go rows,
+# lua-protobuf (KONG_PB_DIR: a directory with pb.so and protoc.lua).
+bench-kong: build
+	@test -n "$(KONG_SRC)" || { echo "usage: make bench-kong KONG_SRC=<a Kong source tree> [KONG_PB_DIR=<dir with pb.so, protoc.lua>]"; exit 2; }
+	KONG_SRC="$(KONG_SRC)" KONG_PB_DIR="$(KONG_PB_DIR)" luajit bench/kong.lua
 
 probe-outage: build
 	tools/probe-outage.sh

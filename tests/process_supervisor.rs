@@ -61,6 +61,7 @@ fn def(name: &str, start: &str, socket: &str) -> ServerDef {
         fail_open: false,
         max_message_size: 1 << 20,
         log_window: 1000,
+        log_queue_max: 4096,
     }
 }
 

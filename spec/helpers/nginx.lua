@@ -112,11 +112,18 @@ end
 function _M.render(prefix, opts)
   local root = _M.root
   local port = opts.port or _M.free_port()
+  -- `lua_path_prefix`/`lua_cpath_prefix` (bench/kong.lua): searched before the shim
   local lua_path = table.concat({
     root .. "/lua/?.lua", root .. "/lua/?/init.lua",
     root .. "/fixtures/host/lua/?.lua", root .. "/fixtures/host/lua/?/init.lua",
   }, ";")
+  if opts.lua_path_prefix then
+    lua_path = opts.lua_path_prefix .. ";" .. lua_path
+  end
   local lua_cpath = opts.lua_cpath or (root .. "/target/release/lib?.so")
+  if opts.lua_cpath_prefix then
+    lua_cpath = opts.lua_cpath_prefix .. ";" .. lua_cpath
+  end
   local template = assert(read(root .. "/fixtures/host/nginx.conf.tpl"))
   write(prefix .. "/conf/nginx.conf", render(template, {
     workers = opts.workers or 1,
@@ -127,6 +134,8 @@ function _M.render(prefix, opts)
     timing_log = opts.timing_log and _M.TIMING_LOG or "",
     shared_dicts = shared_dicts(opts.dicts),
     metrics_conf = root .. "/fixtures/host/metrics.conf",
+    -- `http_extra`: more directives in the http block (bench/kong.lua: Kong's timer limits)
+    http_extra = opts.http_extra or "",
   }))
   local configuration = {}
   for k, v in pairs(opts.configuration or {}) do

@@ -130,6 +130,7 @@ describe("conf.parse", function()
         query_timeout = 10000, stop_timeout = 5000, respawn_delay = 1000, respawn_delay_max = 30000,
         respawn_reset = 60000, ready_timeout = 1000, connect_timeout = 1000, send_timeout = 5000,
         read_timeout = 60000, fail_open = false, max_message_size = 16777216, log_window = 1000,
+        log_queue_max = 4096,
       }, d)
     end)
 

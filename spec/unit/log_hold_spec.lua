@@ -1,9 +1,9 @@
--- log_queue.lua's hold on requests while log events pile up: past LOG_HOLD queued log
--- events of a server, a request-phase event of that server waits until the drain
--- timers have brought the queue down to LOG_HOLD / 2, so that the server's work
--- stays in a few connections; only when the drains are quick enough to do that
--- within LOG_HOLD_MS (a slow log phase gets more drain timers instead), never
--- while the server is down (then only the wait for readiness applies).
+-- log_queue.lua's back-pressure on requests while log events pile up: past LOG_HOLD
+-- waiting log events of a server, a request-phase event of that server waits until
+-- the drain timers have brought the queue down to LOG_BACKLOG, at most LOG_HOLD_MS
+-- (or read_timeout when smaller), however long the server's log events take; never
+-- while the server is down (then only the wait for readiness applies), never in the
+-- log phase itself.
 local stub = require "spec.helpers.ngx_stub"
 local fake_semaphore = require "spec.helpers.fake_semaphore"
 
@@ -104,7 +104,7 @@ describe("requests held while log events pile up", function()
     end
   end
 
-  it("runs a request's event at once below LOG_HOLD queued log events", function()
+  it("runs a request's event at once below LOG_HOLD waiting log events", function()
     local p = new_plugin()
     warm(p, 2)
     queue_logs(p, log_queue.LOG_HOLD - 1)
@@ -113,12 +113,12 @@ describe("requests held while log events pile up", function()
     assert.same({ "access" }, p.ran)
   end)
 
-  it("holds a request past LOG_HOLD until the drains bring the queue to half, then runs it", function()
+  it("holds a request past LOG_HOLD until the drains bring the queue to LOG_BACKLOG, then runs it", function()
     local semas = package.loaded["ngx.semaphore"].created
     local p = new_plugin()
     warm(p, 2)
     queue_logs(p, log_queue.LOG_HOLD)
-    assert.is_true(log_queue.LOG_HOLD < log_queue.LOG_BACKLOG, "the hold comes before extra drain timers")
+    assert.is_true(log_queue.LOG_BACKLOG < log_queue.LOG_HOLD)
     local request, why = start_request(p)
     assert.equal("waiting", why)
     assert.equal(0, count(p.ran, "access"))
@@ -129,13 +129,13 @@ describe("requests held while log events pile up", function()
     local drain = coroutine.create(timers[1].fn)
     assert(coroutine.resume(drain, false, unpack(timers[1].args)))
     local queued = log_queue.LOG_HOLD - 1 -- it took the first one
-    while queued > log_queue.LOG_HOLD / 2 do
-      -- still above half: the request stays held
+    while queued > log_queue.LOG_BACKLOG do
+      -- still above the mark: the request stays held
       assert.equal(0, #sema.runnable)
       assert(coroutine.resume(drain)) -- ends one event, takes the next
       queued = queued - 1
     end
-    -- down to half: the held request was woken, and ran nothing before
+    -- down to the mark: the held request was woken, and ran nothing before
     assert.equal(1, #sema.runnable)
     assert.equal(request, sema.runnable[1])
     assert.equal(0, count(p.ran, "access"))
@@ -144,37 +144,50 @@ describe("requests held while log events pile up", function()
     assert.equal(1, count(p.ran, "access"))
   end)
 
-  it("waits at most twice LOG_HOLD_MS", function()
+  it("waits at most LOG_HOLD_MS, then runs the event anyway", function()
     local semas = package.loaded["ngx.semaphore"].created
     local p = new_plugin()
     warm(p, 2)
     queue_logs(p, log_queue.LOG_HOLD)
     local request = start_request(p)
-    assert.same({ 2 * log_queue.LOG_HOLD_MS / 1000 }, semas[1].timeouts)
+    assert.same({ log_queue.LOG_HOLD_MS / 1000 }, semas[1].timeouts)
     -- the wait timed out (nil, "timeout"): the event runs anyway
     assert(coroutine.resume(request, nil, "timeout"))
     assert.equal("dead", coroutine.status(request))
     assert.equal(1, count(p.ran, "access"))
   end)
 
-  it("does not hold a request when the drains are slow to halve the queue: more drain timers instead", function()
-    local p = new_plugin()
-    -- log events of 100 ms: two drains need 200 ms to take four events
-    warm(p, 100)
-    queue_logs(p, log_queue.LOG_HOLD)
-    local request = start_request(p)
-    assert.equal("dead", coroutine.status(request))
-    assert.equal(1, count(p.ran, "access"))
-    -- the queue keeps growing: past the backlog it gets more drain timers
-    queue_logs(p, log_queue.LOG_BACKLOG + log_queue.LOG_CONNECTIONS)
-    assert.is_true(#timers > log_queue.LOG_CONNECTIONS)
+  it("waits at most read_timeout when it is smaller", function()
+    local semas = package.loaded["ngx.semaphore"].created
+    def.read_timeout = 300
+    local ok, err = pcall(function()
+      local p = new_plugin()
+      queue_logs(p, log_queue.LOG_HOLD)
+      start_request(p)
+      assert.same({ 0.3 }, semas[1].timeouts)
+    end)
+    def.read_timeout = 2500
+    assert(ok, err)
   end)
 
-  it("does not hold before any log event of the server has ended (nothing to go by)", function()
+  it("holds however long the log events take (a slow log phase is held back too)", function()
     local p = new_plugin()
+    warm(p, 500)
     queue_logs(p, log_queue.LOG_HOLD)
-    local request = start_request(p)
-    assert.equal("dead", coroutine.status(request))
+    local _, why = start_request(p)
+    assert.equal("waiting", why)
+  end)
+
+  it("holds at half of a small log_queue_max, before any event is refused", function()
+    def.log_queue_max = 10
+    local ok, err = pcall(function()
+      local p = new_plugin()
+      queue_logs(p, 5)
+      local _, why = start_request(p)
+      assert.equal("waiting", why)
+    end)
+    def.log_queue_max = nil
+    assert(ok, err)
   end)
 
   it("does not hold a request while its server is down (only the wait for readiness applies)", function()

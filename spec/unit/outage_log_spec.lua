@@ -1,8 +1,9 @@
--- log_queue.lua (the log phase of plugin objects): at most 128 log events queued or running per worker (the
--- rest fail at once, logged and counted), and at most LOG_CONNECTIONS of one
--- server's log events holding a connection at once per worker (a few drain timers
--- per server, not one timer per event), so that few connections are in use when a
--- server dies.
+-- log_queue.lua (the log phase of plugin objects): a server's log events past
+-- log_queue_max queued or running per worker are refused (logged once per window,
+-- counted as log_refused); at most LOG_CONNECTIONS of one server's log events hold
+-- a connection at once per worker unless the climb (log_climb_spec) finds more
+-- drains raise the server's throughput (a few drain timers per server, not one
+-- timer per event), so that few connections are in use when a server dies.
 local stub = require "spec.helpers.ngx_stub"
 
 describe("log events in flight", function()
@@ -20,6 +21,8 @@ describe("log events in flight", function()
     ngx.ctx = {}
     ngx.config.subsystem = "stream"
     ngx.shared.kong_plugin_servers = nil
+    -- a still clock: no climb window ever ends here
+    ngx.now = function() return 1000 end
     _G.ngx = ngx
     _G.kong = { log = { serialize = function() return {} end }, ctx = { shared = {} } }
     stub.unload_shim()
@@ -64,24 +67,52 @@ describe("log events in flight", function()
     log_queue = require "kong.runloop.plugin_servers.log_queue"
   end)
 
-  it("queues at most 128 per worker and fails the others at once with a logged error", function()
+  it("refuses log events past log_queue_max per server and worker: counted, logged once per window", function()
+    ngx.shared.kong_plugin_servers = stub.fake_dict()
+    local d = setmetatable({ name = "small", log_queue_max = 20, log_window = 1000 }, { __index = def })
+    local p = new_plugin("p", d)
+    local ran = 0
+    p.run_event = function() ran = ran + 1 return true end
+    local conf = { __plugin_id = "x", __seq__ = 1 }
+    for _ = 1, 23 do
+      p:log(conf)
+    end
+    local counters = require "kong.runloop.plugin_servers.counters"
+    assert.equal(3, counters.get("small").log_refused)
+    -- the first refusal of the window is logged, the others only counted (one summary later)
+    assert.equal(1, count_logs("small: plugin p log event refused: 20 log events of this server already queued"))
+    assert.equal(0, count_logs("failed in log"))
+    -- drain timers, not one timer per event (and the limiter's summary timer)
+    local drains = 0
+    for _, t in ipairs(timers) do
+      if t.delay == 0 then drains = drains + 1 end
+    end
+    assert.equal(log_queue.LOG_CONNECTIONS, drains)
+    -- a drain timer runs every queued event in turn; places free up
+    fire(table.remove(timers, 1))
+    assert.equal(20, ran)
+    p:log(conf)
+    assert.equal(3, counters.get("small").log_refused)
+    fire(table.remove(timers, 1))
+    assert.equal(21, ran)
+    assert.equal(21, counters.get("small").log_events)
+    ngx.shared.kong_plugin_servers = nil
+  end)
+
+  it("refuses nothing below log_queue_max, whatever the burst", function()
     local p = new_plugin()
     local ran = 0
     p.run_event = function() ran = ran + 1 return true end
     local conf = { __plugin_id = "x", __seq__ = 1 }
-    for _ = 1, 130 do
+    local n = 3 * 128
+    for _ = 1, n do
       p:log(conf)
     end
-    -- drain timers, not one timer per event
-    assert.equal(log_queue.MAX_LOG_CONNECTIONS, #timers)
-    assert.equal(2, count_logs("plugin p failed in log (timeout): 128 log events already in flight"))
-    -- a drain timer runs every queued event in turn; places free up
+    assert.is_true(n < log_queue.DEFAULT_QUEUE_MAX)
+    assert.equal(0, count_logs("refused"))
+    assert.equal(log_queue.LOG_CONNECTIONS, #timers)
     fire(table.remove(timers, 1))
-    assert.equal(128, ran)
-    p:log(conf)
-    assert.equal(2, count_logs("128 log events already in flight"))
-    fire(table.remove(timers, 1))
-    assert.equal(129, ran)
+    assert.equal(n, ran)
   end)
 
   it("lets at most LOG_CONNECTIONS log events of one server hold a connection at once", function()
@@ -132,23 +163,15 @@ describe("log events in flight", function()
     assert.equal(n + 1, ran)
   end)
 
-  it("adds drain timers past the backlog, up to MAX_LOG_CONNECTIONS", function()
+  it("adds no drain timer for a backlog alone: more drains come from the climb", function()
     local p = new_plugin()
     p.run_event = function() return true end
     local conf = { __plugin_id = "x", __seq__ = 1 }
-    local base = log_queue.LOG_CONNECTIONS
-    for _ = 1, base + log_queue.LOG_BACKLOG - 1 do
+    for _ = 1, 10 * log_queue.LOG_BACKLOG do
       p:log(conf)
     end
-    assert.equal(base, #timers)
-    -- the queue holds LOG_BACKLOG waiting events: the next one adds a timer
-    p:log(conf)
-    assert.equal(base + 1, #timers)
-    for _ = 1, 100 do
-      p:log(conf)
-    end
-    assert.equal(log_queue.MAX_LOG_CONNECTIONS, #timers)
-    assert.is_true(log_queue.MAX_LOG_CONNECTIONS < log_queue.MAX_LOG_EVENTS)
+    assert.equal(log_queue.LOG_CONNECTIONS, #timers)
+    assert.is_true(log_queue.MAX_LOG_CONNECTIONS <= 64, "drains share lua_max_running_timers")
   end)
 
   it("limits per server: another server's log events get their own drain timers", function()
@@ -201,18 +224,19 @@ describe("log events in flight", function()
   end)
 
   it("a premature drain (nginx exiting) fails its queued events, logged, and frees their places", function()
-    local p = new_plugin()
+    local d = setmetatable({ name = "srv4", log_queue_max = 4 }, { __index = def })
+    local p = new_plugin("p", d)
     local ran = 0
     p.run_event = function() ran = ran + 1 return true end
     local conf = { __plugin_id = "x", __seq__ = 1 }
-    for _ = 1, 128 do
+    for _ = 1, 4 do
       p:log(conf)
     end
     fire(table.remove(timers, 1), true)
     assert.equal(0, ran)
     assert.matches("failed in log %(connect%): nginx is exiting", ngx.logs[#ngx.logs].msg)
     p:log(conf)
-    assert.equal(0, count_logs("128 log events already in flight"))
+    assert.equal(0, count_logs("refused"))
     fire(table.remove(timers, 1))
     assert.equal(1, ran)
   end)

@@ -14,7 +14,7 @@ local function def(name, query, timeout)
     name = name, socket = "/tmp/" .. name .. ".socket", query_command = query, path = "/usr/bin:/bin",
     query_timeout = timeout or 5000, stop_timeout = 1000, respawn_delay = 100, respawn_delay_max = 400,
     respawn_reset = 60000, ready_timeout = 1000, connect_timeout = 1000, send_timeout = 1000,
-    read_timeout = 1000, fail_open = false, max_message_size = 1048576, log_window = 1000,
+    read_timeout = 1000, fail_open = false, max_message_size = 1048576, log_window = 1000, log_queue_max = 4096,
   }
 end
 

@@ -157,6 +157,7 @@ impl ServerCheck<'_> {
         let (default, unit) = match kind {
             Kind::Millis(d) => (d, "milliseconds"),
             Kind::Size(d) => (d, "bytes"),
+            Kind::Count(d) => (d, "log events"),
             _ => unreachable!("{suffix} is not a number"),
         };
         let Some(v) = self.get(suffix) else {
@@ -333,6 +334,7 @@ impl ServerCheck<'_> {
             fail_open: self.flag("fail_open"),
             max_message_size: self.number("max_message_size"),
             log_window: self.number("log_window"),
+            log_queue_max: self.number("log_queue_max"),
         }
     }
 }

@@ -27,4 +27,7 @@ pub struct ServerDef {
     pub fail_open: bool,
     pub max_message_size: u64,
     pub log_window: u64,
+    /// Log events of this server queued or running per worker past which a new
+    /// one is refused (counted as `log_refused`).
+    pub log_queue_max: u64,
 }

@@ -12,6 +12,8 @@ pub enum Kind {
     Millis(u64),
     /// A positive integer that is not a time.
     Size(u64),
+    /// A positive number of things (not bytes, not a time).
+    Count(u64),
     /// A Kong boolean.
     Flag(bool),
 }
@@ -33,6 +35,7 @@ pub const SUFFIXES: &[(&str, Kind)] = &[
     ("fail_open", Kind::Flag(false)),
     ("max_message_size", Kind::Size(16 * 1024 * 1024)),
     ("log_window", Kind::Millis(1_000)),
+    ("log_queue_max", Kind::Count(4_096)),
 ];
 
 /// The kind of `suffix`, if it is one.
@@ -67,6 +70,7 @@ mod tests {
         assert_eq!(kind_of("read_timeout"), Some(Kind::Millis(60_000)));
         assert_eq!(kind_of("max_message_size"), Some(Kind::Size(16_777_216)));
         assert_eq!(kind_of("fail_open"), Some(Kind::Flag(false)));
+        assert_eq!(kind_of("log_queue_max"), Some(Kind::Count(4_096)));
         assert_eq!(kind_of("start_command"), None);
     }
 }

@@ -115,6 +115,27 @@ fn defaults_of_every_number_and_flag() {
         (1_000, 1_000, 5_000, 60_000, 1_000)
     );
     assert_eq!((d.fail_open, d.max_message_size), (false, 16_777_216));
+    assert_eq!(d.log_queue_max, 4_096);
+}
+
+#[test]
+fn log_queue_max_is_read_and_its_errors_name_it() {
+    let env = Env::new();
+    env.bin("go-hello");
+    let set = |v: Value| {
+        parse(
+            &settings(&["go-hello"], &[("pluginserver_go_hello_log_queue_max", v)]),
+            &env.opts(),
+        )
+    };
+    assert_eq!(set(t("100000")).unwrap().defs[0].log_queue_max, 100_000);
+    assert_eq!(
+        errors(set(t("3000000000"))),
+        [
+            "pluginserver_go_hello_log_queue_max (pluginserver go-hello): got '3000000000'; \
+          expected a positive integer of log events (1..2147483647)"
+        ]
+    );
 }
 
 #[test]
@@ -455,6 +476,7 @@ fn every_duration_and_size_is_range_checked() {
         ("read_timeout", "milliseconds"),
         ("log_window", "milliseconds"),
         ("max_message_size", "bytes"),
+        ("log_queue_max", "log events"),
     ];
     for (suffix, unit) in numbers {
         for bad in [

@@ -499,6 +499,7 @@ mod tests {
             fail_open: false,
             max_message_size: 16 << 20,
             log_window: 1000,
+            log_queue_max: 4096,
         }
     }
 

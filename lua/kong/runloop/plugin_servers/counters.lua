@@ -152,6 +152,7 @@ function _M.get(server)
     events = events, events_by_phase = by_phase,
     pdk_calls = v("pdk_calls"), instance_starts = v("instance_starts"),
     fail_open = v("fail_open"), errors = errors,
+    log_events = v("log_events"), log_refused = v("log_refused"),
     -- sum and max in ms; buckets cumulative; count = events timed
     latency_ms = { sum = v("latency_us.sum") / 1000, max = v("latency_us.max") / 1000,
                    count = count, buckets = buckets },
