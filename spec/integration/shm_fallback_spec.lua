@@ -270,10 +270,11 @@ describe("shared state without the kong_plugin_servers dict", function()
           for b = 1, #counters.LATENCY_BUCKETS_MS + 1 do
             counters.event(name, "access", 125 * 2 ^ (b - 1) - 1)
           end
-          for _, c in ipairs({ "pdk_calls", "instance_starts", "fail_open", "errors.connect",
-                               "errors.timeout", "errors.protocol", "errors.no_instance",
-                               "refused_method", "log_refused" }) do
+          for _, c in ipairs({ "pdk_calls", "instance_starts", "fail_open", "log_events", "log_refused" }) do
             counters.incr(name, c, 1)
+          end
+          for _, cause in ipairs(counters.ERROR_CAUSES) do
+            counters.incr(name, "errors." .. cause, 1)
           end
           state.set(name, { state = "ready", pid = 4194304, restarts = 12, last_exit = { signal = 9 },
                             started_at = 1764766000.123, since = 1764766000.456 })
