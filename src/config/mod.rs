@@ -152,15 +152,21 @@ impl ServerCheck<'_> {
     /// A number or flag setting, or its default; records an error and returns the default.
     fn number(&mut self, suffix: &str) -> u64 {
         let kind = suffixes::kind_of(suffix).expect("known suffix");
-        let (default, unit) = match kind {
-            Kind::Millis(d) => (d, "milliseconds"),
-            Kind::Size(d) => (d, "bytes"),
+        let (default, unit, zero_ok) = match kind {
+            Kind::Millis(d) => (d, "milliseconds", false),
+            Kind::MillisOrOff(d) => (d, "milliseconds", true),
+            Kind::Size(d) => (d, "bytes", false),
             _ => unreachable!("{suffix} is not a number"),
         };
         let Some(v) = self.get(suffix) else {
             return default;
         };
-        match value::positive_int(v, unit) {
+        let checked = if zero_ok {
+            value::int_or_off(v, unit)
+        } else {
+            value::positive_int(v, unit)
+        };
+        match checked {
             Ok(n) => n,
             Err(expected) => {
                 let v = v.clone();
@@ -331,6 +337,7 @@ impl ServerCheck<'_> {
             fail_open: self.flag("fail_open"),
             max_message_size: self.number("max_message_size"),
             log_window: self.number("log_window"),
+            hang_timeout: self.number("hang_timeout"),
         }
     }
 }

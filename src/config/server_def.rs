@@ -27,4 +27,7 @@ pub struct ServerDef {
     pub fail_open: bool,
     pub max_message_size: u64,
     pub log_window: u64,
+    /// A server with an event waiting that answers nothing for this long is hung
+    /// (killed and respawned when managed); 0 = no hang detection.
+    pub hang_timeout: u64,
 }

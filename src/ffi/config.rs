@@ -324,7 +324,7 @@ mod tests {
             names.starts_with("socket,start_cmd,query_cmd,query_timeout,"),
             "{names}"
         );
-        assert_eq!(names.split(',').count(), 15);
+        assert_eq!(names.split(',').count(), 16);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 pub mod backoff;
 pub mod handle;
+pub mod hang;
 pub mod helper_link;
 pub mod probe;
 pub mod query;

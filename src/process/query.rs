@@ -429,6 +429,7 @@ mod tests {
             fail_open: false,
             max_message_size: 16 << 20,
             log_window: 1000,
+            hang_timeout: 5000,
         }
     }
 

@@ -362,10 +362,21 @@ impl Supervisor {
             return;
         }
         let delay = s.backoff.next_delay(uptime_ms);
+        let name = s.def.name.clone();
+        if delay == 0 {
+            // The first exit: no delay, and requests wait for the new server
+            // (`starting`) instead of seeing a backoff.
+            self.log(
+                NGX_NOTICE,
+                format!("[pluginserver] respawning pluginserver '{name}' at once"),
+            );
+            self.publish(i, State::Starting);
+            self.spawn(i);
+            return;
+        }
         s.phase = Phase::Backoff {
             until: Instant::now() + Duration::from_millis(delay),
         };
-        let name = s.def.name.clone();
         self.log(
             NGX_NOTICE,
             format!("[pluginserver] respawning pluginserver '{name}' in {delay} ms"),
