@@ -197,24 +197,29 @@ describe("mp_rpc", function()
     assert.is_true(log_of[2].kept)
     -- a clean close of a fresh connection is not retried: the server may have run it
     state.set("srv", { state = "ready", pid = 10 })
-    sockets = { fake({ { reply = "", read_error = "closed" } }, 0) }
+    -- (the second socket checks that the server still listens: it does)
+    sockets = { fake({ { reply = "", read_error = "closed" } }, 0), fake({}, 0) }
     _, err, cause = rpc:start_instance("{}")
     assert.equal("connect", cause)
     assert.equal("plugin server srv closed the connection", err)
-    assert.equal(3, #log_of)
+    assert.equal(4, #log_of)
+    assert.matches("^kps%-alive:", log_of[4].pool)
+    assert.is_true(log_of[4].closed)
+    assert.is_false(log_of[4].kept)
     -- a dead pooled connection, then a connect into the dying server: still waits
     state.set("srv", { state = "ready", pid = 11 })
     next_pid = 12
     sockets = {
       fake({ { reply = "", read_error = "closed" } }, 2),
+      fake({}, 0), -- the check that the server still listens
       fake({ { send_error = "broken pipe" } }, 0),
       fake({}, 0),
     }
     _, err, cause = rpc:start_instance("{}")
     assert.equal("restarted", cause)
     assert.matches("pid 11 -> 12", err, 1, true)
-    assert.equal(6, #log_of)
-    assert.matches(":12:", log_of[6].pool, 1, true)
+    assert.equal(8, #log_of)
+    assert.matches(":12:", log_of[8].pool, 1, true)
   end)
 
   it("answers a PDK failure with StepError and an unencodable result with StepError too", function()

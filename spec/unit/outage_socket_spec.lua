@@ -140,6 +140,28 @@ describe("outage handling", function()
     assert.equal(1, #connects)
   end)
 
+  it("a clean close marks the pid only when the socket now refuses connections", function()
+    local listening = true
+    local st, socket, connects = setup(function(pool)
+      if pool:find("^kps%-alive:") and not listening then
+        return nil, "connection refused"
+      end
+      return true
+    end)
+    st.set("py", { state = "ready", pid = 7 })
+    local sock = assert(socket.connect(DEF))
+    assert.is_false(socket.peer_failed(DEF, sock, "closed"))
+    assert.is_false(st.is_refused("py", 7))
+    listening = false
+    assert.is_true(socket.peer_failed(DEF, sock, "closed"))
+    assert.is_true(st.is_refused("py", 7))
+    assert.equal(3, #connects)
+    -- an external server is never checked
+    local ext = setmetatable({ start_command = false }, { __index = DEF })
+    assert.is_false(socket.peer_failed(ext, sock, "closed"))
+    assert.equal(3, #connects)
+  end)
+
   it("a reset or broken pipe marks the connection's pid; a clean close does not", function()
     local st, socket = setup(function() return true end)
     st.set("py", { state = "ready", pid = 7 })

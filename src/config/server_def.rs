@@ -28,6 +28,8 @@ pub struct ServerDef {
     pub max_message_size: u64,
     pub log_window: u64,
     /// A server with an event waiting that answers nothing for this long is hung
-    /// (killed and respawned when managed); 0 = no hang detection.
+    /// (killed and respawned when managed); 0 = no hang detection (also for a
+    /// definition written without it).
+    #[serde(default)]
     pub hang_timeout: u64,
 }

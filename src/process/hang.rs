@@ -99,7 +99,7 @@ pub enum BeatKind {
 /// One watcher thread. Dropping it ends the thread (after its current question).
 pub struct HangWatch {
     generation: Arc<AtomicU64>,
-    next: u64,
+    next: AtomicU64,
     _stop: Sender<()>,
     _thread: JoinHandle<()>,
 }
@@ -129,7 +129,7 @@ impl HangWatch {
             .map_err(|e| format!("cannot start the hang watch thread: {e}"))?;
         Ok(HangWatch {
             generation,
-            next: 0,
+            next: AtomicU64::new(0),
             _stop: stop_tx,
             _thread: thread,
         })
@@ -137,10 +137,10 @@ impl HangWatch {
 
     /// Starts watching a new process (or again after a pause); returns the
     /// generation its beats will carry. The silence is counted from now.
-    pub fn watch(&mut self) -> u64 {
-        self.next += 1;
-        self.generation.store(self.next, Ordering::SeqCst);
-        self.next
+    pub fn watch(&self) -> u64 {
+        let next = self.next.fetch_add(1, Ordering::SeqCst) + 1;
+        self.generation.store(next, Ordering::SeqCst);
+        next
     }
 
     /// Stops asking until the next [`HangWatch::watch`].
@@ -283,7 +283,7 @@ fn connect(socket: &str) -> Result<UnixStream, ConnectError> {
             libc::close(fd);
             return Err(match err.raw_os_error() {
                 Some(libc::EAGAIN) | Some(libc::EINPROGRESS) => ConnectError::Busy,
-                _ => ConnectError::Failed(format!("cannot connect to {socket}: {err}")),
+                _ => ConnectError::Failed(format!("cannot connect to {socket}: {}", plain(&err))),
             });
         }
         let stream = UnixStream::from_raw_fd(fd);
@@ -291,6 +291,15 @@ fn connect(socket: &str) -> Result<UnixStream, ConnectError> {
             .set_nonblocking(false)
             .map_err(|_| ConnectError::Busy)?;
         Ok(stream)
+    }
+}
+
+/// An OS error without Rust's " (os error N)" suffix, as nginx words them.
+fn plain(err: &std::io::Error) -> String {
+    let text = err.to_string();
+    match text.find(" (os error ") {
+        Some(at) => text[..at].to_string(),
+        None => text,
     }
 }
 
@@ -368,7 +377,7 @@ mod tests {
         let path = tmp_socket("watch");
         let listener = UnixListener::bind(&path).unwrap();
         let (tx, rx) = crossbeam_channel::unbounded();
-        let mut w = HangWatch::start(
+        let w = HangWatch::start(
             3,
             path.clone(),
             Wire::MsgPack,
@@ -416,7 +425,7 @@ mod tests {
     fn a_missing_socket_is_silent_with_the_reason() {
         let path = tmp_socket("gone");
         let (tx, rx) = crossbeam_channel::unbounded();
-        let mut w = HangWatch::start(
+        let w = HangWatch::start(
             0,
             path.clone(),
             Wire::Protobuf,

@@ -177,6 +177,11 @@ end
 -- trace"); the waits are in connect_waiting.
 function _M.connect(def)
   if not def.start_command then
+    -- an external server the supervisor found hung (hang_timeout): fail at once
+    -- until it answers again, instead of waiting read_timeout on it
+    if state and state.is_hung(def.name) then
+      return nil, state.hung_message(def.name), "timeout"
+    end
     local sock, err = try_connect(def, nil)
     if not sock then
       return connect_error(def, err)
@@ -207,16 +212,32 @@ function _M.connect(def)
   return connect_waiting(def, entry_pid, err)
 end
 
+-- Whether the socket refuses a fresh connection (not from any pool): the server
+-- process that listened on it is gone.
+local function refuses(def)
+  local sock = tcp()
+  sock:settimeouts(def.connect_timeout, def.send_timeout, def.read_timeout)
+  -- a pool of its own that never keeps a connection: always a real connect
+  local ok, err = sock:connect("unix:" .. def.socket, { pool = "kps-alive:" .. def.socket })
+  if ok then
+    sock:close()
+    return false
+  end
+  return not_listening(err) and true or false
+end
+
 -- A send or read on `sock` failed with `err`. A reset or a broken pipe means the
 -- server process died (SIGKILL, crash): its pid is marked like a refused connect,
 -- so that other requests wait for the supervisor's restart instead of connecting
--- to the dying process (each failure is an error line of nginx's own). Returns
--- true when it marked the pid.
+-- to the dying process (each failure is an error line of nginx's own). A clean
+-- close means the same when the socket now refuses connections (a server that
+-- closes on purpose still listens). Returns true when the process died.
 function _M.peer_failed(def, sock, err)
   local pid = pid_of[sock]
   if pid and state and def.start_command then
     err = lower(tostring(err))
-    if find(err, "reset by peer", 1, true) or find(err, "broken pipe", 1, true) then
+    if find(err, "reset by peer", 1, true) or find(err, "broken pipe", 1, true)
+      or (err == "closed" and (state.is_refused(def.name, pid) or refuses(def))) then
       state.refused(def.name, pid)
       return true
     end
