@@ -80,7 +80,7 @@ end
 -- Runs wrk (4 connections) for `seconds`, calls `action()` `at` seconds in, and
 -- returns { requests, non2xx, socket_errors, max_latency, out }.
 local function under_load(h, seconds, at, action)
-  local wrk = assert(io.popen(("wrk -t2 -c4 -d%ds -H 'Host: load.test' http://127.0.0.1:%d/ 2>&1")
+  local wrk = assert(io.popen(("wrk -t2 -c4 -d%ds --timeout 20s -H 'Host: load.test' http://127.0.0.1:%d/ 2>&1")
     :format(seconds, h.port)))
   nginx.sleep(at)
   action()
@@ -203,7 +203,7 @@ describe("hung plugin servers and single crashes", function()
       pluginserver_mute_query_cmd = PY .. " " .. script .. " --dump --name mute",
       pluginserver_mute_hang_timeout = "1000",
       pluginserver_mute_respawn_delay = "5000",
-    }, { plugins = {}, servers = { "mute" } })
+    }, { plugins = { "mute" }, servers = { "mute" } })
     local first = assert(wait_status(h, "mute", function(s) return s.state == "ready" end))
     local t0 = nginx.now()
     assert(h:wait_log("pluginserver 'mute', pid " .. first.pid .. ", hung: no answer for %d+ ms", 5), log_tail(h))
