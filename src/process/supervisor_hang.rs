@@ -55,7 +55,9 @@ impl Supervisor {
             let Some(wire) = self.protocols.get(&name).and_then(|p| Wire::of(p)) else {
                 self.log(
                     NGX_NOTICE,
-                    format!("[pluginserver] pluginserver '{name}': protocol unknown, no hang detection"),
+                    format!(
+                        "[pluginserver] pluginserver '{name}': protocol unknown, no hang detection"
+                    ),
                 );
                 continue;
             };
@@ -68,7 +70,10 @@ impl Supervisor {
             );
             match started {
                 Ok(w) => self.servers[i].watch = Some(w),
-                Err(e) => self.log(NGX_ERR, format!("[pluginserver] pluginserver '{name}': {e}")),
+                Err(e) => self.log(
+                    NGX_ERR,
+                    format!("[pluginserver] pluginserver '{name}': {e}"),
+                ),
             }
         }
     }
@@ -99,9 +104,7 @@ impl Supervisor {
         }
         match (beat.kind, &s.phase) {
             (BeatKind::Silent { ms, why }, Phase::Ready) => self.kill_hung(beat.server, ms, why),
-            (BeatKind::Silent { ms, why }, Phase::External) => {
-                self.mark_hung(beat.server, ms, why)
-            }
+            (BeatKind::Silent { ms, why }, Phase::External) => self.mark_hung(beat.server, ms, why),
             (BeatKind::Answered, Phase::External) => {
                 let name = s.def.name.clone();
                 self.log(
