@@ -212,16 +212,22 @@ function _M.connect(def)
   return connect_waiting(def, entry_pid, err)
 end
 
--- Whether the socket refuses a fresh connection (not from any pool): the server
--- process that listened on it is gone.
+-- Whether the server process behind the socket is gone: a fresh connection (not
+-- from any pool) is refused, or is reset within DYING_MS (a process being torn
+-- down can close a connection before its listening socket: a connect then still
+-- reaches the listen queue, which is reset when the listener closes). A live
+-- server sends nothing on a new connection, so the read times out.
+local DYING_MS = 50
 local function refuses(def)
   local sock = tcp()
   sock:settimeouts(def.connect_timeout, def.send_timeout, def.read_timeout)
   -- a pool of its own that never keeps a connection: always a real connect
   local ok, err = sock:connect("unix:" .. def.socket, { pool = "kps-alive:" .. def.socket })
   if ok then
+    sock:settimeout(DYING_MS)
+    local _, rerr = sock:receive(1)
     sock:close()
-    return false
+    return rerr ~= "timeout"
   end
   return not_listening(err) and true or false
 end
