@@ -291,8 +291,8 @@ local function verdict(row)
   if row.fail_open == "off" then
     if row.skipped > 0 then bad[#bad + 1] = "skipped plugins" end
     if row.other > 0 then bad[#bad + 1] = "other statuses" end
-    if row.error_lines > 10 then bad[#bad + 1] = "more than 10 error lines" end
-    if not row.ready_to_correct or row.ready_to_correct > 0.05 then
+    if row.case == "crash" and row.error_lines > 10 then bad[#bad + 1] = "more than 10 error lines" end
+    if row.case == "crash" and (not row.ready_to_correct or row.ready_to_correct > 0.05) then
       bad[#bad + 1] = "first correct response not within 50 ms of ready"
     end
   elseif row.fail_open_count < row.skipped then
