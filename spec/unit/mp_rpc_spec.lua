@@ -39,6 +39,8 @@ describe("mp_rpc", function()
       if k:find("^kong%.runloop%.plugin_servers%.rpc") then package.loaded[k] = nil end
     end
     mp_rpc = require "kong.runloop.plugin_servers.rpc.mp_rpc"
+    -- the fake server pids are alive processes
+    require("kong.runloop.plugin_servers.rpc.socket").process_gone = function() return false end
     bridge = require("kong.runloop.plugin_servers.lib").bridge
     def = { name = "srv", socket = "/tmp/srv.socket", connect_timeout = 11, send_timeout = 22,
             read_timeout = 33, max_message_size = 1024 * 1024, ready_timeout = 5 }

@@ -49,6 +49,8 @@ local function setup(answer, on_sleep, on_receive)
   package.loaded["ngx.semaphore"] = false
   local state = require(STATE)
   local socket = require(SOCKET)
+  -- the fake pids are alive processes
+  socket.process_gone = function() return false end
   return state, socket, connects
 end
 
@@ -168,10 +170,29 @@ describe("outage handling", function()
     assert.is_true(socket.peer_failed(DEF, sock8, "closed"))
     assert.is_true(st.is_refused("py", 8))
     assert.equal(5, #connects)
+    -- a reaped process or a state that moved on answer without a connect
+    st.set("py", { state = "ready", pid = 9 })
+    local sock9 = assert(socket.connect(DEF))
+    socket.process_gone = function(pid) return pid == 9 end
+    assert.is_true(socket.peer_failed(DEF, sock9, "closed"))
+    st.set("py", { state = "starting" })
+    assert.is_true(socket.peer_failed(DEF, sock8, "closed"))
+    assert.equal(6, #connects)
     -- an external server is never checked
     local ext = setmetatable({ start_command = false }, { __index = DEF })
     assert.is_false(socket.peer_failed(ext, sock, "closed"))
-    assert.equal(5, #connects)
+    assert.equal(6, #connects)
+  end)
+
+  it("process_gone asks the process table", function()
+    setup(function() return true end)
+    package.loaded[SOCKET] = nil
+    local socket = require(SOCKET)
+    local ffi = require "ffi"
+    pcall(ffi.cdef, "int getpid(void);")
+    assert.is_false(socket.process_gone(ffi.C.getpid()))
+    -- above the kernel's largest pid (4194304)
+    assert.is_true(socket.process_gone(4194305))
   end)
 
   it("a reset or broken pipe marks the connection's pid; a clean close does not", function()

@@ -8,7 +8,8 @@
 //! - Protobuf (go-pdk): `RpcCall { cmd_get_plugin_names }`: go-pdk answers an
 //!   empty frame from the goroutine of the connection.
 //!
-//! Any byte back (or a clean close) is an answer. A server is *silent* when no
+//! A whole reply (or a clean close) is an answer; the watcher keeps its connection
+//! between questions (go-pdk logs every connection that ends). A server is *silent* when no
 //! question has been answered for `hang_timeout` while one was waiting; the
 //! supervisor then kills a managed server or marks an external one `hung`. A
 //! server that is slow on some events keeps answering these questions (they run
@@ -51,6 +52,18 @@ impl Wire {
             Some(Wire::Protobuf)
         } else {
             None
+        }
+    }
+
+    /// Whether `buf` holds a whole reply (a frame; a MessagePack value).
+    fn complete(self, buf: &[u8]) -> bool {
+        match self {
+            Wire::Protobuf => {
+                buf.len() >= 4
+                    && buf.len() - 4
+                        >= u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize
+            }
+            Wire::MsgPack => rmp_serde::from_slice::<serde::de::IgnoredAny>(buf).is_ok(),
         }
     }
 
@@ -118,6 +131,7 @@ impl HangWatch {
         let watcher = Watcher {
             server,
             socket,
+            wire,
             question: wire.question(),
             timeout,
             generation: Arc::clone(&generation),
@@ -157,6 +171,7 @@ impl HangWatch {
 struct Watcher {
     server: usize,
     socket: String,
+    wire: Wire,
     question: Vec<u8>,
     timeout: Duration,
     generation: Arc<AtomicU64>,
@@ -172,6 +187,7 @@ impl Watcher {
         let mut watching = 0u64;
         let mut last_answer = Instant::now();
         let mut silent = false;
+        let mut conn: Option<UnixStream> = None;
         loop {
             match stop.recv_timeout(self.period()) {
                 Err(RecvTimeoutError::Timeout) => {}
@@ -186,9 +202,10 @@ impl Watcher {
                 watching = generation;
                 last_answer = Instant::now();
                 silent = false;
+                conn = None;
             }
             let deadline = (last_answer + self.timeout).max(Instant::now() + MIN_WAIT);
-            let outcome = ask(&self.socket, &self.question, deadline);
+            let outcome = self.ask(&mut conn, deadline);
             if self.generation.load(Ordering::SeqCst) != watching {
                 continue;
             }
@@ -226,32 +243,50 @@ impl Watcher {
     }
 }
 
-/// Asks once. Ok when something came back (or the server closed the connection)
-/// before `deadline`; Err(None) when nothing did; Err(Some(message)) when the
-/// socket could not be connected.
-fn ask(socket: &str, question: &[u8], deadline: Instant) -> Result<(), Option<String>> {
-    let mut stream = connect(socket).map_err(|e| match e {
-        ConnectError::Busy => None,
-        ConnectError::Failed(msg) => Some(msg),
-    })?;
-    let left = |d: Instant| {
-        d.saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1))
-    };
-    let _ = stream.set_write_timeout(Some(left(deadline)));
-    if stream.write_all(question).is_err() {
-        return Err(None);
-    }
-    let mut byte = [0u8; 64];
-    loop {
-        let _ = stream.set_read_timeout(Some(left(deadline)));
-        match stream.read(&mut byte) {
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return Err(None),
-        }
-        if Instant::now() >= deadline {
+impl Watcher {
+    /// Asks once, on the kept connection or a new one. Ok when a whole reply came
+    /// back (or the server closed the connection) before `deadline`; Err(None)
+    /// when not; Err(Some(message)) when the socket could not be connected. The
+    /// connection is kept only after a whole reply.
+    fn ask(&self, conn: &mut Option<UnixStream>, deadline: Instant) -> Result<(), Option<String>> {
+        let mut stream = match conn.take() {
+            Some(s) => s,
+            None => connect(&self.socket).map_err(|e| match e {
+                ConnectError::Busy => None,
+                ConnectError::Failed(msg) => Some(msg),
+            })?,
+        };
+        let left = |d: Instant| {
+            d.saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1))
+        };
+        let _ = stream.set_write_timeout(Some(left(deadline)));
+        if stream.write_all(&self.question).is_err() {
             return Err(None);
+        }
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 256];
+        loop {
+            let _ = stream.set_read_timeout(Some(left(deadline)));
+            match stream.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    reply.extend_from_slice(&buf[..n]);
+                    if self.wire.complete(&reply) {
+                        *conn = Some(stream);
+                        return Ok(());
+                    }
+                    if reply.len() > 64 * 1024 {
+                        // not an answer to this question: start over next time
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(None),
+            }
+            if Instant::now() >= deadline {
+                return Err(None);
+            }
         }
     }
 }
@@ -346,28 +381,72 @@ mod tests {
         assert_eq!(Wire::of("grpc"), None);
     }
 
+    fn watcher(path: &str, wire: Wire) -> Watcher {
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        Watcher {
+            server: 0,
+            socket: path.to_string(),
+            wire,
+            question: wire.question(),
+            timeout: Duration::from_millis(300),
+            generation: Arc::new(AtomicU64::new(1)),
+            beats: tx,
+        }
+    }
+
     #[test]
-    fn an_answer_a_silence_and_a_missing_socket() {
+    fn replies_are_complete_only_when_whole() {
+        assert!(Wire::Protobuf.complete(&[0, 0, 0, 0]));
+        assert!(!Wire::Protobuf.complete(&[2, 0, 0, 0, 9]));
+        assert!(Wire::Protobuf.complete(&[2, 0, 0, 0, 9, 9]));
+        let reply = b"\x94\x01\x01\xbcRPC for kps is not supported\xc0";
+        assert!(Wire::MsgPack.complete(reply));
+        assert!(!Wire::MsgPack.complete(&reply[..10]));
+    }
+
+    #[test]
+    fn an_answer_a_silence_a_partial_reply_and_a_missing_socket() {
         let path = tmp_socket("ask");
+        let w = watcher(&path, Wire::MsgPack);
         let deadline = || Instant::now() + Duration::from_millis(300);
+        let mut conn = None;
         assert!(
-            matches!(ask(&path, b"x", deadline()), Err(Some(m)) if m.contains("No such file")),
+            matches!(w.ask(&mut conn, deadline()), Err(Some(m)) if m.ends_with("No such file or directory")),
             "missing socket"
         );
         let listener = UnixListener::bind(&path).unwrap();
         // accepted by the kernel, never read: no answer
         let t0 = Instant::now();
-        assert_eq!(ask(&path, b"x", deadline()), Err(None));
+        assert_eq!(w.ask(&mut conn, deadline()), Err(None));
         assert!(t0.elapsed() >= Duration::from_millis(250));
+        assert!(conn.is_none());
         let server = std::thread::spawn(move || {
             // the first connection is the silent question's, closed by now
             let _first = listener.accept().unwrap();
             let (mut c, _) = listener.accept().unwrap();
-            let mut b = [0u8; 16];
+            let mut b = [0u8; 64];
+            for _ in 0..2 {
+                let _ = c.read(&mut b);
+                c.write_all(b"\x94\x01\x01\xa1x\xc0").unwrap();
+            }
+            // the third question gets half a reply
             let _ = c.read(&mut b);
-            c.write_all(b"y").unwrap();
+            c.write_all(b"\x94\x01").unwrap();
+            std::thread::sleep(Duration::from_millis(500));
         });
-        assert_eq!(ask(&path, b"x", deadline()), Ok(()));
+        assert_eq!(w.ask(&mut conn, deadline()), Ok(()));
+        assert!(conn.is_some(), "kept after a whole reply");
+        assert_eq!(
+            w.ask(&mut conn, deadline()),
+            Ok(()),
+            "the same connection again"
+        );
+        assert_eq!(
+            w.ask(&mut conn, deadline()),
+            Err(None),
+            "half a reply is no answer"
+        );
+        assert!(conn.is_none());
         server.join().unwrap();
         let _ = std::fs::remove_file(&path);
     }
@@ -407,7 +486,7 @@ mod tests {
                     c.set_nonblocking(false).unwrap();
                     let mut b = [0u8; 64];
                     let _ = c.read(&mut b);
-                    let _ = c.write_all(b"\x94");
+                    let _ = c.write_all(b"\x94\x01\x01\xa1x\xc0");
                 } else {
                     std::thread::sleep(Duration::from_millis(5));
                 }

@@ -6,6 +6,8 @@
 -- connections) and a per-worker generation, bumped when a pooled connection turns
 -- out dead, so that the retry gets a fresh connection.
 
+local ffi = require "ffi"
+
 local ngx = ngx
 local tcp = ngx.socket.tcp
 local sleep = ngx.sleep
@@ -232,6 +234,33 @@ local function refuses(def)
   return not_listening(err) and true or false
 end
 
+pcall(ffi.cdef, "int kill(int pid, int sig);") -- raises only when declared already
+local C = ffi.C
+local ESRCH = 3
+
+-- Whether process `pid` no longer exists (reaped). A syscall, no I/O.
+function _M.process_gone(pid)
+  if C.kill(pid, 0) == 0 then
+    return false
+  end
+  return ffi.errno() == ESRCH
+end
+
+-- After a clean close by server process `pid`: whether it died. The state and
+-- the process table answer without a connect when they can (a connect to a
+-- socket file the supervisor removed would be a [crit] line of nginx); a process
+-- that still exists may be exiting, which the socket tells (refuses above).
+local function died_after_close(def, pid)
+  if state.is_refused(def.name, pid) then
+    return true
+  end
+  local e = state.get(def.name)
+  if not e or e.state ~= "ready" or e.pid ~= pid or _M.process_gone(pid) then
+    return true
+  end
+  return refuses(def)
+end
+
 -- A send or read on `sock` failed with `err`. A reset or a broken pipe means the
 -- server process died (SIGKILL, crash): its pid is marked like a refused connect,
 -- so that other requests wait for the supervisor's restart instead of connecting
@@ -243,7 +272,7 @@ function _M.peer_failed(def, sock, err)
   if pid and state and def.start_command then
     err = lower(tostring(err))
     if find(err, "reset by peer", 1, true) or find(err, "broken pipe", 1, true)
-      or (err == "closed" and (state.is_refused(def.name, pid) or refuses(def))) then
+      or (err == "closed" and died_after_close(def, pid)) then
       state.refused(def.name, pid)
       return true
     end
