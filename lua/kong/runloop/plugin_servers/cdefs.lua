@@ -73,7 +73,7 @@ static const int KPS_PB_CLOSED_BEFORE_REPLY = 1;
 // `kps_pb_stream_closed`: part of the reply or event had arrived (a failure).
 static const int KPS_PB_CLOSED_LATER = 0;
 
-// Smallest delay used even if configured lower, so a crash loop stays cheap.
+// Smallest delay of a backed-off respawn, even if configured lower.
 static const int MIN_DELAY_MS = 10;
 
 // nginx log levels (the values of `ngx.DEBUG` ... `ngx.ERR`).
@@ -727,7 +727,9 @@ void kps_query_json(const KpsQuery *q, const uint8_t **out, size_t *out_len);
 void kps_query_free(KpsQuery *q);
 
 // Starts the supervisor thread of this process for the managed servers among
-// `defs` (a JSON array of server definitions, `conf.parse`'s tables). `old_pids`
+// `defs` (a JSON array of server definitions, `conf.parse`'s tables, with the
+// `protocol` the info query found), and the hang watch of the external ones
+// that have a `hang_timeout`. `old_pids`
 // (a JSON object `{ name: pid }`, may be empty) names servers of a previous
 // generation that must be gone before the same socket is served again.
 // `kps-helper` is looked for beside this library.
