@@ -1,5 +1,5 @@
-//! Hang detection (`hang_timeout`): a watcher thread per server asks it, a few
-//! times a second and on a connection of its own, a question that every PDK
+//! Hang detection (`hang_timeout`): a watcher thread per server asks it, up to
+//! ten times a second and on a connection of its own, a question that every PDK
 //! answers in its connection handler without running plugin code:
 //!
 //! - MessagePack-RPC (kong-pdk Python and JS): a call in a namespace other than
@@ -9,8 +9,9 @@
 //!   empty frame from the goroutine of the connection.
 //!
 //! A whole reply (or a clean close) is an answer; the watcher keeps its connection
-//! between questions (go-pdk logs every connection that ends). A server is *silent* when no
-//! question has been answered for `hang_timeout` while one was waiting; the
+//! between questions (go-pdk logs every connection that ends). A server is
+//! *silent* when a question has waited `hang_timeout` without an answer (so it
+//! answered nothing for at least that long); the
 //! supervisor then kills a managed server or marks an external one `hung`. A
 //! server that is slow on some events keeps answering these questions (they run
 //! on their own connection, beside the events), so it is never silent; a server
@@ -30,10 +31,10 @@ use prost::Message;
 
 use crate::codec::protobuf::messages::{Call, CmdGetPluginNames, RpcCall};
 
-/// Longest pause between two questions (shorter for small timeouts).
-const PERIOD_MAX: Duration = Duration::from_millis(250);
-/// Shortest wait for an answer, so that a question is never sent for nothing.
-const MIN_WAIT: Duration = Duration::from_millis(50);
+/// Longest pause between two questions (shorter for small timeouts): a server
+/// that stops answering is found between `hang_timeout` and `hang_timeout` plus
+/// this after its last answer.
+const PERIOD_MAX: Duration = Duration::from_millis(100);
 
 /// The wire protocol of a server, from the info query's `Protocol`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,7 +181,7 @@ struct Watcher {
 
 impl Watcher {
     fn period(&self) -> Duration {
-        (self.timeout / 4).clamp(Duration::from_millis(10), PERIOD_MAX)
+        (self.timeout / 10).clamp(Duration::from_millis(10), PERIOD_MAX)
     }
 
     fn run(self, stop: &Receiver<()>) {
@@ -204,8 +205,8 @@ impl Watcher {
                 silent = false;
                 conn = None;
             }
-            let deadline = (last_answer + self.timeout).max(Instant::now() + MIN_WAIT);
-            let outcome = self.ask(&mut conn, deadline);
+            // every question waits the whole hang_timeout for its answer
+            let outcome = self.ask(&mut conn, Instant::now() + self.timeout);
             if self.generation.load(Ordering::SeqCst) != watching {
                 continue;
             }
