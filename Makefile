@@ -5,7 +5,7 @@
 #   make demo    the main job: nginx + real plugin servers, end to end
 #   make fuzz    every fuzz target for FUZZ_SECONDS (60) each; make fuzz-smoke: 12 s each
 #   make bench-kong KONG_SRC=<a Kong source tree>  ours beside Kong's own Lua (docs/PERFORMANCE.md)
-#   make probe-outage  SIGKILL of each plugin server under load: responses, errors, timings
+#   make probe-outage  SIGKILL and SIGSTOP of each plugin server under load: responses, errors, timings
 #   make jit-aborts    LuaJIT trace aborts in the shim under load, per hello plugin server
 #   make install PREFIX=/usr/local   (or LUA_LIB_DIR=... LUA_CLIB_DIR=...)
 

@@ -62,6 +62,7 @@ fn def(name: &str, start: &str, socket: &str) -> ServerDef {
         max_message_size: 1 << 20,
         log_window: 1000,
         log_queue_max: 4096,
+        hang_timeout: 0,
     }
 }
 
@@ -272,6 +273,7 @@ fn crash_loop_backs_off_and_exit_127_is_not_respawned() {
     let line = run.wait_log("[crash:");
     assert!(line.ends_with("] exit_now: exiting with 2"), "{line}");
     run.wait_log("external pluginserver 'crash' terminated: exit 2");
+    run.wait_log("respawning pluginserver 'crash' at once");
     for delay in [50, 100, 200, 400, 400] {
         run.wait_log(&format!("respawning pluginserver 'crash' in {delay} ms"));
     }
@@ -301,7 +303,11 @@ fn ready_after_the_socket_accepts_then_respawn_after_kill_9() {
 
     unsafe { libc::kill(pid, libc::SIGKILL) };
     run.wait_log("external pluginserver 'py' terminated: signal 9");
-    run.wait_state("py", State::Backoff);
+    // The first exit is respawned at once: starting again, no backoff.
+    run.wait_log("respawning pluginserver 'py' at once");
+    run.wait_for("starting again without a pid", |r| {
+        matches!(r, Report::State { name, state: State::Starting, pid: None, .. } if name == "py")
+    });
     let again = run.wait_for("ready with a new pid", |r| {
         matches!(r, Report::State { name, state: State::Ready, pid: Some(p), restarts: 1, .. } if name == "py" && *p != pid)
     });

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# make probe-outage: SIGKILL of each hello plugin server under a small wrk load,
+# make probe-outage: SIGKILL (crash) and SIGSTOP (hang) of each hello plugin server under a small wrk load,
 # with fail_open off and on (see tools/probe-outage.lua). Bounded: the whole probe
-# is killed after PROBE_TIMEOUT seconds (default 300).
+# is killed after PROBE_TIMEOUT seconds (default 600).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec timeout --kill-after=10 "${PROBE_TIMEOUT:-300}" luajit tools/probe-outage.lua "$@"
+exec timeout --kill-after=10 "${PROBE_TIMEOUT:-600}" luajit tools/probe-outage.lua "$@"

@@ -50,6 +50,9 @@ local function settings(prefix, opts)
     [K .. "respawn_delay_max"] = "200",
     [K .. "stop_timeout"] = "1000",
     [K .. "query_timeout"] = tostring(opts.query_timeout or 5000),
+    -- no hang watch: its connection (an fd of worker 0) would blur the fd counts;
+    -- hangs have their own spec (hang_spec.lua)
+    [K .. "hang_timeout"] = "0",
   }
   if not opts.external then
     s[K .. "start_cmd"] = PY .. " -u " .. SERVER .. " " .. sock .. " --name " .. NAME

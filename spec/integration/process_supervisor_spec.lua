@@ -107,15 +107,15 @@ describe("plugin server supervisor (stand-in servers)", function()
     assert.same({}, h:leftovers())
   end)
 
-  it("respawns after kill -9 with the real signal: ready -> backoff -> ready", function()
+  it("respawns after kill -9 at once with the real signal, then backs off a second exit", function()
     h = start(function(prefix)
       return { { name = "lsn", start = listen_cmd(prefix, "lsn", " 0.3"), respawn_delay = 300 } }
     end)
     local first = assert(wait_state(h, "lsn", "ready"))
     assert(procs.kill(first.pid, "KILL"))
     assert(h:wait_log("external pluginserver 'lsn' terminated: signal 9", 5))
-    local backoff = assert(wait_state(h, "lsn", "backoff", 2))
-    assert.same({ signal = 9 }, backoff.last_exit)
+    assert(h:wait_log("respawning pluginserver 'lsn' at once", 2))
+    assert.equal(0, h:count_log("respawning pluginserver 'lsn' in"))
     local again = assert(nginx.wait_until(function()
       local s = status_of(h, "lsn")
       return s.state == "ready" and s.pid ~= first.pid and s
@@ -123,6 +123,11 @@ describe("plugin server supervisor (stand-in servers)", function()
     assert.equal(1, again.restarts)
     assert.same({ signal = 9 }, again.last_exit)
     assert.is_false(procs.alive(first.pid))
+    -- a second exit within respawn_reset backs off
+    assert(procs.kill(again.pid, "KILL"))
+    local backoff = assert(wait_state(h, "lsn", "backoff", 5))
+    assert.same({ signal = 9 }, backoff.last_exit)
+    assert(h:wait_log("respawning pluginserver 'lsn' in 300 ms", 2))
   end)
 
   it("backs off a crash loop with growing delays and does not respawn exit 127", function()
@@ -134,6 +139,7 @@ describe("plugin server supervisor (stand-in servers)", function()
     end)
     assert(h:wait_log([[external pluginserver "nocmd" start command "/usr/bin/env kps%-no%-such%-program" exited with "command not found"]], 5))
     assert(h:wait_log("respawning pluginserver 'crash' in 400 ms", 5, 2))
+    assert.equal(1, h:count_log("respawning pluginserver 'crash' at once"))
     local delays = {}
     for _, line in ipairs(h:log_lines("respawning pluginserver 'crash' in %d+ ms")) do
       delays[#delays + 1] = tonumber(line:match("in (%d+) ms"))

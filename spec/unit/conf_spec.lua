@@ -128,9 +128,10 @@ describe("conf.parse", function()
         name = "c", socket = "/kong/c.socket", start_command = bin .. "/c", query_command = bin .. "/c -dump",
         path = path,
         query_timeout = 10000, stop_timeout = 5000, respawn_delay = 1000, respawn_delay_max = 30000,
-        respawn_reset = 60000, ready_timeout = 1000, connect_timeout = 1000, send_timeout = 5000,
+        respawn_reset = 60000, ready_timeout = 5000, connect_timeout = 1000, send_timeout = 5000,
         read_timeout = 60000, fail_open = false, max_message_size = 16777216, log_window = 1000,
         log_queue_max = 4096,
+        hang_timeout = 5000,
       }, d)
     end)
 
@@ -347,6 +348,15 @@ describe("conf.parse", function()
           assert.same({ key .. " (pluginserver s): got " .. case[2] .. "; expected " .. MS }, errors)
         end
       end
+    end)
+
+    it("accepts hang_timeout 0 (off) and rejects what is not a duration", function()
+      file(bin, "s", 755)
+      local key = "pluginserver_s_hang_timeout"
+      assert.equal(0, conf.parse(settings({ "s" }, { [key] = "0" }), opts)[1].hang_timeout)
+      assert.equal(2000, conf.parse(settings({ "s" }, { [key] = 2000 }), opts)[1].hang_timeout)
+      assert.same({ key .. " (pluginserver s): got '-1'; expected " .. MS .. ", or 0 for off" },
+        rejected(settings({ "s" }, { [key] = "-1" })))
     end)
 
     it("checks max_message_size as a positive number of bytes", function()

@@ -25,6 +25,9 @@ local function fake_rpc()
   end
   function rpc:handle_event(id, phase, dispatch, saved)
     self.events[#self.events + 1] = { id = id, phase = phase, saved = saved }
+    if self.on_event then
+      self.on_event(#self.events)
+    end
     local r = table.remove(self.script, 1) or { true }
     return r[1], r[2], r[3], { pdk_calls = 0 }
   end
@@ -213,6 +216,41 @@ describe("plugin objects", function()
     p:access({ __plugin_id = "x", __seq__ = 1 })
     assert.equal(2, #rpc.events)
     assert.same({ 500 }, { exits[1][1] })
+  end)
+
+  it("runs an event again, once, on the new server when its server died during it", function()
+    ngx.shared.kong_plugin_servers = stub.fake_dict()
+    finally(function() ngx.shared.kong_plugin_servers = nil end)
+    local state = require "kong.runloop.plugin_servers.state"
+    local d = setmetatable({ start_command = "/bin/srv", ready_timeout = 50 }, { __index = def })
+    local p = assert(plugin.new(info("MsgPack:1", nil, d)))
+    state.set("srv", { state = "ready", pid = 7 })
+    local rpc = with_rpc(p, { { true } })
+    p:access({ __plugin_id = "x", __seq__ = 1 })
+    assert.equal(7, p.known_pid)
+    rpc = with_rpc(p, { { nil, "read from srv failed: connection reset by peer", "died" }, { true } })
+    -- the supervisor has respawned it by the time the event failed
+    rpc.on_event = function(n) if n == 1 then state.set("srv", { state = "ready", pid = 8 }) end end
+    p:access({ __plugin_id = "x", __seq__ = 1 })
+    assert.same({}, exits, ngx.logs[#ngx.logs] and ngx.logs[#ngx.logs].msg)
+    assert.equal(2, #rpc.events)
+    assert.equal(1, #rpc.starts, "a new instance on the new server")
+    assert.equal(8, p.known_pid)
+    -- a second death in the same event fails it (cause connect)
+    rpc = with_rpc(p, { { nil, "reset", "died" }, { nil, "reset again", "died" }, { true } })
+    rpc.on_event = function(n) state.set("srv", { state = "ready", pid = 8 + n }) end
+    p:access({ __plugin_id = "x", __seq__ = 1 })
+    assert.equal(2, #rpc.events)
+    assert.same({ 500 }, { exits[1][1] })
+    assert.matches("failed in access %(connect%): reset again", ngx.logs[#ngx.logs].msg)
+    -- no new process within ready_timeout: fails with the wait's message
+    exits = {}
+    rpc = with_rpc(p, { { nil, "reset", "died" }, { true } })
+    p:access({ __plugin_id = "x", __seq__ = 1 })
+    assert.equal(1, #rpc.events)
+    assert.same({ 500 }, { exits[1][1] })
+    assert.matches("%(pid 10%) died during the event and no new process was ready after 50 ms",
+      ngx.logs[#ngx.logs].msg)
   end)
 
   it("never lets a Lua error escape a handler", function()

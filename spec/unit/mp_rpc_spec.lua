@@ -39,6 +39,8 @@ describe("mp_rpc", function()
       if k:find("^kong%.runloop%.plugin_servers%.rpc") then package.loaded[k] = nil end
     end
     mp_rpc = require "kong.runloop.plugin_servers.rpc.mp_rpc"
+    -- the fake server pids are alive processes
+    require("kong.runloop.plugin_servers.rpc.socket").process_gone = function() return false end
     bridge = require("kong.runloop.plugin_servers.lib").bridge
     def = { name = "srv", socket = "/tmp/srv.socket", connect_timeout = 11, send_timeout = 22,
             read_timeout = 33, max_message_size = 1024 * 1024, ready_timeout = 5 }
@@ -198,24 +200,29 @@ describe("mp_rpc", function()
     assert.is_true(log_of[2].kept)
     -- a clean close of a fresh connection is not retried: the server may have run it
     state.set("srv", { state = "ready", pid = 10 })
-    sockets = { fake({ { reply = "", read_error = "closed" } }, 0) }
+    -- (the second socket checks that the server still listens: it does)
+    sockets = { fake({ { reply = "", read_error = "closed" } }, 0), fake({}, 0) }
     _, err, cause = rpc:start_instance("{}")
     assert.equal("connect", cause)
     assert.equal("plugin server srv closed the connection", err)
-    assert.equal(3, #log_of)
+    assert.equal(4, #log_of)
+    assert.matches("^kps%-alive:", log_of[4].pool)
+    assert.is_true(log_of[4].closed)
+    assert.is_false(log_of[4].kept)
     -- a dead pooled connection, then a connect into the dying server: still waits
     state.set("srv", { state = "ready", pid = 11 })
     next_pid = 12
     sockets = {
       fake({ { reply = "", read_error = "closed" } }, 2),
+      fake({}, 0), -- the check that the server still listens
       fake({ { send_error = "broken pipe" } }, 0),
       fake({}, 0),
     }
     _, err, cause = rpc:start_instance("{}")
     assert.equal("restarted", cause)
     assert.matches("pid 11 -> 12", err, 1, true)
-    assert.equal(6, #log_of)
-    assert.matches(":12:", log_of[6].pool, 1, true)
+    assert.equal(8, #log_of)
+    assert.matches(":12:", log_of[8].pool, 1, true)
   end)
 
   it("ends the event at kong.response.exit without a Step, and fails it when the PDK refuses the exit", function()

@@ -12,7 +12,7 @@ local SOCKET = "kong.runloop.plugin_servers.rpc.socket"
 -- Loads state.lua and socket.lua over a stand-in ngx. `on_sleep(clock)` runs at
 -- every sleep (the supervisor's changes happen there); `connects` records every
 -- connect attempt; `answer(pool)` scripts its result.
-local function setup(answer, on_sleep)
+local function setup(answer, on_sleep, on_receive)
   local ngx = stub.new()
   local clock = 1000
   ngx.now = function() return clock end
@@ -34,6 +34,10 @@ local function setup(answer, on_sleep)
         return answer(opts.pool, addr)
       end
       function sock.getreusedtimes() return 0 end
+      function sock.settimeout() end
+      function sock.receive()
+        return nil, on_receive and on_receive() or "timeout"
+      end
       function sock.setkeepalive() return true end
       function sock.close() end
       return sock
@@ -45,6 +49,8 @@ local function setup(answer, on_sleep)
   package.loaded["ngx.semaphore"] = false
   local state = require(STATE)
   local socket = require(SOCKET)
+  -- the fake pids are alive processes
+  socket.process_gone = function() return false end
   return state, socket, connects
 end
 
@@ -138,6 +144,55 @@ describe("outage handling", function()
       .. "%(state ready, refusing connections%)", err)
     -- the refused pid was not connected to again while it stayed marked
     assert.equal(1, #connects)
+  end)
+
+  it("a clean close marks the pid only when the socket now refuses or resets connections", function()
+    local listening, dying = true, false
+    local st, socket, connects = setup(function(pool)
+      if pool:find("^kps%-alive:") and not listening then
+        return nil, "connection refused"
+      end
+      return true
+    end, nil, function()
+      return dying and "connection reset by peer" or nil
+    end)
+    st.set("py", { state = "ready", pid = 7 })
+    local sock = assert(socket.connect(DEF))
+    assert.is_false(socket.peer_failed(DEF, sock, "closed"))
+    assert.is_false(st.is_refused("py", 7))
+    -- a process being torn down: its listen queue still takes the connect, then resets it
+    dying = true
+    assert.is_true(socket.peer_failed(DEF, sock, "closed"))
+    assert.is_true(st.is_refused("py", 7))
+    st.set("py", { state = "ready", pid = 8 })
+    local sock8 = assert(socket.connect(DEF))
+    listening, dying = false, false
+    assert.is_true(socket.peer_failed(DEF, sock8, "closed"))
+    assert.is_true(st.is_refused("py", 8))
+    assert.equal(5, #connects)
+    -- a reaped process or a state that moved on answer without a connect
+    st.set("py", { state = "ready", pid = 9 })
+    local sock9 = assert(socket.connect(DEF))
+    socket.process_gone = function(pid) return pid == 9 end
+    assert.is_true(socket.peer_failed(DEF, sock9, "closed"))
+    st.set("py", { state = "starting" })
+    assert.is_true(socket.peer_failed(DEF, sock8, "closed"))
+    assert.equal(6, #connects)
+    -- an external server is never checked
+    local ext = setmetatable({ start_command = false }, { __index = DEF })
+    assert.is_false(socket.peer_failed(ext, sock, "closed"))
+    assert.equal(6, #connects)
+  end)
+
+  it("process_gone asks the process table", function()
+    setup(function() return true end)
+    package.loaded[SOCKET] = nil
+    local socket = require(SOCKET)
+    local ffi = require "ffi"
+    pcall(ffi.cdef, "int getpid(void);")
+    assert.is_false(socket.process_gone(ffi.C.getpid()))
+    -- above the kernel's largest pid (4194304)
+    assert.is_true(socket.process_gone(4194305))
   end)
 
   it("a reset or broken pipe marks the connection's pid; a clean close does not", function()

@@ -35,15 +35,15 @@ describe("plugin server state", function()
   it("reports every server in defs order, with defaults before any report", function()
     local state, _, advance = load_state(true)
     assert(state.claim(11, DEFS))
-    assert(state.set("go", { state = "ready", pid = 42, restarts = 2,
+    assert(state.set("go", { state = "ready", pid = 42, restarts = 2, hangs = 1,
                              last_exit = { signal = 9 }, started_at = 990 }, 11))
-    assert(state.set("ext", { state = "external" }, 11))
+    assert(state.set("ext", { state = "hung", hangs = 3 }, 11))
     advance(0.5)
     local list = assert(state.status(DEFS))
     assert.same({
-      { name = "go", pid = 42, state = "ready", restarts = 2, last_exit = { signal = 9 }, uptime = 10.5 },
-      { name = "ext", state = "external", restarts = 0, uptime = 0 },
-      { name = "py", state = "stopped", restarts = 0, uptime = 0 },
+      { name = "go", pid = 42, state = "ready", restarts = 2, hangs = 1, last_exit = { signal = 9 }, uptime = 10.5 },
+      { name = "ext", state = "hung", restarts = 0, hangs = 3, uptime = 0 },
+      { name = "py", state = "stopped", restarts = 0, hangs = 0, uptime = 0 },
     }, list)
   end)
 
@@ -87,6 +87,13 @@ describe("plugin server state", function()
     state.set("py", { state = "failed" }, 1)
     assert.equal(42, state.wait_ready("go", 100))
     assert.equal(0, state.wait_ready("ext", 100))
+    state.set("ext", { state = "hung" }, 1)
+    local none, why = state.wait_ready("ext", 100)
+    assert.is_nil(none)
+    assert.equal("pluginserver 'ext' is hung (it answered nothing for hang_timeout)", why)
+    assert.is_true(state.is_hung("ext"))
+    assert.is_false(state.is_hung("go"))
+    state.set("ext", { state = "external" }, 1)
     local pid, err = state.wait_ready("py", 100)
     assert.is_nil(pid)
     assert.equal("pluginserver 'py' is failed", err)

@@ -154,16 +154,22 @@ impl ServerCheck<'_> {
     /// A number or flag setting, or its default; records an error and returns the default.
     fn number(&mut self, suffix: &str) -> u64 {
         let kind = suffixes::kind_of(suffix).expect("known suffix");
-        let (default, unit) = match kind {
-            Kind::Millis(d) => (d, "milliseconds"),
-            Kind::Size(d) => (d, "bytes"),
-            Kind::Count(d) => (d, "log events"),
+        let (default, unit, zero_ok) = match kind {
+            Kind::Millis(d) => (d, "milliseconds", false),
+            Kind::MillisOrOff(d) => (d, "milliseconds", true),
+            Kind::Size(d) => (d, "bytes", false),
+            Kind::Count(d) => (d, "log events", false),
             _ => unreachable!("{suffix} is not a number"),
         };
         let Some(v) = self.get(suffix) else {
             return default;
         };
-        match value::positive_int(v, unit) {
+        let checked = if zero_ok {
+            value::int_or_off(v, unit)
+        } else {
+            value::positive_int(v, unit)
+        };
+        match checked {
             Ok(n) => n,
             Err(expected) => {
                 let v = v.clone();
@@ -335,6 +341,7 @@ impl ServerCheck<'_> {
             max_message_size: self.number("max_message_size"),
             log_window: self.number("log_window"),
             log_queue_max: self.number("log_queue_max"),
+            hang_timeout: self.number("hang_timeout"),
         }
     }
 }

@@ -30,4 +30,9 @@ pub struct ServerDef {
     /// Log events of this server queued or running per worker past which a new
     /// one is refused (counted as `log_refused`).
     pub log_queue_max: u64,
+    /// A server with an event waiting that answers nothing for this long is hung
+    /// (killed and respawned when managed); 0 = no hang detection (also for a
+    /// definition written without it).
+    #[serde(default)]
+    pub hang_timeout: u64,
 }

@@ -10,6 +10,8 @@ pub enum Kind {
     Command,
     /// Milliseconds, a positive integer.
     Millis(u64),
+    /// Milliseconds, or `0` for "off".
+    MillisOrOff(u64),
     /// A positive integer that is not a time.
     Size(u64),
     /// A positive number of things (not bytes, not a time).
@@ -28,7 +30,7 @@ pub const SUFFIXES: &[(&str, Kind)] = &[
     ("respawn_delay", Kind::Millis(1_000)),
     ("respawn_delay_max", Kind::Millis(30_000)),
     ("respawn_reset", Kind::Millis(60_000)),
-    ("ready_timeout", Kind::Millis(1_000)),
+    ("ready_timeout", Kind::Millis(5_000)),
     ("connect_timeout", Kind::Millis(1_000)),
     ("send_timeout", Kind::Millis(5_000)),
     ("read_timeout", Kind::Millis(60_000)),
@@ -36,6 +38,7 @@ pub const SUFFIXES: &[(&str, Kind)] = &[
     ("max_message_size", Kind::Size(16 * 1024 * 1024)),
     ("log_window", Kind::Millis(1_000)),
     ("log_queue_max", Kind::Count(4_096)),
+    ("hang_timeout", Kind::MillisOrOff(5_000)),
 ];
 
 /// The kind of `suffix`, if it is one.
@@ -71,6 +74,8 @@ mod tests {
         assert_eq!(kind_of("max_message_size"), Some(Kind::Size(16_777_216)));
         assert_eq!(kind_of("fail_open"), Some(Kind::Flag(false)));
         assert_eq!(kind_of("log_queue_max"), Some(Kind::Count(4_096)));
+        assert_eq!(kind_of("ready_timeout"), Some(Kind::Millis(5_000)));
+        assert_eq!(kind_of("hang_timeout"), Some(Kind::MillisOrOff(5_000)));
         assert_eq!(kind_of("start_command"), None);
     }
 }

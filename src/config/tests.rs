@@ -112,8 +112,9 @@ fn defaults_of_every_number_and_flag() {
             d.read_timeout,
             d.log_window
         ),
-        (1_000, 1_000, 5_000, 60_000, 1_000)
+        (5_000, 1_000, 5_000, 60_000, 1_000)
     );
+    assert_eq!(d.hang_timeout, 5_000);
     assert_eq!((d.fail_open, d.max_message_size), (false, 16_777_216));
     assert_eq!(d.log_queue_max, 4_096);
 }
@@ -456,6 +457,28 @@ fn empty_and_non_string_commands_and_sockets_are_rejected() {
             "pluginserver_s_socket (pluginserver s): got 5; expected a non-empty socket path",
             "pluginserver_s_start_cmd (pluginserver s): got '  '; expected a non-empty command line",
             "pluginserver_s_query_cmd (pluginserver s): got true; expected a non-empty command line",
+        ]
+    );
+}
+
+#[test]
+fn hang_timeout_may_be_zero_but_not_negative() {
+    let env = Env::new();
+    env.bin("s");
+    let ok = parse(
+        &settings(&["s"], &[("pluginserver_s_hang_timeout", t("0"))]),
+        &env.opts(),
+    )
+    .unwrap();
+    assert_eq!(ok.defs[0].hang_timeout, 0);
+    let e = errors(parse(
+        &settings(&["s"], &[("pluginserver_s_hang_timeout", t("-5"))]),
+        &env.opts(),
+    ));
+    assert_eq!(
+        e,
+        [
+            "pluginserver_s_hang_timeout (pluginserver s): got '-5'; expected a positive integer of milliseconds (1..2147483647), or 0 for off"
         ]
     );
 }

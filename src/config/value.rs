@@ -66,6 +66,23 @@ pub fn positive_int(value: &Value, unit: &str) -> Result<u64, Expected> {
     Ok(n)
 }
 
+/// Like [`positive_int`], but `0` is accepted too (it turns a feature off).
+pub fn int_or_off(value: &Value, unit: &str) -> Result<u64, Expected> {
+    let is_zero = match value {
+        Value::Text(s) => {
+            let s = s.trim();
+            !s.is_empty() && s.bytes().all(|b| b == b'0')
+        }
+        Value::Number(n) => *n == 0.0,
+        _ => false,
+    };
+    if is_zero {
+        return Ok(0);
+    }
+    positive_int(value, unit)
+        .map_err(|_| format!("a positive integer of {unit} (1..{MAX_INT_SETTING}), or 0 for off"))
+}
+
 /// A Kong boolean: `on`/`off`/`true`/`false` (any case) or a real boolean.
 pub fn boolean(value: &Value) -> Result<bool, Expected> {
     match value {
@@ -138,6 +155,21 @@ mod tests {
             Value::List(vec![]),
         ] {
             assert!(positive_int_ms(&bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn int_or_off_accepts_zero_and_names_it_in_the_expectation() {
+        assert_eq!(int_or_off(&t("0"), "milliseconds"), Ok(0));
+        assert_eq!(int_or_off(&t(" 00 "), "milliseconds"), Ok(0));
+        assert_eq!(int_or_off(&Value::Number(0.0), "milliseconds"), Ok(0));
+        assert_eq!(int_or_off(&t("5000"), "milliseconds"), Ok(5000));
+        for bad in [t("-1"), t("1.5"), t("off"), t(""), Value::Bool(false)] {
+            assert_eq!(
+                int_or_off(&bad, "milliseconds"),
+                Err("a positive integer of milliseconds (1..2147483647), or 0 for off".into()),
+                "{bad:?}"
+            );
         }
     }
 

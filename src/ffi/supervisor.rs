@@ -24,13 +24,28 @@ unsafe fn json_arg<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a [u8
     unsafe { byte_arg(ptr, len) }.ok_or_else(|| format!("{what}: null pointer"))
 }
 
+/// The `protocol` the info query added to each definition (name -> protocol).
+fn protocols_of(defs: &[u8]) -> HashMap<String, String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        name: String,
+        protocol: Option<String>,
+    }
+    serde_json::from_slice::<Vec<Named>>(defs)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|d| Some((d.name, d.protocol?)))
+        .collect()
+}
+
 /// Starts the supervisor thread of this process for the managed servers among
-/// `defs` (a JSON array of server definitions, `conf.parse`'s tables). `old_pids`
-/// (a JSON object `{ name: { "pid": n, "start": t } }`, may be empty; `start` is the
-/// `pid_start` of the state report) names servers of a previous generation that
-/// must be gone before the same socket is served again. A pid whose start time
-/// differs (or is not given) is not that server: it is neither waited for nor
-/// signalled.
+/// `defs` (a JSON array of server definitions, `conf.parse`'s tables, with the
+/// `protocol` the info query found), and the hang watch of the external ones
+/// that have a `hang_timeout`. `old_pids` (a JSON object `{ name: { "pid": n,
+/// "start": t } }`, may be empty; `start` is the `pid_start` of the state report)
+/// names servers of a previous generation that must be gone before the same
+/// socket is served again. A pid whose start time differs (or is not given) is
+/// not that server: it is neither waited for nor signalled.
 /// `kps-helper` is looked for beside this library.
 ///
 /// Returns 0 when the supervisor started, 1 when one was already running in this
@@ -58,8 +73,10 @@ pub unsafe extern "C" fn kps_supervisor_start(
     // SAFETY: forwarded contract.
     let rc = unsafe {
         guard(errbuf, errbuf_len, || {
-            let defs: Vec<ServerDef> = serde_json::from_slice(json_arg(defs, defs_len, "defs")?)
+            let raw = json_arg(defs, defs_len, "defs")?;
+            let defs: Vec<ServerDef> = serde_json::from_slice(raw)
                 .map_err(|e| format!("invalid server definitions: {e}"))?;
+            let protocols = protocols_of(raw);
             let old = json_arg(old_pids, old_pids_len, "old_pids")?;
             let old: HashMap<String, Recorded> = if old.is_empty() {
                 HashMap::new()
@@ -67,7 +84,7 @@ pub unsafe extern "C" fn kps_supervisor_start(
                 serde_json::from_slice(old).map_err(|e| format!("invalid old pids: {e}"))?
             };
             let helper = helper_link::helper_beside_library()?;
-            already = !handle::start(defs, old, helper)?;
+            already = !handle::start(defs, old, helper, protocols)?;
             Ok(())
         })
     };

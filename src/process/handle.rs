@@ -32,8 +32,10 @@ fn current() -> std::sync::MutexGuard<'static, Option<Handle>> {
     CURRENT.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Starts supervising `defs` (the managed ones). Returns false when a supervisor
-/// of this process is already running (a second start is a no-op).
+/// Starts supervising `defs` (the managed ones, and the external ones with a
+/// `hang_timeout`, watched only); `protocols` (name -> protocol) lets the hang
+/// watch speak to each. Returns false when a supervisor of this process is
+/// already running (a second start is a no-op).
 ///
 /// # Errors
 /// When the thread cannot be created.
@@ -41,6 +43,7 @@ pub fn start(
     defs: Vec<ServerDef>,
     old_pids: HashMap<String, Recorded>,
     helper: PathBuf,
+    protocols: HashMap<String, String>,
 ) -> Result<bool, String> {
     let mut cur = current();
     if let Some(h) = cur.as_ref() {
@@ -54,7 +57,7 @@ pub fn start(
     let (cmd_tx, cmd_rx) = unbounded();
     let (rep_tx, rep_rx) = bounded(REPORT_QUEUE);
     let bound = stop_bound(&defs);
-    let sup = Supervisor::new(defs, old_pids, helper, rep_tx);
+    let sup = Supervisor::new(defs, old_pids, helper, rep_tx).with_protocols(protocols);
     let thread = std::thread::Builder::new()
         .name("kps-supervisor".into())
         .spawn(move || sup.run(cmd_rx))

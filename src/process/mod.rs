@@ -9,6 +9,7 @@
 
 pub mod backoff;
 pub mod handle;
+pub mod hang;
 pub mod helper_link;
 pub mod identity;
 pub mod output;

@@ -25,7 +25,7 @@ impl Probe {
     }
 }
 
-fn sockaddr(path: &str) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+pub(super) fn sockaddr(path: &str) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
     // SAFETY: sockaddr_un is plain data.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;

@@ -500,6 +500,7 @@ mod tests {
             max_message_size: 16 << 20,
             log_window: 1000,
             log_queue_max: 4096,
+            hang_timeout: 5000,
         }
     }
 

@@ -11,6 +11,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use serde::Serialize;
 
 use super::backoff::Backoff;
+use super::hang::{Beat, HangWatch};
 use super::helper_link::{Exit, HelperEvent, HelperLink};
 use super::identity::{Identity, Recorded, signal_if_same};
 use super::output::{LINES_PER_WINDOW, OutputBudget};
@@ -42,6 +43,10 @@ pub enum State {
     Backoff,
     Stopped,
     Failed,
+    /// A server managed outside Kong (watched for hangs only).
+    External,
+    /// An external server that stopped answering (`hang_timeout`).
+    Hung,
 }
 
 /// What the supervisor tells the shim.
@@ -59,6 +64,8 @@ pub enum Report {
         /// a reload, that the pid still names this server.
         pid_start: Option<u64>,
         restarts: u32,
+        /// Times it was found hung (`hang_timeout`).
+        hangs: u32,
         last_exit: Option<Exit>,
         /// Wall-clock start of the current process (seconds since the epoch).
         started_at: Option<f64>,
@@ -101,6 +108,8 @@ enum Phase {
     },
     Stopped,
     Failed,
+    /// Not ours to run: only watched for hangs (`supervisor_hang.rs`).
+    External,
 }
 
 struct Server {
@@ -120,11 +129,14 @@ struct Server {
     restarts: u32,
     last_exit: Option<Exit>,
     backoff: Backoff,
+    /// The hang watcher (`hang_timeout` > 0 and a known protocol).
+    watch: Option<HangWatch>,
+    hangs: u32,
 }
 
 impl Server {
     fn is_done(&self) -> bool {
-        matches!(self.phase, Phase::Stopped | Phase::Failed)
+        matches!(self.phase, Phase::Stopped | Phase::Failed | Phase::External)
     }
 }
 
@@ -136,6 +148,9 @@ pub struct Supervisor {
     helper: Option<HelperLink>,
     next_id: u64,
     stopping: bool,
+    /// Per server name, its protocol (`MsgPack:1`, `ProtoBuf:1`), for the hang watch.
+    protocols: HashMap<String, String>,
+    beats: (Sender<Beat>, Receiver<Beat>),
 }
 
 fn wall_now() -> f64 {
@@ -165,7 +180,10 @@ impl Supervisor {
         let servers = defs
             .into_iter()
             .filter_map(|def| {
-                let command = def.start_command.clone()?;
+                let Some(command) = def.start_command.clone() else {
+                    // An external server is ours only to watch for hangs.
+                    return (def.hang_timeout > 0).then(|| Server::external(def));
+                };
                 let phase = match old_pids.get(&def.name) {
                     Some(&old) if pid_alive(old.pid()) => Phase::WaitOld {
                         old,
@@ -191,6 +209,8 @@ impl Supervisor {
                     spawns: 0,
                     restarts: 0,
                     last_exit: None,
+                    watch: None,
+                    hangs: 0,
                 })
             })
             .collect();
@@ -201,6 +221,8 @@ impl Supervisor {
             helper: None,
             next_id: 1,
             stopping: false,
+            protocols: HashMap::new(),
+            beats: crossbeam_channel::unbounded(),
         }
     }
 
@@ -209,6 +231,7 @@ impl Supervisor {
     }
 
     fn publish(&mut self, i: usize, state: State) {
+        self.sync_watch(i, state);
         let s = &self.servers[i];
         self.reports.state(Report::State {
             name: s.def.name.clone(),
@@ -216,6 +239,7 @@ impl Supervisor {
             pid: s.pid,
             pid_start: s.pid.and(s.pid_start),
             restarts: s.restarts,
+            hangs: s.hangs,
             last_exit: s.last_exit,
             started_at: s.started_wall,
             since: wall_now(),
@@ -229,6 +253,9 @@ impl Supervisor {
             Ok(h) => self.helper = Some(h),
             Err(e) => {
                 for i in 0..self.servers.len() {
+                    if self.servers[i].phase_is_external() {
+                        continue;
+                    }
                     self.log(
                         NGX_ERR,
                         format!(
@@ -243,7 +270,12 @@ impl Supervisor {
                 return;
             }
         }
+        self.start_watches();
         for i in 0..self.servers.len() {
+            if self.servers[i].phase_is_external() {
+                self.publish(i, State::External);
+                continue;
+            }
             if let Phase::WaitOld { old, .. } = self.servers[i].phase {
                 let pid = old.pid();
                 self.log(
@@ -273,6 +305,7 @@ impl Supervisor {
                 });
             let events = self.helper.as_ref().map(|h| h.events.clone());
             let Some(events) = events else { break };
+            let beats = self.beats.1.clone();
             select! {
                 recv(commands) -> cmd => match cmd {
                     Ok(Command::Stop) | Err(_) => self.begin_stop(),
@@ -280,6 +313,9 @@ impl Supervisor {
                 recv(events) -> ev => match ev {
                     Ok(ev) => self.on_event(ev),
                     Err(_) => self.on_event(HelperEvent::Gone),
+                },
+                recv(beats) -> beat => if let Ok(beat) = beat {
+                    self.on_beat(beat);
                 },
                 default(timeout) => {}
             }
@@ -392,10 +428,21 @@ impl Supervisor {
             return;
         }
         let delay = s.backoff.next_delay(uptime_ms);
+        let name = s.def.name.clone();
+        if delay == 0 {
+            // The first exit: no delay, and requests wait for the new server
+            // (`starting`) instead of seeing a backoff.
+            self.log(
+                NGX_NOTICE,
+                format!("[pluginserver] respawning pluginserver '{name}' at once"),
+            );
+            self.publish(i, State::Starting);
+            self.spawn(i);
+            return;
+        }
         s.phase = Phase::Backoff {
             until: Instant::now() + Duration::from_millis(delay),
         };
-        let name = s.def.name.clone();
         self.log(
             NGX_NOTICE,
             format!("[pluginserver] respawning pluginserver '{name}' in {delay} ms"),
@@ -574,7 +621,11 @@ impl Supervisor {
         for i in 0..self.servers.len() {
             let s = &self.servers[i];
             match s.phase {
-                Phase::Stopped | Phase::Failed | Phase::WaitOld { .. } | Phase::Backoff { .. } => {}
+                Phase::Stopped
+                | Phase::Failed
+                | Phase::External
+                | Phase::WaitOld { .. }
+                | Phase::Backoff { .. } => {}
                 _ if self.helper.is_none() => {
                     self.servers[i].pid = None;
                     self.servers[i].phase = if self.stopping {
@@ -632,7 +683,7 @@ impl Supervisor {
                     self.servers[i].phase = Phase::Stopped;
                     self.publish(i, State::Stopped);
                 }
-                Phase::Stopping { .. } | Phase::Stopped | Phase::Failed => {}
+                Phase::Stopping { .. } | Phase::Stopped | Phase::Failed | Phase::External => {}
             }
         }
     }
@@ -724,6 +775,9 @@ impl Supervisor {
             .min()
     }
 }
+
+#[path = "supervisor_hang.rs"]
+mod hang_checks;
 
 /// Longest time `stop` can take for these definitions.
 pub fn stop_bound(defs: &[ServerDef]) -> Duration {

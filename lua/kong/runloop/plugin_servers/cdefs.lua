@@ -70,7 +70,7 @@ static const int KPS_PB_CLOSED_BEFORE_REPLY = 1;
 // `kps_pb_stream_closed`: part of the reply or event had arrived (a failure).
 static const int KPS_PB_CLOSED_LATER = 0;
 
-// Smallest delay used even if configured lower, so a crash loop stays cheap.
+// Smallest delay of a backed-off respawn, even if configured lower.
 static const int MIN_DELAY_MS = 10;
 
 // Reports waiting for the shim's drain timer (every 10 ms). Bounded: a server
@@ -737,12 +737,13 @@ void kps_query_json(const kps_query *q, const uint8_t **out, size_t *out_len);
 void kps_query_free(kps_query *q);
 
 // Starts the supervisor thread of this process for the managed servers among
-// `defs` (a JSON array of server definitions, `conf.parse`'s tables). `old_pids`
-// (a JSON object `{ name: { "pid": n, "start": t } }`, may be empty; `start` is the
-// `pid_start` of the state report) names servers of a previous generation that
-// must be gone before the same socket is served again. A pid whose start time
-// differs (or is not given) is not that server: it is neither waited for nor
-// signalled.
+// `defs` (a JSON array of server definitions, `conf.parse`'s tables, with the
+// `protocol` the info query found), and the hang watch of the external ones
+// that have a `hang_timeout`. `old_pids` (a JSON object `{ name: { "pid": n,
+// "start": t } }`, may be empty; `start` is the `pid_start` of the state report)
+// names servers of a previous generation that must be gone before the same
+// socket is served again. A pid whose start time differs (or is not given) is
+// not that server: it is neither waited for nor signalled.
 // `kps-helper` is looked for beside this library.
 //
 // Returns 0 when the supervisor started, 1 when one was already running in this

@@ -136,6 +136,23 @@ local function await_server(self, ready_ms)
   return true
 end
 
+-- The server died during an event (cause "died"): waits (up to ready_timeout)
+-- for the supervisor's new process and drops this worker's instances of the old
+-- one. Returns true, or nil, err, cause.
+local function await_new_server(self)
+  local def = self.server_def
+  if not (state and def.start_command and self.known_pid) then
+    return nil, "pluginserver '" .. def.name .. "' died during the event", "connect"
+  end
+  local pid, err = state.wait_new_pid(def.name, self.known_pid, def.ready_timeout)
+  if not pid then
+    return nil, err, "connect"
+  end
+  self:reset_instances()
+  self.known_pid = pid
+  return true
+end
+
 -- Runs one event; returns true or nil, err, cause. `ready_ms` (log events: what
 -- is left of ready_timeout after the event's wait in its queue) replaces
 -- ready_timeout as the bound on the wait for a server that is not ready.
@@ -146,8 +163,9 @@ function Plugin:run_event(conf, phase, saved, ready_ms)
   local server = self.server_def.name
   local started = clock_us()
   local ok, err, cause = await_server(self, ready_ms)
+  local died = false
   if ok then
-    for attempt = 1, 2 do
+    for attempt = 1, 3 do
       local id
       id, err, cause = self.instances:get(conf)
       if id then
@@ -159,10 +177,19 @@ function Plugin:run_event(conf, phase, saved, ready_ms)
       else
         ok = nil
       end
-      if ok or attempt == 2 then
+      if ok or attempt == 3 or (attempt == 2 and not died) then
         break
       end
-      if cause == "no_instance" then
+      if cause == "died" and not died then
+        -- The server died during the event (SIGKILL, a crash, killed as hung):
+        -- the event never finished there, so it runs again, once, on the new
+        -- server (issue 16: a single crash costs no request).
+        died = true
+        ok, err, cause = await_new_server(self)
+        if not ok then
+          break
+        end
+      elseif cause == "no_instance" then
         counters.incr(server, "errors.no_instance")
         reset_everywhere(self, err)
       elseif cause == "restarted" then
@@ -180,7 +207,7 @@ function Plugin:run_event(conf, phase, saved, ready_ms)
       end
     end
   end
-  if cause == "restarted" then
+  if cause == "restarted" or cause == "died" then
     cause = "connect"
   end
   counters.event(server, phase, clock_us() - started)

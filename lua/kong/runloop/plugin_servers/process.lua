@@ -5,7 +5,7 @@
 --                 protocol, server_def }, one per plugin, or nil, err
 -- start(defs)  -> true   (worker 0 of the http subsystem supervises; never raises)
 -- stop()       -> true   (bounded by stop_timeout; never raises)
--- status(defs) -> array of { name, pid, state, restarts, last_exit, uptime } or nil, err
+-- status(defs) -> array of { name, pid, state, restarts, hangs, last_exit, uptime } or nil, err
 --
 -- Kong 3.9's exports of this module, with Kong's arguments and results:
 -- load_external_plugins_info(kong_conf) -> { [plugin name] = info record } or nil, err
@@ -166,6 +166,7 @@ local function drain()
         pid_start = denull(r.pid_start),
         note = denull(r.note),
         restarts = r.restarts,
+        hangs = r.hangs,
         last_exit = denull(r.last_exit),
         started_at = denull(r.started_at),
         since = denull(r.since),
@@ -251,14 +252,21 @@ function _M.start(defs)
   end
   my_pid = ngx.worker.pid()
   local old = state.claim(my_pid, defs)
+  -- the supervisor runs the managed servers and watches the external ones for
+  -- hangs (hang_timeout)
+  local supervised = {}
   for _, def in ipairs(defs) do
     if def.start_command then
       managed[#managed + 1] = def
+      supervised[#supervised + 1] = def
     else
       state.set(def.name, { state = "external" }, my_pid)
+      if (tonumber(def.hang_timeout) or 0) > 0 then
+        supervised[#supervised + 1] = def
+      end
     end
   end
-  if #managed == 0 then
+  if #supervised == 0 then
     return true
   end
 
@@ -271,7 +279,7 @@ function _M.start(defs)
     end
   end
 
-  local json = encode_defs(managed)
+  local json = encode_defs(supervised)
   local old_json = next(old) and cjson.encode(old) or ""
   local buf, len = l.errbuf()
   local rc = l.C.kps_supervisor_start(json, #json, old_json, #old_json, buf, len)

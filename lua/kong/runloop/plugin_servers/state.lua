@@ -5,8 +5,10 @@
 -- `ps:refused:<name>` (a pid that refused a connection, see refused()) and
 -- `ps:srv:<name>` (JSON: state, pid, pid_start (the pid's start time, which
 -- proves after a reload that the pid still names that server), note (why a
--- starting server is not ready), restarts, last_exit, started_at, since:
--- the supervisor's wall-clock time of the last state change). Written
+-- starting server is not ready), restarts, hangs, last_exit, started_at, since:
+-- the supervisor's wall-clock time of the last state change). State `hung`: an
+-- external server that answers nothing (hang_timeout); its events fail at once
+-- until it answers again. Written
 -- by worker 0's drain timer (process.lua); read by status() and by the RPC code
 -- through wait_ready().
 
@@ -156,6 +158,7 @@ function _M.set(name, entry, owner)
     pid_start = entry.pid_start,
     note = entry.note,
     restarts = entry.restarts or 0,
+    hangs = entry.hangs or 0,
     last_exit = entry.last_exit,
     started_at = entry.started_at,
     since = entry.since,
@@ -164,7 +167,7 @@ function _M.set(name, entry, owner)
   return ok, err
 end
 
--- status() entries, in defs order: { name, pid, state, restarts, last_exit, note, uptime }.
+-- status() entries, in defs order: { name, pid, state, restarts, hangs, last_exit, note, uptime }.
 function _M.status(defs)
   if not dict() then
     return nil, _M.MISSING_DICT
@@ -181,6 +184,7 @@ function _M.status(defs)
       pid = e.pid,
       state = state,
       restarts = e.restarts or 0,
+      hangs = e.hangs or 0,
       last_exit = e.last_exit,
       note = e.note,
       uptime = running and floor((now - e.started_at) * 1000) / 1000 or 0,
@@ -198,6 +202,17 @@ function _M.refused(name, pid)
   if d and pid then
     d:set(p .. REFUSED_KEY .. name, pid, REFUSED_TTL)
   end
+end
+
+-- The error of an event for a server marked hung.
+function _M.hung_message(name)
+  return "pluginserver '" .. name .. "' is hung (it answered nothing for hang_timeout)"
+end
+
+-- Whether the supervisor marked external server `name` hung.
+function _M.is_hung(name)
+  local e = _M.get(name)
+  return e ~= nil and e.state == "hung"
 end
 
 -- Whether `pid` of `name` refused a connection in the last REFUSED_TTL.
@@ -235,6 +250,8 @@ function _M.wait_ready(name, timeout_ms)
       state = "ready, refusing connections"
     elseif state == "external" then
       return 0
+    elseif state == "hung" then
+      return nil, _M.hung_message(name)
     elseif state == nil then
       return nil, "pluginserver '" .. name .. "' has no state (not supervised)"
     elseif state == "failed" or state == "stopped" then
@@ -247,6 +264,30 @@ function _M.wait_ready(name, timeout_ms)
         .. " ms (state " .. state .. ")"
     end
     sleep(semaphore(name), min(POLL, left))
+  end
+end
+
+-- Waits (at most timeout_ms) until `name` is ready with another pid than
+-- `old_pid` (the process that died during an event). Returns the new pid, or nil
+-- and a message.
+function _M.wait_new_pid(name, old_pid, timeout_ms)
+  update_time()
+  local deadline = ngx_now() + (timeout_ms or 0) / 1000
+  while true do
+    local left = (deadline - ngx_now()) * 1000
+    local pid, err = _M.wait_ready(name, left > 0 and left or 0)
+    if not pid then
+      return nil, err
+    end
+    if pid ~= old_pid then
+      return pid
+    end
+    update_time()
+    if ngx_now() >= deadline then
+      return nil, "pluginserver '" .. name .. "' (pid " .. tostring(old_pid) .. ") died during the event"
+        .. " and no new process was ready after " .. floor((timeout_ms or 0) + 0.5) .. " ms"
+    end
+    sleep(semaphore(name), POLL)
   end
 end
 

@@ -117,7 +117,9 @@ function _M.first_exchange(self, build, a, b)
     _M.close(self, c)
     local retry = not c.got_reply and (c.peer_died or attempt == 1 and reused_or_err and before)
     if not retry or attempt == MAX_ATTEMPTS then
-      return nil, err, ecause, before
+      -- "died": the server process is gone (plugin.lua runs the event again on
+      -- the new one)
+      return nil, err, c.peer_died and "died" or ecause, before
     end
     socket.discard_pool(self.def)
   end
@@ -149,7 +151,9 @@ local function serve_event(self, c, ev, phase, dispatch, saved, stats)
     ev, err, cause = engine.roundtrip(self, c)
     if not ev then
       _M.close(self, c)
-      return nil, err, cause, stats
+      -- "died": the server process died during the event (plugin.lua runs it
+      -- again on the new one)
+      return nil, err, c.peer_died and "died" or cause, stats
     end
     return serve_event(self, c, ev, phase, dispatch, saved, stats)
   end

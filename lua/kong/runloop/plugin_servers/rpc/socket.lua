@@ -6,6 +6,8 @@
 -- connections) and a per-worker generation, bumped when a pooled connection turns
 -- out dead, so that the retry gets a fresh connection.
 
+local ffi = require "ffi"
+
 local ngx = ngx
 local tcp = ngx.socket.tcp
 local sleep = ngx.sleep
@@ -177,6 +179,11 @@ end
 -- trace"); the waits are in connect_waiting.
 function _M.connect(def)
   if not def.start_command then
+    -- an external server the supervisor found hung (hang_timeout): fail at once
+    -- until it answers again, instead of waiting read_timeout on it
+    if state and state.is_hung(def.name) then
+      return nil, state.hung_message(def.name), "timeout"
+    end
     local sock, err = try_connect(def, nil)
     if not sock then
       return connect_error(def, err)
@@ -207,16 +214,65 @@ function _M.connect(def)
   return connect_waiting(def, entry_pid, err)
 end
 
+-- Whether the server process behind the socket is gone: a fresh connection (not
+-- from any pool) is refused, or is reset within DYING_MS (a process being torn
+-- down can close a connection before its listening socket: a connect then still
+-- reaches the listen queue, which is reset when the listener closes). A live
+-- server sends nothing on a new connection, so the read times out.
+local DYING_MS = 50
+local function refuses(def)
+  local sock = tcp()
+  sock:settimeouts(def.connect_timeout, def.send_timeout, def.read_timeout)
+  -- a pool of its own that never keeps a connection: always a real connect
+  local ok, err = sock:connect("unix:" .. def.socket, { pool = "kps-alive:" .. def.socket })
+  if ok then
+    sock:settimeout(DYING_MS)
+    local _, rerr = sock:receive(1)
+    sock:close()
+    return rerr ~= "timeout"
+  end
+  return not_listening(err) and true or false
+end
+
+pcall(ffi.cdef, "int kill(int pid, int sig);") -- raises only when declared already
+local C = ffi.C
+local ESRCH = 3
+
+-- Whether process `pid` no longer exists (reaped). A syscall, no I/O.
+function _M.process_gone(pid)
+  if C.kill(pid, 0) == 0 then
+    return false
+  end
+  return ffi.errno() == ESRCH
+end
+
+-- After a clean close by server process `pid`: whether it died. The state and
+-- the process table answer without a connect when they can (a connect to a
+-- socket file the supervisor removed would be a [crit] line of nginx); a process
+-- that still exists may be exiting, which the socket tells (refuses above).
+local function died_after_close(def, pid)
+  if state.is_refused(def.name, pid) then
+    return true
+  end
+  local e = state.get(def.name)
+  if not e or e.state ~= "ready" or e.pid ~= pid or _M.process_gone(pid) then
+    return true
+  end
+  return refuses(def)
+end
+
 -- A send or read on `sock` failed with `err`. A reset or a broken pipe means the
 -- server process died (SIGKILL, crash): its pid is marked like a refused connect,
 -- so that other requests wait for the supervisor's restart instead of connecting
--- to the dying process (each failure is an error line of nginx's own). Returns
--- true when it marked the pid.
+-- to the dying process (each failure is an error line of nginx's own). A clean
+-- close means the same when the socket now refuses connections (a server that
+-- closes on purpose still listens). Returns true when the process died.
 function _M.peer_failed(def, sock, err)
   local pid = pid_of[sock]
   if pid and state and def.start_command then
     err = lower(tostring(err))
-    if find(err, "reset by peer", 1, true) or find(err, "broken pipe", 1, true) then
+    if find(err, "reset by peer", 1, true) or find(err, "broken pipe", 1, true)
+      or (err == "closed" and died_after_close(def, pid)) then
       state.refused(def.name, pid)
       return true
     end
