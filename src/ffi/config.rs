@@ -325,7 +325,7 @@ mod tests {
             names.starts_with("socket,start_cmd,query_cmd,query_timeout,"),
             "{names}"
         );
-        assert_eq!(names.split(',').count(), 16);
+        assert_eq!(names.split(',').count(), 17);
     }
 
     #[test]

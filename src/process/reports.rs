@@ -133,6 +133,7 @@ mod tests {
             pid: None,
             pid_start: None,
             restarts: 0,
+            hangs: 0,
             last_exit: None,
             started_at: None,
             since: 0.0,

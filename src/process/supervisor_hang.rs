@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use super::super::backoff::Backoff;
 use super::super::hang::{Beat, BeatKind, HangWatch, Wire, connections_open};
-use super::{LINES_PER_WINDOW, NGX_ERR, NGX_NOTICE, OutputBudget, Phase, Server, State, Supervisor};
+use super::{
+    LINES_PER_WINDOW, NGX_ERR, NGX_NOTICE, OutputBudget, Phase, Server, State, Supervisor,
+};
 use crate::config::ServerDef;
 
 impl Server {
