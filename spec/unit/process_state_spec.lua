@@ -58,9 +58,9 @@ describe("plugin server state", function()
     advance(0.5)
     local list = assert(state.status(DEFS))
     assert.same({
-      { name = "go", pid = 42, state = "ready", restarts = 2, last_exit = { signal = 9 }, uptime = 10.5 },
-      { name = "ext", state = "external", restarts = 0, uptime = 0 },
-      { name = "py", state = "starting", pid = 7, restarts = 0, uptime = 0.5,
+      { name = "go", pid = 42, state = "ready", restarts = 2, hangs = 0, last_exit = { signal = 9 }, uptime = 10.5 },
+      { name = "ext", state = "external", restarts = 0, hangs = 0, uptime = 0 },
+      { name = "py", state = "starting", pid = 7, restarts = 0, hangs = 0, uptime = 0.5,
         note = "foreign listener pid 99 on /kong/py.socket" },
     }, list)
   end)
