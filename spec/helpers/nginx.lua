@@ -399,6 +399,43 @@ function Host:quit(timeout)
   return wait_gone({ master }, timeout or 10)
 end
 
+-- SIGKILLs plugin server `name` until its supervisor waits `respawn_delay` before
+-- the next spawn (state `backoff`): the first exit is respawned at once, the
+-- second within `respawn_reset` waits. Returns the last pid killed, or nil, err.
+function Host:kill_into_backoff(name, timeout)
+  local function entry()
+    local list = self:eval_json([[return require("kong.runloop.plugin_servers").status()]])
+    for _, e in ipairs(type(list) == "table" and list or {}) do
+      if e.name == name then
+        return e
+      end
+    end
+  end
+  timeout = timeout or 10
+  local first = entry()
+  if not (first and first.pid) then
+    return nil, "no pid for " .. name
+  end
+  procs.kill(first.pid, "KILL")
+  local second
+  _M.wait_until(function()
+    local e = entry()
+    second = e and e.state == "ready" and e.pid ~= first.pid and e.pid or nil
+    return second ~= nil
+  end, timeout)
+  if not second then
+    return nil, name .. " was not respawned after its first exit"
+  end
+  procs.kill(second, "KILL")
+  if not _M.wait_until(function()
+    local e = entry()
+    return e and e.state == "backoff"
+  end, timeout) then
+    return nil, name .. " did not go into backoff after its second exit"
+  end
+  return second
+end
+
 -- SIGKILL of the master, then of every worker (a crash of the whole nginx). The
 -- master goes first, or it would replace the killed workers.
 function Host:kill9()

@@ -137,12 +137,7 @@ describe("shared state without the kong_plugin_servers dict", function()
     assert.is_true(st0["py-hello"].counters.instance_starts <= 2)
 
     -- the log limiter spans the workers: py-hello down, every request fails, one line
-    local pid = st0["py-hello"].pid
-    assert(procs.kill(pid, "KILL"))
-    assert(nginx.wait_until(function()
-      local st = h:eval_json(STATUS)
-      return type(st) == "table" and st[2].state == "backoff"
-    end, 5))
+    assert(h:kill_into_backoff("py-hello"))
     local failed_in = {}
     local n = 0
     nginx.wait_until(function()
