@@ -43,7 +43,10 @@ run_suite() {
     f=1   # the suite crashed or failed outside any test
   fi
   if [ "$f" -ne 0 ] || [ "$rc" -ne 0 ]; then
-    grep -vE '^ok [0-9]+' "$out" | tail -n 80
+    # the failures first (a spec's printed tables could push them out of the tail)
+    grep -E -A 15 '^not ok [0-9]+|^test .* FAILED$|^---- .* stdout ----$' "$out" | head -n 200
+    echo "   (last lines of the $name suite:)"
+    grep -vE '^ok [0-9]+' "$out" | tail -n 40
   fi
   echo "   $name: $p passed, $f failed"
   passed=$((passed + p))
