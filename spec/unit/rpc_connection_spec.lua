@@ -5,31 +5,25 @@ local fake_cosocket = require "spec.helpers.fake_cosocket"
 
 describe("rpc/connection", function()
   local mp_rpc, pb_rpc, bridge, def
-  local sockets, log_of
+  -- the fakes the next connects get, and those they got
+  local queue = { sockets = {}, log = {} }
 
   local function fake(turns, reused)
     return fake_cosocket.new(turns, reused, 6)
   end
 
+  local function expect(...)
+    queue.sockets, queue.log = { ... }, {}
+    return queue.log
+  end
+
   setup(function()
-    ngx.socket = { tcp = function()
-      local s = assert(table.remove(sockets, 1), "no more fake sockets")
-      log_of[#log_of + 1] = s
-      return s
-    end }
-    ngx.sleep = function() end
-    for k in pairs(package.loaded) do
-      if k:find("^kong%.runloop%.plugin_servers%.rpc") then package.loaded[k] = nil end
-    end
+    fake_cosocket.install(queue)
     mp_rpc = require "kong.runloop.plugin_servers.rpc.mp_rpc"
     pb_rpc = require "kong.runloop.plugin_servers.rpc.pb_rpc"
     bridge = require("kong.runloop.plugin_servers.lib").bridge
     def = { name = "srv", socket = "/tmp/srv.socket", connect_timeout = 11, send_timeout = 22,
             read_timeout = 33, max_message_size = 1024 * 1024, ready_timeout = 5 }
-  end)
-
-  before_each(function()
-    sockets, log_of = {}, {}
   end)
 
   it("gives each protocol its own methods, shared by its rpc objects", function()
@@ -44,16 +38,15 @@ describe("rpc/connection", function()
   end)
 
   it("a read timeout on a pooled connection before any reply byte: MsgPack retries, Protobuf does not", function()
-    sockets = {
+    local log_of = expect(
       fake({ { reply = "" } }, 3),
       -- the retry is a new message: id 2
-      fake({ { reply = string.char(0x94, 0x01, 0x02, 0xc0) .. bridge.encode(0, { Id = 4 }) } }, 0),
-    }
+      fake({ { reply = string.char(0x94, 0x01, 0x02, 0xc0) .. bridge.encode(0, { Id = 4 }) } }, 0))
     assert.equal(4, mp_rpc.new(def, "a"):start_instance("{}"))
     assert.equal(2, #log_of)
     assert.is_true(log_of[1].closed)
 
-    sockets, log_of = { fake({ { reply = "" } }, 3) }, {}
+    log_of = expect(fake({ { reply = "" } }, 3))
     local id, err, cause = pb_rpc.new(def, "a"):start_instance("{}")
     assert.is_nil(id)
     assert.equal("timeout", cause)
@@ -64,13 +57,13 @@ describe("rpc/connection", function()
 
   it("a HandleEvent closed before any reply byte: a lost instance for Protobuf only", function()
     local function never() error("not called") end
-    sockets = { fake({ { reply = "", read_error = "closed" } }, 0) }
+    expect(fake({ { reply = "", read_error = "closed" } }, 0))
     local ok, err, cause = mp_rpc.new(def, "a"):handle_event(9, "access", never)
     assert.is_nil(ok)
     assert.equal("connect", cause)
     assert.equal("plugin server srv closed the connection", err)
 
-    sockets = { fake({ { reply = "", read_error = "closed" } }, 0) }
+    expect(fake({ { reply = "", read_error = "closed" } }, 0))
     ok, err, cause = pb_rpc.new(def, "a"):handle_event(9, "access", never)
     assert.is_nil(ok)
     assert.equal("no_instance", cause)
@@ -83,7 +76,7 @@ describe("rpc/connection", function()
       -- RpcReturn{sequence = 3, instance_status = {instance_id = 4}}: a new call
       { pb_rpc, "\7\0\0\0\8\3\138\2\2\16\4" },
     } do
-      sockets, log_of = { fake({ { send_error = "broken pipe" } }, 3), fake({ { reply = case[2] } }, 0) }, {}
+      local log_of = expect(fake({ { send_error = "broken pipe" } }, 3), fake({ { reply = case[2] } }, 0))
       assert.equal(4, case[1].new(def, "a"):start_instance("{}"))
       assert.equal(2, #log_of)
     end
