@@ -10,12 +10,28 @@ use std::path::Path;
 const GUARDING_CALLS: &[&str] = &["guard(", "catch_unwind("];
 
 /// Names of the non-exported functions of a file whose body calls `guard` (or
-/// catch_unwind), as call patterns (`name(`).
-fn guarding_helpers(text: &str) -> Vec<String> {
+/// catch_unwind), or one of `known` or of each other, as call patterns (`name(`).
+fn guarding_helpers(text: &str, known: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    loop {
+        let mut calls = known.to_vec();
+        calls.extend(out.iter().cloned());
+        let found = helpers_calling(text, &calls);
+        if found.len() == out.len() {
+            return out;
+        }
+        out = found;
+    }
+}
+
+/// One pass of [`guarding_helpers`]: the functions that call a guarding call or
+/// one of `calls`.
+fn helpers_calling(text: &str, calls: &[String]) -> Vec<String> {
     let lines: Vec<&str> = text.lines().collect();
     let mut out = Vec::new();
     for (i, line) in lines.iter().enumerate() {
         let t = line.trim_start();
+        let t = t.strip_prefix("pub(crate) ").unwrap_or(t);
         if line.starts_with(' ') || !(t.starts_with("fn ") || t.starts_with("unsafe fn ")) {
             continue;
         }
@@ -32,7 +48,8 @@ fn guarding_helpers(text: &str) -> Vec<String> {
             .map_or(lines.len(), |p| i + p);
         let body = lines[i..end].join("\n");
         if let Some(name) = name
-            && GUARDING_CALLS.iter().any(|g| body.contains(g))
+            && (GUARDING_CALLS.iter().any(|g| body.contains(g))
+                || calls.iter().any(|c| body.contains(c.as_str())))
         {
             out.push(format!("{}(", name.trim()));
         }
@@ -56,10 +73,17 @@ impl Export {
     }
 }
 
+/// The guarding helpers of `src/ffi/engine.rs`, the bodies the engines share.
+fn shared_helpers() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/ffi");
+    guarding_helpers(&fs::read_to_string(dir.join("engine.rs")).unwrap(), &[])
+}
+
 /// Splits a source file into exported functions: doc comment, signature, body.
-fn exports_of(file: &Path) -> Vec<Export> {
+fn exports_of(file: &Path, shared: &[String]) -> Vec<Export> {
     let text = fs::read_to_string(file).unwrap();
-    let guards = guarding_helpers(&text);
+    let mut guards = guarding_helpers(&text, shared);
+    guards.extend(shared.iter().cloned());
     let lines: Vec<&str> = text.lines().collect();
     let mut out = Vec::new();
     for (i, line) in lines.iter().enumerate() {
@@ -114,7 +138,8 @@ fn all_exports() -> Vec<Export> {
         .filter(|p| p.extension().is_some_and(|e| e == "rs"))
         .collect();
     files.sort();
-    files.iter().flat_map(|f| exports_of(f)).collect()
+    let shared = shared_helpers();
+    files.iter().flat_map(|f| exports_of(f, &shared)).collect()
 }
 
 #[test]
@@ -181,12 +206,43 @@ fn an_export_outside_guard_does_not_unwrap_or_index_unchecked() {
 #[test]
 fn helpers_that_call_guard_are_recognised() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/ffi");
-    let msgpack = guarding_helpers(&fs::read_to_string(dir.join("msgpack.rs")).unwrap());
+    let shared = shared_helpers();
+    for helper in [
+        "stream_feed(",
+        "stream_poll(",
+        "stream_output(",
+        "stream_build(",
+    ] {
+        assert!(shared.contains(&helper.to_string()), "{shared:?}");
+    }
+    let msgpack = guarding_helpers(
+        &fs::read_to_string(dir.join("msgpack.rs")).unwrap(),
+        &shared,
+    );
     assert!(msgpack.contains(&"build(".to_string()), "{msgpack:?}");
     // a helper that does not call guard is not one
-    assert!(guarding_helpers("fn plain() -> i32 {\n    1\n}\n").is_empty());
+    assert!(guarding_helpers("fn plain() -> i32 {\n    1\n}\n", &[]).is_empty());
     assert_eq!(
-        guarding_helpers("unsafe fn wrap<F>(f: F) -> i32 {\n    guard(a, b, f)\n}\n"),
+        guarding_helpers(
+            "unsafe fn wrap<F>(f: F) -> i32 {\n    guard(a, b, f)\n}\n",
+            &[]
+        ),
         vec!["wrap(".to_string()]
+    );
+    // nor is one that calls a helper that does not guard
+    assert!(
+        guarding_helpers(
+            "fn outer() -> i32 {\n    plain()\n}\nfn plain() -> i32 {\n    1\n}\n",
+            &[]
+        )
+        .is_empty()
+    );
+    // a helper calling a guarding helper is one, in either order
+    assert_eq!(
+        guarding_helpers(
+            "fn outer() -> i32 {\n    wrap(f)\n}\nunsafe fn wrap<F>(f: F) -> i32 {\n    guard(a, b, f)\n}\n",
+            &[]
+        ),
+        vec!["outer(".to_string(), "wrap(".to_string()]
     );
 }

@@ -62,10 +62,10 @@ local function split(text)
   return out
 end
 
--- Go is probed once the Protobuf RPC has landed (pb_rpc.lua implements new()).
+-- Go is probed once the Protobuf RPC has landed (pb_rpc.lua returns its protocol).
 local function protobuf_ready()
   local text = read("lua/kong/runloop/plugin_servers/rpc/pb_rpc.lua") or ""
-  return text:find("function%s+_M%.new") ~= nil
+  return text:find("connection.protocol", 1, true) ~= nil
 end
 
 local function servers()

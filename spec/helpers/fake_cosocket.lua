@@ -36,4 +36,19 @@ function _M.new(turns, reused, chunk)
   return s
 end
 
+-- Makes ngx.socket.tcp hand out the fakes of `queue.sockets` in order (an error
+-- when none is left), recording each in `queue.log`; ngx.sleep returns at once.
+-- Then unloads the rpc modules, so that they are required afresh over the fakes.
+function _M.install(queue)
+  ngx.socket = { tcp = function()
+    local s = assert(table.remove(queue.sockets, 1), "no more fake sockets")
+    queue.log[#queue.log + 1] = s
+    return s
+  end }
+  ngx.sleep = function() end
+  for k in pairs(package.loaded) do
+    if k:find("^kong%.runloop%.plugin_servers%.rpc") then package.loaded[k] = nil end
+  end
+end
+
 return _M

@@ -5,6 +5,7 @@
 //! into the caller's `(errbuf, errbuf_len)`; no panic crosses the boundary.
 
 mod args;
+mod engine;
 mod errbuf;
 mod handle;
 mod library;

@@ -10,7 +10,10 @@
 use std::ptr;
 
 use super::args::byte_arg;
-use super::errbuf::{KPS_ERR_ARGS, guard, write_error};
+use super::engine::{
+    StreamHandle, null_argument, stream_build, stream_feed, stream_has_unread, stream_new,
+    stream_poll, stream_reset,
+};
 use crate::codec::msgpack::{Event, Limits, Session, Stream};
 
 /// Opaque: message ids and limits of one plugin in one worker.
@@ -18,6 +21,22 @@ pub struct kps_mp_session(Session);
 
 /// Opaque: decoding/encoding state of one event on one connection.
 pub struct kps_mp_stream(Stream);
+
+impl StreamHandle for kps_mp_stream {
+    type Session = kps_mp_session;
+    fn new(session: &kps_mp_session) -> Self {
+        kps_mp_stream(Stream::new(session.0.limits()))
+    }
+    fn reset(&mut self) {
+        self.0.reset();
+    }
+    fn has_unread(&self) -> bool {
+        self.0.has_unread()
+    }
+    fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.0.feed(bytes)
+    }
+}
 
 /// `kps_mp_event.kind`: more bytes are needed.
 pub const KPS_MP_NONE: i32 = 0;
@@ -100,10 +119,7 @@ pub unsafe extern "C" fn kps_mp_session_free(session: *mut kps_mp_session) {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn kps_mp_stream_new(session: *const kps_mp_session) -> *mut kps_mp_stream {
     // SAFETY: per the contract.
-    let Some(s) = (unsafe { session.as_ref() }) else {
-        return ptr::null_mut();
-    };
-    Box::into_raw(Box::new(kps_mp_stream(Stream::new(s.0.limits()))))
+    unsafe { stream_new(session) }
 }
 
 /// Releases a stream (NULL is ignored).
@@ -136,9 +152,7 @@ pub unsafe extern "C" fn kps_mp_stream_free(stream: *mut kps_mp_stream) {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn kps_mp_stream_reset(stream: *mut kps_mp_stream) {
     // SAFETY: per the contract.
-    if let Some(s) = unsafe { stream.as_mut() } {
-        s.0.reset();
-    }
+    unsafe { stream_reset(stream) }
 }
 
 /// 1 when bytes beyond the last reported message are buffered (such a connection
@@ -155,12 +169,14 @@ pub unsafe extern "C" fn kps_mp_stream_reset(stream: *mut kps_mp_stream) {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn kps_mp_stream_has_unread(stream: *const kps_mp_stream) -> i32 {
     // SAFETY: per the contract.
-    unsafe { stream.as_ref() }
-        .is_some_and(|s| s.0.has_unread())
-        .into()
+    unsafe { stream_has_unread(stream) }
 }
 
-/// Shared argument checks and result plumbing of the request builders.
+/// The request builders' checks and plumbing, with this engine's message for a
+/// NULL handle or output pointer.
+///
+/// # Safety
+/// As [`stream_build`].
 unsafe fn build<F>(
     session: *mut kps_mp_session,
     stream: *mut kps_mp_stream,
@@ -171,36 +187,30 @@ unsafe fn build<F>(
     f: F,
 ) -> i32
 where
-    F: FnOnce(&mut Session, &mut Stream) -> Result<(), String>,
+    F: for<'a> FnOnce(&mut Session, &'a mut Stream) -> Result<&'a [u8], String>,
 {
-    if session.is_null() || stream.is_null() || out.is_null() || out_len.is_null() {
-        // SAFETY: forwarded contract.
-        unsafe { write_error(errbuf, errbuf_len, "NULL session, stream or output pointer") };
-        return KPS_ERR_ARGS;
-    }
-    // SAFETY: all pointers checked non-null; validity per the callers' contracts.
+    const NULL: &str = "NULL session, stream or output pointer";
+    // SAFETY: forwarded contract.
     unsafe {
-        let (sess, st) = (&mut (*session).0, &mut (*stream).0);
-        guard(errbuf, errbuf_len, || {
-            f(sess, st)?;
-            let o = st.output();
-            *out = o.as_ptr();
-            *out_len = o.len();
-            Ok(())
-        })
+        stream_build(
+            session,
+            stream,
+            out,
+            out_len,
+            errbuf,
+            errbuf_len,
+            NULL,
+            |s, st| f(&mut s.0, &mut st.0),
+        )
     }
 }
 
 fn arg_error(errbuf: *mut u8, errbuf_len: *mut usize, what: &str) -> i32 {
-    // SAFETY: forwarded from the exported function's contract.
-    unsafe {
-        write_error(
-            errbuf,
-            errbuf_len,
-            &format!("NULL {what} with a non-zero length"),
-        )
-    };
-    KPS_ERR_ARGS
+    null_argument(
+        errbuf,
+        errbuf_len,
+        &format!("NULL {what} with a non-zero length"),
+    )
 }
 
 /// Builds `plugin.StartInstance` `[{Name = name, Config = config}]`; `config` is
@@ -244,7 +254,7 @@ pub unsafe extern "C" fn kps_mp_stream_start_instance(
             out_len,
             errbuf,
             errbuf_len,
-            |s, st| st.start_instance(s, name, config).map(|_| ()),
+            |s, st| st.start_instance(s, name, config),
         )
     }
 }
@@ -278,7 +288,7 @@ pub unsafe extern "C" fn kps_mp_stream_close_instance(
             out_len,
             errbuf,
             errbuf_len,
-            |s, st| st.close_instance(s, instance_id).map(|_| ()),
+            |s, st| st.close_instance(s, instance_id),
         )
     }
 }
@@ -318,7 +328,7 @@ pub unsafe extern "C" fn kps_mp_stream_handle_event(
             out_len,
             errbuf,
             errbuf_len,
-            |s, st| st.handle_event(s, instance_id, event).map(|_| ()),
+            |s, st| st.handle_event(s, instance_id, event),
         )
     }
 }
@@ -365,7 +375,7 @@ pub unsafe extern "C" fn kps_mp_stream_step(
             out_len,
             errbuf,
             errbuf_len,
-            |s, st| st.step(s, event_id, method, value).map(|_| ()),
+            |s, st| st.step(s, event_id, method, value),
         )
     }
 }
@@ -405,7 +415,7 @@ pub unsafe extern "C" fn kps_mp_stream_step_error(
             out_len,
             errbuf,
             errbuf_len,
-            |s, st| st.step_error(s, event_id, message).map(|_| ()),
+            |s, st| st.step_error(s, event_id, message),
         )
     }
 }
@@ -429,13 +439,9 @@ pub unsafe extern "C" fn kps_mp_stream_feed(
     errbuf: *mut u8,
     errbuf_len: *mut usize,
 ) -> i32 {
+    const NULL: &str = "NULL stream or data with a non-zero length";
     // SAFETY: per the contract.
-    let (Some(st), Some(data)) = (unsafe { stream.as_mut() }, unsafe { byte_arg(data, len) })
-    else {
-        return arg_error(errbuf, errbuf_len, "stream or data");
-    };
-    // SAFETY: per the contract.
-    unsafe { guard(errbuf, errbuf_len, || st.0.feed(data)) }
+    unsafe { stream_feed(stream, data, len, errbuf, errbuf_len, NULL) }
 }
 
 /// Decodes the next complete message into `ev`; `ev->kind` is `KPS_MP_NONE` when
@@ -460,13 +466,10 @@ pub unsafe extern "C" fn kps_mp_stream_poll(
     errbuf: *mut u8,
     errbuf_len: *mut usize,
 ) -> i32 {
-    // SAFETY: per the contract.
-    let (Some(st), Some(ev)) = (unsafe { stream.as_mut() }, unsafe { ev.as_mut() }) else {
-        return arg_error(errbuf, errbuf_len, "stream or event");
-    };
+    const NULL: &str = "NULL stream or event with a non-zero length";
     // SAFETY: per the contract.
     unsafe {
-        guard(errbuf, errbuf_len, || {
+        stream_poll(stream, ev, errbuf, errbuf_len, NULL, |st, ev| {
             *ev = kps_mp_event {
                 kind: KPS_MP_NONE,
                 method: 0,
@@ -521,16 +524,8 @@ pub unsafe extern "C" fn kps_mp_stream_poll(
 
 #[cfg(test)]
 mod tests {
+    use super::super::engine::tests::call;
     use super::*;
-
-    fn call<F: FnOnce(*mut u8, *mut usize) -> i32>(f: F) -> Result<(), String> {
-        let mut buf = [0u8; 256];
-        let mut len = buf.len();
-        match f(buf.as_mut_ptr(), &mut len) {
-            0 => Ok(()),
-            rc => Err(format!("{rc}: {}", String::from_utf8_lossy(&buf[..len]))),
-        }
-    }
 
     #[test]
     fn a_handle_event_round_trip_through_the_c_functions() {

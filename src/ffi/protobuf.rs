@@ -15,7 +15,11 @@
 use std::ptr;
 
 use super::args::byte_arg;
-use super::errbuf::{KPS_ERR_ARGS, guard, write_error};
+use super::engine::{
+    StreamHandle, null_argument, stream_build, stream_feed, stream_has_unread, stream_new,
+    stream_output, stream_poll, stream_reset,
+};
+use super::errbuf::write_error;
 use crate::codec::protobuf::{Closed, Event, Session, Stream};
 
 /// Sequences of one plugin in one worker.
@@ -23,6 +27,22 @@ pub struct kps_pb_session(Session);
 
 /// One request (an instance command or a whole event) on one connection.
 pub struct kps_pb_stream(Stream);
+
+impl StreamHandle for kps_pb_stream {
+    type Session = kps_pb_session;
+    fn new(session: &kps_pb_session) -> Self {
+        kps_pb_stream(Stream::new(session.0.max_message_size()))
+    }
+    fn reset(&mut self) {
+        self.0.reset();
+    }
+    fn has_unread(&self) -> bool {
+        self.0.has_unread()
+    }
+    fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
+        self.0.feed(bytes)
+    }
+}
 
 /// `kps_pb_event.kind`: more bytes are needed.
 pub const KPS_PB_NONE: i32 = 0;
@@ -106,10 +126,7 @@ pub unsafe extern "C" fn kps_pb_session_free(session: *mut kps_pb_session) {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn kps_pb_stream_new(session: *const kps_pb_session) -> *mut kps_pb_stream {
     // SAFETY: null or live per the contract.
-    let Some(s) = (unsafe { session.as_ref() }) else {
-        return ptr::null_mut();
-    };
-    Box::into_raw(Box::new(kps_pb_stream(Stream::new(s.0.max_message_size()))))
+    unsafe { stream_new(session) }
 }
 
 /// Releases a stream; null is ignored. Pointers borrowed from it become invalid.
@@ -141,9 +158,7 @@ pub unsafe extern "C" fn kps_pb_stream_free(stream: *mut kps_pb_stream) {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn kps_pb_stream_reset(stream: *mut kps_pb_stream) {
     // SAFETY: null or live per the contract.
-    if let Some(s) = unsafe { stream.as_mut() } {
-        s.0.reset();
-    }
+    unsafe { stream_reset(stream) }
 }
 
 /// 1 when bytes beyond the reported messages are buffered, else 0 (also for
@@ -161,38 +176,7 @@ pub unsafe extern "C" fn kps_pb_stream_reset(stream: *mut kps_pb_stream) {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn kps_pb_stream_has_unread(stream: *const kps_pb_stream) -> i32 {
     // SAFETY: null or live per the contract.
-    unsafe { stream.as_ref() }
-        .is_some_and(|s| s.0.has_unread())
-        .into()
-}
-
-/// Checks the pointers shared by all calls and runs `f` under the panic guard.
-///
-/// # Safety
-/// As each caller's contract.
-unsafe fn call<F>(what: &str, ok: bool, errbuf: *mut u8, errbuf_len: *mut usize, f: F) -> i32
-where
-    F: FnOnce() -> Result<(), String>,
-{
-    if !ok {
-        // SAFETY: forwarded errbuf contract.
-        unsafe { write_error(errbuf, errbuf_len, &format!("{what}: null argument")) };
-        return KPS_ERR_ARGS;
-    }
-    // SAFETY: forwarded errbuf contract.
-    unsafe { guard(errbuf, errbuf_len, f) }
-}
-
-/// Points `out` at `bytes` (borrowed from the stream).
-///
-/// # Safety
-/// `out` and `out_len` valid for one write each.
-unsafe fn set_out(bytes: &[u8], out: *mut *const u8, out_len: *mut usize) {
-    // SAFETY: per the contract.
-    unsafe {
-        *out = bytes.as_ptr();
-        *out_len = bytes.len();
-    }
+    unsafe { stream_has_unread(stream) }
 }
 
 /// A UTF-8 string argument (protobuf `string` fields must be UTF-8).
@@ -241,27 +225,24 @@ pub unsafe extern "C" fn kps_pb_stream_start_instance(
     errbuf: *mut u8,
     errbuf_len: *mut usize,
 ) -> i32 {
-    let ok = !session.is_null()
-        && !stream.is_null()
-        && !name.is_null()
-        && !config.is_null()
-        && !out.is_null()
-        && !out_len.is_null();
-    // SAFETY: pointers checked non-null by `call`, valid per the contract.
+    const NULL: &str = "kps_pb_stream_start_instance: null argument";
+    if name.is_null() || config.is_null() {
+        return null_argument(errbuf, errbuf_len, NULL);
+    }
+    // SAFETY: per the contract.
     unsafe {
-        call(
-            "kps_pb_stream_start_instance",
-            ok,
+        stream_build(
+            session,
+            stream,
+            out,
+            out_len,
             errbuf,
             errbuf_len,
-            || {
+            NULL,
+            |s, st| {
                 let name = text(name, name_len, "plugin name")?;
                 let config = byte_field(config, config_len, "config")?;
-                let bytes = (*stream)
-                    .0
-                    .start_instance(&mut (*session).0, name, config)?;
-                set_out(bytes, out, out_len);
-                Ok(())
+                st.0.start_instance(&mut s.0, name, config)
             },
         )
     }
@@ -287,19 +268,18 @@ pub unsafe extern "C" fn kps_pb_stream_close_instance(
     errbuf: *mut u8,
     errbuf_len: *mut usize,
 ) -> i32 {
-    let ok = !session.is_null() && !stream.is_null() && !out.is_null() && !out_len.is_null();
-    // SAFETY: pointers checked non-null by `call`, valid per the contract.
+    const NULL: &str = "kps_pb_stream_close_instance: null argument";
+    // SAFETY: per the contract.
     unsafe {
-        call(
-            "kps_pb_stream_close_instance",
-            ok,
+        stream_build(
+            session,
+            stream,
+            out,
+            out_len,
             errbuf,
             errbuf_len,
-            || {
-                let bytes = (*stream).0.close_instance(&mut (*session).0, instance_id)?;
-                set_out(bytes, out, out_len);
-                Ok(())
-            },
+            NULL,
+            |s, st| st.0.close_instance(&mut s.0, instance_id),
         )
     }
 }
@@ -327,21 +307,25 @@ pub unsafe extern "C" fn kps_pb_stream_handle_event(
     errbuf: *mut u8,
     errbuf_len: *mut usize,
 ) -> i32 {
-    let ok = !session.is_null()
-        && !stream.is_null()
-        && !event.is_null()
-        && !out.is_null()
-        && !out_len.is_null();
-    // SAFETY: pointers checked non-null by `call`, valid per the contract.
+    const NULL: &str = "kps_pb_stream_handle_event: null argument";
+    if event.is_null() {
+        return null_argument(errbuf, errbuf_len, NULL);
+    }
+    // SAFETY: per the contract.
     unsafe {
-        call("kps_pb_stream_handle_event", ok, errbuf, errbuf_len, || {
-            let event = text(event, event_len, "event name")?;
-            let bytes = (*stream)
-                .0
-                .handle_event(&mut (*session).0, instance_id, event)?;
-            set_out(bytes, out, out_len);
-            Ok(())
-        })
+        stream_build(
+            session,
+            stream,
+            out,
+            out_len,
+            errbuf,
+            errbuf_len,
+            NULL,
+            |s, st| {
+                let event = text(event, event_len, "event name")?;
+                st.0.handle_event(&mut s.0, instance_id, event)
+            },
+        )
     }
 }
 
@@ -369,17 +353,15 @@ pub unsafe extern "C" fn kps_pb_stream_reply(
     errbuf: *mut u8,
     errbuf_len: *mut usize,
 ) -> i32 {
-    let ok = !stream.is_null()
-        && (!value.is_null() || value_len == 0)
-        && !out.is_null()
-        && !out_len.is_null();
-    // SAFETY: pointers checked non-null by `call`, valid per the contract.
+    const NULL: &str = "kps_pb_stream_reply: null argument";
+    // SAFETY: per the contract.
+    let Some(value) = (unsafe { byte_arg(value, value_len) }) else {
+        return null_argument(errbuf, errbuf_len, NULL);
+    };
+    // SAFETY: per the contract.
     unsafe {
-        call("kps_pb_stream_reply", ok, errbuf, errbuf_len, || {
-            let value = byte_field(value, value_len, "value")?;
-            let bytes = (*stream).0.reply(value)?;
-            set_out(bytes, out, out_len);
-            Ok(())
+        stream_output(stream, out, out_len, errbuf, errbuf_len, NULL, |st| {
+            st.0.reply(value)
         })
     }
 }
@@ -404,13 +386,9 @@ pub unsafe extern "C" fn kps_pb_stream_feed(
     errbuf: *mut u8,
     errbuf_len: *mut usize,
 ) -> i32 {
-    let ok = !stream.is_null() && (!bytes.is_null() || len == 0);
-    // SAFETY: pointers checked non-null by `call`, valid per the contract.
-    unsafe {
-        call("kps_pb_stream_feed", ok, errbuf, errbuf_len, || {
-            (*stream).0.feed(byte_field(bytes, len, "bytes")?)
-        })
-    }
+    const NULL: &str = "kps_pb_stream_feed: null argument";
+    // SAFETY: per the contract.
+    unsafe { stream_feed(stream, bytes, len, errbuf, errbuf_len, NULL) }
 }
 
 /// Reports the next complete event into `*ev` (`kind` `KPS_PB_NONE` when more
@@ -434,12 +412,11 @@ pub unsafe extern "C" fn kps_pb_stream_poll(
     errbuf: *mut u8,
     errbuf_len: *mut usize,
 ) -> i32 {
-    let ok = !stream.is_null() && !ev.is_null();
-    // SAFETY: pointers checked non-null by `call`, valid per the contract.
+    const NULL: &str = "kps_pb_stream_poll: null argument";
+    // SAFETY: per the contract.
     unsafe {
-        call("kps_pb_stream_poll", ok, errbuf, errbuf_len, || {
-            let s = &mut (*stream).0;
-            let e = &mut *ev;
+        stream_poll(stream, ev, errbuf, errbuf_len, NULL, |st, e| {
+            let s = &mut st.0;
             *e = kps_pb_event {
                 kind: KPS_PB_NONE,
                 method: 0,

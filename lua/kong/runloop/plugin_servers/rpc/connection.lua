@@ -1,10 +1,32 @@
--- What an RPC object does the same way whatever its protocol: the engine session
--- (made in the worker on first use), a small free list of reusable streams, the end
--- of a connection (back to the pool only with nothing unread), and the first
--- exchange of an event with its one retry on a fresh connection.
+-- The RPC path whatever the protocol: the engine session (made in the worker on
+-- first use), a small free list of reusable streams, the connection and its end
+-- (back to the pool only with nothing unread), the round trip (send, then read
+-- and feed until the engine reports an event), the first exchange of a request
+-- with its retries, instance start and close, and the loop serving an event's
+-- PDK calls until its handler ends.
 --
--- A protocol module describes its engine once (`engine` below) and keeps only what
--- differs: building requests, reading its events, answering PDK calls.
+-- A protocol module (mp_rpc, pb_rpc) describes its engine once and keeps only
+-- what differs: how a PDK call is answered, and how some replies read.
+--
+-- engine = {
+--   the engine's C functions: session_free, stream_new, stream_free, stream_reset,
+--     stream_has_unread, stream_feed, stream_poll, and the request builders
+--     start_instance, close_instance, handle_event;
+--   session_new(def) -> session or nil; event_ctype ("kps_x_event[1]");
+--   event kinds: NONE (more bytes needed), STARTED, CLOSED (the instance replies),
+--     CALL (a PDK call), DONE (the handler ended); optionally NOTICE (given to
+--     notice(self, ev), then reading goes on) and ERROR (the server's error reply,
+--     read by server_error(self, what, ev) -> nil, err, cause);
+--   answer(self, c, ev, dispatch, saved, stats) -> true | "terminal" | false, err
+--     [, cause (default "protocol")]: serves a PDK call, its reply built into
+--     _M.out/_M.out_len;
+--   closed(self, c) -> err, before_reply: the peer closed the connection;
+--   poll_error(self) -> err: the message of a failed poll (errmsg() holds it);
+--   read_errors_retry: a read that fails before any reply byte may be a pooled
+--     connection to a restarted server (worth the retry);
+--   closed_means_no_instance: a HandleEvent closed before any reply byte means
+--     an unknown instance (go-pdk's answer, PROTOCOL.md §5.1).
+-- }
 
 local ffi = require "ffi"
 local lib = require "kong.runloop.plugin_servers.lib"
@@ -12,25 +34,28 @@ local socket = require "kong.runloop.plugin_servers.rpc.socket"
 
 local ffi_gc = ffi.gc
 local ffi_new = ffi.new
+local ffi_str = ffi.string
 local errbuf = lib.errbuf
 local errmsg = lib.errmsg
+local tonumber = tonumber
 local tostring = tostring
+local setmetatable = setmetatable
 
 local FREE_STREAMS = 16
 -- A dead pooled connection, then a connect that reached the dying server, then
 -- the restarted server.
 local MAX_ATTEMPTS = 3
+local READ_SIZE = 65536
 
 local _M = {}
 
--- engine = {
---   session_new(def) -> cdata or nil, session_free, stream_new(session), stream_free,
---   stream_reset(stream), stream_has_unread(stream) -> int, event_ctype ("kps_x_event[1]"),
---   roundtrip(self, c) -> ev | nil, err, cause, before_reply,
---   EVENT_DONE, EVENT_CALL (event kinds), answer(self, c, ev, dispatch, saved, stats)
---   -> true | "terminal" | false, err[, cause (default "protocol")],
---   and other_event(self, ev, phase) -> nil, err, cause,
--- }
+-- Where a request builder or a PDK call's answer points at the bytes to send
+-- (borrowed from the stream; the send copies them before any yield).
+local out = ffi_new("const uint8_t *[1]")
+local out_len = ffi_new("size_t[1]")
+_M.out = out
+_M.out_len = out_len
+
 function _M.session(self)
   local s = self.session
   if not s then
@@ -82,6 +107,51 @@ function _M.finish(self, c)
   checkin(self, c.st)
 end
 
+-- Sends the bytes just built and reads until the engine reports an event.
+-- Returns the event, or nil, err, cause, before_reply (truthy when no byte of the
+-- reply had arrived and the failure may be a stale connection: first_exchange).
+local function roundtrip(self, c)
+  local engine = self.engine
+  local def = self.def
+  local ok, err = c.sock:send(ffi_str(out[0], out_len[0]))
+  if not ok then
+    c.peer_died = socket.peer_failed(def, c.sock, err)
+    return nil, "send to " .. def.name .. " failed: " .. tostring(err), socket.cause(err),
+      not c.got_reply and "send"
+  end
+  local st = c.st
+  local ev = st.ev
+  local poll, feed, NONE, NOTICE = engine.stream_poll, engine.stream_feed, engine.NONE, engine.NOTICE
+  while true do
+    local buf, len = errbuf()
+    if poll(st.stream, ev, buf, len) ~= 0 then
+      return nil, engine.poll_error(self), "protocol"
+    end
+    local kind = ev[0].kind
+    if kind == NOTICE then
+      engine.notice(self, ev[0])
+    elseif kind ~= NONE then
+      return ev[0]
+    else
+      local data, rerr = c.sock:receiveany(READ_SIZE)
+      if not data then
+        c.peer_died = socket.peer_failed(def, c.sock, rerr)
+        if rerr == "closed" then
+          local cerr, before = engine.closed(self, c)
+          return nil, cerr, "connect", before
+        end
+        return nil, "read from " .. def.name .. " failed: " .. tostring(rerr), socket.cause(rerr),
+          engine.read_errors_retry and not c.got_reply
+      end
+      c.got_reply = true
+      buf, len = errbuf()
+      if feed(st.stream, data, #data, buf, len) ~= 0 then
+        return nil, errmsg(), "protocol"
+      end
+    end
+  end
+end
+
 -- Runs `build(self, c, buf, len, a, b)` (which builds the first request into the
 -- protocol's output buffer) and its round trip on a connection. Retries on a fresh
 -- connection (at most MAX_ATTEMPTS in all) when before any reply byte
@@ -96,8 +166,7 @@ end
 -- Returns c, ev or nil, err, cause, before_reply. Builders are module-level
 -- functions taking their arguments, not closures: creating a closure per event
 -- (bytecode FNEW) is NYI in LuaJIT's JIT and aborted the trace of every event.
-function _M.first_exchange(self, build, a, b)
-  local roundtrip = self.engine.roundtrip
+local function first_exchange(self, build, a, b)
   for attempt = 1, MAX_ATTEMPTS do
     local sock, reused_or_err, cause = socket.connect(self.def)
     if not sock then
@@ -125,6 +194,17 @@ function _M.first_exchange(self, build, a, b)
   end
 end
 
+-- The reply to `request` is not the one expected: the server's error (about
+-- `what`), or nonsense.
+local function failure(self, ev, what, request)
+  local engine = self.engine
+  if ev.kind == engine.ERROR then
+    return engine.server_error(self, what, ev)
+  end
+  return nil, "protocol error: unexpected reply kind " .. tonumber(ev.kind) .. " to " .. request
+    .. " from " .. self.def.name, "protocol"
+end
+
 -- Serves the PDK calls of an event whose first event is `ev` until the engine
 -- reports its end. Returns true, nil, nil, stats or nil, err, cause, stats; the
 -- connection is finished or closed either way.
@@ -135,10 +215,10 @@ end
 local function serve_event(self, c, ev, phase, dispatch, saved, stats)
   local engine = self.engine
   local kind = ev.kind
-  if kind == engine.EVENT_DONE then
+  if kind == engine.DONE then
     _M.finish(self, c)
     return true, nil, nil, stats
-  elseif kind == engine.EVENT_CALL then
+  elseif kind == engine.CALL then
     local ok, err, cause = engine.answer(self, c, ev, dispatch, saved, stats)
     if ok == "terminal" then
       -- The handler does not wait for a reply; Kong's request ends here.
@@ -148,7 +228,7 @@ local function serve_event(self, c, ev, phase, dispatch, saved, stats)
       _M.close(self, c)
       return nil, err, cause or "protocol", stats
     end
-    ev, err, cause = engine.roundtrip(self, c)
+    ev, err, cause = roundtrip(self, c)
     if not ev then
       _M.close(self, c)
       -- "died": the server process died during the event (plugin.lua runs it
@@ -157,10 +237,100 @@ local function serve_event(self, c, ev, phase, dispatch, saved, stats)
     end
     return serve_event(self, c, ev, phase, dispatch, saved, stats)
   end
-  local _, err, ecause = engine.other_event(self, ev, phase)
+  local _, err, ecause = failure(self, ev, "event " .. phase, "HandleEvent")
   _M.close(self, c)
   return nil, err, ecause, stats
 end
-_M.serve_event = serve_event
+
+-- Request builders for first_exchange: module-level functions taking their
+-- arguments (see there).
+local function build_start_instance(self, c, buf, len, config_json)
+  local name = self.plugin_name
+  return self.engine.start_instance(_M.session(self), c.st.stream, name, #name,
+                                    config_json, #config_json, out, out_len, buf, len)
+end
+
+local function build_close_instance(self, c, buf, len, id)
+  return self.engine.close_instance(_M.session(self), c.st.stream, id, out, out_len, buf, len)
+end
+
+local function build_handle_event(self, c, buf, len, id, phase)
+  return self.engine.handle_event(_M.session(self), c.st.stream, id, phase, #phase,
+                                  out, out_len, buf, len)
+end
+
+-- StartInstance or CloseInstance: the instance id of a reply of kind `want`, or
+-- nil, err, cause.
+local function instance_request(self, build, arg, want, request)
+  local c, ev, cause = first_exchange(self, build, arg)
+  if not c then
+    return nil, ev, cause
+  end
+  if ev.kind == want then
+    local id = tonumber(ev.id)
+    _M.finish(self, c)
+    return id
+  end
+  -- Read the reply before the stream goes back to the free list.
+  local _, err, ecause = failure(self, ev, request, request)
+  _M.close(self, c)
+  return nil, err, ecause
+end
+
+-- Starts an instance with the JSON text of the plugin config: id or nil, err, cause.
+local function start_instance(self, config_json)
+  return instance_request(self, build_start_instance, config_json, self.engine.STARTED, "StartInstance")
+end
+
+-- true or nil, err, cause.
+local function close_instance(self, id)
+  local closed, err, cause = instance_request(self, build_close_instance, id, self.engine.CLOSED,
+                                              "CloseInstance")
+  if not closed then
+    return nil, err, cause
+  end
+  return true
+end
+
+-- Runs event `phase` of instance `id`: HandleEvent, then one answer per PDK call,
+-- each served by `dispatch(index, name, args, n, saved)` (-> ok, value|err).
+-- Returns true (and stats) or nil, err, cause (and stats).
+local function handle_event(self, id, phase, dispatch, saved)
+  local stats = { pdk_calls = 0 }
+  local c, ev, cause, before = first_exchange(self, build_handle_event, id, phase)
+  if not c then
+    if before == true and cause == "connect" and self.engine.closed_means_no_instance then
+      return nil, ev .. "; instance #" .. tostring(id) .. " is probably gone", "no_instance", stats
+    end
+    return nil, ev, cause, stats
+  end
+  return serve_event(self, c, ev, phase, dispatch, saved, stats)
+end
+
+-- The module of a protocol: new(def, plugin_name, on_reset) -> rpc for one
+-- plugin, `def` its server definition, `on_reset(why)` called when the server's
+-- instances are gone. Each protocol has its own methods (tail calls into the
+-- shared ones), so that plugin.lua and the specs can tell them apart.
+function _M.protocol(engine)
+  local RPC = {
+    start_instance = function(self, config_json)
+      return start_instance(self, config_json)
+    end,
+    close_instance = function(self, id)
+      return close_instance(self, id)
+    end,
+    handle_event = function(self, id, phase, dispatch, saved)
+      return handle_event(self, id, phase, dispatch, saved)
+    end,
+  }
+  RPC.__index = RPC
+  return {
+    new = function(def, plugin_name, on_reset)
+      return setmetatable({
+        def = def, plugin_name = plugin_name, on_reset = on_reset, engine = engine, free = {},
+      }, RPC)
+    end,
+  }
+end
 
 return _M
