@@ -36,21 +36,18 @@ local _M = {}
 
 -- The native library, loaded on first use so that a missing .so is an error
 -- returned by parse, not a failed require of this module.
-local lib, lib_err, suffixes
+local suffixes
 
 local function load_lib()
-  if lib or lib_err then
-    return lib, lib_err
+  local lib, err = require("kong.runloop.plugin_servers.lib").optional()
+  if not lib then
+    return nil, "plugin server configuration cannot be checked: " .. tostring(err)
   end
-  local ok, l = pcall(require, "kong.runloop.plugin_servers.lib")
-  if not ok then
-    lib_err = "plugin server configuration cannot be checked: " .. tostring(l)
-    return nil, lib_err
-  end
-  lib = l
-  suffixes = {}
-  for s in gmatch(ffi_str(l.C.kps_config_setting_names()), "[^,]+") do
-    suffixes[#suffixes + 1] = s
+  if not suffixes then
+    suffixes = {}
+    for s in gmatch(ffi_str(lib.C.kps_config_setting_names()), "[^,]+") do
+      suffixes[#suffixes + 1] = s
+    end
   end
   return lib
 end

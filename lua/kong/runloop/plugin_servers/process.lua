@@ -46,18 +46,12 @@ local STOP_MARGIN_MS = 500
 
 local _M = {}
 
-local lib, lib_err
+local lib -- set by the first query or start that finds the library
+
 local function load_lib()
-  if lib or lib_err then
-    return lib, lib_err
-  end
-  local ok, l = pcall(require, "kong.runloop.plugin_servers.lib")
-  if ok then
-    lib = l
-  else
-    lib_err = tostring(l)
-  end
-  return lib, lib_err
+  local l, err = require("kong.runloop.plugin_servers.lib").optional()
+  lib = lib or l
+  return l, err
 end
 
 local function denull(v)
