@@ -1,11 +1,13 @@
 //! `extern "C"` adapters for the supervisor: start, stop, drain its reports.
-//! Cold path: definitions go in and reports come out as JSON text.
+//! Cold path: the definitions come from a parsed configuration handle, reports
+//! come out as JSON text.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use super::args::byte_arg;
+use super::config::kps_config;
 use super::errbuf::guard;
 use crate::config::ServerDef;
 use crate::process::identity::Recorded;
@@ -24,8 +26,9 @@ unsafe fn json_arg<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a [u8
     unsafe { byte_arg(ptr, len) }.ok_or_else(|| format!("{what}: null pointer"))
 }
 
-/// Starts the supervisor thread of this process for the managed servers among
-/// `defs` (a JSON array of server definitions, `conf.parse`'s tables). `old_pids`
+/// Starts the supervisor thread of this process for the managed servers (those
+/// with a `start_command`) among the accepted definitions of `config`, which it
+/// copies: `config` may be freed as soon as this returns. `old_pids`
 /// (a JSON object `{ name: { "pid": n, "start": t } }`, may be empty; `start` is the
 /// `pid_start` of the state report) names servers of a previous generation that
 /// must be gone before the same socket is served again. A pid whose start time
@@ -37,18 +40,19 @@ unsafe fn json_arg<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a [u8
 /// process (nothing changes).
 ///
 /// # Errors
-/// `KPS_ERR_FAILED` with a message: bad JSON, helper not found, thread not created.
+/// `KPS_ERR_FAILED` with a message: null config, bad old pids JSON, helper not
+/// found, thread not created.
 ///
 /// # Panics
 /// Never across the boundary (`KPS_ERR_PANIC`).
 ///
 /// # Safety
-/// `defs` valid for `defs_len` bytes, `old_pids` for `old_pids_len` bytes (either
-/// may be null with length 0); `errbuf`/`errbuf_len` as in `kps_selftest_panic`.
+/// `config` null or from `kps_config_new`, not freed or used by another thread
+/// during the call; `old_pids` valid for `old_pids_len` bytes (may be null with
+/// length 0); `errbuf`/`errbuf_len` as in `kps_selftest_panic`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn kps_supervisor_start(
-    defs: *const u8,
-    defs_len: usize,
+    config: *const kps_config,
     old_pids: *const u8,
     old_pids_len: usize,
     errbuf: *mut u8,
@@ -58,8 +62,16 @@ pub unsafe extern "C" fn kps_supervisor_start(
     // SAFETY: forwarded contract.
     let rc = unsafe {
         guard(errbuf, errbuf_len, || {
-            let defs: Vec<ServerDef> = serde_json::from_slice(json_arg(defs, defs_len, "defs")?)
-                .map_err(|e| format!("invalid server definitions: {e}"))?;
+            // SAFETY: null or a live handle per contract.
+            let config = config
+                .as_ref()
+                .ok_or_else(|| "kps_supervisor_start: null config".to_string())?;
+            let defs: Vec<ServerDef> = config
+                .defs()
+                .iter()
+                .filter(|d| d.start_command.is_some())
+                .cloned()
+                .collect();
             let old = json_arg(old_pids, old_pids_len, "old_pids")?;
             let old: HashMap<String, Recorded> = if old.is_empty() {
                 HashMap::new()
