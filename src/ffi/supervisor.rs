@@ -26,9 +26,9 @@ unsafe fn json_arg<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a [u8
     unsafe { byte_arg(ptr, len) }.ok_or_else(|| format!("{what}: null pointer"))
 }
 
-/// Starts the supervisor thread of this process for the managed servers (those
-/// with a `start_command`) among the accepted definitions of `config`, which it
-/// copies: `config` may be freed as soon as this returns. `old_pids`
+/// Starts the supervisor thread of this process for the accepted definitions of
+/// `config`, which it copies (`config` may be freed as soon as this returns); the
+/// supervisor runs the managed ones (those with a `start_command`). `old_pids`
 /// (a JSON object `{ name: { "pid": n, "start": t } }`, may be empty; `start` is the
 /// `pid_start` of the state report) names servers of a previous generation that
 /// must be gone before the same socket is served again. A pid whose start time
@@ -66,12 +66,7 @@ pub unsafe extern "C" fn kps_supervisor_start(
             let config = config
                 .as_ref()
                 .ok_or_else(|| "kps_supervisor_start: null config".to_string())?;
-            let defs: Vec<ServerDef> = config
-                .defs()
-                .iter()
-                .filter(|d| d.start_command.is_some())
-                .cloned()
-                .collect();
+            let defs: Vec<ServerDef> = config.defs().to_vec();
             let old = json_arg(old_pids, old_pids_len, "old_pids")?;
             let old: HashMap<String, Recorded> = if old.is_empty() {
                 HashMap::new()

@@ -789,9 +789,9 @@ void kps_query_json(const kps_query *q, const uint8_t **out, size_t *out_len);
 // `q` must come from `kps_query_run` and be freed once.
 void kps_query_free(kps_query *q);
 
-// Starts the supervisor thread of this process for the managed servers (those
-// with a `start_command`) among the accepted definitions of `config`, which it
-// copies: `config` may be freed as soon as this returns. `old_pids`
+// Starts the supervisor thread of this process for the accepted definitions of
+// `config`, which it copies (`config` may be freed as soon as this returns); the
+// supervisor runs the managed ones (those with a `start_command`). `old_pids`
 // (a JSON object `{ name: { "pid": n, "start": t } }`, may be empty; `start` is the
 // `pid_start` of the state report) names servers of a previous generation that
 // must be gone before the same socket is served again. A pid whose start time
