@@ -188,20 +188,9 @@ local function take_output(clib, rc, out, out_len)
   return ffi_str(out[0], out_len[0])
 end
 
-function _M.parse(settings, opts)
-  local clib, err = load_lib()
-  if not clib then
-    return fail(err)
-  end
-  if type(settings) ~= "table" then
-    return fail("plugin server configuration: settings must be a table, got " .. type(settings))
-  end
-  if opts ~= nil and type(opts) ~= "table" then
-    return fail("plugin server configuration: opts must be a table, got " .. type(opts))
-  end
-
+-- Parses `settings` into `handle`: defs, warnings | nil, errors, warnings.
+local function parse_into(clib, handle, settings, opts)
   local C = clib.C
-  local handle = ffi_gc(C.kps_config_new(), C.kps_config_free)
   local out = ffi_new("const uint8_t *[1]")
   local out_len = ffi_new("size_t[1]")
 
@@ -252,7 +241,6 @@ function _M.parse(settings, opts)
     return fail("plugin server configuration: cannot read the definitions: " .. tostring(derr2 or defs_text))
   end
   local defs = plain_defs(list)
-  handles[defs] = handle
   local warnings = type(result.warnings) == "table" and result.warnings or {}
   local cok, more = pcall(pluginservers.compare, settings, defs)
   if not cok then
@@ -262,6 +250,30 @@ function _M.parse(settings, opts)
     warnings[#warnings + 1] = w
   end
   return defs, warnings
+end
+
+function _M.parse(settings, opts)
+  local clib, err = load_lib()
+  if not clib then
+    return fail(err)
+  end
+  if type(settings) ~= "table" then
+    return fail("plugin server configuration: settings must be a table, got " .. type(settings))
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    return fail("plugin server configuration: opts must be a table, got " .. type(opts))
+  end
+
+  local C = clib.C
+  local handle = ffi_gc(C.kps_config_new(), C.kps_config_free)
+  local defs, second, third = parse_into(clib, handle, settings, opts)
+  if defs then
+    handles[defs] = handle
+  else
+    -- nothing refers to a rejected configuration: free it now, not at some later GC
+    C.kps_config_free(ffi_gc(handle, nil))
+  end
+  return defs, second, third
 end
 
 return _M
