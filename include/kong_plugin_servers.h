@@ -99,7 +99,8 @@
 
 #define NGX_INFO 7
 
-// Owns the output of the last `kps_config_parse` made with it.
+// A parsed configuration: the definitions of its last accepted parse (none
+// before, or after a rejected one) and the bytes last lent to the caller.
 typedef struct kps_config kps_config;
 
 // Opaque: message ids and limits of one plugin in one worker.
@@ -203,8 +204,10 @@ double kps_clock_us(void);
 // None: the pointer is to memory that lives as long as the library; do not free it.
 const char *kps_config_setting_names(void);
 
-// Creates a config handle, which owns the output of its parse calls.
-// Release it with `kps_config_free`.
+// Creates a config handle, which owns the definitions of its accepted parse and
+// the output of its calls. Release it with `kps_config_free`: the info query
+// borrows it only during `kps_query_run`, and the supervisor keeps a copy of the
+// definitions, so freeing it never affects running servers.
 //
 // # Errors
 // None.
@@ -230,9 +233,11 @@ kps_config *kps_config_new(void);
 void kps_config_free(kps_config *config);
 
 // Validates Kong's `pluginserver_*` settings given as JSON (`input`, `input_len`
-// bytes) and points `*out`/`*out_len` at the JSON result, which stays valid until
-// the next call on `config` or its release. Returns 0 when a result was produced,
-// including the result "these settings are invalid" (`"ok": false` with every error).
+// bytes), keeps the accepted definitions in `config` (read them with
+// `kps_config_defs`; a rejected parse leaves none) and points `*out`/`*out_len`
+// at the JSON verdict, which stays valid until the next call on `config` or its
+// release. Returns 0 when a verdict was produced, including "these settings are
+// invalid" (`"ok": false` with every error).
 //
 // # Errors
 // `KPS_ERR_ARGS` (-2) for a null pointer; `KPS_ERR_FAILED` (-1) when the input is
@@ -253,6 +258,52 @@ int32_t kps_config_parse(kps_config *config,
                          size_t *out_len,
                          uint8_t *errbuf,
                          size_t *errbuf_len);
+
+// Points `*out`/`*out_len` at the accepted definitions of `config` as a JSON
+// array (`[]` before an accepted parse): the fields of `ServerDef`, an external
+// server's `start_command` as `null`. Valid until the next call on `config` or
+// its release. The shim reads them once per parse; nothing else reads them back
+// out of Rust.
+//
+// # Errors
+// `KPS_ERR_ARGS` (-2) for a null pointer; the message is written into `errbuf`.
+//
+// # Panics
+// Never across the boundary: a panic becomes `KPS_ERR_PANIC` (-3) with a message.
+//
+// # Safety
+// `config` must come from `kps_config_new`; `out`/`out_len` valid for one write
+// each; `errbuf`/`errbuf_len` as in `kps_config_parse`. No other thread may use
+// `config` during the call.
+int32_t kps_config_defs(kps_config *config,
+                        const uint8_t **out,
+                        size_t *out_len,
+                        uint8_t *errbuf,
+                        size_t *errbuf_len);
+
+// Points `*out`/`*out_len` at the settings key prefix (`pluginserver_<k>_`) of
+// one `pluginserver_names` entry (`name`, `name_len` bytes), normalised as the
+// validation does (trimmed, lower-cased, `-` as `_`), so that the shim can read
+// the per-server settings of a configuration it cannot iterate. Valid until the
+// next call on `config` or its release.
+//
+// # Errors
+// `KPS_ERR_ARGS` (-2) for a null pointer; the message is written into `errbuf`.
+//
+// # Panics
+// Never across the boundary: a panic becomes `KPS_ERR_PANIC` (-3) with a message.
+//
+// # Safety
+// `config` must come from `kps_config_new`; `name` valid for `name_len` bytes of
+// reads; `out`/`out_len` valid for one write each; `errbuf`/`errbuf_len` as in
+// `kps_config_parse`. No other thread may use `config` during the call.
+int32_t kps_config_key_prefix(kps_config *config,
+                              const uint8_t *name,
+                              size_t name_len,
+                              const uint8_t **out,
+                              size_t *out_len,
+                              uint8_t *errbuf,
+                              size_t *errbuf_len);
 
 // Makes a session. `max_message_size` bounds every received message (bytes);
 // `max_depth` bounds array/map nesting of a message, envelope included.
@@ -691,25 +742,27 @@ int32_t kps_pb_stream_poll(kps_pb_stream *stream,
 // bytes of writes, `msg_len` null or valid for reads and writes.
 int32_t kps_pb_stream_closed(kps_pb_stream *stream, uint8_t *msg, size_t *msg_len);
 
-// Runs every server's query command (in parallel, each bounded by its
-// `query_timeout`; no thread or process is left when it returns) and stores the
-// plugin infos in a new handle at `*out`: a JSON array of
-// `{ server (1-based index into defs), name, PRIORITY, VERSION, schema, phases, protocol }`,
-// read with `kps_query_json`, released with `kps_query_free`.
+// Runs the query command of every server of `config` (its accepted definitions;
+// in parallel, each bounded by its `query_timeout`; no thread or process is left
+// when it returns) and stores the plugin infos in a new handle at `*out`: a JSON
+// array of
+// `{ server (1-based index into the definitions), name, PRIORITY, VERSION, schema, phases, protocol }`,
+// read with `kps_query_json`, released with `kps_query_free`. `config` is only
+// borrowed during the call.
 //
 // # Errors
-// `KPS_ERR_FAILED` with every failing server's message (one per line): bad
-// definitions, non-zero exit, timeout, no JSON, wrong shape, unnamed plugin,
-// plugin name claimed twice. `KPS_ERR_ARGS` for null pointers.
+// `KPS_ERR_FAILED` with every failing server's message (one per line): non-zero
+// exit, timeout, no JSON, wrong shape, unnamed plugin, plugin name claimed twice.
+// `KPS_ERR_ARGS` for null pointers.
 //
 // # Panics
 // Never across the boundary (`KPS_ERR_PANIC`).
 //
 // # Safety
-// `defs` valid for `defs_len` bytes of reads; `out` valid for a write;
-// `errbuf`/`errbuf_len` as in `kps_selftest_panic`.
-int32_t kps_query_run(const uint8_t *defs,
-                      size_t defs_len,
+// `config` must come from `kps_config_new` and not be freed or used by another
+// thread during the call; `out` valid for a write; `errbuf`/`errbuf_len` as in
+// `kps_selftest_panic`.
+int32_t kps_query_run(const kps_config *config,
                       kps_query **out,
                       uint8_t *errbuf,
                       size_t *errbuf_len);
@@ -739,30 +792,35 @@ void kps_query_json(const kps_query *q, const uint8_t **out, size_t *out_len);
 // `q` must come from `kps_query_run` and be freed once.
 void kps_query_free(kps_query *q);
 
-// Starts the supervisor thread of this process for the managed servers among
-// `defs` (a JSON array of server definitions, `conf.parse`'s tables, with the
-// `protocol` the info query found), and the hang watch of the external ones
-// that have a `hang_timeout`. `old_pids` (a JSON object `{ name: { "pid": n,
-// "start": t } }`, may be empty; `start` is the `pid_start` of the state report)
-// names servers of a previous generation that must be gone before the same
-// socket is served again. A pid whose start time differs (or is not given) is
-// not that server: it is neither waited for nor signalled.
+// Starts the supervisor thread of this process for the accepted definitions of
+// `config`, which it copies (`config` may be freed as soon as this returns); the
+// supervisor runs the managed ones (those with a `start_command`) and watches
+// the external ones that have a `hang_timeout`. `protocols` (a JSON object
+// `{ name: "MsgPack:1" | "ProtoBuf:1" }`, the info query's findings; may be
+// empty) tells the hang watch how to ask each server. `old_pids` (a JSON object
+// `{ name: { "pid": n, "start": t } }`, may be empty; `start` is the `pid_start`
+// of the state report) names servers of a previous generation that must be gone
+// before the same socket is served again. A pid whose start time differs (or is
+// not given) is not that server: it is neither waited for nor signalled.
 // `kps-helper` is looked for beside this library.
 //
 // Returns 0 when the supervisor started, 1 when one was already running in this
 // process (nothing changes).
 //
 // # Errors
-// `KPS_ERR_FAILED` with a message: bad JSON, helper not found, thread not created.
+// `KPS_ERR_FAILED` with a message: null config, bad protocols or old pids JSON,
+// helper not found, thread not created.
 //
 // # Panics
 // Never across the boundary (`KPS_ERR_PANIC`).
 //
 // # Safety
-// `defs` valid for `defs_len` bytes, `old_pids` for `old_pids_len` bytes (either
-// may be null with length 0); `errbuf`/`errbuf_len` as in `kps_selftest_panic`.
-int32_t kps_supervisor_start(const uint8_t *defs,
-                             size_t defs_len,
+// `config` null or from `kps_config_new`, not freed or used by another thread
+// during the call; `protocols` and `old_pids` valid for their lengths in bytes
+// (each may be null with length 0); `errbuf`/`errbuf_len` as in `kps_selftest_panic`.
+int32_t kps_supervisor_start(const kps_config *config,
+                             const uint8_t *protocols,
+                             size_t protocols_len,
                              const uint8_t *old_pids,
                              size_t old_pids_len,
                              uint8_t *errbuf,

@@ -13,7 +13,7 @@ pub mod pb_value;
 pub mod split;
 
 use kong_plugin_servers::config::{MAX_INT_SETTING, MAX_SOCKET_PATH};
-use kong_plugin_servers::ffi::config::parse_json;
+use kong_plugin_servers::ffi::config::parse_input;
 use kong_plugin_servers::process::helper_link::{HelperEvent, parse_line, wire};
 use kong_plugin_servers::process::query::{DEFAULT_PROTOCOL, Dump, parse_dump};
 use serde_json::{Value, json};
@@ -47,11 +47,10 @@ pub fn check(target: &str, data: &[u8]) {
 }
 
 /// Config validation from the JSON the shim sends (`kps_config_parse`'s core):
-/// a malformed document is an error with a message; otherwise the result is JSON of
-/// the documented shape, every error names the setting, and accepted definitions
+/// a malformed document is an error with a message; otherwise the verdict, every error names the setting, and accepted definitions
 /// hold what the validator promises the supervisor.
 pub fn config(data: &[u8]) {
-    let out = match parse_json(data) {
+    let v = match parse_input(data) {
         Err(msg) => {
             assert!(
                 msg.starts_with("config input") || msg.starts_with("opts."),
@@ -59,9 +58,9 @@ pub fn config(data: &[u8]) {
             );
             return;
         }
-        Ok(out) => out,
+        Ok(Ok(a)) => json!({ "ok": true, "defs": a.defs, "warnings": a.warnings }),
+        Ok(Err(r)) => json!({ "ok": false, "errors": r.errors, "warnings": r.warnings }),
     };
-    let v: Value = serde_json::from_slice(&out).expect("config output is JSON");
     let strings = |field: &str| -> Vec<String> {
         let list = v[field]
             .as_array()

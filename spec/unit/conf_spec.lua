@@ -431,4 +431,35 @@ describe("conf.parse", function()
       assert.matches("^plugin server configuration: config input is not valid JSON", errors[1])
     end)
   end)
+
+  describe("the parsed configuration", function()
+    it("stays with the defs parse returned, which are plain data", function()
+      file(bin, "s", 755)
+      local defs = assert(conf.parse(settings({ "s" }), opts))
+      local handle = conf.handle_of(defs)
+      assert.equal("cdata", type(handle))
+      assert.is_nil(getmetatable(defs))
+      for _, def in ipairs(defs) do
+        for k, v in pairs(def) do
+          assert.is_true(type(k) == "string" and type(v) ~= "table" and type(v) ~= "cdata", k)
+        end
+      end
+      -- another parse gives another handle; a copy of the tables has none
+      local again = assert(conf.parse(settings({ "s" }), opts))
+      assert.are_not.equal(handle, conf.handle_of(again))
+      assert.is_nil(conf.handle_of({ defs[1] }))
+      assert.is_nil(conf.handle_of(nil))
+    end)
+
+    it("is freed with its defs (weak reference)", function()
+      file(bin, "s", 755)
+      local defs = assert(conf.parse(settings({ "s" }), opts))
+      local probe = setmetatable({ conf.handle_of(defs) }, { __mode = "v" })
+      assert.is_not_nil(probe[1])
+      defs = nil -- luacheck: ignore 311
+      collectgarbage()
+      collectgarbage()
+      assert.is_nil(probe[1])
+    end)
+  end)
 end)

@@ -1,6 +1,7 @@
 -- process.query through the real library with shell commands: records as Kong's
 -- callers expect them, Kong's notice lines, and errors as nil, err.
 local process = require "kong.runloop.plugin_servers.process"
+local conf = require "kong.runloop.plugin_servers.conf"
 
 local ROOT = (function()
   local p = io.popen("pwd")
@@ -9,13 +10,20 @@ local ROOT = (function()
   return d
 end)()
 
+-- Server definitions as Kong's callers get them: through conf.parse, whose
+-- parsed configuration is what the query runs.
+local function parse(servers)
+  local settings = { prefix = "/tmp", pluginserver_names = {} }
+  for i, s in ipairs(servers) do
+    settings.pluginserver_names[i] = s.name
+    settings["pluginserver_" .. s.name .. "_query_cmd"] = s.query
+    settings["pluginserver_" .. s.name .. "_query_timeout"] = s.timeout
+  end
+  return assert(conf.parse(settings, { default_dir = "/nonexistent", path = "/usr/bin:/bin" }))
+end
+
 local function def(name, query, timeout)
-  return {
-    name = name, socket = "/tmp/" .. name .. ".socket", query_command = query, path = "/usr/bin:/bin",
-    query_timeout = timeout or 5000, stop_timeout = 1000, respawn_delay = 100, respawn_delay_max = 400,
-    respawn_reset = 60000, ready_timeout = 1000, connect_timeout = 1000, send_timeout = 1000,
-    read_timeout = 1000, fail_open = false, max_message_size = 1048576, log_window = 1000, log_queue_max = 4096,
-  }
+  return { name = name, query = query, timeout = timeout }
 end
 
 describe("process.query", function()
@@ -24,11 +32,11 @@ describe("process.query", function()
   end)
 
   it("returns one record per plugin with its server definition and protocol", function()
-    local defs = {
+    local defs = parse({
       def("two", ROOT .. "/fixtures/servers/two_plugins_dump.sh"),
       def("go", [[echo '{"Protocol":"ProtoBuf:1","Plugins":[{"Name":"go-x","Priority":1,"Version":"0.1","Phases":["access"],"Schema":{"name":"go-x"}}]}']]),
       def("nov", [[echo '[{"Name":"nov","Priority":5,"Version":null}]']]),
-    }
+    })
     local infos = assert(process.query(defs))
     assert.equal(4, #infos)
     assert.same({ "two-a", "two-b", "go-x", "nov" }, { infos[1].name, infos[2].name, infos[3].name, infos[4].name })
@@ -48,10 +56,10 @@ describe("process.query", function()
   end)
 
   it("returns nil and every server's error", function()
-    local infos, err = process.query({
+    local infos, err = process.query(parse({
       def("bad", "echo nope; exit 4"),
       def("slow", "sleep 5", 100),
-    })
+    }))
     assert.is_nil(infos)
     assert.matches("plugin server 'bad': query command \"echo nope; exit 4\" failed with exit status 4", err, 1, true)
     assert.matches("plugin server 'slow': query command \"sleep 5\" timed out after 100 ms", err, 1, true)

@@ -37,7 +37,7 @@ use std::cell::RefCell;
 use std::ffi::c_int;
 
 use mlua::ffi::lua_State;
-use mlua::{Lua, MultiValue, Result as LuaResult, Table, Value};
+use mlua::{Lua, Result as LuaResult, Table};
 
 use crate::codec::methods;
 use protect::entry;
@@ -208,49 +208,4 @@ pub fn register(lua: &Lua, exports: &Table) -> LuaResult<()> {
         exports.set(name, protect::function(lua, f)?)?;
     }
     exports.set("MAX_DEPTH", MAX_DEPTH)
-}
-
-/// A Lua value held by Rust code with the state it lives in.
-pub struct StateValue {
-    lua: Lua,
-    value: Value,
-}
-
-impl StateValue {
-    pub fn value(&self) -> &Value {
-        &self.value
-    }
-}
-
-/// Calls bridge function `f` from Rust; `nil, message` becomes `Err(message)`.
-fn call(lua: &Lua, f: mlua::ffi::lua_CFunction, args: (i64, Value)) -> Result<MultiValue, String> {
-    let f = protect::function(lua, f).map_err(|e| e.to_string())?;
-    let r: MultiValue = f.call(args).map_err(|e| e.to_string())?;
-    match (r.len(), r.front(), r.get(1)) {
-        (2, Some(Value::Nil), Some(Value::String(msg))) => Err(msg.to_string_lossy()),
-        _ => Ok(r),
-    }
-}
-
-/// `decode(index, bytes)` for Rust callers: the value and, for an array, its length.
-pub fn decode_value(
-    lua: &Lua,
-    index: i64,
-    bytes: &[u8],
-) -> Result<(StateValue, Option<usize>), String> {
-    let s = lua.create_string(bytes).map_err(|e| e.to_string())?;
-    let mut r = call(lua, lua_decode, (index, Value::String(s)))?.into_iter();
-    let value = r.next().unwrap_or(Value::Nil);
-    let n = r.next().and_then(|n| n.as_f64()).map(|n| n as usize);
-    let lua = lua.clone();
-    Ok((StateValue { lua, value }, n))
-}
-
-/// `encode(index, value)` for Rust callers; the bytes are passed to `f`.
-pub fn encode_with<R>(index: i64, v: &StateValue, f: impl FnOnce(&[u8]) -> R) -> Result<R, String> {
-    let r = call(&v.lua, lua_encode, (index, v.value.clone()))?;
-    match r.front() {
-        Some(Value::String(b)) => Ok(f(&b.as_bytes())),
-        other => Err(format!("encode returned {other:?}")),
-    }
 }

@@ -15,6 +15,7 @@ mod value;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+pub use names::key_prefix;
 pub use program::SH_DEFAULT_PATH;
 pub use server_def::ServerDef;
 pub use value::{MAX_INT_SETTING, Value};
@@ -33,7 +34,7 @@ pub const DEFAULT_DIR: &str = "/usr/local/bin";
 /// Longest unix socket path: `sun_path` holds 108 bytes including the NUL.
 pub const MAX_SOCKET_PATH: usize = 107;
 
-/// Kong's settings table, reduced to `prefix` and `pluginserver_*` (other keys are ignored).
+/// Kong's settings table: `prefix` and `pluginserver_*` are read, any other key is ignored.
 pub type Settings = BTreeMap<String, Value>;
 
 /// Where default binaries and bare program names are looked up.

@@ -15,6 +15,12 @@ pub fn key_of(name: &str) -> String {
     name.replace('-', "_")
 }
 
+/// The settings key prefix (`pluginserver_<k>_`) of a `pluginserver_names` entry as
+/// given: trimmed and lower-cased as `parse` does.
+pub fn key_prefix(entry: &str) -> String {
+    format!("pluginserver_{}_", key_of(&entry.trim().to_lowercase()))
+}
+
 /// Splits the raw value into entries. A missing key, an empty list, `"NONE"`
 /// and `""` mean no servers; a string may be comma-separated (raw kong.conf text).
 fn entries(value: Option<&Value>, errors: &mut Vec<String>) -> Vec<String> {
@@ -137,6 +143,18 @@ mod tests {
                     key: "py".into()
                 }
             ]
+        );
+    }
+
+    #[test]
+    fn key_prefixes_are_those_of_the_parsed_names() {
+        assert_eq!(key_prefix(" Go-Hello "), "pluginserver_go_hello_");
+        assert_eq!(key_prefix("py"), "pluginserver_py_");
+        let mut errors = vec![];
+        let l = parse(list(&[" My-Server"]).as_ref(), &mut errors);
+        assert_eq!(
+            format!("pluginserver_{}_", l[0].key),
+            key_prefix(" My-Server")
         );
     }
 

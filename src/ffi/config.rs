@@ -1,10 +1,14 @@
 //! `extern "C"` adapters for config validation. A cold path: the settings go in as
-//! JSON text and the result comes out as JSON text (cjson on the Lua side).
+//! JSON text and the verdict comes out as JSON text (cjson on the Lua side).
 //!
 //! Input: `{"settings": {...}, "opts": {"default_dir": "...", "path": "..."}}`
-//! (`opts` and its fields optional). Output:
-//! `{"ok": true, "defs": [ServerDef...], "warnings": [...]}` or
+//! (`opts` and its fields optional; validation ignores settings other than
+//! `prefix` and `pluginserver_*`, which are all the shim sends).
+//! Output: `{"ok": true, "warnings": [...]}` or
 //! `{"ok": false, "errors": [...], "warnings": [...]}`.
+//!
+//! The accepted definitions stay in the handle: the info query and the supervisor
+//! take the handle, and the shim reads them once through `kps_config_defs`.
 
 use std::ffi::CString;
 use std::sync::OnceLock;
@@ -12,12 +16,21 @@ use std::sync::OnceLock;
 use serde_json::{Map, Value as Json, json};
 
 use super::errbuf::{KPS_ERR_ARGS, guard, write_error};
-use crate::config::{self, Options, Settings, Value};
+use crate::config::{self, Accepted, Options, Rejected, ServerDef, Settings, Value};
 
-/// Owns the output of the last `kps_config_parse` made with it.
+/// A parsed configuration: the definitions of its last accepted parse (none
+/// before, or after a rejected one) and the bytes last lent to the caller.
 #[allow(non_camel_case_types)]
 pub struct kps_config {
     out: Vec<u8>,
+    defs: Vec<ServerDef>,
+}
+
+impl kps_config {
+    /// The accepted server definitions, in `pluginserver_names` order.
+    pub(crate) fn defs(&self) -> &[ServerDef] {
+        &self.defs
+    }
 }
 
 /// One raw JSON setting as a config value; `null` means "not set".
@@ -51,12 +64,12 @@ fn opt_string(opts: &Map<String, Json>, key: &str) -> Result<Option<String>, Str
     }
 }
 
-/// The JSON-in, JSON-out core of `kps_config_parse`.
+/// The core of `kps_config_parse`: the settings of a JSON document, validated.
 ///
 /// # Errors
 /// The input is not JSON of the documented shape. Invalid *settings* are not an
-/// error here: they are the `"ok": false` result.
-pub fn parse_json(input: &[u8]) -> Result<Vec<u8>, String> {
+/// error here: they are the inner `Err(Rejected)`.
+pub fn parse_input(input: &[u8]) -> Result<Result<Accepted, Rejected>, String> {
     let doc: Json = serde_json::from_slice(input)
         .map_err(|e| format!("config input is not valid JSON: {e}"))?;
     let Json::Object(doc) = doc else {
@@ -68,9 +81,6 @@ pub fn parse_json(input: &[u8]) -> Result<Vec<u8>, String> {
         None | Some(Json::Null) => {}
         Some(Json::Object(m)) => {
             for (k, v) in m {
-                if k != "prefix" && !k.starts_with("pluginserver_") {
-                    continue;
-                }
                 if let Some(v) = to_value(v) {
                     settings.insert(k.clone(), v);
                 }
@@ -96,12 +106,22 @@ pub fn parse_json(input: &[u8]) -> Result<Vec<u8>, String> {
         }
         Some(other) => return Err(format!("config input: opts must be an object, got {other}")),
     }
+    Ok(config::parse(&settings, &options))
+}
 
-    let result = match config::parse(&settings, &options) {
-        Ok(a) => json!({ "ok": true, "defs": a.defs, "warnings": a.warnings }),
-        Err(r) => json!({ "ok": false, "errors": r.errors, "warnings": r.warnings }),
+/// Parses into `handle`: keeps the accepted definitions, returns the verdict JSON.
+fn parse_into(handle: &mut kps_config, input: &[u8]) -> Result<Vec<u8>, String> {
+    let verdict = match parse_input(input)? {
+        Ok(a) => {
+            handle.defs = a.defs;
+            json!({ "ok": true, "warnings": a.warnings })
+        }
+        Err(r) => {
+            handle.defs.clear();
+            json!({ "ok": false, "errors": r.errors, "warnings": r.warnings })
+        }
     };
-    serde_json::to_vec(&result).map_err(|e| format!("config output: {e}"))
+    serde_json::to_vec(&verdict).map_err(|e| format!("config output: {e}"))
 }
 
 /// Returns the per-server setting suffixes (`socket,start_cmd,...`) as a static
@@ -127,8 +147,10 @@ pub extern "C" fn kps_config_setting_names() -> *const std::ffi::c_char {
         .as_ptr()
 }
 
-/// Creates a config handle, which owns the output of its parse calls.
-/// Release it with `kps_config_free`.
+/// Creates a config handle, which owns the definitions of its accepted parse and
+/// the output of its calls. Release it with `kps_config_free`: the info query
+/// borrows it only during `kps_query_run`, and the supervisor keeps a copy of the
+/// definitions, so freeing it never affects running servers.
 ///
 /// # Errors
 /// None.
@@ -140,7 +162,10 @@ pub extern "C" fn kps_config_setting_names() -> *const std::ffi::c_char {
 /// None: the returned pointer is owned by the caller until `kps_config_free`.
 #[unsafe(no_mangle)]
 pub extern "C" fn kps_config_new() -> *mut kps_config {
-    Box::into_raw(Box::new(kps_config { out: Vec::new() }))
+    Box::into_raw(Box::new(kps_config {
+        out: Vec::new(),
+        defs: Vec::new(),
+    }))
 }
 
 /// Releases a handle made by `kps_config_new`; null is ignored.
@@ -161,9 +186,11 @@ pub unsafe extern "C" fn kps_config_free(config: *mut kps_config) {
 }
 
 /// Validates Kong's `pluginserver_*` settings given as JSON (`input`, `input_len`
-/// bytes) and points `*out`/`*out_len` at the JSON result, which stays valid until
-/// the next call on `config` or its release. Returns 0 when a result was produced,
-/// including the result "these settings are invalid" (`"ok": false` with every error).
+/// bytes), keeps the accepted definitions in `config` (read them with
+/// `kps_config_defs`; a rejected parse leaves none) and points `*out`/`*out_len`
+/// at the JSON verdict, which stays valid until the next call on `config` or its
+/// release. Returns 0 when a verdict was produced, including "these settings are
+/// invalid" (`"ok": false` with every error).
 ///
 /// # Errors
 /// `KPS_ERR_ARGS` (-2) for a null pointer; `KPS_ERR_FAILED` (-1) when the input is
@@ -197,7 +224,94 @@ pub unsafe extern "C" fn kps_config_parse(
     // SAFETY: forwarded errbuf contract; `out`/`out_len` are valid for writes.
     unsafe {
         guard(errbuf, errbuf_len, || {
-            handle.out = parse_json(input)?;
+            handle.out = parse_into(handle, input)?;
+            *out = handle.out.as_ptr();
+            *out_len = handle.out.len();
+            Ok(())
+        })
+    }
+}
+
+/// Points `*out`/`*out_len` at the accepted definitions of `config` as a JSON
+/// array (`[]` before an accepted parse): the fields of `ServerDef`, an external
+/// server's `start_command` as `null`. Valid until the next call on `config` or
+/// its release. The shim reads them once per parse; nothing else reads them back
+/// out of Rust.
+///
+/// # Errors
+/// `KPS_ERR_ARGS` (-2) for a null pointer; the message is written into `errbuf`.
+///
+/// # Panics
+/// Never across the boundary: a panic becomes `KPS_ERR_PANIC` (-3) with a message.
+///
+/// # Safety
+/// `config` must come from `kps_config_new`; `out`/`out_len` valid for one write
+/// each; `errbuf`/`errbuf_len` as in `kps_config_parse`. No other thread may use
+/// `config` during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_config_defs(
+    config: *mut kps_config,
+    out: *mut *const u8,
+    out_len: *mut usize,
+    errbuf: *mut u8,
+    errbuf_len: *mut usize,
+) -> i32 {
+    if config.is_null() || out.is_null() || out_len.is_null() {
+        // SAFETY: forwarded errbuf contract.
+        unsafe { write_error(errbuf, errbuf_len, "kps_config_defs: null argument") };
+        return KPS_ERR_ARGS;
+    }
+    // SAFETY: non-null and valid per the caller's contract.
+    let handle = unsafe { &mut *config };
+    // SAFETY: forwarded errbuf contract; `out`/`out_len` are valid for writes.
+    unsafe {
+        guard(errbuf, errbuf_len, || {
+            handle.out =
+                serde_json::to_vec(&handle.defs).map_err(|e| format!("config defs: {e}"))?;
+            *out = handle.out.as_ptr();
+            *out_len = handle.out.len();
+            Ok(())
+        })
+    }
+}
+
+/// Points `*out`/`*out_len` at the settings key prefix (`pluginserver_<k>_`) of
+/// one `pluginserver_names` entry (`name`, `name_len` bytes), normalised as the
+/// validation does (trimmed, lower-cased, `-` as `_`), so that the shim can read
+/// the per-server settings of a configuration it cannot iterate. Valid until the
+/// next call on `config` or its release.
+///
+/// # Errors
+/// `KPS_ERR_ARGS` (-2) for a null pointer; the message is written into `errbuf`.
+///
+/// # Panics
+/// Never across the boundary: a panic becomes `KPS_ERR_PANIC` (-3) with a message.
+///
+/// # Safety
+/// `config` must come from `kps_config_new`; `name` valid for `name_len` bytes of
+/// reads; `out`/`out_len` valid for one write each; `errbuf`/`errbuf_len` as in
+/// `kps_config_parse`. No other thread may use `config` during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn kps_config_key_prefix(
+    config: *mut kps_config,
+    name: *const u8,
+    name_len: usize,
+    out: *mut *const u8,
+    out_len: *mut usize,
+    errbuf: *mut u8,
+    errbuf_len: *mut usize,
+) -> i32 {
+    if config.is_null() || name.is_null() || out.is_null() || out_len.is_null() {
+        // SAFETY: forwarded errbuf contract.
+        unsafe { write_error(errbuf, errbuf_len, "kps_config_key_prefix: null argument") };
+        return KPS_ERR_ARGS;
+    }
+    // SAFETY: non-null and valid per the caller's contract.
+    let (handle, name) = unsafe { (&mut *config, std::slice::from_raw_parts(name, name_len)) };
+    // SAFETY: forwarded errbuf contract; `out`/`out_len` are valid for writes.
+    unsafe {
+        guard(errbuf, errbuf_len, || {
+            handle.out = config::key_prefix(&String::from_utf8_lossy(name)).into_bytes();
             *out = handle.out.as_ptr();
             *out_len = handle.out.len();
             Ok(())
@@ -234,9 +348,26 @@ mod tests {
         }
     }
 
+    fn defs_of(h: *mut kps_config) -> Json {
+        let mut out: *const u8 = std::ptr::null();
+        let mut out_len = 0usize;
+        let rc = unsafe {
+            kps_config_defs(
+                h,
+                &mut out,
+                &mut out_len,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
+        assert_eq!(rc, 0);
+        serde_json::from_slice(unsafe { std::slice::from_raw_parts(out, out_len) }).unwrap()
+    }
+
     #[test]
-    fn valid_settings_give_ok_defs_with_a_null_start_command_for_external_servers() {
+    fn valid_settings_keep_defs_with_a_null_start_command_for_external_servers() {
         let h = kps_config_new();
+        assert_eq!(defs_of(h), json!([]));
         let (rc, out) = call(
             h,
             r#"{"settings":{"prefix":"/kong","pluginserver_names":["Ext"],
@@ -244,11 +375,22 @@ mod tests {
                 "log_level":{"ignored":1}},
                "opts":{"default_dir":"/nonexistent","path":"/bin"}}"#,
         );
-        unsafe { kps_config_free(h) };
         assert_eq!(rc, 0);
         let v: Json = serde_json::from_str(&out).unwrap();
         assert_eq!(v["ok"], true);
-        let def = &v["defs"][0];
+        assert_eq!(
+            v.get("defs"),
+            None,
+            "definitions are read through kps_config_defs"
+        );
+        assert_eq!(
+            v["warnings"][0],
+            "start_command undefined for pluginserver ext; assuming external process management"
+        );
+        let defs = defs_of(h);
+        unsafe { kps_config_free(h) };
+        let def = &defs[0];
+        assert_eq!(defs.as_array().unwrap().len(), 1);
         assert_eq!(def["name"], "ext");
         assert_eq!(def["socket"], "/kong/ext.socket");
         assert_eq!(def["start_command"], Json::Null);
@@ -256,24 +398,52 @@ mod tests {
         assert_eq!(def["path"], "/bin");
         assert_eq!(def["fail_open"], true);
         assert_eq!(def["read_timeout"], 60000);
-        assert_eq!(
-            v["warnings"][0],
-            "start_command undefined for pluginserver ext; assuming external process management"
-        );
     }
 
     #[test]
-    fn invalid_settings_are_a_result_not_a_call_failure() {
+    fn invalid_settings_are_a_result_not_a_call_failure_and_leave_no_defs() {
         let h = kps_config_new();
+        let (rc, _) = call(
+            h,
+            r#"{"settings":{"prefix":"/k","pluginserver_names":"a","pluginserver_a_query_cmd":"/bin/true"},
+                "opts":{"default_dir":"/nonexistent"}}"#,
+        );
+        assert_eq!(rc, 0);
+        assert_eq!(defs_of(h).as_array().unwrap().len(), 1);
         let (rc, out) = call(
             h,
             r#"{"settings":{"prefix":"/k","pluginserver_names":"a"},"opts":{"default_dir":"/nonexistent"}}"#,
         );
+        let defs = defs_of(h);
         unsafe { kps_config_free(h) };
         assert_eq!(rc, 0);
         let v: Json = serde_json::from_str(&out).unwrap();
         assert_eq!(v["ok"], false);
         assert_eq!(v["errors"][0], "query_command undefined for pluginserver a");
+        assert_eq!(defs, json!([]));
+    }
+
+    #[test]
+    fn key_prefixes_come_from_the_name_rules() {
+        let h = kps_config_new();
+        let name = " Go-Hello";
+        let mut out: *const u8 = std::ptr::null();
+        let mut out_len = 0usize;
+        let rc = unsafe {
+            kps_config_key_prefix(
+                h,
+                name.as_ptr(),
+                name.len(),
+                &mut out,
+                &mut out_len,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
+        let prefix = unsafe { std::slice::from_raw_parts(out, out_len) }.to_vec();
+        unsafe { kps_config_free(h) };
+        assert_eq!(rc, 0);
+        assert_eq!(prefix, b"pluginserver_go_hello_");
     }
 
     #[test]
@@ -334,6 +504,38 @@ mod tests {
         assert_eq!(
             (rc, msg.as_str()),
             (KPS_ERR_ARGS, "kps_config_parse: null argument")
+        );
+        let mut err = [0u8; 64];
+        let mut err_len = err.len();
+        let (mut out, mut out_len) = (std::ptr::null(), 0usize);
+        let rc = unsafe {
+            kps_config_defs(
+                std::ptr::null_mut(),
+                &mut out,
+                &mut out_len,
+                err.as_mut_ptr(),
+                &mut err_len,
+            )
+        };
+        assert_eq!(
+            (rc, &err[..err_len]),
+            (KPS_ERR_ARGS, &b"kps_config_defs: null argument"[..])
+        );
+        let mut err_len = err.len();
+        let rc = unsafe {
+            kps_config_key_prefix(
+                std::ptr::null_mut(),
+                b"a".as_ptr(),
+                1,
+                &mut out,
+                &mut out_len,
+                err.as_mut_ptr(),
+                &mut err_len,
+            )
+        };
+        assert_eq!(
+            (rc, &err[..err_len]),
+            (KPS_ERR_ARGS, &b"kps_config_key_prefix: null argument"[..])
         );
         unsafe { kps_config_free(std::ptr::null_mut()) };
     }

@@ -1,7 +1,7 @@
 //! `extern "C"` adapters for the plugin info query.
 
+use super::config::kps_config;
 use super::errbuf::{guard, write_error};
-use crate::config::ServerDef;
 use crate::process::query;
 
 /// The result of one info query: JSON text owned by the handle.
@@ -10,45 +10,45 @@ pub struct kps_query {
     json: Vec<u8>,
 }
 
-/// Runs every server's query command (in parallel, each bounded by its
-/// `query_timeout`; no thread or process is left when it returns) and stores the
-/// plugin infos in a new handle at `*out`: a JSON array of
-/// `{ server (1-based index into defs), name, PRIORITY, VERSION, schema, phases, protocol }`,
-/// read with `kps_query_json`, released with `kps_query_free`.
+/// Runs the query command of every server of `config` (its accepted definitions;
+/// in parallel, each bounded by its `query_timeout`; no thread or process is left
+/// when it returns) and stores the plugin infos in a new handle at `*out`: a JSON
+/// array of
+/// `{ server (1-based index into the definitions), name, PRIORITY, VERSION, schema, phases, protocol }`,
+/// read with `kps_query_json`, released with `kps_query_free`. `config` is only
+/// borrowed during the call.
 ///
 /// # Errors
-/// `KPS_ERR_FAILED` with every failing server's message (one per line): bad
-/// definitions, non-zero exit, timeout, no JSON, wrong shape, unnamed plugin,
-/// plugin name claimed twice. `KPS_ERR_ARGS` for null pointers.
+/// `KPS_ERR_FAILED` with every failing server's message (one per line): non-zero
+/// exit, timeout, no JSON, wrong shape, unnamed plugin, plugin name claimed twice.
+/// `KPS_ERR_ARGS` for null pointers.
 ///
 /// # Panics
 /// Never across the boundary (`KPS_ERR_PANIC`).
 ///
 /// # Safety
-/// `defs` valid for `defs_len` bytes of reads; `out` valid for a write;
-/// `errbuf`/`errbuf_len` as in `kps_selftest_panic`.
+/// `config` must come from `kps_config_new` and not be freed or used by another
+/// thread during the call; `out` valid for a write; `errbuf`/`errbuf_len` as in
+/// `kps_selftest_panic`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn kps_query_run(
-    defs: *const u8,
-    defs_len: usize,
+    config: *const kps_config,
     out: *mut *mut kps_query,
     errbuf: *mut u8,
     errbuf_len: *mut usize,
 ) -> i32 {
-    if defs.is_null() || out.is_null() {
+    if config.is_null() || out.is_null() {
         // SAFETY: forwarded contract. Every error return writes its message: the
         // caller's buffer still holds the last one otherwise.
-        unsafe { write_error(errbuf, errbuf_len, "kps_query_run: null defs or out") };
+        unsafe { write_error(errbuf, errbuf_len, "kps_query_run: null config or out") };
         return super::KPS_ERR_ARGS;
     }
-    // SAFETY: checked non-null; valid per contract.
-    let bytes = unsafe { std::slice::from_raw_parts(defs, defs_len) };
+    // SAFETY: checked non-null; a live handle per contract.
+    let defs = unsafe { (*config).defs() };
     // SAFETY: forwarded contract.
     unsafe {
         guard(errbuf, errbuf_len, || {
-            let defs: Vec<ServerDef> = serde_json::from_slice(bytes)
-                .map_err(|e| format!("invalid server definitions: {e}"))?;
-            let infos = query::query_all(&defs)?;
+            let infos = query::query_all(defs)?;
             let json = serde_json::to_vec(&infos).map_err(|e| e.to_string())?;
             *out = Box::into_raw(Box::new(kps_query { json }));
             Ok(())
@@ -119,30 +119,38 @@ mod tests {
     fn null_arguments_write_a_message_not_the_stale_buffer() {
         let mut out: *mut kps_query = std::ptr::null_mut();
         let (rc, msg) =
-            stale_then(|b, l| unsafe { kps_query_run(std::ptr::null(), 0, &mut out, b, l) });
+            stale_then(|b, l| unsafe { kps_query_run(std::ptr::null(), &mut out, b, l) });
         assert_eq!(
             (rc, msg.as_str()),
-            (crate::ffi::KPS_ERR_ARGS, "kps_query_run: null defs or out")
+            (
+                crate::ffi::KPS_ERR_ARGS,
+                "kps_query_run: null config or out"
+            )
         );
-        let defs = b"[]";
-        let (rc, msg) = stale_then(|b, l| unsafe {
-            kps_query_run(defs.as_ptr(), defs.len(), std::ptr::null_mut(), b, l)
-        });
+        let config = crate::ffi::config::kps_config_new();
+        let (rc, msg) =
+            stale_then(|b, l| unsafe { kps_query_run(config, std::ptr::null_mut(), b, l) });
+        unsafe { crate::ffi::config::kps_config_free(config) };
         assert_eq!(
             (rc, msg.as_str()),
-            (crate::ffi::KPS_ERR_ARGS, "kps_query_run: null defs or out")
+            (
+                crate::ffi::KPS_ERR_ARGS,
+                "kps_query_run: null config or out"
+            )
         );
     }
 
     #[test]
-    fn bad_definitions_write_their_message() {
+    fn a_config_without_accepted_definitions_has_no_plugins() {
+        let config = crate::ffi::config::kps_config_new();
         let mut out: *mut kps_query = std::ptr::null_mut();
-        let defs = b"{";
-        let (rc, msg) =
-            stale_then(|b, l| unsafe { kps_query_run(defs.as_ptr(), defs.len(), &mut out, b, l) });
-        assert_eq!(rc, crate::ffi::KPS_ERR_FAILED);
-        assert!(msg.starts_with("invalid server definitions: "), "{msg}");
-        assert!(out.is_null());
+        let (rc, _) = stale_then(|b, l| unsafe { kps_query_run(config, &mut out, b, l) });
+        unsafe { crate::ffi::config::kps_config_free(config) };
+        assert_eq!(rc, 0);
+        let (mut ptr, mut len) = (std::ptr::null(), 0usize);
+        unsafe { kps_query_json(out, &mut ptr, &mut len) };
+        assert_eq!(unsafe { std::slice::from_raw_parts(ptr, len) }, b"[]");
+        unsafe { kps_query_free(out) };
     }
 
     #[test]

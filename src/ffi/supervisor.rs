@@ -1,11 +1,13 @@
 //! `extern "C"` adapters for the supervisor: start, stop, drain its reports.
-//! Cold path: definitions go in and reports come out as JSON text.
+//! Cold path: the definitions come from a parsed configuration handle, reports
+//! come out as JSON text.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use super::args::byte_arg;
+use super::config::kps_config;
 use super::errbuf::guard;
 use crate::config::ServerDef;
 use crate::process::identity::Recorded;
@@ -24,46 +26,37 @@ unsafe fn json_arg<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a [u8
     unsafe { byte_arg(ptr, len) }.ok_or_else(|| format!("{what}: null pointer"))
 }
 
-/// The `protocol` the info query added to each definition (name -> protocol).
-fn protocols_of(defs: &[u8]) -> HashMap<String, String> {
-    #[derive(serde::Deserialize)]
-    struct Named {
-        name: String,
-        protocol: Option<String>,
-    }
-    serde_json::from_slice::<Vec<Named>>(defs)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|d| Some((d.name, d.protocol?)))
-        .collect()
-}
-
-/// Starts the supervisor thread of this process for the managed servers among
-/// `defs` (a JSON array of server definitions, `conf.parse`'s tables, with the
-/// `protocol` the info query found), and the hang watch of the external ones
-/// that have a `hang_timeout`. `old_pids` (a JSON object `{ name: { "pid": n,
-/// "start": t } }`, may be empty; `start` is the `pid_start` of the state report)
-/// names servers of a previous generation that must be gone before the same
-/// socket is served again. A pid whose start time differs (or is not given) is
-/// not that server: it is neither waited for nor signalled.
+/// Starts the supervisor thread of this process for the accepted definitions of
+/// `config`, which it copies (`config` may be freed as soon as this returns); the
+/// supervisor runs the managed ones (those with a `start_command`) and watches
+/// the external ones that have a `hang_timeout`. `protocols` (a JSON object
+/// `{ name: "MsgPack:1" | "ProtoBuf:1" }`, the info query's findings; may be
+/// empty) tells the hang watch how to ask each server. `old_pids` (a JSON object
+/// `{ name: { "pid": n, "start": t } }`, may be empty; `start` is the `pid_start`
+/// of the state report) names servers of a previous generation that must be gone
+/// before the same socket is served again. A pid whose start time differs (or is
+/// not given) is not that server: it is neither waited for nor signalled.
 /// `kps-helper` is looked for beside this library.
 ///
 /// Returns 0 when the supervisor started, 1 when one was already running in this
 /// process (nothing changes).
 ///
 /// # Errors
-/// `KPS_ERR_FAILED` with a message: bad JSON, helper not found, thread not created.
+/// `KPS_ERR_FAILED` with a message: null config, bad protocols or old pids JSON,
+/// helper not found, thread not created.
 ///
 /// # Panics
 /// Never across the boundary (`KPS_ERR_PANIC`).
 ///
 /// # Safety
-/// `defs` valid for `defs_len` bytes, `old_pids` for `old_pids_len` bytes (either
-/// may be null with length 0); `errbuf`/`errbuf_len` as in `kps_selftest_panic`.
+/// `config` null or from `kps_config_new`, not freed or used by another thread
+/// during the call; `protocols` and `old_pids` valid for their lengths in bytes
+/// (each may be null with length 0); `errbuf`/`errbuf_len` as in `kps_selftest_panic`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn kps_supervisor_start(
-    defs: *const u8,
-    defs_len: usize,
+    config: *const kps_config,
+    protocols: *const u8,
+    protocols_len: usize,
     old_pids: *const u8,
     old_pids_len: usize,
     errbuf: *mut u8,
@@ -73,10 +66,17 @@ pub unsafe extern "C" fn kps_supervisor_start(
     // SAFETY: forwarded contract.
     let rc = unsafe {
         guard(errbuf, errbuf_len, || {
-            let raw = json_arg(defs, defs_len, "defs")?;
-            let defs: Vec<ServerDef> = serde_json::from_slice(raw)
-                .map_err(|e| format!("invalid server definitions: {e}"))?;
-            let protocols = protocols_of(raw);
+            // SAFETY: null or a live handle per contract.
+            let config = config
+                .as_ref()
+                .ok_or_else(|| "kps_supervisor_start: null config".to_string())?;
+            let defs: Vec<ServerDef> = config.defs().to_vec();
+            let protocols = json_arg(protocols, protocols_len, "protocols")?;
+            let protocols: HashMap<String, String> = if protocols.is_empty() {
+                HashMap::new()
+            } else {
+                serde_json::from_slice(protocols).map_err(|e| format!("invalid protocols: {e}"))?
+            };
             let old = json_arg(old_pids, old_pids_len, "old_pids")?;
             let old: HashMap<String, Recorded> = if old.is_empty() {
                 HashMap::new()

@@ -4,13 +4,12 @@
 -- CLOCK_MONOTONIC. Without the library (unit specs), nginx's clock stands in.
 
 local ngx = ngx
-local pcall = pcall
 local require = require
 
 local _M = {}
 
-local ok, lib = pcall(require, "kong.runloop.plugin_servers.lib")
-if ok and type(lib) == "table" and lib.C then
+local lib = require("kong.runloop.plugin_servers.lib").optional()
+if lib then
   local C = lib.C
   function _M.us()
     return C.kps_clock_us()

@@ -1,14 +1,21 @@
 -- kong.runloop.plugin_servers.conf: validation of Kong's `pluginserver_*` settings.
 --
 -- parse(settings [, opts]) -> defs, warnings  |  nil, errors, warnings
+-- handle_of(defs) -> the parsed configuration (kps_config cdata) of defs made by
+--   parse, or nil
 --
 -- `settings`: Kong's configuration (the `pluginserver_*` keys, or its
 -- `pluginservers` list where the keys are not readable: conf_pluginservers.lua)
 -- or any table of such settings.
 --
--- The checks live in Rust (src/config); this module picks the relevant keys out of
--- Kong's configuration, sends them as JSON through kps_config_parse and turns the
--- JSON answer into plain tables. It never raises: any failure comes back as errors.
+-- The checks and the definitions live in Rust (src/config, src/ffi/config.rs):
+-- this module sends what it can read of Kong's configuration as JSON through
+-- kps_config_parse, and reads the accepted definitions once (kps_config_defs) into
+-- the plain tables Kong's callers see. The handle stays with those tables: the
+-- info query and the supervisor take it (process.lua), so the definitions are
+-- never encoded back. It is freed by the garbage collector with the last
+-- reference to its defs table; the supervisor keeps its own copy.
+-- It never raises: any failure comes back as errors.
 
 local ffi = require "ffi"
 local cjson = require("cjson.safe").new()
@@ -23,11 +30,11 @@ local ipairs = ipairs
 local pcall = pcall
 local tostring = tostring
 local require = require
-local lower = string.lower
-local gsub = string.gsub
-local sub = string.sub
 local gmatch = string.gmatch
 local math_huge = math.huge
+local setmetatable = setmetatable
+local assert = assert
+local sub = string.sub
 
 local NULL = cjson.null
 local KEY_PREFIX = "pluginserver_"
@@ -36,21 +43,18 @@ local _M = {}
 
 -- The native library, loaded on first use so that a missing .so is an error
 -- returned by parse, not a failed require of this module.
-local lib, lib_err, suffixes
+local suffixes
 
 local function load_lib()
-  if lib or lib_err then
-    return lib, lib_err
+  local lib, err = require("kong.runloop.plugin_servers.lib").optional()
+  if not lib then
+    return nil, "plugin server configuration cannot be checked: " .. tostring(err)
   end
-  local ok, l = pcall(require, "kong.runloop.plugin_servers.lib")
-  if not ok then
-    lib_err = "plugin server configuration cannot be checked: " .. tostring(l)
-    return nil, lib_err
-  end
-  lib = l
-  suffixes = {}
-  for s in gmatch(ffi_str(l.C.kps_config_setting_names()), "[^,]+") do
-    suffixes[#suffixes + 1] = s
+  if not suffixes then
+    suffixes = {}
+    for s in gmatch(ffi_str(lib.C.kps_config_setting_names()), "[^,]+") do
+      suffixes[#suffixes + 1] = s
+    end
   end
   return lib
 end
@@ -105,19 +109,12 @@ local function to_json_value(v)
   return out
 end
 
--- Kong's key infix of a pluginserver_names entry: lower-cased, `-` as `_`.
-local function key_of(entry)
-  local name = lower(entry)
-  name = gsub(name, "^%s+", "")
-  name = gsub(name, "%s+$", "")
-  name = gsub(name, "-", "_")
-  return KEY_PREFIX .. name .. "_"
-end
-
--- The settings parse reads: `prefix` and every `pluginserver_*` key. Keys are
--- found by iteration and, because Kong's `kong.configuration` is a proxy that
--- pairs() cannot see through, also by name for each listed server.
-local function pick(settings)
+-- The settings parse reads: `prefix` and every `pluginserver_*` key (the only
+-- keys sent: Rust ignores any other, and the rest of Kong's configuration need
+-- not be encodable). Keys are found by iteration and, because Kong's
+-- `kong.configuration` is a proxy that pairs() cannot see through, also by name
+-- for each listed server: `key_prefix(entry)` is Rust's `pluginserver_<k>_`.
+local function pick(settings, key_prefix)
   local out = {}
   for k, v in pairs(settings) do
     if type(k) == "string" and (k == "prefix" or sub(k, 1, #KEY_PREFIX) == KEY_PREFIX) then
@@ -147,7 +144,7 @@ local function pick(settings)
   if type(names) == "table" then
     for _, entry in pairs(names) do
       if type(entry) == "string" then
-        local key = key_of(entry)
+        local key = key_prefix(entry)
         for _, suffix in ipairs(suffixes) do
           take(key .. suffix)
         end
@@ -155,7 +152,7 @@ local function pick(settings)
     end
   end
   -- what the keys do not give, from Kong's `pluginservers` list
-  pluginservers.fill(settings, out, key_of, to_json_value)
+  pluginservers.fill(settings, out, key_prefix, to_json_value)
   return out
 end
 
@@ -176,19 +173,34 @@ local function plain_defs(list)
   return list
 end
 
-function _M.parse(settings, opts)
-  local clib, err = load_lib()
-  if not clib then
-    return fail(err)
+-- defs table -> its kps_config (weak keys: the handle lives as long as the defs)
+local handles = setmetatable({}, { __mode = "k" })
+
+function _M.handle_of(defs)
+  return handles[defs]
+end
+
+-- The bytes a handle call lent at (out, out_len), copied, or nil, err.
+local function take_output(clib, rc, out, out_len)
+  if rc ~= 0 then
+    return nil, clib.errmsg()
   end
-  if type(settings) ~= "table" then
-    return fail("plugin server configuration: settings must be a table, got " .. type(settings))
-  end
-  if opts ~= nil and type(opts) ~= "table" then
-    return fail("plugin server configuration: opts must be a table, got " .. type(opts))
+  return ffi_str(out[0], out_len[0])
+end
+
+-- Parses `settings` into `handle`: defs, warnings | nil, errors, warnings.
+local function parse_into(clib, handle, settings, opts)
+  local C = clib.C
+  local out = ffi_new("const uint8_t *[1]")
+  local out_len = ffi_new("size_t[1]")
+
+  local function key_prefix(entry)
+    local errbuf, errbuf_len = clib.errbuf()
+    local rc = C.kps_config_key_prefix(handle, entry, #entry, out, out_len, errbuf, errbuf_len)
+    return assert(take_output(clib, rc, out, out_len))
   end
 
-  local ok, picked = pcall(pick, settings)
+  local ok, picked = pcall(pick, settings, key_prefix)
   if not ok then
     return fail("plugin server configuration: cannot read settings: " .. tostring(picked))
   end
@@ -207,36 +219,61 @@ function _M.parse(settings, opts)
     return fail("plugin server configuration: cannot encode settings: " .. tostring(jerr))
   end
 
-  local C = clib.C
-  local handle = ffi_gc(C.kps_config_new(), C.kps_config_free)
-  local out = ffi_new("const uint8_t *[1]")
-  local out_len = ffi_new("size_t[1]")
   local errbuf, errbuf_len = clib.errbuf()
   local rc = C.kps_config_parse(handle, input, #input, out, out_len, errbuf, errbuf_len)
-  local text = rc == 0 and ffi_str(out[0], out_len[0])
-  -- Free now rather than at some later GC: the output is copied into `text`.
-  C.kps_config_free(ffi_gc(handle, nil))
+  local text, perr = take_output(clib, rc, out, out_len)
   if not text then
-    return fail("plugin server configuration: " .. clib.errmsg())
+    return fail("plugin server configuration: " .. perr)
   end
   local result, derr = cjson.decode(text)
   if type(result) ~= "table" then
     return fail("plugin server configuration: cannot decode the result: " .. tostring(derr))
   end
-
-  if result.ok then
-    local defs = plain_defs(result.defs)
-    local warnings = type(result.warnings) == "table" and result.warnings or {}
-    local cok, more = pcall(pluginservers.compare, settings, defs)
-    if not cok then
-      more = { "plugin server configuration: cannot compare kong.configuration.pluginservers: " .. tostring(more) }
-    end
-    for _, w in ipairs(more) do
-      warnings[#warnings + 1] = w
-    end
-    return defs, warnings
+  if not result.ok then
+    return nil, result.errors, result.warnings
   end
-  return nil, result.errors, result.warnings
+
+  errbuf, errbuf_len = clib.errbuf()
+  rc = C.kps_config_defs(handle, out, out_len, errbuf, errbuf_len)
+  local defs_text, derr2 = take_output(clib, rc, out, out_len)
+  local list = defs_text and cjson.decode(defs_text)
+  if type(list) ~= "table" then
+    return fail("plugin server configuration: cannot read the definitions: " .. tostring(derr2 or defs_text))
+  end
+  local defs = plain_defs(list)
+  local warnings = type(result.warnings) == "table" and result.warnings or {}
+  local cok, more = pcall(pluginservers.compare, settings, defs)
+  if not cok then
+    more = { "plugin server configuration: cannot compare kong.configuration.pluginservers: " .. tostring(more) }
+  end
+  for _, w in ipairs(more) do
+    warnings[#warnings + 1] = w
+  end
+  return defs, warnings
+end
+
+function _M.parse(settings, opts)
+  local clib, err = load_lib()
+  if not clib then
+    return fail(err)
+  end
+  if type(settings) ~= "table" then
+    return fail("plugin server configuration: settings must be a table, got " .. type(settings))
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    return fail("plugin server configuration: opts must be a table, got " .. type(opts))
+  end
+
+  local C = clib.C
+  local handle = ffi_gc(C.kps_config_new(), C.kps_config_free)
+  local defs, second, third = parse_into(clib, handle, settings, opts)
+  if defs then
+    handles[defs] = handle
+  else
+    -- nothing refers to a rejected configuration: free it now, not at some later GC
+    C.kps_config_free(ffi_gc(handle, nil))
+  end
+  return defs, second, third
 end
 
 return _M

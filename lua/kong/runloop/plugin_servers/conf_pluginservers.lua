@@ -13,7 +13,7 @@
 --   operator wrote, and what the other per-server settings go with), and a
 --   warning names the server and both values.
 --
--- fill(settings, picked, key_of, to_value): adds to `picked` (the settings sent to
+-- fill(settings, picked, key_prefix, to_value): adds to `picked` (the settings sent to
 --   the validation) what only the list gives.
 -- compare(settings, defs) -> array of warnings where the list and the parsed
 --   definitions disagree.
@@ -74,7 +74,7 @@ local function listed_names(names)
   end
 end
 
-function _M.fill(settings, picked, key_of, to_value)
+function _M.fill(settings, picked, key_prefix, to_value)
   local list = entries(settings)
   if not list or #list == 0 then
     return
@@ -89,11 +89,11 @@ function _M.fill(settings, picked, key_of, to_value)
   end
   for _, entry in ipairs(listed_names(picked.pluginserver_names) or {}) do
     if type(entry) == "string" then
-      listed[key_of(entry)] = true
+      listed[key_prefix(entry)] = true
     end
   end
   for _, e in ipairs(list) do
-    local key = key_of(e.name)
+    local key = key_prefix(e.name)
     -- a server the names leave out stays out (compare() warns about it)
     if listed[key] then
       for _, f in ipairs(FIELDS) do

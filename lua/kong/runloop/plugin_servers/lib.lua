@@ -1,6 +1,11 @@
 -- Loads the native library once per Lua state: ffi.load for the C functions of
 -- include/kong_plugin_servers.h, and package.loadlib on the same file for the mlua
 -- value bridge (luaopen_kong_plugin_servers), so both share one copy of its globals.
+--
+-- Requiring this module never raises. `lib.optional()` returns `lib` or `nil, err`
+-- (one attempt per Lua state: ffi.cdef cannot run twice); modules that cannot work
+-- without the library use `lib.C` / `lib.bridge` directly, which raise the reason
+-- the library is missing.
 
 local ffi = require "ffi"
 
@@ -10,6 +15,7 @@ local gsub = string.gsub
 local gmatch = string.gmatch
 local io_open = io.open
 local concat = table.concat
+local setmetatable = setmetatable
 
 local MODULE = "kong_plugin_servers"
 local NAMES = { MODULE, "lib" .. MODULE }
@@ -67,8 +73,20 @@ local function load()
 end
 
 local loaded, load_err = load()
+
+function _M.optional()
+  if loaded then
+    return _M
+  end
+  return nil, load_err
+end
+
 if not loaded then
-  error(load_err, 2)
+  return setmetatable(_M, {
+    __index = function()
+      error(load_err, 2)
+    end,
+  })
 end
 
 _M.C = loaded.C

@@ -115,8 +115,8 @@ _M.overrides = overrides
 -- Method names the plugin may call, by index of the Rust method table.
 local names = {}
 do
-  local ok, lib = pcall(require, "kong.runloop.plugin_servers.lib")
-  if ok and lib.bridge then
+  local lib = require("kong.runloop.plugin_servers.lib").optional()
+  if lib then
     for i, m in pairs(lib.bridge.methods()) do
       names[i] = m.name
     end

@@ -6,6 +6,8 @@
 -- start(defs)  -> true   (worker 0 of the http subsystem supervises; never raises)
 -- stop()       -> true   (bounded by stop_timeout; never raises)
 -- status(defs) -> array of { name, pid, state, restarts, hangs, last_exit, uptime } or nil, err
+-- `defs` are conf.parse's: query and start hand Rust its parsed configuration
+-- (conf.handle_of), never the tables.
 --
 -- Kong 3.9's exports of this module, with Kong's arguments and results:
 -- load_external_plugins_info(kong_conf) -> { [plugin name] = info record } or nil, err
@@ -19,6 +21,7 @@ local ffi = require "ffi"
 local cjson = require("cjson.safe").new()
 local state = require "kong.runloop.plugin_servers.state"
 local shm = require "kong.runloop.plugin_servers.shm"
+local conf = require "kong.runloop.plugin_servers.conf"
 
 local ngx = ngx
 local log = ngx.log
@@ -29,7 +32,6 @@ local concat = table.concat
 local type = type
 local pcall = pcall
 local ipairs = ipairs
-local pairs = pairs
 local next = next
 local tonumber = tonumber
 local require = require
@@ -46,18 +48,12 @@ local STOP_MARGIN_MS = 500
 
 local _M = {}
 
-local lib, lib_err
+local lib -- set by the first query or start that finds the library
+
 local function load_lib()
-  if lib or lib_err then
-    return lib, lib_err
-  end
-  local ok, l = pcall(require, "kong.runloop.plugin_servers.lib")
-  if ok then
-    lib = l
-  else
-    lib_err = tostring(l)
-  end
-  return lib, lib_err
+  local l, err = require("kong.runloop.plugin_servers.lib").optional()
+  lib = lib or l
+  return l, err
 end
 
 local function denull(v)
@@ -67,23 +63,13 @@ local function denull(v)
   return v
 end
 
--- Plain data of the defs for Rust (no metatables, functions or cdata).
-local function encode_defs(defs)
-  local list = {}
-  for i, def in ipairs(defs) do
-    local copy = {}
-    for k, v in pairs(def) do
-      local t = type(v)
-      if t == "string" or t == "number" or t == "boolean" then
-        copy[k] = v
-      end
-    end
-    list[i] = copy
+-- The parsed configuration of defs (conf.parse keeps it), or nil, err.
+local function config_of(defs)
+  local config = type(defs) == "table" and conf.handle_of(defs)
+  if not config then
+    return nil, "invalid server definitions: not a result of conf.parse"
   end
-  if #list == 0 then
-    return "[]"
-  end
-  return cjson.encode(list)
+  return config
 end
 
 function _M.query(defs)
@@ -92,13 +78,13 @@ function _M.query(defs)
     return nil, err
   end
   log(NOTICE, "[pluginserver] loading external plugins info")
-  local json, eerr = encode_defs(defs)
-  if not json then
-    return nil, "cannot encode server definitions: " .. tostring(eerr)
+  local config, cerr = config_of(defs)
+  if not config then
+    return nil, cerr
   end
   local out = ffi_new("kps_query *[1]")
   local buf, len = l.errbuf()
-  local rc = l.C.kps_query_run(json, #json, out, buf, len)
+  local rc = l.C.kps_query_run(config, out, buf, len)
   if rc ~= 0 then
     return nil, l.errmsg()
   end
@@ -279,12 +265,19 @@ function _M.start(defs)
     end
   end
 
-  local json = encode_defs(supervised)
+  local config, cerr = config_of(defs)
+  -- the hang watch asks each server in its own protocol (the info query's finding)
+  local protocols = {}
+  for _, def in ipairs(supervised) do
+    protocols[def.name] = def.protocol
+  end
+  local protocols_json = next(protocols) and cjson.encode(protocols) or ""
   local old_json = next(old) and cjson.encode(old) or ""
   local buf, len = l.errbuf()
-  local rc = l.C.kps_supervisor_start(json, #json, old_json, #old_json, buf, len)
+  local rc = config and l.C.kps_supervisor_start(config, protocols_json, #protocols_json,
+                                                                   old_json, #old_json, buf, len) or -1
   if rc < 0 then
-    local msg = l.errmsg()
+    local msg = cerr or l.errmsg()
     for _, def in ipairs(managed) do
       log(ERR, "[pluginserver] cannot start pluginserver '", def.name, "': ", msg)
       state.set(def.name, { state = "failed" }, my_pid)
@@ -330,7 +323,6 @@ end
 -- reads), keyed by plugin name; nil, err on a configuration or query failure.
 -- A plugin name served twice is an error here (Kong kept the last one silently).
 function _M.load_external_plugins_info(kong_conf)
-  local conf = require "kong.runloop.plugin_servers.conf"
   -- `defs, warnings` or `nil, errors, warnings`
   local defs, second = conf.parse(kong_conf)
   if not defs then
