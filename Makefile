@@ -108,7 +108,7 @@ clean:
 	$(CARGO) clean
 	rm -rf build spec/tmp
 
-# Not in CI (issue 8): load and reload under load through the real hello plugins
+# Not in CI: load and reload under load through the real hello plugins
 # (SOAK_SECONDS, SOAK_CONNECTIONS, SOAK_PLUGINS), memcheck over the Rust tests and
 # the unit specs.
 .PHONY: soak reload-soak valgrind

@@ -1,8 +1,8 @@
 //! Entry point of the `.so` as a Lua module (`require "kong_plugin_servers"`).
 //!
 //! This side carries Lua values only (the value bridge, raw `lua_CFunction`s);
-//! plain data and handles go through the C header. See `../shared/INTERFACES.md`,
-//! "The seam".
+//! plain data and handles go through the C header (docs/DESIGN.md, "The seam
+//! between the two halves of the library").
 
 use mlua::{Lua, Result as LuaResult, Table};
 

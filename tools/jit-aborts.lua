@@ -1,4 +1,4 @@
--- Trace aborts of LuaJIT's JIT in our shim under load (issue 9): for each plugin
+-- Trace aborts of LuaJIT's JIT in our shim under load: for each plugin
 -- server, nginx (1 worker) with that server's hello plugin, LuaJIT's trace events
 -- logged in the worker (jit.attach, as jit.v does, in jit.v's format but with full
 -- paths), a warm-up and a bounded wrk run, then a table of the aborts whose start or

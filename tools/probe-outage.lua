@@ -280,7 +280,7 @@ local function run(name, fail_open, case)
   return row
 end
 
--- Targets of issue 16 for the first correct response after the kill, per server.
+-- Targets for the first correct response after the kill, per server.
 local CRASH_CORRECT_MS = { ["go-hello"] = 300, ["js-hello"] = 300, ["py-hello"] = 600 }
 
 local function verdict(row)

@@ -1,4 +1,4 @@
--- make soak / make reload-soak (issue 8, not in CI): bounded wrk runs on loopback
+-- make soak / make reload-soak (not in CI): bounded wrk runs on loopback
 -- through the real hello plugins, with the integration rig (spec/helpers/nginx.lua).
 --
 --   luajit tools/soak.lua load     per plugin: warm-up, then a timed run; zero non-2xx,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make valgrind (issue 8, not in CI): memcheck over every Rust test binary and over a
+# make valgrind (not in CI): memcheck over every Rust test binary and over a
 # LuaJIT run of the unit specs (the .so loaded through ffi.load and require, as in
 # nginx). Fails on any invalid access or use of uninitialised memory, and on any
 # definite leak. Prints one table row per run. Logs stay in $VG_LOGS (a temp dir).

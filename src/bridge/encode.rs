@@ -1,6 +1,6 @@
 //! Lua value → MessagePack bytes, walking tables directly (no serde detour).
 //!
-//! Rules (Kong's encoder, PROTOCOL.md §4.1, with INTERFACES.md's number rule):
+//! Rules (Kong's encoder, docs/PROTOCOL.md §4, with the number rule of docs/DESIGN.md):
 //! nil and `cjson.null`/`ngx.null` (a NULL lightuserdata) → nil; a whole finite
 //! number with |x| ≤ 2^53 → the smallest integer form, any other number → float64;
 //! a string → str (bin where the method's [`Shape`] says raw body); a table whose

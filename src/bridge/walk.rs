@@ -81,7 +81,7 @@ pub fn is_null(v: Val<'_>) -> bool {
 }
 
 /// A Lua number as an integer when it is whole, finite and |x| ≤ 2^53
-/// (INTERFACES.md "Numbers"); `None` means "send it as a float".
+/// (docs/DESIGN.md "Numbers"); `None` means "send it as a float".
 pub fn whole(n: f64) -> Option<i64> {
     (n.is_finite() && n.fract() == 0.0 && n.abs() <= MAX_EXACT).then_some(n as i64)
 }

@@ -12,12 +12,12 @@
 //! - MessagePack: the Step method that carries the result ([`Step`]) and how the
 //!   result is shaped ([`Shape`]); `terminal` marks calls after which the plugin
 //!   handler does not wait for a reply (`kong.response.exit`/`error`).
-//! - Protobuf: the input and output message types ([`PbType`], PROTOCOL.md §5.3);
+//! - Protobuf: the input and output message types ([`PbType`], docs/PROTOCOL.md §5);
 //!   `None` for methods the Protobuf service does not have.
 
 use std::sync::OnceLock;
 
-/// The MessagePack-RPC method that carries a PDK result back (PROTOCOL.md §4.3).
+/// The MessagePack-RPC method that carries a PDK result back (docs/PROTOCOL.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     Plain,
@@ -44,7 +44,7 @@ impl Step {
     }
 }
 
-/// How a PDK result is encoded (MessagePack; Kong's fix-ups, PROTOCOL.md §4.3).
+/// How a PDK result is encoded (MessagePack; Kong's fix-ups, docs/PROTOCOL.md §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
     /// Kong's generic rules: keys 1..n → array, other tables → map, empty → array.
@@ -56,7 +56,7 @@ pub enum Shape {
     RawBody,
 }
 
-/// Protobuf message types of the `kong_plugin_protocol` service (PROTOCOL.md §5.2, §5.3).
+/// Protobuf message types of the `kong_plugin_protocol` service (docs/PROTOCOL.md §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PbType {
     Empty,

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One entry of `pluginserver_names`, with every setting resolved and range-checked.
-/// Durations are milliseconds. Field names are the Lua table's keys (INTERFACES.md).
+/// Durations are milliseconds. Field names are the Lua table's keys (docs/SETTINGS.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerDef {
     pub name: String,

@@ -1,5 +1,5 @@
 //! The settings one server can have (`pluginserver_<k>_<suffix>`), with their
-//! defaults (INTERFACES.md).
+//! defaults (docs/SETTINGS.md).
 
 /// How a suffix's value is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,5 @@
 //! The encoded input message of a PDK call → the Lua call arguments
-//! (PROTOCOL.md §5.4, "Input → Lua args"). Arguments come back as an array and
+//! (docs/PROTOCOL.md §5, "Input → Lua args"). Arguments come back as an array and
 //! its length, because some may be nil (a `null` Value, an unset message).
 //!
 //! Value decoding fixes Kong's lossy cases: `false` stays `false` (Kong took the

@@ -1,5 +1,5 @@
 //! The Protobuf side of the value bridge: Lua values ↔ the message types of the
-//! PDK method table (PROTOCOL.md §5.3, §5.4), via prost.
+//! PDK method table (docs/PROTOCOL.md §5), via prost.
 //!
 //! Lua API (errors come back as `nil, message`, never raised):
 //! - `pb_decode(index, bytes) -> args, n | nil | nil, err`: the input message of

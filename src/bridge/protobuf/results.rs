@@ -1,4 +1,4 @@
-//! Lua result → the encoded output message of a PDK method (PROTOCOL.md §5.4,
+//! Lua result → the encoded output message of a PDK method (docs/PROTOCOL.md §5,
 //! "Lua return → output"), with Kong's lossy cases fixed:
 //! - nil (and `cjson.null`/`ngx.null`) as a `Value` is `null_value = NULL_VALUE`
 //!   (0), not Kong's out-of-range 1; `false` stays `bool_value = false`.

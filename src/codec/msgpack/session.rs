@@ -1,6 +1,6 @@
-//! The MessagePack-RPC engine, sans I/O (PROTOCOL.md §4).
+//! The MessagePack-RPC engine, sans I/O (docs/PROTOCOL.md §4).
 //!
-//! Two scopes, as INTERFACES.md "Engine scope" says:
+//! Two scopes, as docs/DESIGN.md "Engine scope" says:
 //! - [`Session`]: one per plugin per worker; hands out message ids and holds the limits.
 //! - [`Stream`]: one event (or instance call) on one connection; builds the request
 //!   bytes, takes the reply bytes in any split and reports [`Event`]s. A stream is

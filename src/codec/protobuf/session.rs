@@ -1,6 +1,6 @@
-//! The Protobuf (`ProtoBuf:1`) engine, sans I/O (PROTOCOL.md §5.1).
+//! The Protobuf (`ProtoBuf:1`) engine, sans I/O (docs/PROTOCOL.md §5).
 //!
-//! Two scopes, as INTERFACES.md "Engine scope" says:
+//! Two scopes, as docs/DESIGN.md "Engine scope" says:
 //! - [`Session`]: one per plugin per worker; hands out `RpcCall` sequences.
 //! - [`Stream`]: one request (an instance command or a whole event) on one
 //!   connection; builds the outgoing frames, takes incoming bytes in any split

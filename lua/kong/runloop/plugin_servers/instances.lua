@@ -1,5 +1,5 @@
 -- Plugin instances of one plugin in one worker, keyed like Kong: the plugin id
--- and the config's `__seq__` (PROTOCOL.md §6.3). One StartInstance per config per
+-- and the config's `__seq__` (docs/PROTOCOL.md §6, Instances). One StartInstance per config per
 -- worker even when many requests arrive together: the first starts it, the others
 -- wait on a semaphore (bounded), then share the result. A changed config starts a
 -- new instance and closes the old one. Shared by both protocols: `rpc` only needs

@@ -1,5 +1,5 @@
 -- Rate-limited error lines, per server and cause, across all workers
--- (INTERFACES.md "Failure behaviour"): the first line of a `log_window` is logged;
+-- (docs/DESIGN.md "Failure rules"): the first line of a `log_window` is logged;
 -- the others are only counted, and one summary line reports them when the window
 -- ends. Keys in the shared dict of shm.lua (after its prefix): "l:<server>:<cause>"
 -- (the window, added with a ttl) and "n:<server>:<cause>" (lines suppressed in it).

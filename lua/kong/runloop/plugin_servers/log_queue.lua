@@ -40,7 +40,7 @@ local _M = {}
 
 -- Drain timers per server and worker. LOG_CONNECTIONS always may run: few,
 -- because nginx logs its own error line for every connection in use when a
--- server dies (issue 10 allows 10 lines per outage). More only while the climb
+-- server dies (an outage should cost at most about 10 lines). More only while the climb
 -- finds they raise the server's throughput, up to MAX_LOG_CONNECTIONS: drains
 -- are running timers, which every module of the worker shares
 -- (lua_max_running_timers, 256 by default).

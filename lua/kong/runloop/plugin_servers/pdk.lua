@@ -1,5 +1,5 @@
 -- PDK dispatch for plugin servers: resolves a PDK method the plugin calls, with
--- Kong's overrides (PROTOCOL.md §6.5), and calls it. Shared by both protocols.
+-- Kong's overrides (docs/PROTOCOL.md §6, the exposed API), and calls it. Shared by both protocols.
 --
 -- The request data saved for the log phase is passed explicitly (`saved`) to every
 -- call, instead of being looked up through a global keyed by coroutine.
@@ -37,7 +37,7 @@ local function first(v)
   return v
 end
 
--- Overrides: function(saved, ...) (PROTOCOL.md §6.5).
+-- Overrides: function(saved, ...) (docs/PROTOCOL.md §6, the exposed API).
 local overrides = {
   ["kong.log.serialize"] = function(saved)
     local data = saved and saved.serialize_data or kong.log.serialize()
@@ -305,7 +305,7 @@ function _M.call(index, name, args, n, saved)
   return result(pcall(fn, unpack(args, 1, n)))
 end
 
--- The data the log timer needs from the request (PROTOCOL.md §6.5).
+-- The data the log timer needs from the request (docs/PROTOCOL.md §6, the exposed API).
 function _M.save_request(plugin_name)
   local ctx = ngx.ctx
   local clone = {}

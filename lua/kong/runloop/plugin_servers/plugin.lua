@@ -183,7 +183,7 @@ function Plugin:run_event(conf, phase, saved, ready_ms)
       if cause == "died" and not died then
         -- The server died during the event (SIGKILL, a crash, killed as hung):
         -- the event never finished there, so it runs again, once, on the new
-        -- server (issue 16: a single crash costs no request).
+        -- server (a single crash costs no request).
         died = true
         ok, err, cause = await_new_server(self)
         if not ok then

@@ -25,7 +25,7 @@
 --   read_errors_retry: a read that fails before any reply byte may be a pooled
 --     connection to a restarted server (worth the retry);
 --   closed_means_no_instance: a HandleEvent closed before any reply byte means
---     an unknown instance (go-pdk's answer, PROTOCOL.md §5.1).
+--     an unknown instance (go-pdk's answer, docs/PROTOCOL.md §5).
 -- }
 
 local ffi = require "ffi"

@@ -1,4 +1,4 @@
--- Picks the RPC implementation for a plugin's protocol (PROTOCOL.md §2.1).
+-- Picks the RPC implementation for a plugin's protocol (docs/PROTOCOL.md §2).
 -- An unknown protocol is an error at load time, not at the first request.
 --
 -- new(info [, on_reset]) -> rpc  |  nil, err

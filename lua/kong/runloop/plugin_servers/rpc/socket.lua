@@ -103,7 +103,7 @@ local function connect_pid(def, pid)
 end
 
 -- Without the shared dict (no supervisor state): retry a server that is not
--- listening every 10 ms up to ready_timeout (INTERFACES.md "Shared state").
+-- listening every 10 ms up to ready_timeout (docs/DESIGN.md "Shared state").
 local function connect_polling(def)
   local sock, err = try_connect(def, nil)
   if not sock and def.start_command and not_listening(err) then
