@@ -313,8 +313,10 @@ end
 
 -- Runs Lua code in a worker; returns the result as a string (tables as JSON), or
 -- nil and the error.
-function Host:eval(code)
-  local res, err = self:request { method = "POST", path = "/__host/eval", body = code }
+-- POSTs body to one of the host's /__host/ locations: the reply body on 200, else
+-- nil and the error (the body of a non-200 reply).
+local function post_host(self, path, body)
+  local res, err = self:request { method = "POST", path = path, body = body }
   if not res then
     return nil, err
   end
@@ -322,6 +324,10 @@ function Host:eval(code)
     return nil, res.body
   end
   return res.body
+end
+
+function Host:eval(code)
+  return post_host(self, "/__host/eval", code)
 end
 
 -- Like eval, for code that returns a table: the decoded table.
@@ -336,16 +342,21 @@ end
 -- Replaces the plugin list ({ name, config, id? } entries); a changed config gets a
 -- new __seq__. Returns the stored list.
 function Host:set_plugins(list)
-  local res, err = self:request {
-    method = "POST", path = "/__host/plugins", body = #list == 0 and "[]" or assert(cjson.encode(list)),
-  }
-  if not res then
+  local body, err = post_host(self, "/__host/plugins", #list == 0 and "[]" or assert(cjson.encode(list)))
+  if not body then
     return nil, err
   end
-  if res.status ~= 200 then
-    return nil, res.body
+  return cjson.decode(body)
+end
+
+-- The shim's status() entry of the server called name, or nil.
+function Host:server_status(name)
+  local list = assert(self:eval_json([[return require("kong.runloop.plugin_servers").status()]]))
+  for _, s in ipairs(list) do
+    if s.name == name then
+      return s
+    end
   end
-  return cjson.decode(res.body)
 end
 
 local function wait_gone(pids, timeout)
@@ -447,6 +458,15 @@ function Host:stop()
     sh("rm -rf '" .. self.prefix .. "'")
   end
   return true
+end
+
+-- Stops h when a test started one; returns nil, so that an after_each reads
+-- `h = nginx.stop_host(h)`.
+function _M.stop_host(h)
+  if h then
+    h:stop()
+  end
+  return nil
 end
 
 return _M

@@ -150,10 +150,7 @@ for _, P in ipairs(PROTOCOLS) do
     end)
 
     after_each(function()
-      if h then
-        h:stop()
-        h = nil
-      end
+      h = nginx.stop_host(h)
     end)
 
     it("server killed mid-event: 500 at once, then served by the respawned server", function()

@@ -8,12 +8,7 @@ local procs = require "spec.helpers.procs"
 
 local fx = fixtures.new(nginx.root)
 
-for _, name in ipairs({ "go-hello", "py-hello" }) do
-  local ok, why = fx.available(name)
-  if not ok then
-    error(why)
-  end
-end
+fx.require_built({ "go-hello", "py-hello" })
 
 local STATUS = [[return require("kong.runloop.plugin_servers").status()]]
 -- metrics() and status() in one request: the two read the same instant
@@ -55,10 +50,7 @@ describe("metrics()", function()
   end)
 
   after_each(function()
-    if h then
-      h:stop()
-      h = nil
-    end
+    h = nginx.stop_host(h)
   end)
 
   it("a scrape after traffic, a restart and errors passes promtool and matches status()", function()

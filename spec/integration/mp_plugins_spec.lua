@@ -112,12 +112,7 @@ local function raw_request(port, text)
   return res
 end
 
-for _, name in ipairs { "py-hello", "js-hello" } do
-  local ok, why = fx.available(name)
-  if not ok then
-    error(why)
-  end
-end
+fx.require_built({ "py-hello", "js-hello" })
 
 describe("MessagePack plugins", function()
   local h, prefix, servers
@@ -136,10 +131,7 @@ describe("MessagePack plugins", function()
   end)
 
   after_each(function()
-    if h then
-      h:stop()
-      h = nil
-    end
+    h = nginx.stop_host(h)
     for _, p in pairs(servers) do
       kill(p)
     end

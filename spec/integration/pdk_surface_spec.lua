@@ -93,10 +93,7 @@ describe("PDK surface", function()
   local h
 
   after_each(function()
-    if h then
-      h:stop()
-      h = nil
-    end
+    h = nginx.stop_host(h)
   end)
 
   it("MessagePack: each name outside the PDK gets StepError naming it, the event goes on", function()

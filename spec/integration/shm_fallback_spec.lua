@@ -9,12 +9,7 @@ local procs = require "spec.helpers.procs"
 
 local fx = fixtures.new(nginx.root)
 
-for _, name in ipairs({ "go-hello", "py-hello" }) do
-  local ok, why = fx.available(name)
-  if not ok then
-    error(why)
-  end
-end
+fx.require_built({ "go-hello", "py-hello" })
 
 local STATUS = [[return require("kong.runloop.plugin_servers").status()]]
 local MISSING = "shared dict 'kong_plugin_servers' not found; add "
@@ -81,11 +76,12 @@ describe("shared state without the kong_plugin_servers dict", function()
 
   after_each(function()
     if h then
-      assert.equal(0, h:count_log("%[crit%]"), "no [crit] lines:\n" .. (h:error_log() or ""):sub(-3000))
-      assert.equal(0, h:count_log("%[alert%]"), "no [alert] lines:\n" .. (h:error_log() or ""):sub(-3000))
-      h:stop()
-      h = nil
+      for _, level in ipairs { "crit", "alert" } do
+        local pattern = "%[" .. level .. "%]"
+        assert.equal(0, h:count_log(pattern), "no [" .. level .. "] lines:\n" .. (h:error_log() or ""):sub(-3000))
+      end
     end
+    h = nginx.stop_host(h)
   end)
 
   it("uses Kong's `kong` dict under kps:* for status, readiness, counters and the log limiter, across 2 workers", function()
