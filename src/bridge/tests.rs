@@ -1,33 +1,15 @@
 //! Bridge tests in a real LuaJIT state (`cargo test --no-default-features` links libluajit).
 
-use mlua::{LightUserData, Lua, Value};
+use mlua::Lua;
+
+use crate::test_support::{bridge_lua, call_result, hex, unhex};
 
 use crate::codec::methods::index_of;
 
 const VECTORS: &str = include_str!("../../tests/vectors/msgpack.json");
 
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn lua() -> Lua {
-    let lua = Lua::new();
-    let exports = lua.create_table().unwrap();
-    super::register(&lua, &exports).unwrap();
-    lua.globals().set("bridge", exports).unwrap();
-    lua.globals()
-        .set(
-            "null",
-            Value::LightUserData(LightUserData(std::ptr::null_mut())),
-        )
-        .unwrap();
+    let lua = bridge_lua();
     lua.globals()
         .set("GET_HEADERS", index_of(b"kong.request.get_headers"))
         .unwrap();
@@ -268,11 +250,10 @@ fn unencodable_values_are_error_strings() {
         enc(&lua, "'x'", "1"),
         "error: method index must be an integer, got string"
     );
-    let r: String = lua
-        .load("local v, e = bridge.decode(0, {}) return tostring(v) .. ' ' .. e")
-        .eval()
-        .unwrap();
-    assert_eq!(r, "nil bytes must be a string, got table");
+    assert_eq!(
+        call_result(&lua, "bridge.decode(0, {})"),
+        "nil bytes must be a string, got table"
+    );
 }
 
 #[test]

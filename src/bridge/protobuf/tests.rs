@@ -3,23 +3,13 @@
 
 use std::collections::HashMap;
 
-use mlua::{LightUserData, Lua, Value};
+use mlua::Lua;
 
 use crate::codec::methods::{METHODS, PbType, index_of};
 use crate::codec::protobuf::messages::google::{Kind, Value as GValue};
+use crate::test_support::{bridge_lua as lua, call_result, hex, unhex};
 
 const VECTORS: &str = include_str!("../../../tests/vectors/protobuf_messages.txt");
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
 
 fn go(case: &str) -> String {
     let v: HashMap<&str, &str> = VECTORS
@@ -33,20 +23,6 @@ fn go(case: &str) -> String {
     v.get(case)
         .unwrap_or_else(|| panic!("no vector {case}"))
         .to_string()
-}
-
-fn lua() -> Lua {
-    let lua = Lua::new();
-    let exports = lua.create_table().unwrap();
-    crate::bridge::register(&lua, &exports).unwrap();
-    lua.globals().set("bridge", exports).unwrap();
-    lua.globals()
-        .set(
-            "null",
-            Value::LightUserData(LightUserData(std::ptr::null_mut())),
-        )
-        .unwrap();
-    lua
 }
 
 fn idx(name: &str) -> u16 {
@@ -333,26 +309,18 @@ fn bad_results_are_error_strings_naming_the_place() {
         "error: string is not valid UTF-8 (a Protobuf string)"
     );
     let mp_only = index_of(b"kong.response.error");
-    let r: String = l
-        .load(format!(
-            "local b, err = bridge.pb_encode({mp_only}, 1) return tostring(b) .. ' ' .. err"
-        ))
-        .eval()
-        .unwrap();
     assert_eq!(
-        r,
+        call_result(&l, &format!("bridge.pb_encode({mp_only}, 1)")),
         "nil kong.response.error is not a method of the Protobuf service"
     );
-    let r: String = l
-        .load("local b, err = bridge.pb_decode(0, '') return tostring(b) .. ' ' .. err")
-        .eval()
-        .unwrap();
-    assert_eq!(r, "nil unknown PDK method");
-    let r: String = l
-        .load("local b, err = bridge.pb_decode('x', '') return tostring(b) .. ' ' .. err")
-        .eval()
-        .unwrap();
-    assert_eq!(r, "nil method index must be an integer, got string");
+    assert_eq!(
+        call_result(&l, "bridge.pb_decode(0, '')"),
+        "nil unknown PDK method"
+    );
+    assert_eq!(
+        call_result(&l, "bridge.pb_decode('x', '')"),
+        "nil method index must be an integer, got string"
+    );
 }
 
 #[test]

@@ -2,15 +2,9 @@
 
 use super::*;
 use crate::codec::methods::{UNKNOWN, index_of};
+use crate::test_support::unhex;
 
 const VECTORS: &str = include_str!("../../../tests/vectors/msgpack.json");
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
 
 fn vectors() -> serde_json::Value {
     serde_json::from_str(VECTORS).unwrap()
