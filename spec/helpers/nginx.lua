@@ -311,8 +311,6 @@ function Host:request(opts)
   return res
 end
 
--- Runs Lua code in a worker; returns the result as a string (tables as JSON), or
--- nil and the error.
 -- POSTs body to one of the host's /__host/ locations: the reply body on 200, else
 -- nil and the error (the body of a non-200 reply).
 local function post_host(self, path, body)
@@ -326,27 +324,29 @@ local function post_host(self, path, body)
   return res.body
 end
 
-function Host:eval(code)
-  return post_host(self, "/__host/eval", code)
-end
-
--- Like eval, for code that returns a table: the decoded table.
-function Host:eval_json(code)
-  local text, err = self:eval(code)
+-- The decoded JSON text, or nil and err as they came.
+local function decoded(text, err)
   if not text then
     return nil, err
   end
   return cjson.decode(text)
 end
 
+-- Runs Lua code in a worker; returns the result as a string (tables as JSON), or
+-- nil and the error.
+function Host:eval(code)
+  return post_host(self, "/__host/eval", code)
+end
+
+-- Like eval, for code that returns a table: the decoded table.
+function Host:eval_json(code)
+  return decoded(self:eval(code))
+end
+
 -- Replaces the plugin list ({ name, config, id? } entries); a changed config gets a
 -- new __seq__. Returns the stored list.
 function Host:set_plugins(list)
-  local body, err = post_host(self, "/__host/plugins", #list == 0 and "[]" or assert(cjson.encode(list)))
-  if not body then
-    return nil, err
-  end
-  return cjson.decode(body)
+  return decoded(post_host(self, "/__host/plugins", #list == 0 and "[]" or assert(cjson.encode(list))))
 end
 
 -- The shim's status() entry of the server called name, or nil.
