@@ -349,9 +349,14 @@ function Host:set_plugins(list)
   return decoded(post_host(self, "/__host/plugins", #list == 0 and "[]" or assert(cjson.encode(list))))
 end
 
+-- The shim's status(), one entry a server, as a worker sees it; or nil and the error.
+function Host:status_list()
+  return self:eval_json([[return require("kong.runloop.plugin_servers").status()]])
+end
+
 -- The shim's status() entry of the server called name, or nil.
 function Host:server_status(name)
-  local list = assert(self:eval_json([[return require("kong.runloop.plugin_servers").status()]]))
+  local list = assert(self:status_list())
   for _, s in ipairs(list) do
     if s.name == name then
       return s

@@ -10,7 +10,6 @@ local fx = fixtures.new(nginx.root)
 
 fx.require_built({ "go-hello", "py-hello" })
 
-local STATUS = [[return require("kong.runloop.plugin_servers").status()]]
 -- metrics() and status() in one request: the two read the same instant
 local BOTH = [[
   local ps = require("kong.runloop.plugin_servers")
@@ -63,7 +62,7 @@ describe("metrics()", function()
                   { name = "py-hello", config = { message = "Kong" } } },
     })
     local function ready()
-      local st = h:eval_json(STATUS)
+      local st = h:status_list()
       return type(st) == "table" and st[1].state == "ready" and st[2].state == "ready" and st
     end
     local st = assert(nginx.wait_until(ready, 15), (h:error_log() or ""):sub(-3000))
@@ -75,7 +74,7 @@ describe("metrics()", function()
     -- errors and a restart: py-hello killed; requests fail while it waits 1.5 s
     assert(procs.kill(st[2].pid, "KILL"))
     assert(nginx.wait_until(function()
-      return h:eval_json(STATUS)[2].state == "backoff"
+      return h:status_list()[2].state == "backoff"
     end, 5))
     for _ = 1, 3 do
       assert.equal(500, assert(h:request { headers = { host = "m.test" } }).status)
@@ -86,7 +85,7 @@ describe("metrics()", function()
     end
     -- go-hello's log events run after the responses (11 requests: 11 log events)
     assert(nginx.wait_until(function()
-      return h:eval_json(STATUS)[1].counters.events_by_phase.log == 11
+      return h:status_list()[1].counters.events_by_phase.log == 11
     end, 5))
 
     -- a real scrape through the location an operator includes

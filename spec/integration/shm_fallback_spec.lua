@@ -11,7 +11,6 @@ local fx = fixtures.new(nginx.root)
 
 fx.require_built({ "go-hello", "py-hello" })
 
-local STATUS = [[return require("kong.runloop.plugin_servers").status()]]
 local MISSING = "shared dict 'kong_plugin_servers' not found; add "
   .. "'nginx_http_lua_shared_dict = kong_plugin_servers 1m' to kong.conf"
 
@@ -97,7 +96,7 @@ describe("shared state without the kong_plugin_servers dict", function()
     assert.equal(0, h:count_log("not found; add"))
     -- readiness reaches both workers through the dict
     assert(nginx.wait_until(function()
-      local st = h:eval_json(STATUS)
+      local st = h:status_list()
       return type(st) == "table" and st[1] and st[1].state == "ready" and st[2].state == "ready"
     end, 15), (h:error_log() or ""):sub(-3000))
 
@@ -136,7 +135,7 @@ describe("shared state without the kong_plugin_servers dict", function()
     local pid = st0["py-hello"].pid
     assert(procs.kill(pid, "KILL"))
     assert(nginx.wait_until(function()
-      local st = h:eval_json(STATUS)
+      local st = h:status_list()
       return type(st) == "table" and st[2].state == "backoff"
     end, 5))
     local failed_in = {}
@@ -153,7 +152,7 @@ describe("shared state without the kong_plugin_servers dict", function()
     assert.is_true(failed_in["0"] and failed_in["1"], "both workers saw the failure")
     assert.equal(1, h:count_log("plugin py%-hello failed in access"))
     assert(h:wait_log("py%-hello: " .. (n - 1) .. " more connect error%(s%) in the last 5s not logged", 8))
-    assert.equal(n, by_name(h:eval_json(STATUS))["py-hello"].counters.errors.connect)
+    assert.equal(n, by_name(h:status_list())["py-hello"].counters.errors.connect)
 
     -- every key of ours in `kong` is under kps:, and Kong's key is untouched
     local keys = h:eval_json([[return ngx.shared.kong:get_keys(0)]])
@@ -213,7 +212,7 @@ describe("shared state without the kong_plugin_servers dict", function()
                   { name = "py-hello", config = { message = "Kong" } } },
     })
     local function ready()
-      local st = h:eval_json(STATUS)
+      local st = h:status_list()
       return type(st) == "table" and st[1].state == "ready" and st[2].state == "ready" and st
     end
     local before = assert(nginx.wait_until(ready, 15), (h:error_log() or ""):sub(-3000))
