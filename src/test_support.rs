@@ -41,3 +41,22 @@ pub fn call_result(lua: &Lua, call: &str) -> String {
     .eval()
     .unwrap()
 }
+
+/// Runs `call` (a bridge call returning `bytes, err`): the bytes in hex, or
+/// "error: <err>".
+pub fn encoded_hex(lua: &Lua, call: &str) -> String {
+    lua.load(format!(
+        "local b, err = {call}
+         if b == nil then return 'error: ' .. err end
+         return (b:gsub('.', function(c) return string.format('%02x', c:byte()) end))"
+    ))
+    .eval()
+    .unwrap()
+}
+
+/// Asserts `run(a, b) == want` for each `(a, b, want)` case; a failure names its case.
+pub fn assert_cases(cases: &[(&str, &str, &str)], run: impl Fn(&str, &str) -> String) {
+    for &(a, b, want) in cases {
+        assert_eq!(run(a, b), want, "case ({a}, {b})");
+    }
+}

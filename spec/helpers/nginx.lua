@@ -356,12 +356,26 @@ end
 
 -- The shim's status() entry of the server called name, or nil.
 function Host:server_status(name)
-  local list = assert(self:status_list())
-  for _, s in ipairs(list) do
+  for _, s in ipairs(assert(self:status_list())) do
     if s.name == name then
       return s
     end
   end
+end
+
+-- The status() list when it names servers and every one is ready, else false: a
+-- condition for nginx.wait_until.
+function Host:all_ready()
+  local list = self:status_list()
+  if type(list) ~= "table" or #list == 0 then
+    return false
+  end
+  for _, s in ipairs(list) do
+    if s.state ~= "ready" then
+      return false
+    end
+  end
+  return list
 end
 
 local function wait_gone(pids, timeout)

@@ -62,8 +62,7 @@ describe("metrics()", function()
                   { name = "py-hello", config = { message = "Kong" } } },
     })
     local function ready()
-      local st = h:status_list()
-      return type(st) == "table" and st[1].state == "ready" and st[2].state == "ready" and st
+      return h:all_ready()
     end
     local st = assert(nginx.wait_until(ready, 15), (h:error_log() or ""):sub(-3000))
 

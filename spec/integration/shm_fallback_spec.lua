@@ -96,8 +96,7 @@ describe("shared state without the kong_plugin_servers dict", function()
     assert.equal(0, h:count_log("not found; add"))
     -- readiness reaches both workers through the dict
     assert(nginx.wait_until(function()
-      local st = h:status_list()
-      return type(st) == "table" and st[1] and st[1].state == "ready" and st[2].state == "ready"
+      return h:all_ready()
     end, 15), (h:error_log() or ""):sub(-3000))
 
     -- traffic until both workers have run the plugins
@@ -212,8 +211,7 @@ describe("shared state without the kong_plugin_servers dict", function()
                   { name = "py-hello", config = { message = "Kong" } } },
     })
     local function ready()
-      local st = h:status_list()
-      return type(st) == "table" and st[1].state == "ready" and st[2].state == "ready" and st
+      return h:all_ready()
     end
     local before = assert(nginx.wait_until(ready, 15), (h:error_log() or ""):sub(-3000))
     assert.equal(200, assert(h:request { headers = { host = "r.test" } }).status)

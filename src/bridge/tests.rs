@@ -2,7 +2,7 @@
 
 use mlua::Lua;
 
-use crate::test_support::{bridge_lua, call_result, hex, unhex};
+use crate::test_support::{assert_cases, bridge_lua, call_result, encoded_hex, hex, unhex};
 
 use crate::codec::methods::index_of;
 
@@ -21,23 +21,12 @@ fn lua() -> Lua {
 
 /// Hex of `bridge.encode(index, <expr>)`, or "error: <msg>".
 fn enc(lua: &Lua, index: &str, expr: &str) -> String {
-    let code = format!(
-        "local b, err = bridge.encode({index}, {expr})
-         if b == nil then return 'error: ' .. err end
-         return (b:gsub('.', function(c) return string.format('%02x', c:byte()) end))"
-    );
-    lua.load(&code).eval::<String>().unwrap()
+    encoded_hex(lua, &format!("bridge.encode({index}, {expr})"))
 }
 
 /// Asserts `enc` of each (index, Lua expression, expected hex or "error: <msg>") case.
 fn assert_enc(lua: &Lua, cases: &[(&str, &str, &str)]) {
-    for &(index, expr, want) in cases {
-        assert_eq!(
-            enc(lua, index, expr),
-            want,
-            "bridge.encode({index}, {expr})"
-        );
-    }
+    assert_cases(cases, |index, expr| enc(lua, index, expr));
 }
 
 /// Lua code run with `v, n` = `bridge.decode(0, <hex bytes>)`; returns the code's string result.

@@ -7,7 +7,7 @@ use mlua::Lua;
 
 use crate::codec::methods::{METHODS, PbType, index_of};
 use crate::codec::protobuf::messages::google::{Kind, Value as GValue};
-use crate::test_support::{bridge_lua as lua, call_result, hex, unhex};
+use crate::test_support::{assert_cases, bridge_lua as lua, call_result, encoded_hex, hex, unhex};
 
 const VECTORS: &str = include_str!("../../../tests/vectors/protobuf_messages.txt");
 
@@ -33,24 +33,12 @@ fn idx(name: &str) -> u16 {
 
 /// Hex of `bridge.pb_encode(<method>, <expr>)`, or "error: <msg>".
 fn enc(lua: &Lua, method: &str, expr: &str) -> String {
-    let code = format!(
-        "local b, err = bridge.pb_encode({}, {expr})
-         if b == nil then return 'error: ' .. err end
-         return (b:gsub('.', function(c) return string.format('%02x', c:byte()) end))",
-        idx(method)
-    );
-    lua.load(&code).eval::<String>().unwrap()
+    encoded_hex(lua, &format!("bridge.pb_encode({}, {expr})", idx(method)))
 }
 
 /// Asserts `enc` of each (method, Lua expression, expected hex or "error: <msg>") case.
 fn assert_enc(lua: &Lua, cases: &[(&str, &str, &str)]) {
-    for &(index, expr, want) in cases {
-        assert_eq!(
-            enc(lua, index, expr),
-            want,
-            "bridge.pb_encode({index}, {expr})"
-        );
-    }
+    assert_cases(cases, |method, expr| enc(lua, method, expr));
 }
 
 /// Runs `check` with `args, n` = `bridge.pb_decode(<method>, <bytes>)`.
