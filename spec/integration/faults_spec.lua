@@ -139,6 +139,12 @@ local function fails_within(h, min_s, max_s)
   assert.is_true(took >= min_s and took < max_s, "took " .. took)
 end
 
+-- The stand-in acts out mode: the next request fails with 500 at once.
+local function fails_at_once(h, mode)
+  set_mode(h, mode)
+  fails_within(h, 0, 0.5)
+end
+
 -- Back to mode ok: the next request succeeds and the worker is as at base.
 local function serves_again(h, base)
   set_mode(h, "ok")
@@ -172,8 +178,7 @@ for _, P in ipairs(PROTOCOLS) do
       h = start()
       local base = baseline(h, true)
       local old = status(h).pid
-      set_mode(h, "kill")
-      fails_within(h, 0, 0.5)
+      fails_at_once(h, "kill")
       assert(h:wait_log(failure_line("connect") .. ".*" .. P.closed, 2))
       assert(wait_new_pid(h, old))
       local res = serves_again(h, base)
@@ -184,8 +189,7 @@ for _, P in ipairs(PROTOCOLS) do
       h = start()
       local base = baseline(h, true)
       local pid = status(h).pid
-      set_mode(h, "close")
-      fails_within(h, 0, 0.5)
+      fails_at_once(h, "close")
       assert(h:wait_log(failure_line("connect") .. ".*" .. P.closed, 2))
       local res = serves_again(h, base)
       assert.equal(tostring(pid), res.headers["x-fault-pid"])
@@ -194,8 +198,7 @@ for _, P in ipairs(PROTOCOLS) do
     it("server sends a garbage frame: 500 at once, protocol error, connection dropped", function()
       h = start()
       local base = baseline(h, true)
-      set_mode(h, "garbage")
-      fails_within(h, 0, 0.5)
+      fails_at_once(h, "garbage")
       assert(h:wait_log(failure_line("protocol"), 2))
       assert.equal(1, status(h).counters.errors.protocol)
       serves_again(h, base)
@@ -204,8 +207,7 @@ for _, P in ipairs(PROTOCOLS) do
     it("server sends a frame larger than max_message_size: 500 without reading it all", function()
       h = start()
       local base = baseline(h, true)
-      set_mode(h, "oversize")
-      fails_within(h, 0, 0.5)
+      fails_at_once(h, "oversize")
       local line = assert(h:wait_log(failure_line("protocol"), 2))
       assert.matches(tostring(MAX_MESSAGE), line, 1, true)
       serves_again(h, base)
