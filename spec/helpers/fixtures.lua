@@ -132,6 +132,7 @@ local function new(root)
   end
 
   local build = root .. "/build"
+  local python = build .. "/venv/bin/python3"
   local plugins = root .. "/fixtures/plugins"
   local js_server = plugins .. "/js-hello/node_modules/kong-pdk/bin/kong-js-pluginserver"
 
@@ -152,7 +153,6 @@ local function new(root)
   -- A kong-pdk (Python) fixture: <name>/<name>.py run by the venv's python, with a
   -- file more to check where the build leaves one (extra_built).
   local function py_fixture(name, extra_built)
-    local python = build .. "/venv/bin/python3"
     local script = plugins .. "/" .. name .. "/" .. name .. ".py"
     return {
       target = "python",
@@ -193,7 +193,8 @@ local function new(root)
     ["js-coverage"] = js_fixture("js-coverage", build .. "/js-coverage.dump"),
   }
 
-  local self = { root = root, names = NAMES, expected = EXPECTED }
+  local self = { root = root, names = NAMES, expected = EXPECTED,
+                 python = python, stand_ins = root .. "/fixtures/servers" }
 
   local function def_of(name)
     local def = DEFS[name]
@@ -267,6 +268,13 @@ local function new(root)
       out[k .. "_query_cmd"] = s.query_cmd
     end
     return out
+  end
+
+  --- The query and start commands of a stand-in server script (fixtures/servers/
+  --- mp_fault.py, pb_fault.py) serving as name on socket.
+  function self.stand_in_commands(script, name, socket)
+    return python .. " " .. script .. " --dump --name " .. name,
+           python .. " -u " .. script .. " " .. socket .. " --name " .. name
   end
 
   --- Sets the same per-server settings ({ read_timeout = "5000", ... }) for each of

@@ -7,24 +7,23 @@
 -- middle of an event. Faults of the connection path (shared by both protocols:
 -- rpc/socket.lua) and of the info query run once, with the MessagePack server.
 local nginx = require "spec.helpers.nginx"
+local fixtures = require "spec.helpers.fixtures"
 local procs = require "spec.helpers.procs"
 
-local ROOT = nginx.root
-local PY = ROOT .. "/build/venv/bin/python3"
+local SERVERS = fixtures.stand_ins
 
 -- Per protocol: the stand-in server and the texts that differ.
 local PROTOCOLS = {
   {
-    name = "MessagePack", script = ROOT .. "/fixtures/servers/mp_fault.py", all = true,
+    name = "MessagePack", script = SERVERS .. "/mp_fault.py", all = true,
     closed = "plugin server fault closed the connection",
   },
   {
-    name = "Protobuf", script = ROOT .. "/fixtures/servers/pb_fault.py",
+    name = "Protobuf", script = SERVERS .. "/pb_fault.py",
     closed = "connection closed by the plugin server during the event",
   },
 }
 local SERVER = PROTOCOLS[1].script   -- the server of the current describe block
-local SERVERS = ROOT .. "/fixtures/servers"
 local NAME = "fault"
 local K = "pluginserver_fault_"
 
@@ -36,11 +35,12 @@ local MAX_MESSAGE = 65536
 local function settings(prefix, opts)
   opts = opts or {}
   local sock = opts.socket or (prefix .. "/" .. NAME .. ".socket")
+  local query_cmd, start_cmd = fixtures.stand_in_commands(SERVER, NAME, sock)
   local s = {
     prefix = prefix,
     pluginserver_names = { NAME },
     [K .. "socket"] = sock,
-    [K .. "query_cmd"] = opts.query_cmd or (PY .. " " .. SERVER .. " --dump --name " .. NAME),
+    [K .. "query_cmd"] = opts.query_cmd or query_cmd,
     [K .. "connect_timeout"] = "300",
     [K .. "send_timeout"] = "500",
     [K .. "read_timeout"] = tostring(READ_TIMEOUT),
@@ -52,8 +52,7 @@ local function settings(prefix, opts)
     [K .. "query_timeout"] = tostring(opts.query_timeout or 5000),
   }
   if not opts.external then
-    s[K .. "start_cmd"] = PY .. " -u " .. SERVER .. " " .. sock .. " --name " .. NAME
-      .. (opts.server_args or "")
+    s[K .. "start_cmd"] = start_cmd .. (opts.server_args or "")
   end
   return s
 end

@@ -11,7 +11,7 @@ local procs = require "spec.helpers.procs"
 
 fixtures.require_built({ "go-hello", "py-hello" })
 
-local PY = nginx.root .. "/build/venv/bin/python3"
+local PY = fixtures.python
 local HOST = "example.test"
 
 -- Asks a kong-pdk server over its socket how many instances it holds.

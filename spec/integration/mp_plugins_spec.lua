@@ -10,7 +10,7 @@ local socket = require "socket"
 
 local root = nginx.root
 local fx = fixtures.new(root)
-local PY = root .. "/build/venv/bin/python3"
+local PY = fx.python
 
 -- A Python plugin that reports how each PDK result shape reached it.
 local CODEC_PLUGIN = [[
