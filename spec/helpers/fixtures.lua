@@ -277,6 +277,15 @@ local function new(root)
            python .. " -u " .. script .. " " .. socket .. " --name " .. name
   end
 
+  --- The host's plugin list running each of names with { message = message }.
+  function self.hello_plugins(names, message)
+    local out = {}
+    for i, name in ipairs(names) do
+      out[i] = { name = name, config = { message = message } }
+    end
+    return out
+  end
+
   --- Sets the same per-server settings ({ read_timeout = "5000", ... }) for each of
   --- names in settings (pluginserver_<name>_<setting>); returns settings.
   function self.set_for_servers(settings, names, values)

@@ -58,8 +58,7 @@ describe("metrics()", function()
     settings.pluginserver_py_hello_ready_timeout = "50"
     h = assert(nginx.start {
       prefix = prefix, workers = 2, configuration = settings,
-      plugins = { { name = "go-hello", config = { message = "Kong" } },
-                  { name = "py-hello", config = { message = "Kong" } } },
+      plugins = fx.hello_plugins({ "go-hello", "py-hello" }, "Kong"),
     })
     local function ready()
       return h:all_ready()

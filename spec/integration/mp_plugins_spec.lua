@@ -152,10 +152,7 @@ describe("MessagePack plugins", function()
       settings.pluginserver_py_codec_socket = codec.socket
       settings.pluginserver_py_codec_query_cmd = codec.query_cmd
       timings("py_codec", settings)
-      h = start_nginx(settings, {
-        { name = "py-hello", config = { message = "Kong!" } },
-        { name = "js-hello", config = { message = "Kong!" } },
-      }, 2)
+      h = start_nginx(settings, fx.hello_plugins({ "py-hello", "js-hello" }, "Kong!"), 2)
     end)
 
     it("runs the Python and the JS hello plugins", function()
@@ -240,10 +237,7 @@ describe("MessagePack plugins", function()
         settings["pluginserver_" .. k .. "_respawn_delay"] = "100"
         settings["pluginserver_" .. k .. "_ready_timeout"] = "5000"
       end
-      h = start_nginx(settings, {
-        { name = "py-hello", config = { message = "Kong!" } },
-        { name = "js-hello", config = { message = "Kong!" } },
-      }, 2)
+      h = start_nginx(settings, fx.hello_plugins({ "py-hello", "js-hello" }, "Kong!"), 2)
       local res = assert(h:request {})
       assert.equal(200, res.status, "body: " .. tostring(res.body) .. "\n" .. (h:error_log() or ""):sub(-3000))
       local py_pid = tonumber(res.headers["x-python-pid"])

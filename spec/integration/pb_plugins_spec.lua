@@ -36,14 +36,8 @@ describe("Protobuf plugins (go-pdk)", function()
     for name, values in pairs(extra or {}) do
       fixtures.set_for_servers(settings, { name }, values)
     end
-    if not plugins then
-      plugins = {}
-      for i, name in ipairs(names) do
-        plugins[i] = { name = name, config = { message = "Kong!" } }
-      end
-    end
-    h = assert(nginx.start { prefix = prefix, workers = 1, log_level = "debug",
-                             configuration = settings, plugins = plugins })
+    h = assert(nginx.start { prefix = prefix, workers = 1, log_level = "debug", configuration = settings,
+                             plugins = plugins or fixtures.hello_plugins(names, "Kong!") })
     for _, name in ipairs(names) do
       assert(wait_ready(h, name), name .. " not ready")
     end

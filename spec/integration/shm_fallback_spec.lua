@@ -24,8 +24,7 @@ describe("shared state without the kong_plugin_servers dict", function()
     end
     h = assert(nginx.start {
       prefix = prefix, workers = 2, dicts = dicts, worker_header = true, configuration = settings,
-      plugins = { { name = "go-hello", config = { message = "Kong" } },
-                  { name = "py-hello", config = { message = "Kong" } } },
+      plugins = fx.hello_plugins({ "go-hello", "py-hello" }, "Kong"),
     })
   end
 
@@ -207,8 +206,7 @@ describe("shared state without the kong_plugin_servers dict", function()
     local settings = fx.settings({ "go-hello", "py-hello" }, prefix)
     h = assert(nginx.start {
       prefix = prefix, workers = 2, dicts = { kong = "5m" }, kong_reset = true, configuration = settings,
-      plugins = { { name = "go-hello", config = { message = "Kong" } },
-                  { name = "py-hello", config = { message = "Kong" } } },
+      plugins = fx.hello_plugins({ "go-hello", "py-hello" }, "Kong"),
     })
     local function ready()
       return h:all_ready()
