@@ -209,15 +209,20 @@ decode_row("PDK call with a 12-header map (kong.service.request.set_headers)", {
 decode_row("event end (Data = \"ret\")", { EventId = 7, Data = "ret" })
 
 -- 3. Step replies (Kong -> server): a header multimap, a string
-local GET_HEADERS = method_index("kong.request.get_headers")
-local function build_step_headers()
+-- A Step reply to event 7 carrying value as the result of method index.
+local function build_step(index, value)
   local buf, len = errbuf()
   -- as mp_rpc calls it: assert(f()) on a C function's results costs ~450 ns here
-  local bytes, err = encode(GET_HEADERS, HEADERS)
+  local bytes, err = encode(index, value)
   if not bytes then error(err) end
   C.kps_mp_stream_reset(stream)
-  check(C.kps_mp_stream_step(session, stream, 7, GET_HEADERS, bytes, #bytes, out, out_len, buf, len))
+  check(C.kps_mp_stream_step(session, stream, 7, index, bytes, #bytes, out, out_len, buf, len))
   return ffi_str(out[0], out_len[0])
+end
+
+local GET_HEADERS = method_index("kong.request.get_headers")
+local function build_step_headers()
+  return build_step(GET_HEADERS, HEADERS)
 end
 add(function()
   local ours = build_step_headers()
@@ -231,13 +236,7 @@ end)
 
 local GET_HEADER = method_index("kong.request.get_header")
 local function build_step_string()
-  local buf, len = errbuf()
-  -- as mp_rpc calls it: assert(f()) on a C function's results costs ~450 ns here
-  local bytes, err = encode(GET_HEADER, "example.test")
-  if not bytes then error(err) end
-  C.kps_mp_stream_reset(stream)
-  check(C.kps_mp_stream_step(session, stream, 7, GET_HEADER, bytes, #bytes, out, out_len, buf, len))
-  return ffi_str(out[0], out_len[0])
+  return build_step(GET_HEADER, "example.test")
 end
 add(function()
   return string.format("Step reply with a string (kong.request.get_header), encode (%d B)", #build_step_string())

@@ -119,18 +119,6 @@ local SCENARIOS = {
 }
 
 -- CPU readings ---------------------------------------------------------------
-local function worker_cpu_ns(pid)
-  local text = read("/proc/" .. pid .. "/schedstat")
-  if text then
-    return tonumber(text:match("^(%d+)"))
-  end
-  local stat = read("/proc/" .. pid .. "/stat")
-  local rest = stat:match("^%d+ %(.*%) (.*)$")
-  local f = {}
-  for w in rest:gmatch("%S+") do f[#f + 1] = w end
-  return (tonumber(f[12]) + tonumber(f[13])) * 1e9 / HZ
-end
-
 local function ticks_ns(pid)
   local stat = read("/proc/" .. pid .. "/stat")
   if not stat then return 0 end
@@ -139,6 +127,15 @@ local function ticks_ns(pid)
   for w in rest:gmatch("%S+") do f[#f + 1] = w end
   -- utime, stime (fields 14, 15) of the process: all threads, ended ones included
   return (tonumber(f[12]) + tonumber(f[13])) * 1e9 / HZ
+end
+
+-- A worker's CPU time: schedstat's nanoseconds where the kernel has them, else ticks.
+local function worker_cpu_ns(pid)
+  local text = read("/proc/" .. pid .. "/schedstat")
+  if text then
+    return tonumber(text:match("^(%d+)"))
+  end
+  return ticks_ns(pid)
 end
 
 local function servers_cpu_ns(pids)

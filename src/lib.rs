@@ -10,6 +10,9 @@ pub mod config;
 pub mod ffi;
 pub mod process;
 
+#[cfg(test)]
+mod test_support;
+
 #[cfg(feature = "module")]
 mod lua_module;
 

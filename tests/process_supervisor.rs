@@ -216,13 +216,7 @@ fn helper_reports_output_and_real_exit_status() {
         other => panic!("{other:?}"),
     };
     h.kill(pid, libc::SIGKILL).unwrap();
-    assert_eq!(
-        h.events.recv_timeout(WAIT).unwrap(),
-        HelperEvent::Exited {
-            pid,
-            exit: Exit::Signal(9)
-        }
-    );
+    assert_next_is_killed(&h, pid);
     h.close();
 }
 
@@ -374,6 +368,17 @@ fn a_previous_generation_is_waited_for_then_killed() {
 }
 
 /// Waits for `pid` to run `comm` (after the exec of the start command).
+/// The helper's next event is `pid`'s exit on SIGKILL.
+fn assert_next_is_killed(h: &HelperLink, pid: i32) {
+    assert_eq!(
+        h.events.recv_timeout(WAIT).unwrap(),
+        HelperEvent::Exited {
+            pid,
+            exit: Exit::Signal(9)
+        }
+    );
+}
+
 fn wait_comm(pid: i32, comm: &str) {
     let deadline = Instant::now() + WAIT;
     while std::fs::read_to_string(format!("/proc/{pid}/comm")).map_or(true, |c| c.trim() != comm) {
@@ -457,13 +462,7 @@ fn the_helper_signals_a_child_only_with_its_start_time() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(alive(pid), "a kill naming another start time was sent");
     h.signal(pid, libc::SIGKILL, Some(start)).unwrap();
-    assert_eq!(
-        h.events.recv_timeout(WAIT).unwrap(),
-        HelperEvent::Exited {
-            pid,
-            exit: Exit::Signal(9)
-        }
-    );
+    assert_next_is_killed(&h, pid);
     h.close();
 }
 

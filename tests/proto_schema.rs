@@ -633,6 +633,28 @@ fn the_check_covers_every_message_of_the_package() {
 }
 
 /// A schema edited in each way the check must notice, one edit at a time.
+/// Applies each (what, from, to) edit alone to a copy of the schema in a temp dir
+/// named after `dir_name`, and asserts that `check` (run on that dir) finds a problem.
+fn assert_each_edit_is_noticed(
+    original: &str,
+    edits: &[(&str, &str, &str)],
+    dir_name: &str,
+    check: impl Fn(&str) -> Vec<String>,
+) {
+    let dir = std::env::temp_dir().join(format!("{dir_name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (what, from, to) in edits {
+        assert!(
+            original.contains(from),
+            "{what}: `{from}` not in the schema"
+        );
+        std::fs::write(dir.join(PROTO_FILE), original.replacen(from, to, 1)).unwrap();
+        let found = check(dir.to_str().unwrap());
+        assert!(!found.is_empty(), "{what}: the edit went unnoticed");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn a_drifted_proto_is_reported() {
     let original = std::fs::read_to_string(format!("{PROTO_DIR}/{PROTO_FILE}")).unwrap();
@@ -672,18 +694,9 @@ fn a_drifted_proto_is_reported() {
             "string consumer = 2;",
         ),
     ];
-    let dir = std::env::temp_dir().join(format!("kps-proto-drift-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for (what, from, to) in edits {
-        assert!(
-            original.contains(from),
-            "{what}: `{from}` not in the schema"
-        );
-        std::fs::write(dir.join(PROTO_FILE), original.replacen(from, to, 1)).unwrap();
-        let found = problems(dir.to_str().unwrap(), MESSAGES_RS);
-        assert!(!found.is_empty(), "{what}: the edit went unnoticed");
-    }
-    std::fs::remove_dir_all(&dir).unwrap();
+    assert_each_edit_is_noticed(&original, edits, "kps-proto-drift", |dir| {
+        problems(dir, MESSAGES_RS)
+    });
 }
 
 // ---- the service against the method table --------------------------------------
@@ -818,16 +831,5 @@ fn a_drifted_service_is_reported() {
             "option (MethodName) = \"kong.ctx.shared.put\";",
         ),
     ];
-    let dir = std::env::temp_dir().join(format!("kps-proto-service-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for (what, from, to) in edits {
-        assert!(
-            original.contains(from),
-            "{what}: `{from}` not in the schema"
-        );
-        std::fs::write(dir.join(PROTO_FILE), original.replacen(from, to, 1)).unwrap();
-        let found = service_problems(dir.to_str().unwrap());
-        assert!(!found.is_empty(), "{what}: the edit went unnoticed");
-    }
-    std::fs::remove_dir_all(&dir).unwrap();
+    assert_each_edit_is_noticed(&original, edits, "kps-proto-service", service_problems);
 }

@@ -132,86 +132,69 @@ local function new(root)
   end
 
   local build = root .. "/build"
+  local python = build .. "/venv/bin/python3"
   local plugins = root .. "/fixtures/plugins"
   local js_server = plugins .. "/js-hello/node_modules/kong-pdk/bin/kong-js-pluginserver"
 
-  -- Per fixture: the files `make` leaves behind (checked by available) and how to run it.
-  local DEFS = {
-    ["go-hello"] = {
+  -- A go-pdk fixture: one binary in build/bin; go-pdk names the socket after the
+  -- executable: <prefix>/<name>.socket.
+  local function go_fixture(name)
+    local bin = build .. "/bin/" .. name
+    return {
       target = "go",
-      built = { build .. "/bin/go-hello" },
+      built = { bin },
       commands = function(prefix)
-        local bin = build .. "/bin/go-hello"
-        -- go-pdk names the socket after the executable: <prefix>/go-hello.socket.
         return command { bin, "-kong-prefix", prefix },
                command { bin, "-kong-prefix", prefix, "-dump" }
       end,
-    },
-    ["go-coverage"] = {
-      target = "go",
-      built = { build .. "/bin/go-coverage" },
-      commands = function(prefix)
-        local bin = build .. "/bin/go-coverage"
-        return command { bin, "-kong-prefix", prefix },
-               command { bin, "-kong-prefix", prefix, "-dump" }
-      end,
-    },
-    ["go-terminal"] = {
-      target = "go",
-      built = { build .. "/bin/go-terminal" },
-      commands = function(prefix)
-        local bin = build .. "/bin/go-terminal"
-        return command { bin, "-kong-prefix", prefix },
-               command { bin, "-kong-prefix", prefix, "-dump" }
-      end,
-    },
-    ["py-hello"] = {
+    }
+  end
+
+  -- A kong-pdk (Python) fixture: <name>/<name>.py run by the venv's python, with a
+  -- file more to check where the build leaves one (extra_built).
+  local function py_fixture(name, extra_built)
+    local script = plugins .. "/" .. name .. "/" .. name .. ".py"
+    return {
       target = "python",
-      built = { build .. "/venv/bin/python3", build .. "/venv/.kps-requirements" },
+      built = { python, build .. "/venv/.kps-requirements", extra_built },
       commands = function(prefix)
         -- -u: unbuffered, so the server's output lines reach the log as they happen.
-        local py = { build .. "/venv/bin/python3", "-u", plugins .. "/py-hello/py-hello.py" }
-        -- kong-pdk's dedicated server would listen on <prefix>/py-hello.sock by default.
-        return command { py[1], py[2], py[3], "-p", prefix, "--socket-name", "py-hello.socket" },
-               command { py[1], py[2], py[3], "--dump" }
+        -- kong-pdk's dedicated server would listen on <prefix>/<name>.sock by default.
+        return command { python, "-u", script, "-p", prefix, "--socket-name", name .. ".socket" },
+               command { python, "-u", script, "--dump" }
       end,
-    },
-    ["py-coverage"] = {
-      target = "python",
-      built = { build .. "/venv/bin/python3", build .. "/venv/.kps-requirements", build .. "/py-coverage.dump" },
-      commands = function(prefix)
-        local py = { build .. "/venv/bin/python3", "-u", plugins .. "/py-coverage/py-coverage.py" }
-        return command { py[1], py[2], py[3], "-p", prefix, "--socket-name", "py-coverage.socket" },
-               command { py[1], py[2], py[3], "--dump" }
-      end,
-    },
-    ["js-coverage"] = {
+    }
+  end
+
+  -- A kong-pdk (JavaScript) fixture: the plugins directory <name>/plugins, served by
+  -- js-hello's kong-pdk install; extra_built as for py_fixture.
+  local function js_fixture(name, extra_built)
+    local dir = plugins .. "/" .. name .. "/plugins"
+    return {
       target = "js",
-      built = { build .. "/js-hello.node", js_server,
-                plugins .. "/js-hello/node_modules/.kps-npm-ci", build .. "/js-coverage.dump" },
-      commands = function(prefix)
-        -- served by js-hello's kong-pdk install, from a plugins directory of its own
-        local node = read_line(build .. "/js-hello.node")
-        local dir = plugins .. "/js-coverage/plugins"
-        return command { node, js_server, "-d", dir, "-p", prefix, "--sock-name", "js-coverage.socket" },
-               command { node, js_server, "-d", dir, "--dump-all-plugins" }
-      end,
-    },
-    ["js-hello"] = {
-      target = "js",
-      built = { build .. "/js-hello.node", js_server,
-                plugins .. "/js-hello/node_modules/.kps-npm-ci" },
+      built = { build .. "/js-hello.node", js_server, plugins .. "/js-hello/node_modules/.kps-npm-ci", extra_built },
       commands = function(prefix)
         local node = read_line(build .. "/js-hello.node")
-        local dir = plugins .. "/js-hello/plugins"
         -- kong-pdk's JS server would listen on <prefix>/js_pluginserver.sock by default.
-        return command { node, js_server, "-d", dir, "-p", prefix, "--sock-name", "js-hello.socket" },
+        return command { node, js_server, "-d", dir, "-p", prefix, "--sock-name", name .. ".socket" },
                command { node, js_server, "-d", dir, "--dump-all-plugins" }
       end,
-    },
+    }
+  end
+
+  -- Per fixture: the files `make` leaves behind (checked by available) and how to run it.
+  local DEFS = {
+    ["go-hello"] = go_fixture("go-hello"),
+    ["go-coverage"] = go_fixture("go-coverage"),
+    ["go-terminal"] = go_fixture("go-terminal"),
+    ["py-hello"] = py_fixture("py-hello"),
+    ["py-coverage"] = py_fixture("py-coverage", build .. "/py-coverage.dump"),
+    ["js-hello"] = js_fixture("js-hello"),
+    ["js-coverage"] = js_fixture("js-coverage", build .. "/js-coverage.dump"),
   }
 
-  local self = { root = root, names = NAMES, expected = EXPECTED }
+  local self = { root = root, names = NAMES, expected = EXPECTED,
+                 python = python, stand_ins = root .. "/fixtures/servers" }
 
   local function def_of(name)
     local def = DEFS[name]
@@ -238,6 +221,16 @@ local function new(root)
       end
     end
     return true
+  end
+
+  --- Raises the error of available for the first of names that is not built.
+  function self.require_built(names)
+    for _, name in ipairs(names) do
+      local ok, why = self.available(name)
+      if not ok then
+        error(why, 2)
+      end
+    end
   end
 
   --- { name, socket, start_cmd, query_cmd } for one fixture served under prefix.
@@ -275,6 +268,34 @@ local function new(root)
       out[k .. "_query_cmd"] = s.query_cmd
     end
     return out
+  end
+
+  --- The query and start commands of a stand-in server script (fixtures/servers/
+  --- mp_fault.py, pb_fault.py) serving as name on socket.
+  function self.stand_in_commands(script, name, socket)
+    return python .. " " .. script .. " --dump --name " .. name,
+           python .. " -u " .. script .. " " .. socket .. " --name " .. name
+  end
+
+  --- The host's plugin list running each of names with { message = message }.
+  function self.hello_plugins(names, message)
+    local out = {}
+    for i, name in ipairs(names) do
+      out[i] = { name = name, config = { message = message } }
+    end
+    return out
+  end
+
+  --- Sets the same per-server settings ({ read_timeout = "5000", ... }) for each of
+  --- names in settings (pluginserver_<name>_<setting>); returns settings.
+  function self.set_for_servers(settings, names, values)
+    for _, name in ipairs(names) do
+      local k = key(name)
+      for setting, v in pairs(values) do
+        settings[k .. "_" .. setting] = v
+      end
+    end
+    return settings
   end
 
   --- Merge several settings tables into one (names concatenated; a duplicate key is an error).

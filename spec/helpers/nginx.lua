@@ -320,10 +320,10 @@ function Host:request(opts)
   return res
 end
 
--- Runs Lua code in a worker; returns the result as a string (tables as JSON), or
--- nil and the error.
-function Host:eval(code)
-  local res, err = self:request { method = "POST", path = "/__host/eval", body = code }
+-- POSTs body to one of the host's /__host/ locations: the reply body on 200, else
+-- nil and the error (the body of a non-200 reply).
+local function post_host(self, path, body)
+  local res, err = self:request { method = "POST", path = path, body = body }
   if not res then
     return nil, err
   end
@@ -333,28 +333,58 @@ function Host:eval(code)
   return res.body
 end
 
--- Like eval, for code that returns a table: the decoded table.
-function Host:eval_json(code)
-  local text, err = self:eval(code)
+-- The decoded JSON text, or nil and err as they came.
+local function decoded(text, err)
   if not text then
     return nil, err
   end
   return cjson.decode(text)
 end
 
+-- Runs Lua code in a worker; returns the result as a string (tables as JSON), or
+-- nil and the error.
+function Host:eval(code)
+  return post_host(self, "/__host/eval", code)
+end
+
+-- Like eval, for code that returns a table: the decoded table.
+function Host:eval_json(code)
+  return decoded(self:eval(code))
+end
+
 -- Replaces the plugin list ({ name, config, id? } entries); a changed config gets a
 -- new __seq__. Returns the stored list.
 function Host:set_plugins(list)
-  local res, err = self:request {
-    method = "POST", path = "/__host/plugins", body = #list == 0 and "[]" or assert(cjson.encode(list)),
-  }
-  if not res then
-    return nil, err
+  return decoded(post_host(self, "/__host/plugins", #list == 0 and "[]" or assert(cjson.encode(list))))
+end
+
+-- The shim's status(), one entry a server, as a worker sees it; or nil and the error.
+function Host:status_list()
+  return self:eval_json([[return require("kong.runloop.plugin_servers").status()]])
+end
+
+-- The shim's status() entry of the server called name, or nil.
+function Host:server_status(name)
+  for _, s in ipairs(assert(self:status_list())) do
+    if s.name == name then
+      return s
+    end
   end
-  if res.status ~= 200 then
-    return nil, res.body
+end
+
+-- The status() list when it names servers and every one is ready, else false: a
+-- condition for nginx.wait_until.
+function Host:all_ready()
+  local list = self:status_list()
+  if type(list) ~= "table" or #list == 0 then
+    return false
   end
-  return cjson.decode(res.body)
+  for _, s in ipairs(list) do
+    if s.state ~= "ready" then
+      return false
+    end
+  end
+  return list
 end
 
 local function wait_gone(pids, timeout)
@@ -404,12 +434,7 @@ end
 -- second within `respawn_reset` waits. Returns the last pid killed, or nil, err.
 function Host:kill_into_backoff(name, timeout)
   local function entry()
-    local list = self:eval_json([[return require("kong.runloop.plugin_servers").status()]])
-    for _, e in ipairs(type(list) == "table" and list or {}) do
-      if e.name == name then
-        return e
-      end
-    end
+    return self:server_status(name)
   end
   timeout = timeout or 10
   local first = entry()
@@ -493,6 +518,15 @@ function Host:stop()
     sh("rm -rf '" .. self.prefix .. "'")
   end
   return true
+end
+
+-- Stops h when a test started one; returns nil, so that an after_each reads
+-- `h = nginx.stop_host(h)`.
+function _M.stop_host(h)
+  if h then
+    h:stop()
+  end
+  return nil
 end
 
 return _M

@@ -7,24 +7,23 @@
 -- middle of an event. Faults of the connection path (shared by both protocols:
 -- rpc/socket.lua) and of the info query run once, with the MessagePack server.
 local nginx = require "spec.helpers.nginx"
+local fixtures = require "spec.helpers.fixtures"
 local procs = require "spec.helpers.procs"
 
-local ROOT = nginx.root
-local PY = ROOT .. "/build/venv/bin/python3"
+local SERVERS = fixtures.stand_ins
 
 -- Per protocol: the stand-in server and the texts that differ.
 local PROTOCOLS = {
   {
-    name = "MessagePack", script = ROOT .. "/fixtures/servers/mp_fault.py", all = true,
+    name = "MessagePack", script = SERVERS .. "/mp_fault.py", all = true,
     closed = "plugin server fault closed the connection",
   },
   {
-    name = "Protobuf", script = ROOT .. "/fixtures/servers/pb_fault.py",
+    name = "Protobuf", script = SERVERS .. "/pb_fault.py",
     closed = "connection closed by the plugin server during the event",
   },
 }
 local SERVER = PROTOCOLS[1].script   -- the server of the current describe block
-local SERVERS = ROOT .. "/fixtures/servers"
 local NAME = "fault"
 local K = "pluginserver_fault_"
 
@@ -36,11 +35,12 @@ local MAX_MESSAGE = 65536
 local function settings(prefix, opts)
   opts = opts or {}
   local sock = opts.socket or (prefix .. "/" .. NAME .. ".socket")
+  local query_cmd, start_cmd = fixtures.stand_in_commands(SERVER, NAME, sock)
   local s = {
     prefix = prefix,
     pluginserver_names = { NAME },
     [K .. "socket"] = sock,
-    [K .. "query_cmd"] = opts.query_cmd or (PY .. " " .. SERVER .. " --dump --name " .. NAME),
+    [K .. "query_cmd"] = opts.query_cmd or query_cmd,
     [K .. "connect_timeout"] = "300",
     [K .. "send_timeout"] = "500",
     [K .. "read_timeout"] = tostring(READ_TIMEOUT),
@@ -55,8 +55,7 @@ local function settings(prefix, opts)
     [K .. "hang_timeout"] = "0",
   }
   if not opts.external then
-    s[K .. "start_cmd"] = PY .. " -u " .. SERVER .. " " .. sock .. " --name " .. NAME
-      .. (opts.server_args or "")
+    s[K .. "start_cmd"] = start_cmd .. (opts.server_args or "")
   end
   return s
 end
@@ -135,6 +134,27 @@ local function failure_line(cause)
   return "%[pluginserver%] .-plugin fault failed in access %(" .. cause .. "%): "
 end
 
+-- One request that fails with 500 after at least min_s and under max_s seconds.
+local function fails_within(h, min_s, max_s)
+  local res, took = timed(h)
+  assert.equal(500, res.status, body_and_log(h, res))
+  assert.is_true(took >= min_s and took < max_s, "took " .. took)
+end
+
+-- The stand-in acts out mode: the next request fails with 500 at once.
+local function fails_at_once(h, mode)
+  set_mode(h, mode)
+  fails_within(h, 0, 0.5)
+end
+
+-- Back to mode ok: the next request succeeds and the worker is as at base.
+local function serves_again(h, base)
+  set_mode(h, "ok")
+  local res = ok_request(h)
+  assert_worker_intact(h, base)
+  return res
+end
+
 local processes_with = procs.with_cmdline
 
 local function wait_new_pid(h, old)
@@ -153,83 +173,56 @@ for _, P in ipairs(PROTOCOLS) do
     end)
 
     after_each(function()
-      if h then
-        h:stop()
-        h = nil
-      end
+      h = nginx.stop_host(h)
     end)
 
     it("server killed mid-event: 500 at once, then served by the respawned server", function()
       h = start()
       local base = baseline(h, true)
       local old = status(h).pid
-      set_mode(h, "kill")
-      local res, took = timed(h)
-      assert.equal(500, res.status, body_and_log(h, res))
-      assert.is_true(took < 0.5, "took " .. took)
+      fails_at_once(h, "kill")
       assert(h:wait_log(failure_line("connect") .. ".*" .. P.closed, 2))
       assert(wait_new_pid(h, old))
-      set_mode(h, "ok")
-      res = ok_request(h)
+      local res = serves_again(h, base)
       assert.not_equal(tostring(old), res.headers["x-fault-pid"])
-      assert_worker_intact(h, base)
     end)
 
     it("server closes the socket mid-event: 500 at once, the next event on a new connection", function()
       h = start()
       local base = baseline(h, true)
       local pid = status(h).pid
-      set_mode(h, "close")
-      local res, took = timed(h)
-      assert.equal(500, res.status, body_and_log(h, res))
-      assert.is_true(took < 0.5, "took " .. took)
+      fails_at_once(h, "close")
       assert(h:wait_log(failure_line("connect") .. ".*" .. P.closed, 2))
-      set_mode(h, "ok")
-      res = ok_request(h)
+      local res = serves_again(h, base)
       assert.equal(tostring(pid), res.headers["x-fault-pid"])
-      assert_worker_intact(h, base)
     end)
 
     it("server sends a garbage frame: 500 at once, protocol error, connection dropped", function()
       h = start()
       local base = baseline(h, true)
-      set_mode(h, "garbage")
-      local res, took = timed(h)
-      assert.equal(500, res.status, body_and_log(h, res))
-      assert.is_true(took < 0.5, "took " .. took)
+      fails_at_once(h, "garbage")
       assert(h:wait_log(failure_line("protocol"), 2))
       assert.equal(1, status(h).counters.errors.protocol)
-      set_mode(h, "ok")
-      ok_request(h)
-      assert_worker_intact(h, base)
+      serves_again(h, base)
     end)
 
     it("server sends a frame larger than max_message_size: 500 without reading it all", function()
       h = start()
       local base = baseline(h, true)
-      set_mode(h, "oversize")
-      local res, took = timed(h)
-      assert.equal(500, res.status, body_and_log(h, res))
-      assert.is_true(took < 0.5, "took " .. took)
+      fails_at_once(h, "oversize")
       local line = assert(h:wait_log(failure_line("protocol"), 2))
       assert.matches(tostring(MAX_MESSAGE), line, 1, true)
-      set_mode(h, "ok")
-      ok_request(h)
-      assert_worker_intact(h, base)
+      serves_again(h, base)
     end)
 
     it("server accepts but never answers: 500 after read_timeout", function()
       h = start()
       local base = baseline(h, true)
       set_mode(h, "silent")
-      local res, took = timed(h)
-      assert.equal(500, res.status, body_and_log(h, res))
-      assert.is_true(took >= READ_TIMEOUT / 1000 * 0.9 and took < READ_TIMEOUT / 1000 + 0.5, "took " .. took)
+      fails_within(h, READ_TIMEOUT / 1000 * 0.9, READ_TIMEOUT / 1000 + 0.5)
       assert(h:wait_log(failure_line("timeout") .. "read from fault failed: timeout", 2))
       assert.equal(1, status(h).counters.errors.timeout)
-      set_mode(h, "ok")
-      ok_request(h)
-      assert_worker_intact(h, base)
+      serves_again(h, base)
     end)
 
     if P.all then
@@ -247,9 +240,7 @@ for _, P in ipairs(PROTOCOLS) do
     it("server slower to start than ready_timeout: 500 once ready_timeout has passed", function()
       h = start { server_args = " --delay 30", ready_timeout = 300 }
       local base = baseline(h, false)
-      local res, took = timed(h)
-      assert.equal(500, res.status, body_and_log(h, res))
-      assert.is_true(took >= 0.25 and took < 1.5, "took " .. took)
+      fails_within(h, 0.25, 1.5)
       assert(h:wait_log(failure_line("connect") .. ".*pluginserver 'fault' not ready after", 2))
       assert.equal("starting", status(h).state)
       assert_worker_intact(h, base)
@@ -263,9 +254,7 @@ for _, P in ipairs(PROTOCOLS) do
       local base = baseline(h, true)
       local old = status(h).pid
       assert(os.remove(h.sock))
-      local res, took = timed(h)
-      assert.equal(500, res.status, body_and_log(h, res))
-      assert.is_true(took >= READY_TIMEOUT / 1000 * 0.9 and took < READY_TIMEOUT / 1000 + 1, "took " .. took)
+      fails_within(h, READY_TIMEOUT / 1000 * 0.9, READY_TIMEOUT / 1000 + 1)
       assert(h:wait_log(failure_line("connect") .. ".*cannot connect to " .. h.sock:gsub("%p", "%%%0"), 2))
       -- the server still runs: nothing noticed the lost socket; a restart brings it back
       assert.equal(old, status(h).pid)
@@ -294,9 +283,7 @@ for _, P in ipairs(PROTOCOLS) do
           plugins = { { name = NAME, config = { mode = "ok" } } },
         })
         local base = baseline(h, false)
-        local res, took = timed(h)
-        assert.equal(500, res.status, body_and_log(h, res))
-        assert.is_true(took < 0.5, "took " .. took)
+        fails_within(h, 0, 0.5)
         assert(h:wait_log(failure_line("connect") .. ".*cannot connect to " .. path:gsub("%p", "%%%0")
                           .. ": connection refused", 2))
         assert.equal(1, status(h).counters.errors.connect)
@@ -322,9 +309,7 @@ for _, P in ipairs(PROTOCOLS) do
       })
       assert.is_true(nginx.now() - t0 < 3, "start took " .. (nginx.now() - t0))
       local base = baseline(h, false)
-      local res, took = timed(h)
-      assert.equal(500, res.status, body_and_log(h, res))
-      assert.is_true(took < 0.5, "took " .. took)
+      fails_within(h, 0, 0.5)
       assert(h:wait_log("cannot load plugin fault: failed loading external plugins: .*timed out after 300 ms", 2))
       assert.same({}, processes_with("sleep " .. marker))
       assert_worker_intact(h, base)
@@ -340,9 +325,7 @@ for _, P in ipairs(PROTOCOLS) do
         plugins = { { name = NAME, config = {} } },
       })
       local base = baseline(h, false)
-      local res, took = timed(h)
-      assert.equal(500, res.status, body_and_log(h, res))
-      assert.is_true(took < 0.5, "took " .. took)
+      fails_within(h, 0, 0.5)
       assert(h:wait_log("cannot load plugin fault: failed loading external plugins: .*printed no JSON", 2))
       assert_worker_intact(h, base)
     end)

@@ -8,10 +8,7 @@ describe("a panic inside the library, in an nginx worker", function()
   local h
 
   after_each(function()
-    if h then
-      h:stop()
-      h = nil
-    end
+    h = nginx.stop_host(h)
   end)
 
   it("comes back to Lua as an error and leaves the worker serving", function()

@@ -9,14 +9,9 @@ local nginx = require "spec.helpers.nginx"
 local fixtures = require "spec.helpers.fixtures"
 local procs = require "spec.helpers.procs"
 
-for _, name in ipairs { "go-hello", "py-hello" } do
-  local ok, why = fixtures.available(name)
-  if not ok then
-    error(why)
-  end
-end
+fixtures.require_built({ "go-hello", "py-hello" })
 
-local PY = nginx.root .. "/build/venv/bin/python3"
+local PY = fixtures.python
 local HOST = "example.test"
 
 -- Asks a kong-pdk server over its socket how many instances it holds.
@@ -48,15 +43,6 @@ local function py_instance_count(prefix, socket_path)
   return tonumber(out:match("^(%d+)")), out
 end
 
-local function status_of(h, name)
-  local list = assert(h:eval_json([[return require("kong.runloop.plugin_servers").status()]]))
-  for _, s in ipairs(list) do
-    if s.name == name then
-      return s
-    end
-  end
-end
-
 local function id(kind, n)
   return string.format("00000000-0000-4000-8%03d-%012d", kind, n)
 end
@@ -65,25 +51,18 @@ describe("plugin instances under configuration changes", function()
   local h
 
   after_each(function()
-    if h then
-      h:stop()
-      h = nil
-    end
+    h = nginx.stop_host(h)
   end)
 
   it("stay bounded in the worker and on both servers", function()
     local prefix = nginx.make_prefix()
     local names = { "go-hello", "py-hello" }
-    local settings = fixtures.settings(names, prefix)
-    for _, name in ipairs(names) do
-      local k = "pluginserver_" .. name:gsub("-", "_")
-      settings[k .. "_ready_timeout"] = "5000"
-      settings[k .. "_read_timeout"] = "5000"
-    end
+    local settings = fixtures.set_for_servers(fixtures.settings(names, prefix), names,
+                                              { ready_timeout = "5000", read_timeout = "5000" })
     h = assert(nginx.start { prefix = prefix, workers = 1, log_level = "info", configuration = settings })
     assert(nginx.wait_until(function()
       for _, name in ipairs(names) do
-        local s = status_of(h, name)
+        local s = h:server_status(name)
         if not (s and s.state == "ready") then
           return false
         end
@@ -124,7 +103,7 @@ describe("plugin instances under configuration changes", function()
     assert.is_true(KEEP >= 1 and KEEP < CHANGES / 2)
     for _, name in ipairs(names) do
       assert.is_true(held[name] >= 1 and held[name] <= KEEP + 1, name .. " holds " .. held[name])
-      assert.equal(CHANGES, status_of(h, name).counters.instance_starts)
+      assert.equal(CHANGES, h:server_status(name).counters.instance_starts)
     end
 
     -- py-hello's own count

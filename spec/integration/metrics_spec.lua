@@ -8,14 +8,8 @@ local procs = require "spec.helpers.procs"
 
 local fx = fixtures.new(nginx.root)
 
-for _, name in ipairs({ "go-hello", "py-hello" }) do
-  local ok, why = fx.available(name)
-  if not ok then
-    error(why)
-  end
-end
+fx.require_built({ "go-hello", "py-hello" })
 
-local STATUS = [[return require("kong.runloop.plugin_servers").status()]]
 -- metrics() and status() in one request: the two read the same instant
 local BOTH = [[
   local ps = require("kong.runloop.plugin_servers")
@@ -55,10 +49,7 @@ describe("metrics()", function()
   end)
 
   after_each(function()
-    if h then
-      h:stop()
-      h = nil
-    end
+    h = nginx.stop_host(h)
   end)
 
   it("a scrape after traffic, a restart and errors passes promtool and matches status()", function()
@@ -67,12 +58,10 @@ describe("metrics()", function()
     settings.pluginserver_py_hello_ready_timeout = "50"
     h = assert(nginx.start {
       prefix = prefix, workers = 2, configuration = settings,
-      plugins = { { name = "go-hello", config = { message = "Kong" } },
-                  { name = "py-hello", config = { message = "Kong" } } },
+      plugins = fx.hello_plugins({ "go-hello", "py-hello" }, "Kong"),
     })
     local function ready()
-      local st = h:eval_json(STATUS)
-      return type(st) == "table" and st[1].state == "ready" and st[2].state == "ready" and st
+      return h:all_ready()
     end
     assert(nginx.wait_until(ready, 15), (h:error_log() or ""):sub(-3000))
 
@@ -92,7 +81,7 @@ describe("metrics()", function()
     end
     -- go-hello's log events run after the responses (11 requests: 11 log events)
     assert(nginx.wait_until(function()
-      return h:eval_json(STATUS)[1].counters.events_by_phase.log == 11
+      return h:status_list()[1].counters.events_by_phase.log == 11
     end, 5))
 
     -- a real scrape through the location an operator includes

@@ -10,7 +10,7 @@ local socket = require "socket"
 
 local root = nginx.root
 local fx = fixtures.new(root)
-local PY = root .. "/build/venv/bin/python3"
+local PY = fx.python
 
 -- A Python plugin that reports how each PDK result shape reached it.
 local CODEC_PLUGIN = [[
@@ -112,12 +112,7 @@ local function raw_request(port, text)
   return res
 end
 
-for _, name in ipairs { "py-hello", "js-hello" } do
-  local ok, why = fx.available(name)
-  if not ok then
-    error(why)
-  end
-end
+fx.require_built({ "py-hello", "js-hello" })
 
 describe("MessagePack plugins", function()
   local h, prefix, servers
@@ -136,10 +131,7 @@ describe("MessagePack plugins", function()
   end)
 
   after_each(function()
-    if h then
-      h:stop()
-      h = nil
-    end
+    h = nginx.stop_host(h)
     for _, p in pairs(servers) do
       kill(p)
     end
@@ -160,10 +152,7 @@ describe("MessagePack plugins", function()
       settings.pluginserver_py_codec_socket = codec.socket
       settings.pluginserver_py_codec_query_cmd = codec.query_cmd
       timings("py_codec", settings)
-      h = start_nginx(settings, {
-        { name = "py-hello", config = { message = "Kong!" } },
-        { name = "js-hello", config = { message = "Kong!" } },
-      }, 2)
+      h = start_nginx(settings, fx.hello_plugins({ "py-hello", "js-hello" }, "Kong!"), 2)
     end)
 
     it("runs the Python and the JS hello plugins", function()
@@ -173,7 +162,7 @@ describe("MessagePack plugins", function()
         assert.equal("Python says Kong! to example.test", res.headers["x-hello-from-python"])
         assert.equal("Javascript says Kong! to example.test", res.headers["x-hello-from-javascript"])
       end
-      local st = assert(h:eval_json [[return require("kong.runloop.plugin_servers").status()]])
+      local st = assert(h:status_list())
       assert.equal("py-hello", st[1].name)
       assert.is_true(st[1].counters.events >= 4)
       assert.is_true(st[1].counters.pdk_calls >= 12)
@@ -248,10 +237,7 @@ describe("MessagePack plugins", function()
         settings["pluginserver_" .. k .. "_respawn_delay"] = "100"
         settings["pluginserver_" .. k .. "_ready_timeout"] = "5000"
       end
-      h = start_nginx(settings, {
-        { name = "py-hello", config = { message = "Kong!" } },
-        { name = "js-hello", config = { message = "Kong!" } },
-      }, 2)
+      h = start_nginx(settings, fx.hello_plugins({ "py-hello", "js-hello" }, "Kong!"), 2)
       local res = assert(h:request {})
       assert.equal(200, res.status, "body: " .. tostring(res.body) .. "\n" .. (h:error_log() or ""):sub(-3000))
       local py_pid = tonumber(res.headers["x-python-pid"])
@@ -268,7 +254,7 @@ describe("MessagePack plugins", function()
         assert.not_equal(py_pid, tonumber(res.headers["x-python-pid"]))
         assert.not_equal(js_pid, tonumber(res.headers["x-javascript-pid"]))
       end
-      local st = assert(h:eval_json [[return require("kong.runloop.plugin_servers").status()]])
+      local st = assert(h:status_list())
       assert.equal("ready", st[1].state)
       assert.is_true(st[1].restarts >= 1)
       assert.is_true(st[1].counters.instance_starts >= 2)
@@ -285,7 +271,7 @@ describe("MessagePack plugins", function()
       settings.pluginserver_py_hello_ready_timeout = "5000"
       h = start_nginx(settings, { { name = "py-hello", config = { message = "Kong!" } } })
       assert(h:wait_log("pluginserver 'py%-hello' is ready, pid %d+", 10))
-      local st = assert(h:eval_json [[return require("kong.runloop.plugin_servers").status()]])
+      local st = assert(h:status_list())
       local pid = assert(tonumber(st[1].pid))
       assert(procs.kill(pid, "STOP"))
       -- no connection to it yet in any worker: the next one is made now
@@ -295,7 +281,7 @@ describe("MessagePack plugins", function()
       assert.equal("Python says Kong! to d.test", res.headers["x-hello-from-python"])
       assert.not_equal(pid, tonumber(res.headers["x-python-pid"]))
       -- it waited (no error counted, nothing skipped) and the reset was nginx's one line
-      st = assert(h:eval_json [[return require("kong.runloop.plugin_servers").status()]])
+      st = assert(h:status_list())
       assert.equal(1, st[1].restarts)
       assert.same({ connect = 0, timeout = 0, protocol = 0, no_instance = 0, refused_method = 0 }, st[1].counters.errors)
       assert.equal(0, st[1].counters.fail_open)
@@ -313,7 +299,7 @@ describe("MessagePack plugins", function()
       assert.equal(200, res.status, "body: " .. tostring(res.body) .. "\n" .. (h:error_log() or ""):sub(-3000))
       assert.is_nil(res.headers["x-hello-from-python"])
       assert(h:wait_log("plugin py%-hello failed in access %(connect%): .*cannot connect to .*; skipped %(fail_open%)", 2))
-      local st = assert(h:eval_json [[return require("kong.runloop.plugin_servers").status()]])
+      local st = assert(h:status_list())
       assert.equal(1, st[1].counters.fail_open)
       assert.equal(1, st[1].counters.errors.connect)
     end)

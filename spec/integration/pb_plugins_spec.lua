@@ -7,39 +7,15 @@ local nginx = require "spec.helpers.nginx"
 local fixtures = require "spec.helpers.fixtures"
 local procs = require "spec.helpers.procs"
 
-for _, name in ipairs { "go-hello", "py-hello" } do
-  local ok, why = fixtures.available(name)
-  if not ok then
-    error(why)
-  end
-end
+fixtures.require_built({ "go-hello", "py-hello" })
 
 -- Small timings for a server (specs never wait for a default).
-local function timings(settings, name, extra)
-  local k = "pluginserver_" .. name:gsub("-", "_")
-  settings[k .. "_connect_timeout"] = "500"
-  settings[k .. "_read_timeout"] = "2000"
-  settings[k .. "_ready_timeout"] = "5000"
-  settings[k .. "_respawn_delay"] = "100"
-  settings[k .. "_log_window"] = "200"
-  for key, v in pairs(extra or {}) do
-    settings[k .. "_" .. key] = v
-  end
-  return settings
-end
-
-local function status_of(h, name)
-  local list = assert(h:eval_json([[return require("kong.runloop.plugin_servers").status()]]))
-  for _, s in ipairs(list) do
-    if s.name == name then
-      return s
-    end
-  end
-end
+local TIMINGS = { connect_timeout = "500", read_timeout = "2000", ready_timeout = "5000",
+                  respawn_delay = "100", log_window = "200" }
 
 local function wait_ready(h, name)
   return nginx.wait_until(function()
-    local s = status_of(h, name)
+    local s = h:server_status(name)
     return s and (s.state == "ready" or s.state == "external") and s
   end, 10)
 end
@@ -50,26 +26,18 @@ describe("Protobuf plugins (go-pdk)", function()
   local h
 
   after_each(function()
-    if h then
-      h:stop()
-      h = nil
-    end
+    h = nginx.stop_host(h)
   end)
 
   local function start(names, extra, plugins)
     local prefix = nginx.make_prefix()
     local settings = fixtures.settings(names, prefix)
-    for _, name in ipairs(names) do
-      timings(settings, name, extra and extra[name])
+    fixtures.set_for_servers(settings, names, TIMINGS)
+    for name, values in pairs(extra or {}) do
+      fixtures.set_for_servers(settings, { name }, values)
     end
-    if not plugins then
-      plugins = {}
-      for i, name in ipairs(names) do
-        plugins[i] = { name = name, config = { message = "Kong!" } }
-      end
-    end
-    h = assert(nginx.start { prefix = prefix, workers = 1, log_level = "debug",
-                             configuration = settings, plugins = plugins })
+    h = assert(nginx.start { prefix = prefix, workers = 1, log_level = "debug", configuration = settings,
+                             plugins = plugins or fixtures.hello_plugins(names, "Kong!") })
     for _, name in ipairs(names) do
       assert(wait_ready(h, name), name .. " not ready")
     end
@@ -91,7 +59,7 @@ describe("Protobuf plugins (go-pdk)", function()
     assert.matches('"uri":"\\/hello"', serialized, 1, true)
     -- the access phase's shared value is the one the log phase read
     assert.same({}, h:log_lines("%[error%]"))
-    local s = status_of(h, "go-hello")
+    local s = h:server_status("go-hello")
     assert.equal(3, s.counters.events)
     assert.equal(1, s.counters.instance_starts)
     assert.equal(0, s.counters.errors.protocol + s.counters.errors.connect + s.counters.errors.timeout)
@@ -107,8 +75,8 @@ describe("Protobuf plugins (go-pdk)", function()
       assert.equal("got from server 'mock-upstream/1.0.0'", res.headers["x-hello-from-go-at-response"])
     end
     -- one instance each for all requests
-    assert.equal(1, status_of(h, "go-hello").counters.instance_starts)
-    assert.equal(1, status_of(h, "py-hello").counters.instance_starts)
+    assert.equal(1, h:server_status("go-hello").counters.instance_starts)
+    assert.equal(1, h:server_status("py-hello").counters.instance_starts)
   end)
 
   it("runs the event again on the respawned server when the server is killed mid-event", function()
@@ -141,7 +109,7 @@ describe("Protobuf plugins (go-pdk)", function()
     assert.equal(1, status_of(h, "go-hello").restarts)
     -- the supervisor brings the server back and requests pass again
     assert(nginx.wait_until(function()
-      local s = status_of(h, "go-hello")
+      local s = h:server_status("go-hello")
       return s.state == "ready" and s.pid ~= pid
     end, 10))
     res = assert(h:request { path = "/", headers = { host = HOST } })
@@ -153,13 +121,13 @@ describe("Protobuf plugins (go-pdk)", function()
     -- Stopped, the server leaves the request's connection in its listen queue;
     -- SIGKILL resets it unread. The event never ran: it waits for the restart.
     start { "go-hello" }
-    local pid = assert(tonumber(status_of(h, "go-hello").pid))
+    local pid = assert(tonumber(h:server_status("go-hello").pid))
     assert(procs.kill(pid, "STOP"))
     os.execute("(sleep 0.3; kill -KILL " .. pid .. ") >/dev/null 2>&1 &")
     local res = assert(h:request { path = "/", headers = { host = HOST } })
     assert.equal(200, res.status, "body: " .. tostring(res.body) .. "\n" .. (h:error_log() or ""):sub(-3000))
     assert.equal("Go says Kong! to " .. HOST, res.headers["x-hello-from-go"])
-    local s = status_of(h, "go-hello")
+    local s = h:server_status("go-hello")
     assert.equal(1, s.restarts)
     assert.same({ connect = 0, timeout = 0, protocol = 0, no_instance = 0, refused_method = 0 }, s.counters.errors)
     assert.equal(0, h:count_log("failed in access"))
@@ -178,7 +146,7 @@ describe("Protobuf plugins (go-pdk)", function()
     -- An external server (no supervisor pid to watch): restarted behind our back,
     -- it no longer knows the instance and closes the connection instead of answering.
     local prefix = nginx.make_prefix()
-    local settings = timings(fixtures.settings({ "go-hello" }, prefix), "go-hello")
+    local settings = fixtures.set_for_servers(fixtures.settings({ "go-hello" }, prefix), { "go-hello" }, TIMINGS)
     local start_cmd = settings.pluginserver_go_hello_start_cmd
     settings.pluginserver_go_hello_start_cmd = nil
     local sock = settings.pluginserver_go_hello_socket
@@ -198,15 +166,15 @@ describe("Protobuf plugins (go-pdk)", function()
       local res = assert(h:request { path = "/", headers = { host = HOST } })
       assert.equal(200, res.status)
       -- the log timer's event too, before the server goes
-      assert(nginx.wait_until(function() return status_of(h, "go-hello").counters.events == 3 end, 5))
+      assert(nginx.wait_until(function() return h:server_status("go-hello").counters.events == 3 end, 5))
       procs.kill(server.pid, "KILL")
       server.handle:close()
       server = spawn()
       res = assert(h:request { path = "/", headers = { host = HOST } })
       assert.equal(200, res.status)
       assert.equal("Go says Kong! to " .. HOST, res.headers["x-hello-from-go"])
-      assert(nginx.wait_until(function() return status_of(h, "go-hello").counters.events == 6 end, 5))
-      local s = status_of(h, "go-hello")
+      assert(nginx.wait_until(function() return h:server_status("go-hello").counters.events == 6 end, 5))
+      local s = h:server_status("go-hello")
       assert.equal(1, s.counters.errors.no_instance)
       assert.equal(2, s.counters.instance_starts)
       assert(h:wait_log("dropping instances of go%-hello: .*before any reply to HandleEvent", 1))
@@ -249,8 +217,8 @@ describe("Protobuf plugins (go-pdk)", function()
     -- timer reuses that one, loses it and starts one for its retry (its error line
     -- falls in the rate limiter's window). One retry per event, never more.
     assert(nginx.wait_until(function()
-      local s = status_of(h, "go-hello")
+      local s = h:server_status("go-hello")
       return s.counters.instance_starts == 4 and s.counters.errors.no_instance == 2
-    end, 5), "instance_starts/no_instance: " .. require("cjson").encode(status_of(h, "go-hello").counters))
+    end, 5), "instance_starts/no_instance: " .. require("cjson").encode(h:server_status("go-hello").counters))
   end)
 end)

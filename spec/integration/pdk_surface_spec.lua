@@ -10,11 +10,11 @@
 -- and logged once per method per log window.
 local cjson = require "cjson"
 local nginx = require "spec.helpers.nginx"
+local fixtures = require "spec.helpers.fixtures"
 local procs = require "spec.helpers.procs"
 
-local ROOT = nginx.root
-local PY = ROOT .. "/build/venv/bin/python3"
-local SERVERS = ROOT .. "/fixtures/servers"
+local PY = fixtures.python
+local SERVERS = fixtures.stand_ins
 local NAME = "fault"
 local K = "pluginserver_fault_"
 
@@ -30,14 +30,15 @@ end
 local function start(script, mode)
   local prefix = nginx.make_prefix()
   local sock = prefix .. "/" .. NAME .. ".socket"
+  local query_cmd, start_cmd = fixtures.stand_in_commands(script, NAME, sock)
   local h = assert(nginx.start {
     prefix = prefix, workers = 1,
     configuration = {
       prefix = prefix,
       pluginserver_names = { NAME },
       [K .. "socket"] = sock,
-      [K .. "query_cmd"] = PY .. " " .. script .. " --dump --name " .. NAME,
-      [K .. "start_cmd"] = PY .. " -u " .. script .. " " .. sock .. " --name " .. NAME,
+      [K .. "query_cmd"] = query_cmd,
+      [K .. "start_cmd"] = start_cmd,
       [K .. "read_timeout"] = "5000",
       [K .. "ready_timeout"] = "5000",
       -- one window for the whole spec: each method's line must appear once
@@ -93,10 +94,7 @@ describe("PDK surface", function()
   local h
 
   after_each(function()
-    if h then
-      h:stop()
-      h = nil
-    end
+    h = nginx.stop_host(h)
   end)
 
   it("MessagePack: each name outside the PDK gets StepError naming it, the event goes on", function()

@@ -9,14 +9,8 @@ local procs = require "spec.helpers.procs"
 
 local fx = fixtures.new(nginx.root)
 
-for _, name in ipairs({ "go-hello", "py-hello" }) do
-  local ok, why = fx.available(name)
-  if not ok then
-    error(why)
-  end
-end
+fx.require_built({ "go-hello", "py-hello" })
 
-local STATUS = [[return require("kong.runloop.plugin_servers").status()]]
 local MISSING = "shared dict 'kong_plugin_servers' not found; add "
   .. "'nginx_http_lua_shared_dict = kong_plugin_servers 1m' to kong.conf"
 
@@ -30,8 +24,7 @@ describe("shared state without the kong_plugin_servers dict", function()
     end
     h = assert(nginx.start {
       prefix = prefix, workers = 2, dicts = dicts, worker_header = true, configuration = settings,
-      plugins = { { name = "go-hello", config = { message = "Kong" } },
-                  { name = "py-hello", config = { message = "Kong" } } },
+      plugins = fx.hello_plugins({ "go-hello", "py-hello" }, "Kong"),
     })
   end
 
@@ -81,11 +74,12 @@ describe("shared state without the kong_plugin_servers dict", function()
 
   after_each(function()
     if h then
-      assert.equal(0, h:count_log("%[crit%]"), "no [crit] lines:\n" .. (h:error_log() or ""):sub(-3000))
-      assert.equal(0, h:count_log("%[alert%]"), "no [alert] lines:\n" .. (h:error_log() or ""):sub(-3000))
-      h:stop()
-      h = nil
+      for _, level in ipairs { "crit", "alert" } do
+        local pattern = "%[" .. level .. "%]"
+        assert.equal(0, h:count_log(pattern), "no [" .. level .. "] lines:\n" .. (h:error_log() or ""):sub(-3000))
+      end
     end
+    h = nginx.stop_host(h)
   end)
 
   it("uses Kong's `kong` dict under kps:* for status, readiness, counters and the log limiter, across 2 workers", function()
@@ -101,8 +95,7 @@ describe("shared state without the kong_plugin_servers dict", function()
     assert.equal(0, h:count_log("not found; add"))
     -- readiness reaches both workers through the dict
     assert(nginx.wait_until(function()
-      local st = h:eval_json(STATUS)
-      return type(st) == "table" and st[1] and st[1].state == "ready" and st[2].state == "ready"
+      return h:all_ready()
     end, 15), (h:error_log() or ""):sub(-3000))
 
     -- traffic until both workers have run the plugins
@@ -152,7 +145,7 @@ describe("shared state without the kong_plugin_servers dict", function()
     assert.is_true(failed_in["0"] and failed_in["1"], "both workers saw the failure")
     assert.equal(1, h:count_log("plugin py%-hello failed in access"))
     assert(h:wait_log("py%-hello: " .. (n - 1) .. " more connect error%(s%) in the last 5s not logged", 8))
-    assert.equal(n, by_name(h:eval_json(STATUS))["py-hello"].counters.errors.connect)
+    assert.equal(n, by_name(h:status_list())["py-hello"].counters.errors.connect)
 
     -- every key of ours in `kong` is under kps:, and Kong's key is untouched
     local keys = h:eval_json([[return ngx.shared.kong:get_keys(0)]])
@@ -208,12 +201,10 @@ describe("shared state without the kong_plugin_servers dict", function()
     local settings = fx.settings({ "go-hello", "py-hello" }, prefix)
     h = assert(nginx.start {
       prefix = prefix, workers = 2, dicts = { kong = "5m" }, kong_reset = true, configuration = settings,
-      plugins = { { name = "go-hello", config = { message = "Kong" } },
-                  { name = "py-hello", config = { message = "Kong" } } },
+      plugins = fx.hello_plugins({ "go-hello", "py-hello" }, "Kong"),
     })
     local function ready()
-      local st = h:eval_json(STATUS)
-      return type(st) == "table" and st[1].state == "ready" and st[2].state == "ready" and st
+      return h:all_ready()
     end
     local before = assert(nginx.wait_until(ready, 15), (h:error_log() or ""):sub(-3000))
     assert.equal(200, assert(h:request { headers = { host = "r.test" } }).status)

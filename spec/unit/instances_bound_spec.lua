@@ -48,9 +48,14 @@ describe("instances bound", function()
     package.loaded["kong.runloop.plugin_servers.instances"] = nil
   end)
 
-  it("closes and forgets instances of plugin entities that stopped coming", function()
+  -- A fake rpc and the instances of plugin "p" over it.
+  local function new_instances()
     local rpc = fake_rpc()
-    local inst = instances_mod.new("p", rpc, 1000)
+    return rpc, instances_mod.new("p", rpc, 1000)
+  end
+
+  it("closes and forgets instances of plugin entities that stopped coming", function()
+    local rpc, inst = new_instances()
     for i = 1, 100 do
       -- a new entity each time (the previous one left the configuration)
       assert.equal(i, inst:get({ __plugin_id = "id" .. i, __seq__ = i }))
@@ -66,8 +71,7 @@ describe("instances bound", function()
   end)
 
   it("keeps an instance that is used while others come and go", function()
-    local rpc = fake_rpc()
-    local inst = instances_mod.new("p", rpc, 1000)
+    local rpc, inst = new_instances()
     local busy = { __plugin_id = "busy", __seq__ = 0 }
     local busy_id = inst:get(busy)
     for i = 1, 100 do
@@ -80,8 +84,7 @@ describe("instances bound", function()
   end)
 
   it("closes the old instance of a changed config at once, 100 times", function()
-    local rpc = fake_rpc()
-    local inst = instances_mod.new("p", rpc, 1000)
+    local rpc, inst = new_instances()
     for i = 1, 100 do
       inst:get({ __plugin_id = "id1", __seq__ = i })
       assert.equal(1, entries(inst))
@@ -91,8 +94,7 @@ describe("instances bound", function()
   end)
 
   it("starts a forgotten entity again when it comes back", function()
-    local rpc = fake_rpc()
-    local inst = instances_mod.new("p", rpc, 1000)
+    local rpc, inst = new_instances()
     local old = { __plugin_id = "old", __seq__ = 0 }
     local first = inst:get(old)
     for i = 1, KEEP + 1 do
@@ -105,8 +107,7 @@ describe("instances bound", function()
   end)
 
   it("closes at most CLOSE_PER_START instances per start", function()
-    local rpc = fake_rpc()
-    local inst = instances_mod.new("p", rpc, 1000)
+    local rpc, inst = new_instances()
     -- 20 entities used at the same generation, then one start far later
     for i = 1, 20 do
       inst.entries["e" .. i] = { seq = 1, id = 1000 + i, used = 1 }

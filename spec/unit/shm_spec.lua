@@ -17,23 +17,25 @@ describe("shm", function()
     ngx.shared.kong = nil
   end)
 
+  -- shm.get() gives dict, with the key prefix and the dict's name.
+  local function assert_gets(dict, prefix, name)
+    local d, p, n = shm.get()
+    assert.equal(dict, d)
+    assert.equal(prefix, p)
+    assert.equal(name, n)
+  end
+
   it("uses kong_plugin_servers without a prefix when it exists, even beside kong", function()
     local own = fake_dict()
     ngx.shared.kong_plugin_servers = own
     ngx.shared.kong = fake_dict()
-    local d, prefix, name = shm.get()
-    assert.equal(own, d)
-    assert.equal("", prefix)
-    assert.equal("kong_plugin_servers", name)
+    assert_gets(own, "", "kong_plugin_servers")
   end)
 
   it("falls back to Kong's kong dict under kps:", function()
     local kong_dict = fake_dict()
     ngx.shared.kong = kong_dict
-    local d, prefix, name = shm.get()
-    assert.equal(kong_dict, d)
-    assert.equal("kps:", prefix)
-    assert.equal("kong", name)
+    assert_gets(kong_dict, "kps:", "kong")
   end)
 
   it("without either: nil and the message naming the kong.conf line", function()

@@ -1,33 +1,15 @@
 //! Bridge tests in a real LuaJIT state (`cargo test --no-default-features` links libluajit).
 
-use mlua::{LightUserData, Lua, Value};
+use mlua::Lua;
+
+use crate::test_support::{assert_cases, bridge_lua, call_result, encoded_hex, hex, unhex};
 
 use crate::codec::methods::index_of;
 
 const VECTORS: &str = include_str!("../../tests/vectors/msgpack.json");
 
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn lua() -> Lua {
-    let lua = Lua::new();
-    let exports = lua.create_table().unwrap();
-    super::register(&lua, &exports).unwrap();
-    lua.globals().set("bridge", exports).unwrap();
-    lua.globals()
-        .set(
-            "null",
-            Value::LightUserData(LightUserData(std::ptr::null_mut())),
-        )
-        .unwrap();
+    let lua = bridge_lua();
     lua.globals()
         .set("GET_HEADERS", index_of(b"kong.request.get_headers"))
         .unwrap();
@@ -39,12 +21,12 @@ fn lua() -> Lua {
 
 /// Hex of `bridge.encode(index, <expr>)`, or "error: <msg>".
 fn enc(lua: &Lua, index: &str, expr: &str) -> String {
-    let code = format!(
-        "local b, err = bridge.encode({index}, {expr})
-         if b == nil then return 'error: ' .. err end
-         return (b:gsub('.', function(c) return string.format('%02x', c:byte()) end))"
-    );
-    lua.load(&code).eval::<String>().unwrap()
+    encoded_hex(lua, &format!("bridge.encode({index}, {expr})"))
+}
+
+/// Asserts `enc` of each (index, Lua expression, expected hex or "error: <msg>") case.
+fn assert_enc(lua: &Lua, cases: &[(&str, &str, &str)]) {
+    assert_cases(cases, |index, expr| enc(lua, index, expr));
 }
 
 /// Lua code run with `v, n` = `bridge.decode(0, <hex bytes>)`; returns the code's string result.
@@ -61,32 +43,43 @@ fn values_encode_like_msgpack_python() {
     let lua = lua();
     let v: serde_json::Value = serde_json::from_str(VECTORS).unwrap();
     let want = |k: &str| v["values"][k].as_str().unwrap().to_string();
-    assert_eq!(enc(&lua, "0", "5"), want("int_small"));
-    assert_eq!(enc(&lua, "0", "-33"), want("int_neg"));
-    assert_eq!(enc(&lua, "0", "2^53"), want("int_2p53"));
-    assert_eq!(enc(&lua, "0", "-(2^53)"), want("int_neg_2p53"));
-    assert_eq!(enc(&lua, "0", "0.5"), want("float_half"));
-    assert_eq!(enc(&lua, "0", "2^60"), want("float_big"));
-    assert_eq!(enc(&lua, "0", "'h\\195\\169llo'"), want("str"));
-    assert_eq!(enc(&lua, "RAW_BODY", "'\\0\\255'"), want("bin"));
-    assert_eq!(enc(&lua, "0", "{}"), want("empty_array"));
-    assert_eq!(enc(&lua, "GET_HEADERS", "{}"), want("empty_map"));
-    assert_eq!(
-        enc(&lua, "0", "{ a = { b = { 1.5, false } } }"),
-        want("nested")
+    assert_enc(
+        &lua,
+        &[
+            ("0", "5", want("int_small").as_str()),
+            ("0", "-33", want("int_neg").as_str()),
+            ("0", "2^53", want("int_2p53").as_str()),
+            ("0", "-(2^53)", want("int_neg_2p53").as_str()),
+            ("0", "0.5", want("float_half").as_str()),
+            ("0", "2^60", want("float_big").as_str()),
+            ("0", "'h\\195\\169llo'", want("str").as_str()),
+            ("RAW_BODY", "'\\0\\255'", want("bin").as_str()),
+            ("0", "{}", want("empty_array").as_str()),
+            ("GET_HEADERS", "{}", want("empty_map").as_str()),
+            (
+                "0",
+                "{ a = { b = { 1.5, false } } }",
+                want("nested").as_str(),
+            ),
+            ("0", "{ 1, 'a', true }", "9301a161c3"),
+        ],
     );
-    assert_eq!(enc(&lua, "0", "{ 1, 'a', true }"), "9301a161c3");
 }
 
 #[test]
 fn numbers_keep_integers_and_floats_apart() {
     let lua = lua();
-    assert_eq!(enc(&lua, "0", "2^53 + 2"), "cb4340000000000001");
-    assert_eq!(enc(&lua, "0", "-0.0"), "00");
-    assert_eq!(enc(&lua, "0", "200"), "ccc8");
-    assert_eq!(enc(&lua, "0", "-200"), "d1ff38");
-    assert_eq!(enc(&lua, "0", "1e300"), "cb7e37e43c8800759c");
-    assert_eq!(enc(&lua, "0", "1/0"), "cb7ff0000000000000");
+    assert_enc(
+        &lua,
+        &[
+            ("0", "2^53 + 2", "cb4340000000000001"),
+            ("0", "-0.0", "00"),
+            ("0", "200", "ccc8"),
+            ("0", "-200", "d1ff38"),
+            ("0", "1e300", "cb7e37e43c8800759c"),
+            ("0", "1/0", "cb7ff0000000000000"),
+        ],
+    );
     assert!(enc(&lua, "0", "0/0").starts_with("cb"));
     assert_eq!(enc(&lua, "0", "0.1"), "cb3fb999999999999a");
     // Incoming floats: a whole one arrives as that number, integers of every width too.
@@ -116,8 +109,13 @@ fn numbers_keep_integers_and_floats_apart() {
 #[test]
 fn strings_are_binary_safe() {
     let lua = lua();
-    assert_eq!(enc(&lua, "0", "'\\0\\255x'"), "a300ff78");
-    assert_eq!(enc(&lua, "RAW_BODY", "'\\0\\255x'"), "c40300ff78");
+    assert_enc(
+        &lua,
+        &[
+            ("0", "'\\0\\255x'", "a300ff78"),
+            ("RAW_BODY", "'\\0\\255x'", "c40300ff78"),
+        ],
+    );
     // Raw-body shaping only applies to a string result.
     assert_eq!(enc(&lua, "RAW_BODY", "nil"), "c0");
     let long = "x".repeat(70000);
@@ -152,12 +150,17 @@ fn tables_become_arrays_or_maps_like_kong() {
         Some("82")
     );
     assert_eq!(enc(&lua, "0", "{ 'a', x = 1 }").get(..2), Some("82"));
-    assert_eq!(enc(&lua, "0", "{ [2] = 'b' }"), "8102a162");
-    assert_eq!(enc(&lua, "0", "{ [1.5] = true }"), "81cb3ff8000000000000c3");
-    assert_eq!(enc(&lua, "0", "{ [true] = 1 }"), "81c301");
-    assert_eq!(enc(&lua, "0", "{ a = null }"), "81a161c0");
-    assert_eq!(enc(&lua, "0", "null"), "c0");
-    assert_eq!(enc(&lua, "0", "{ {}, {} }"), "929090");
+    assert_enc(
+        &lua,
+        &[
+            ("0", "{ [2] = 'b' }", "8102a162"),
+            ("0", "{ [1.5] = true }", "81cb3ff8000000000000c3"),
+            ("0", "{ [true] = 1 }", "81c301"),
+            ("0", "{ a = null }", "81a161c0"),
+            ("0", "null", "c0"),
+            ("0", "{ {}, {} }", "929090"),
+        ],
+    );
     // Shared (not cyclic) references are fine.
     assert_eq!(
         enc(
@@ -172,20 +175,16 @@ fn tables_become_arrays_or_maps_like_kong() {
 #[test]
 fn multimaps_are_shaped_for_the_pdks() {
     let lua = lua();
-    assert_eq!(enc(&lua, "GET_HEADERS", "{}"), "80");
-    assert_eq!(
-        enc(&lua, "GET_HEADERS", "{ host = 'h' }"),
-        "81a4686f737491a168"
+    assert_enc(
+        &lua,
+        &[
+            ("GET_HEADERS", "{}", "80"),
+            ("GET_HEADERS", "{ host = 'h' }", "81a4686f737491a168"),
+            ("GET_HEADERS", "{ flag = true }", "81a4666c616790"),
+            ("GET_HEADERS", "{ a = { 'x', 'y' } }", "81a16192a178a179"),
+            ("GET_HEADERS", "{ a = {} }", "81a16190"),
+        ],
     );
-    assert_eq!(
-        enc(&lua, "GET_HEADERS", "{ flag = true }"),
-        "81a4666c616790"
-    );
-    assert_eq!(
-        enc(&lua, "GET_HEADERS", "{ a = { 'x', 'y' } }"),
-        "81a16192a178a179"
-    );
-    assert_eq!(enc(&lua, "GET_HEADERS", "{ a = {} }"), "81a16190");
     // Every multimap method is shaped, and a plain method is not.
     for name in [
         "kong.request.get_query",
@@ -231,21 +230,25 @@ fn cycles_are_found_at_any_depth() {
 #[test]
 fn unencodable_values_are_error_strings() {
     let lua = lua();
-    assert_eq!(
-        enc(&lua, "0", "{ f = print }"),
-        "error: cannot encode a function value (at f)"
-    );
-    assert_eq!(
-        enc(&lua, "0", "{ a = { 1, coroutine.create(print) } }"),
-        "error: cannot encode a thread value (at a.[2])"
-    );
-    assert_eq!(
-        enc(
-            &lua,
-            "0",
-            "(function() local t = { x = {} } t.x.back = t return t end)()"
-        ),
-        "error: cannot encode a cyclic table (at x.back)"
+    assert_enc(
+        &lua,
+        &[
+            (
+                "0",
+                "{ f = print }",
+                "error: cannot encode a function value (at f)",
+            ),
+            (
+                "0",
+                "{ a = { 1, coroutine.create(print) } }",
+                "error: cannot encode a thread value (at a.[2])",
+            ),
+            (
+                "0",
+                "(function() local t = { x = {} } t.x.back = t return t end)()",
+                "error: cannot encode a cyclic table (at x.back)",
+            ),
+        ],
     );
     let deep = enc(
         &lua,
@@ -263,16 +266,21 @@ fn unencodable_values_are_error_strings() {
         "(function() local t = {} local r = t for i = 1, 99 do t[1] = {} t = t[1] end return r end)()",
     );
     assert!(ok.starts_with("9191"), "{ok}");
-    assert_eq!(enc(&lua, "9999", "1"), "error: unknown method index 9999");
-    assert_eq!(
-        enc(&lua, "'x'", "1"),
-        "error: method index must be an integer, got string"
+    assert_enc(
+        &lua,
+        &[
+            ("9999", "1", "error: unknown method index 9999"),
+            (
+                "'x'",
+                "1",
+                "error: method index must be an integer, got string",
+            ),
+        ],
     );
-    let r: String = lua
-        .load("local v, e = bridge.decode(0, {}) return tostring(v) .. ' ' .. e")
-        .eval()
-        .unwrap();
-    assert_eq!(r, "nil bytes must be a string, got table");
+    assert_eq!(
+        call_result(&lua, "bridge.decode(0, {})"),
+        "nil bytes must be a string, got table"
+    );
 }
 
 #[test]

@@ -3,23 +3,13 @@
 
 use std::collections::HashMap;
 
-use mlua::{LightUserData, Lua, Value};
+use mlua::Lua;
 
 use crate::codec::methods::{METHODS, PbType, index_of};
 use crate::codec::protobuf::messages::google::{Kind, Value as GValue};
+use crate::test_support::{assert_cases, bridge_lua as lua, call_result, encoded_hex, hex, unhex};
 
 const VECTORS: &str = include_str!("../../../tests/vectors/protobuf_messages.txt");
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
 
 fn go(case: &str) -> String {
     let v: HashMap<&str, &str> = VECTORS
@@ -35,20 +25,6 @@ fn go(case: &str) -> String {
         .to_string()
 }
 
-fn lua() -> Lua {
-    let lua = Lua::new();
-    let exports = lua.create_table().unwrap();
-    crate::bridge::register(&lua, &exports).unwrap();
-    lua.globals().set("bridge", exports).unwrap();
-    lua.globals()
-        .set(
-            "null",
-            Value::LightUserData(LightUserData(std::ptr::null_mut())),
-        )
-        .unwrap();
-    lua
-}
-
 fn idx(name: &str) -> u16 {
     let i = index_of(name.as_bytes());
     assert_ne!(i, 0, "{name}");
@@ -57,13 +33,12 @@ fn idx(name: &str) -> u16 {
 
 /// Hex of `bridge.pb_encode(<method>, <expr>)`, or "error: <msg>".
 fn enc(lua: &Lua, method: &str, expr: &str) -> String {
-    let code = format!(
-        "local b, err = bridge.pb_encode({}, {expr})
-         if b == nil then return 'error: ' .. err end
-         return (b:gsub('.', function(c) return string.format('%02x', c:byte()) end))",
-        idx(method)
-    );
-    lua.load(&code).eval::<String>().unwrap()
+    encoded_hex(lua, &format!("bridge.pb_encode({}, {expr})", idx(method)))
+}
+
+/// Asserts `enc` of each (method, Lua expression, expected hex or "error: <msg>") case.
+fn assert_enc(lua: &Lua, cases: &[(&str, &str, &str)]) {
+    assert_cases(cases, |method, expr| enc(lua, method, expr));
 }
 
 /// Runs `check` with `args, n` = `bridge.pb_decode(<method>, <bytes>)`.
@@ -90,34 +65,35 @@ fn same_message<M: prost::Message + Default + PartialEq + std::fmt::Debug>(a: &s
 #[test]
 fn scalar_results_match_go_pdk_bytes() {
     let l = lua();
-    assert_eq!(enc(&l, "kong.ip.is_trusted", "true"), go("bool.true"));
-    assert_eq!(enc(&l, "kong.ip.is_trusted", "false"), go("bool.false"));
-    assert_eq!(enc(&l, "kong.request.get_port", "8000"), go("int.positive"));
-    assert_eq!(enc(&l, "kong.request.get_port", "-42"), go("int.negative"));
-    assert_eq!(
-        enc(&l, "kong.request.get_http_version", "1.5"),
-        go("number")
-    );
-    assert_eq!(
-        enc(&l, "kong.nginx.req_start_time", "1700000000123"),
-        go("number.whole")
-    );
-    assert_eq!(
-        enc(
-            &l,
-            "kong.request.get_header",
-            "'Go says Kong! to example.test \\226\\156\\147'"
-        ),
-        go("string")
-    );
-    assert_eq!(enc(&l, "kong.request.get_header", "''"), go("string.empty"));
-    assert_eq!(
-        enc(
-            &l,
-            "kong.service.response.get_raw_body",
-            "'\\0\\1\\254\\255a'"
-        ),
-        go("byte_string")
+    assert_enc(
+        &l,
+        &[
+            ("kong.ip.is_trusted", "true", go("bool.true").as_str()),
+            ("kong.ip.is_trusted", "false", go("bool.false").as_str()),
+            ("kong.request.get_port", "8000", go("int.positive").as_str()),
+            ("kong.request.get_port", "-42", go("int.negative").as_str()),
+            (
+                "kong.request.get_http_version",
+                "1.5",
+                go("number").as_str(),
+            ),
+            (
+                "kong.nginx.req_start_time",
+                "1700000000123",
+                go("number.whole").as_str(),
+            ),
+            (
+                "kong.request.get_header",
+                "'Go says Kong! to example.test \\226\\156\\147'",
+                go("string").as_str(),
+            ),
+            ("kong.request.get_header", "''", go("string.empty").as_str()),
+            (
+                "kong.service.response.get_raw_body",
+                "'\\0\\1\\254\\255a'",
+                go("byte_string").as_str(),
+            ),
+        ],
     );
     // A number where a string is expected is its text, as Lua's tostring has it.
     assert_eq!(enc(&l, "kong.request.get_header", "42"), "0a023432");
@@ -126,26 +102,41 @@ fn scalar_results_match_go_pdk_bytes() {
 #[test]
 fn nil_is_the_empty_message_and_empty_outputs_ignore_the_result() {
     let l = lua();
-    assert_eq!(enc(&l, "kong.request.get_header", "nil"), "");
-    assert_eq!(enc(&l, "kong.request.get_port", "null"), "");
-    assert_eq!(enc(&l, "kong.router.get_route", "nil"), "");
+    assert_enc(
+        &l,
+        &[
+            ("kong.request.get_header", "nil", ""),
+            ("kong.request.get_port", "null", ""),
+            ("kong.router.get_route", "nil", ""),
+        ],
+    );
     // Kong raised an encode error when a setter returned true (set_upstream, 3.7).
-    assert_eq!(enc(&l, "kong.response.set_header", "true"), go("empty"));
-    assert_eq!(enc(&l, "kong.service.set_target", "{1, 2}"), "");
+    assert_enc(
+        &l,
+        &[
+            ("kong.response.set_header", "true", go("empty").as_str()),
+            ("kong.service.set_target", "{1, 2}", ""),
+        ],
+    );
 }
 
 #[test]
 fn values_fix_kong_s_lossy_cases() {
     let l = lua();
     let get = "kong.ctx.shared.get";
-    assert_eq!(enc(&l, get, "nil"), go("value.null"));
-    assert_eq!(enc(&l, get, "null"), go("value.null"));
-    assert_eq!(enc(&l, get, "false"), go("value.bool_false"));
-    assert_eq!(enc(&l, get, "true"), go("value.bool_true"));
-    assert_eq!(enc(&l, get, "-2.25"), go("value.number"));
-    assert_eq!(enc(&l, get, "0"), go("value.number_zero"));
-    assert_eq!(enc(&l, get, "'Kong!'"), go("value.string"));
-    assert_eq!(enc(&l, get, "''"), go("value.string_empty"));
+    assert_enc(
+        &l,
+        &[
+            (get, "nil", go("value.null").as_str()),
+            (get, "null", go("value.null").as_str()),
+            (get, "false", go("value.bool_false").as_str()),
+            (get, "true", go("value.bool_true").as_str()),
+            (get, "-2.25", go("value.number").as_str()),
+            (get, "0", go("value.number_zero").as_str()),
+            (get, "'Kong!'", go("value.string").as_str()),
+            (get, "''", go("value.string_empty").as_str()),
+        ],
+    );
     // Lua cannot hold a trailing nil; Go's list ends with a null.
     let ours = enc(&l, get, "{'a', 1, false}");
     assert_eq!(format!("3218{}0a020800", &ours[4..]), go("value.list"));
@@ -175,10 +166,16 @@ fn structs_and_lists_walk_tables_like_the_msgpack_side() {
     let l = lua();
     let headers =
         "{['x-one'] = {'a'}, ['x-multi'] = {'b', 'c'}, ['content-type'] = {'text/plain'}}";
-    assert_eq!(enc(&l, "kong.request.get_headers", headers), go("struct"));
-    assert_eq!(
-        enc(&l, "kong.request.get_headers", "{}"),
-        go("struct.empty")
+    assert_enc(
+        &l,
+        &[
+            ("kong.request.get_headers", headers, go("struct").as_str()),
+            (
+                "kong.request.get_headers",
+                "{}",
+                go("struct.empty").as_str(),
+            ),
+        ],
     );
     // A query flag (true) is an empty list on multimap methods: go-pdk keeps the key.
     assert_eq!(
@@ -215,21 +212,25 @@ fn entity_results_match_go_pdk_bytes() {
     assert_eq!(enc(&l, "kong.router.get_service", service), go("service"));
     let consumer = "{id = 'c-1', created_at = 1700000000, username = 'alice',
         custom_id = 'alice-1', tags = {'a', 'b'}}";
-    assert_eq!(
-        enc(&l, "kong.client.get_consumer", consumer),
-        go("consumer")
-    );
-    assert_eq!(
-        enc(&l, "kong.client.load_consumer", consumer),
-        go("consumer")
-    );
-    assert_eq!(
-        enc(
-            &l,
-            "kong.client.get_credential",
-            "{id = 'cred-1', consumer_id = 'c-1'}"
-        ),
-        go("authenticated_credential")
+    assert_enc(
+        &l,
+        &[
+            (
+                "kong.client.get_consumer",
+                consumer,
+                go("consumer").as_str(),
+            ),
+            (
+                "kong.client.load_consumer",
+                consumer,
+                go("consumer").as_str(),
+            ),
+            (
+                "kong.client.get_credential",
+                "{id = 'cred-1', consumer_id = 'c-1'}",
+                go("authenticated_credential").as_str(),
+            ),
+        ],
     );
     let stats = "{lua_shared_dicts = {kong = {allocated_slabs = 12288, capacity = 24576},
         kong_db_cache = {allocated_slabs = 0, capacity = 12288}, other = {capacity = 1}},
@@ -253,15 +254,22 @@ fn entity_results_match_go_pdk_bytes() {
 fn raw_bodies_and_uri_captures_match_go_pdk_bytes() {
     let l = lua();
     let m = "kong.request.get_raw_body";
-    assert_eq!(enc(&l, m, "'body\\0bytes'"), go("raw_body_result.content"));
-    assert_eq!(enc(&l, m, "''"), go("raw_body_result.content_empty"));
-    assert_eq!(
-        enc(&l, m, "{body_filepath = '/tmp/body.0001'}"),
-        go("raw_body_result.body_filepath")
-    );
-    assert_eq!(
-        enc(&l, m, "{error = \"Can't read request body\"}"),
-        go("raw_body_result.error")
+    assert_enc(
+        &l,
+        &[
+            (m, "'body\\0bytes'", go("raw_body_result.content").as_str()),
+            (m, "''", go("raw_body_result.content_empty").as_str()),
+            (
+                m,
+                "{body_filepath = '/tmp/body.0001'}",
+                go("raw_body_result.body_filepath").as_str(),
+            ),
+            (
+                m,
+                "{error = \"Can't read request body\"}",
+                go("raw_body_result.error").as_str(),
+            ),
+        ],
     );
     assert!(enc(&l, m, "{}").starts_with("error: a raw body table needs"));
     same_message::<crate::codec::protobuf::messages::UriCapturesResult>(
@@ -291,68 +299,75 @@ fn route_headers_and_stream_endpoints_become_strings() {
 #[test]
 fn bad_results_are_error_strings_naming_the_place() {
     let l = lua();
-    assert_eq!(
-        enc(&l, "kong.request.get_port", "'x'"),
-        "error: expected a number, got string"
-    );
-    assert_eq!(
-        enc(&l, "kong.request.get_port", "1.5"),
-        "error: expected an integer, got 1.5"
-    );
-    assert_eq!(
-        enc(&l, "kong.request.get_port", "2^31"),
-        "error: 2147483648 does not fit a 32-bit integer"
+    assert_enc(
+        &l,
+        &[
+            (
+                "kong.request.get_port",
+                "'x'",
+                "error: expected a number, got string",
+            ),
+            (
+                "kong.request.get_port",
+                "1.5",
+                "error: expected an integer, got 1.5",
+            ),
+            (
+                "kong.request.get_port",
+                "2^31",
+                "error: 2147483648 does not fit a 32-bit integer",
+            ),
+        ],
     );
     assert!(enc(&l, "kong.ip.is_trusted", "1").starts_with("error: expected a boolean, got "));
-    assert_eq!(
-        enc(&l, "kong.router.get_route", "{paths = {'/', {}}}"),
-        "error: expected a string, got table (at paths.[2])"
-    );
-    assert_eq!(
-        enc(&l, "kong.router.get_service", "{port = 'eighty'}"),
-        "error: expected a number, got string (at port)"
-    );
-    assert_eq!(
-        enc(&l, "kong.ctx.shared.get", "{f = print}"),
-        "error: cannot encode a function value (at f)"
-    );
-    assert_eq!(
-        enc(
-            &l,
-            "kong.ctx.shared.get",
-            "(function() local t = {} t.t = t return t end)()"
-        ),
-        "error: cannot encode a cyclic table (at t)"
-    );
-    assert_eq!(
-        enc(&l, "kong.ctx.shared.get", "{[true] = 1}"),
-        "error: a struct key must be a string, got boolean (at [boolean])"
-    );
-    assert_eq!(
-        enc(&l, "kong.ctx.shared.get", "'\\255'"),
-        "error: string is not valid UTF-8 (a Protobuf string)"
+    assert_enc(
+        &l,
+        &[
+            (
+                "kong.router.get_route",
+                "{paths = {'/', {}}}",
+                "error: expected a string, got table (at paths.[2])",
+            ),
+            (
+                "kong.router.get_service",
+                "{port = 'eighty'}",
+                "error: expected a number, got string (at port)",
+            ),
+            (
+                "kong.ctx.shared.get",
+                "{f = print}",
+                "error: cannot encode a function value (at f)",
+            ),
+            (
+                "kong.ctx.shared.get",
+                "(function() local t = {} t.t = t return t end)()",
+                "error: cannot encode a cyclic table (at t)",
+            ),
+            (
+                "kong.ctx.shared.get",
+                "{[true] = 1}",
+                "error: a struct key must be a string, got boolean (at [boolean])",
+            ),
+            (
+                "kong.ctx.shared.get",
+                "'\\255'",
+                "error: string is not valid UTF-8 (a Protobuf string)",
+            ),
+        ],
     );
     let mp_only = index_of(b"kong.response.error");
-    let r: String = l
-        .load(format!(
-            "local b, err = bridge.pb_encode({mp_only}, 1) return tostring(b) .. ' ' .. err"
-        ))
-        .eval()
-        .unwrap();
     assert_eq!(
-        r,
+        call_result(&l, &format!("bridge.pb_encode({mp_only}, 1)")),
         "nil kong.response.error is not a method of the Protobuf service"
     );
-    let r: String = l
-        .load("local b, err = bridge.pb_decode(0, '') return tostring(b) .. ' ' .. err")
-        .eval()
-        .unwrap();
-    assert_eq!(r, "nil unknown PDK method");
-    let r: String = l
-        .load("local b, err = bridge.pb_decode('x', '') return tostring(b) .. ' ' .. err")
-        .eval()
-        .unwrap();
-    assert_eq!(r, "nil method index must be an integer, got string");
+    assert_eq!(
+        call_result(&l, "bridge.pb_decode(0, '')"),
+        "nil unknown PDK method"
+    );
+    assert_eq!(
+        call_result(&l, "bridge.pb_decode('x', '')"),
+        "nil method index must be an integer, got string"
+    );
 }
 
 #[test]

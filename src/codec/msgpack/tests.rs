@@ -2,15 +2,9 @@
 
 use super::*;
 use crate::codec::methods::{UNKNOWN, index_of};
+use crate::test_support::unhex;
 
 const VECTORS: &str = include_str!("../../../tests/vectors/msgpack.json");
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
 
 fn vectors() -> serde_json::Value {
     serde_json::from_str(VECTORS).unwrap()
@@ -158,22 +152,27 @@ fn requests_match_the_bytes_kong_pdk_decodes() {
     }
 }
 
+/// A session whose next request gets id `next_id`.
+fn session_at(next_id: u32) -> Session {
+    let mut s = Session::new(Limits::default());
+    s.next_id = next_id;
+    s
+}
+
 #[test]
 fn other_request_shapes_match_msgpack_python() {
     let v = vectors();
     let req = |k: &str| unhex(v["requests"][k].as_str().unwrap());
     let mut stream = Stream::new(Limits::default());
 
-    let mut s = Session::new(Limits::default());
-    s.next_id = 10;
+    let mut s = session_at(10);
     let out = stream
         .step(&mut s, 3, idx("kong.request.get_query"), Some(&[0x80]))
         .unwrap()
         .to_vec();
     assert_eq!(out, req("step_empty_map"));
 
-    let mut s = Session::new(Limits::default());
-    s.next_id = 70000;
+    let mut s = session_at(70000);
     stream.reset();
     let out = stream
         .handle_event(&mut s, 1 << 40, b"log")
@@ -181,16 +180,14 @@ fn other_request_shapes_match_msgpack_python() {
         .to_vec();
     assert_eq!(out, req("step_big_ids"));
 
-    let mut s = Session::new(Limits::default());
-    s.next_id = 300;
+    let mut s = session_at(300);
     stream.reset();
     assert_eq!(
         stream.close_instance(&mut s, -5).unwrap(),
         req("close_negative")
     );
 
-    let mut s = Session::new(Limits::default());
-    s.next_id = 11;
+    let mut s = session_at(11);
     stream.reset();
     let mut cred = Vec::new();
     rmp::encode::write_map_len(&mut cred, 2).unwrap();

@@ -63,6 +63,12 @@ fn new() -> (Session, Stream) {
     (Session::new(MAX), Stream::new(MAX))
 }
 
+/// Feeds `bytes` and asserts that the next poll fails with `error`.
+fn assert_feed_fails(stream: &mut Stream, bytes: &[u8], error: &str) {
+    stream.feed(bytes).unwrap();
+    assert_eq!(stream.poll().unwrap_err(), error);
+}
+
 #[test]
 fn sequences_follow_kong_2_3_4_and_are_per_session() {
     let (mut session, mut stream) = new();
@@ -260,17 +266,17 @@ fn oversized_outgoing_messages_are_refused() {
 fn a_wrong_sequence_is_a_protocol_error() {
     let (mut session, mut stream) = new();
     stream.start_instance(&mut session, "p", b"{}").unwrap();
-    stream.feed(&status_reply(3, 1, 1)).unwrap();
-    assert_eq!(
-        stream.poll().unwrap_err(),
-        "protocol error: the reply to StartInstance has sequence 3 (expected 2)"
+    assert_feed_fails(
+        &mut stream,
+        &status_reply(3, 1, 1),
+        "protocol error: the reply to StartInstance has sequence 3 (expected 2)",
     );
     stream.reset();
     stream.handle_event(&mut session, 1, "log").unwrap();
-    stream.feed(&event_end(2)).unwrap();
-    assert_eq!(
-        stream.poll().unwrap_err(),
-        "protocol error: the reply to HandleEvent has sequence 2 (expected 3)"
+    assert_feed_fails(
+        &mut stream,
+        &event_end(2),
+        "protocol error: the reply to HandleEvent has sequence 2 (expected 3)",
     );
 }
 
@@ -289,46 +295,42 @@ fn malformed_or_misplaced_replies_are_protocol_errors() {
     stream.reset();
     stream.start_instance(&mut session, "p", b"{}").unwrap();
     // go-pdk answers get_plugin_names with an empty frame; as a status reply it is wrong.
-    stream.feed(&frame(b"")).unwrap();
-    assert_eq!(
-        stream.poll().unwrap_err(),
-        "protocol error: the reply to StartInstance is an empty frame"
+    assert_feed_fails(
+        &mut stream,
+        &frame(b""),
+        "protocol error: the reply to StartInstance is an empty frame",
     );
 
     stream.reset();
     stream.start_instance(&mut session, "p", b"{}").unwrap();
-    stream
-        .feed(&frame(
-            &RpcReturn {
-                sequence: 4,
-                r#return: None,
-            }
-            .encode_to_vec(),
-        ))
-        .unwrap();
-    assert_eq!(
-        stream.poll().unwrap_err(),
-        "protocol error: the reply to StartInstance has no instance_status"
+    let no_status = RpcReturn {
+        sequence: 4,
+        r#return: None,
+    };
+    assert_feed_fails(
+        &mut stream,
+        &frame(&no_status.encode_to_vec()),
+        "protocol error: the reply to StartInstance has no instance_status",
     );
 
     stream.reset();
     stream.handle_event(&mut session, 1, "access").unwrap();
     let mut bytes = frame(b"");
     bytes.extend(status_reply(5, 1, 1));
-    stream.feed(&bytes).unwrap();
-    assert_eq!(
-        stream.poll().unwrap_err(),
-        "protocol error: the reply to HandleEvent carries a value"
+    assert_feed_fails(
+        &mut stream,
+        &bytes,
+        "protocol error: the reply to HandleEvent carries a value",
     );
 }
 
 #[test]
 fn bytes_with_no_request_pending_are_a_protocol_error() {
     let (_, mut stream) = new();
-    stream.feed(b"\x00").unwrap();
-    assert_eq!(
-        stream.poll().unwrap_err(),
-        "protocol error: 1 bytes received with no request pending"
+    assert_feed_fails(
+        &mut stream,
+        b"\x00",
+        "protocol error: 1 bytes received with no request pending",
     );
 }
 

@@ -1,0 +1,62 @@
+//! Helpers shared by the in-crate tests: the hex text the recorded vectors are
+//! written in, and a LuaJIT state with the bridge loaded.
+
+use mlua::{LightUserData, Lua, Value};
+
+/// The bytes of a hex string ("a1ff" is `[0xa1, 0xff]`).
+pub fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Lower-case hex of bytes, the inverse of [`unhex`].
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A LuaJIT state with the bridge's functions as the global `bridge` and a null
+/// light userdata (what Kong's cjson null is) as `null`.
+pub fn bridge_lua() -> Lua {
+    let lua = Lua::new();
+    let exports = lua.create_table().unwrap();
+    crate::bridge::register(&lua, &exports).unwrap();
+    lua.globals().set("bridge", exports).unwrap();
+    lua.globals()
+        .set(
+            "null",
+            Value::LightUserData(LightUserData(std::ptr::null_mut())),
+        )
+        .unwrap();
+    lua
+}
+
+/// Runs `call` (a bridge call returning `value, err`) and gives back
+/// "<tostring(value)> <err>", e.g. "nil unknown PDK method".
+pub fn call_result(lua: &Lua, call: &str) -> String {
+    lua.load(format!(
+        "local v, err = {call} return tostring(v) .. ' ' .. tostring(err)"
+    ))
+    .eval()
+    .unwrap()
+}
+
+/// Runs `call` (a bridge call returning `bytes, err`): the bytes in hex, or
+/// "error: <err>".
+pub fn encoded_hex(lua: &Lua, call: &str) -> String {
+    lua.load(format!(
+        "local b, err = {call}
+         if b == nil then return 'error: ' .. err end
+         return (b:gsub('.', function(c) return string.format('%02x', c:byte()) end))"
+    ))
+    .eval()
+    .unwrap()
+}
+
+/// Asserts `run(a, b) == want` for each `(a, b, want)` case; a failure names its case.
+pub fn assert_cases(cases: &[(&str, &str, &str)], run: impl Fn(&str, &str) -> String) {
+    for &(a, b, want) in cases {
+        assert_eq!(run(a, b), want, "case ({a}, {b})");
+    }
+}
