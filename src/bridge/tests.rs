@@ -1,6 +1,6 @@
 //! Bridge tests in a real LuaJIT state (`cargo test --no-default-features` links libluajit).
 
-use mlua::Lua;
+use mlua::{Lua, Value};
 
 use crate::test_support::{assert_cases, bridge_lua, call_result, encoded_hex, hex, unhex};
 
