@@ -106,7 +106,7 @@ describe("Protobuf plugins (go-pdk)", function()
     assert.equal(0, h:count_log("failed in access"))
     assert.equal(0, h:count_log("dropping instances of go%-hello: .*access"))
     assert.is_false(procs.alive(pid))
-    assert.equal(1, status_of(h, "go-hello").restarts)
+    assert.equal(1, h:server_status("go-hello").restarts)
     -- the supervisor brings the server back and requests pass again
     assert(nginx.wait_until(function()
       local s = h:server_status("go-hello")
