@@ -1,4 +1,4 @@
--- The fault matrix (issue 8): one misbehaving plugin server per case, real nginx
+-- The fault matrix: one misbehaving plugin server per case, real nginx
 -- with one worker. Each case asserts the request's status within a time bound, the
 -- error line, that the worker survived (same pid, no "exited on signal") and that
 -- it holds as many file descriptors as after warm-up (no socket or fd leaked).

@@ -1,4 +1,4 @@
--- Hung plugin servers and single crashes (issue 16), with real nginx (2 workers),
+-- Hung plugin servers and single crashes, with real nginx (2 workers),
 -- the real hello servers and wrk as the steady load (4 connections):
 -- - a single SIGKILL under load costs no request with the default settings (the
 --   first exit is respawned at once, ready_timeout covers the restart);

@@ -1,4 +1,4 @@
--- metrics() (issue 20, item 3): a real scrape of fixtures/host/metrics.conf's location
+-- metrics(): a real scrape of fixtures/host/metrics.conf's location
 -- after traffic, a restart and errors passes `promtool check metrics`, and every
 -- value matches status() read in the same request. Real nginx, real go-pdk and
 -- kong-pdk servers, the Rust supervisor.

@@ -1,4 +1,4 @@
--- Plugin server outages (issue 10): a supervised server killed with SIGKILL while
+-- Plugin server outages: a supervised server killed with SIGKILL while
 -- requests need it. Real nginx (spec/helpers/nginx.lua), the real kong-pdk Python
 -- server, the Rust supervisor restarting it. Small timings everywhere.
 local nginx = require "spec.helpers.nginx"

@@ -99,7 +99,7 @@ describe("Protobuf plugins (go-pdk)", function()
     local t0 = nginx.now()
     local res = assert(h:request { path = "/", headers = { host = HOST, ["x-kill"] = "1" } })
     -- the server died after the first callback: the event never finished, so it
-    -- ran again on the new server (issue 16) instead of failing the request
+    -- ran again on the new server instead of failing the request
     assert.equal(200, res.status, (h:error_log() or ""):sub(-3000))
     assert.equal("Go says Kong! to " .. HOST, res.headers["x-hello-from-go"])
     assert.is_true(nginx.now() - t0 < 5.0)

@@ -1,4 +1,4 @@
--- What a plugin server can call (issue 14, item 1), with real nginx and one worker:
+-- What a plugin server can call, with real nginx and one worker:
 -- a stand-in server of each protocol (fixtures/servers/mp_fault.py, pb_fault.py in
 -- mode `refuse`) calls names outside the PDK (`os.execute("touch <marker>")`,
 -- `io.open`, `os.exit`, `require`, `ngx.*`, `_G.*`, malformed names, non-functions;

@@ -1,4 +1,4 @@
--- The shim's shared state without a kong.conf line of its own (issue 20, item 1):
+-- The shim's shared state without a kong.conf line of its own:
 -- a host that declares only Kong's `kong` dict (what Kong's nginx template always
 -- declares) keeps status, readiness, counters and the log limiter working across
 -- two workers, under keys "kps:*" beside Kong's own; a host with neither dict gets
