@@ -250,7 +250,12 @@ impl Watcher {
     /// when not; Err(Some(message)) when the socket could not be connected. The
     /// connection is kept only after a whole reply.
     fn ask(&self, conn: &mut Option<UnixStream>, deadline: Instant) -> Result<(), Option<String>> {
-        let mut stream = match conn.take() {
+        // A kept connection still reaches a server whose socket file was removed:
+        // requests cannot connect any more, so the watch must not either.
+        let kept = conn
+            .take()
+            .filter(|_| std::path::Path::new(&self.socket).exists());
+        let mut stream = match kept {
             Some(s) => s,
             None => connect(&self.socket).map_err(|e| match e {
                 ConnectError::Busy => None,
