@@ -26,6 +26,8 @@ const PROBE_FAST: Duration = Duration::from_millis(10);
 const PROBE_SLOW: Duration = Duration::from_millis(250);
 /// Period of the check for a previous generation's server to be gone.
 const OLD_PID_POLL: Duration = Duration::from_millis(10);
+/// How long an immediate respawn waits for the workers to see `starting`.
+const RESPAWN_SETTLE: Duration = Duration::from_millis(30);
 /// After SIGKILL, how long to wait for the exit before giving up.
 pub const KILL_WAIT: Duration = Duration::from_millis(1000);
 
@@ -430,14 +432,19 @@ impl Supervisor {
         let delay = s.backoff.next_delay(uptime_ms);
         let name = s.def.name.clone();
         if delay == 0 {
-            // The first exit: no delay, and requests wait for the new server
-            // (`starting`) instead of seeing a backoff.
+            // The first exit: requests wait for the new server (`starting`)
+            // instead of seeing a backoff. The spawn, which removes the dead
+            // server's socket file, comes after the workers have read that state
+            // (the shim drains reports every 10 ms): a request that still saw
+            // `ready` would connect to a missing file, which nginx logs at crit.
+            s.phase = Phase::Backoff {
+                until: Instant::now() + RESPAWN_SETTLE,
+            };
             self.log(
                 NGX_NOTICE,
                 format!("[pluginserver] respawning pluginserver '{name}' at once"),
             );
             self.publish(i, State::Starting);
-            self.spawn(i);
             return;
         }
         s.phase = Phase::Backoff {
