@@ -372,6 +372,15 @@ function Host:server_status(name)
   end
 end
 
+-- Waits (up to `timeout` seconds) until server `name` is in `state`; its status()
+-- entry, or nil.
+function Host:wait_state(name, state, timeout)
+  return _M.wait_until(function()
+    local s = self:server_status(name)
+    return s and s.state == state and s
+  end, timeout)
+end
+
 -- The status() list when it names servers and every one is ready, else false: a
 -- condition for nginx.wait_until.
 function Host:all_ready()

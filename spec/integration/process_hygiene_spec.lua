@@ -15,20 +15,8 @@ local function plain(text)
   return (text:gsub("%p", "%%%0"))
 end
 
-local function status_of(h, name)
-  local list = assert(h:eval_json([[return require("kong.runloop.plugin_servers").status()]]))
-  for _, s in ipairs(list) do
-    if s.name == name then
-      return s
-    end
-  end
-end
-
 local function wait_state(h, name, state, timeout)
-  return nginx.wait_until(function()
-    local s = status_of(h, name)
-    return s and s.state == state and s
-  end, timeout or 10)
+  return h:wait_state(name, state, timeout or 10)
 end
 
 -- Settings of a stand-in server; `s` = { name, start, query, ... }.
@@ -180,7 +168,7 @@ describe("process hygiene (real nginx)", function()
     assert(h:reload())
     assert(h:wait_log(plain("pid " .. other .. ", recorded for the previous pluginserver 'lsn', is not that server"), 10))
     local second = assert(nginx.wait_until(function()
-      local s = status_of(h, "lsn")
+      local s = h:server_status("lsn")
       return s and s.state == "ready" and s.pid ~= first.pid and s.pid ~= other and s
     end, 10))
     -- Well past the stop timeout (300 ms): the kill path would have run.
@@ -204,13 +192,13 @@ describe("process hygiene (real nginx)", function()
     h = assert(nginx.start { prefix = prefix, workers = 2, configuration = conf })
     local note = "foreign listener pid " .. foreign .. " on " .. sock
     local s = assert(nginx.wait_until(function()
-      local st = status_of(h, "own")
+      local st = h:server_status("own")
       return st and st.note == note and st
     end, 10), "no note " .. note)
     assert.equal("starting", s.state)
     assert(h:wait_log(plain("is not ready: " .. note), 5))
     nginx.sleep(0.5)
-    assert.equal("starting", status_of(h, "own").state)
+    assert.equal("starting", h:server_status("own").state)
     -- A request waits for readiness, then fails: it never reaches the foreign listener.
     local wait = h:eval([[
       local pid, err = require("kong.runloop.plugin_servers.state").wait_ready("own", 100)

@@ -53,23 +53,8 @@ local function start(servers, workers, plugins)
   return h
 end
 
-local function status(h)
-  return assert(h:eval_json([[return require("kong.runloop.plugin_servers").status()]]))
-end
-
-local function status_of(h, name)
-  for _, s in ipairs(status(h)) do
-    if s.name == name then
-      return s
-    end
-  end
-end
-
 local function wait_state(h, name, state, timeout)
-  return nginx.wait_until(function()
-    local s = status_of(h, name)
-    return s and s.state == state and s
-  end, timeout or 5)
+  return h:wait_state(name, state, timeout or 5)
 end
 
 describe("plugin server supervisor (stand-in servers)", function()
@@ -92,7 +77,7 @@ describe("plugin server supervisor (stand-in servers)", function()
     assert(h:wait_log("pluginserver 'lsn' is ready, pid " .. pid, 5))
     -- the status is the same from whichever worker answers
     for _ = 1, 4 do
-      local s = status_of(h, "lsn")
+      local s = h:server_status("lsn")
       assert.equal("ready", s.state)
       assert.equal(pid, s.pid)
       assert.equal(0, s.restarts)
@@ -117,7 +102,7 @@ describe("plugin server supervisor (stand-in servers)", function()
     assert(h:wait_log("respawning pluginserver 'lsn' at once", 2))
     assert.equal(0, h:count_log("respawning pluginserver 'lsn' in"))
     local again = assert(nginx.wait_until(function()
-      local s = status_of(h, "lsn")
+      local s = h:server_status("lsn")
       return s.state == "ready" and s.pid ~= first.pid and s
     end, 5))
     assert.equal(1, again.restarts)
@@ -146,10 +131,10 @@ describe("plugin server supervisor (stand-in servers)", function()
     end
     assert.same({ 100, 200, 400, 400 }, { delays[1], delays[2], delays[3], delays[4] })
     assert.equal(1, h:count_log("starting pluginserver process for nocmd"))
-    local nocmd = status_of(h, "nocmd")
+    local nocmd = h:server_status("nocmd")
     assert.equal("failed", nocmd.state)
     assert.same({ code = 127 }, nocmd.last_exit)
-    local crash = status_of(h, "crash")
+    local crash = h:server_status("crash")
     assert.same({ code = 3 }, crash.last_exit)
     assert.is_true(crash.restarts >= 3)
     assert(h:wait_log("%[crash:%d+%] exit_now: exiting with 3", 1))
@@ -196,7 +181,7 @@ describe("plugin server supervisor (stand-in servers)", function()
     assert(procs.kill(worker0, "KILL"))
     assert(nginx.wait_until(function() return not procs.alive(first.pid) end, 5), "server outlived its worker")
     local second = assert(nginx.wait_until(function()
-      local s = status_of(h, "lsn")
+      local s = h:server_status("lsn")
       return s.state == "ready" and s.pid ~= first.pid and s
     end, 10))
     assert.is_true(procs.alive(second.pid))
@@ -215,7 +200,7 @@ describe("plugin server supervisor (stand-in servers)", function()
     assert(h:wait_log("%[pluginserver%] loaded #2 external plugins info", 5, 2))
     assert(h:wait_log("successfully stopped pluginserver 'lsn', pid " .. first.pid, 5))
     local second = assert(nginx.wait_until(function()
-      local s = status_of(h, "lsn")
+      local s = h:server_status("lsn")
       return s.state == "ready" and s.pid ~= first.pid and s
     end, 5))
     assert.equal(0, second.restarts)
