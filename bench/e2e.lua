@@ -46,17 +46,7 @@ local CONNECTIONS = { 1, 16 }
 local TWO_CORES = tonumber(io.popen("nproc"):read("*l")) >= 2
 local HZ = 100
 
-local function sh(cmd)
-  local ok = os.execute(cmd)
-  return ok == true or ok == 0
-end
-
-local function capture(cmd)
-  local p = assert(io.popen(cmd))
-  local out = p:read("*a")
-  p:close()
-  return out
-end
+local sh, capture = procs.sh, procs.capture
 
 local function read(path)
   local f = io.open(path, "rb")

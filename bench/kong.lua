@@ -38,17 +38,7 @@ local TWO_CORES = tonumber(io.popen("nproc"):read("*l")) >= 2 and os.getenv("KPS
 local HZ = 100
 local KONG_TIMERS = "lua_max_pending_timers 16384; lua_max_running_timers 4096;"
 
-local function sh(cmd)
-  local ok = os.execute(cmd)
-  return ok == true or ok == 0
-end
-
-local function capture(cmd)
-  local p = assert(io.popen(cmd))
-  local out = p:read("*a")
-  p:close()
-  return out
-end
+local sh, capture = procs.sh, procs.capture
 
 local function exists(path)
   local f = io.open(path, "rb")

@@ -24,17 +24,7 @@ local KONG_SRC = os.getenv("KONG_SRC")
 local PB_DIR = os.getenv("KONG_PB_DIR")
 if PB_DIR == "" then PB_DIR = nil end
 
-local function sh(cmd)
-  local ok = os.execute(cmd)
-  return ok == true or ok == 0
-end
-
-local function capture(cmd)
-  local p = assert(io.popen(cmd))
-  local out = p:read("*a")
-  p:close()
-  return out
-end
+local sh, capture = procs.sh, procs.capture
 
 -- Started in the worker: samples every 1 ms, counted per function (with its
 -- module) and per VM state.

@@ -15,6 +15,20 @@ local function read(path)
 end
 _M.read_file = read
 
+-- Runs a shell command; true when it exited 0.
+function _M.sh(cmd)
+  local ok = os.execute(cmd)
+  return ok == true or ok == 0
+end
+
+-- A shell command's whole standard output.
+function _M.capture(cmd)
+  local p = assert(io.popen(cmd))
+  local out = p:read("*a")
+  p:close()
+  return out
+end
+
 function _M.write_file(path, data)
   local f = assert(io.open(path, "wb"))
   f:write(data)
