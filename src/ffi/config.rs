@@ -185,6 +185,32 @@ pub unsafe extern "C" fn kps_config_free(config: *mut kps_config) {
     unsafe { super::handle::free_handle(config) }
 }
 
+/// The output plumbing of the functions that answer with bytes the handle owns:
+/// runs `f` inside `guard`, keeps its bytes in `handle.out` and points
+/// `*out`/`*out_len` at them (valid until the next call on the handle).
+///
+/// # Safety
+/// `out`/`out_len` valid for one write each; `errbuf`/`errbuf_len` as in
+/// `kps_config_parse`.
+unsafe fn answer(
+    handle: &mut kps_config,
+    out: *mut *const u8,
+    out_len: *mut usize,
+    errbuf: *mut u8,
+    errbuf_len: *mut usize,
+    f: impl FnOnce(&mut kps_config) -> Result<Vec<u8>, String>,
+) -> i32 {
+    // SAFETY: forwarded contract.
+    unsafe {
+        guard(errbuf, errbuf_len, || {
+            handle.out = f(handle)?;
+            *out = handle.out.as_ptr();
+            *out_len = handle.out.len();
+            Ok(())
+        })
+    }
+}
+
 /// Validates Kong's `pluginserver_*` settings given as JSON (`input`, `input_len`
 /// bytes), keeps the accepted definitions in `config` (read them with
 /// `kps_config_defs`; a rejected parse leaves none) and points `*out`/`*out_len`
@@ -223,11 +249,8 @@ pub unsafe extern "C" fn kps_config_parse(
     let (handle, input) = unsafe { (&mut *config, std::slice::from_raw_parts(input, input_len)) };
     // SAFETY: forwarded errbuf contract; `out`/`out_len` are valid for writes.
     unsafe {
-        guard(errbuf, errbuf_len, || {
-            handle.out = parse_into(handle, input)?;
-            *out = handle.out.as_ptr();
-            *out_len = handle.out.len();
-            Ok(())
+        answer(handle, out, out_len, errbuf, errbuf_len, |h| {
+            parse_into(h, input)
         })
     }
 }
@@ -265,12 +288,8 @@ pub unsafe extern "C" fn kps_config_defs(
     let handle = unsafe { &mut *config };
     // SAFETY: forwarded errbuf contract; `out`/`out_len` are valid for writes.
     unsafe {
-        guard(errbuf, errbuf_len, || {
-            handle.out =
-                serde_json::to_vec(&handle.defs).map_err(|e| format!("config defs: {e}"))?;
-            *out = handle.out.as_ptr();
-            *out_len = handle.out.len();
-            Ok(())
+        answer(handle, out, out_len, errbuf, errbuf_len, |h| {
+            serde_json::to_vec(&h.defs).map_err(|e| format!("config defs: {e}"))
         })
     }
 }
@@ -310,11 +329,8 @@ pub unsafe extern "C" fn kps_config_key_prefix(
     let (handle, name) = unsafe { (&mut *config, std::slice::from_raw_parts(name, name_len)) };
     // SAFETY: forwarded errbuf contract; `out`/`out_len` are valid for writes.
     unsafe {
-        guard(errbuf, errbuf_len, || {
-            handle.out = config::key_prefix(&String::from_utf8_lossy(name)).into_bytes();
-            *out = handle.out.as_ptr();
-            *out_len = handle.out.len();
-            Ok(())
+        answer(handle, out, out_len, errbuf, errbuf_len, |_| {
+            Ok(config::key_prefix(&String::from_utf8_lossy(name)).into_bytes())
         })
     }
 }
