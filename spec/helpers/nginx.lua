@@ -396,6 +396,16 @@ function Host:all_ready()
   return list
 end
 
+-- Asserts (with luassert, as a spec does) that the error log has no line of each
+-- of `levels` ({ "crit", ... }), showing the log's tail when it has.
+function Host:assert_no_lines(levels)
+  local luassert = require "luassert"
+  for _, level in ipairs(levels) do
+    luassert.equal(0, self:count_log("%[" .. level .. "%]"),
+                 "no [" .. level .. "] lines:\n" .. (self:error_log() or ""):sub(-4000))
+  end
+end
+
 local function wait_gone(pids, timeout)
   return _M.wait_until(function()
     for _, pid in ipairs(pids) do

@@ -74,10 +74,7 @@ describe("shared state without the kong_plugin_servers dict", function()
 
   after_each(function()
     if h then
-      for _, level in ipairs { "crit", "alert" } do
-        local pattern = "%[" .. level .. "%]"
-        assert.equal(0, h:count_log(pattern), "no [" .. level .. "] lines:\n" .. (h:error_log() or ""):sub(-3000))
-      end
+      h:assert_no_lines { "crit", "alert" }
     end
     h = nginx.stop_host(h)
   end)

@@ -4,16 +4,6 @@
 -- Built at scrape time from status(), which already sums the workers; nothing
 -- here runs per request.
 
-local type = type
-local pairs = pairs
-local ipairs = ipairs
-local tostring = tostring
-local floor = math.floor
-local fmt = string.format
-local gsub = string.gsub
-local sort = table.sort
-local concat = table.concat
-
 local _M = {}
 
 local PREFIX = "kong_plugin_server_"
@@ -26,22 +16,22 @@ local function number(v)
   if type(v) ~= "number" or v ~= v then
     return "0"
   end
-  if v == floor(v) and v < 2 ^ 53 and v > -2 ^ 53 then
-    return fmt("%d", v)
+  if v == math.floor(v) and v < 2 ^ 53 and v > -2 ^ 53 then
+    return string.format("%d", v)
   end
-  return fmt("%.9g", v)
+  return string.format("%.9g", v)
 end
 
 -- A bucket bound in seconds, in plain decimals ("0.0000625", not "6.25e-05").
 local function bound(seconds)
-  return (gsub(gsub(fmt("%.7f", seconds), "0+$", ""), "%.$", ""))
+  return (string.format("%.7f", seconds):gsub("0+$", ""):gsub("%.$", ""))
 end
 _M.bound = bound
 
 local ESCAPES = { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" }
 
 local function label(v)
-  return (gsub(tostring(v), '[\\"\n]', ESCAPES))
+  return (string.gsub(tostring(v), '[\\"\n]', ESCAPES))
 end
 
 local function sorted_keys(t)
@@ -49,7 +39,7 @@ local function sorted_keys(t)
   for k in pairs(t or {}) do
     keys[#keys + 1] = k
   end
-  sort(keys)
+  table.sort(keys)
   return keys
 end
 
@@ -138,7 +128,7 @@ function _M.render(list)
   family(out, list, "event_duration_max_seconds", "gauge", "Longest event so far.",
     function(emit, _, c) emit("", nil, ((c.latency_ms or {}).max or 0) / 1000) end)
   out[#out + 1] = ""
-  return concat(out, "\n")
+  return table.concat(out, "\n")
 end
 
 return _M

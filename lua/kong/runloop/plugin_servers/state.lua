@@ -17,13 +17,6 @@ local shm = require "kong.runloop.plugin_servers.shm"
 
 local ngx = ngx
 local type = type
-local pairs = pairs
-local ipairs = ipairs
-local pcall = pcall
-local require = require
-local tostring = tostring
-local min = math.min
-local floor = math.floor
 local ngx_now = ngx.now
 local update_time = ngx.update_time
 
@@ -187,7 +180,7 @@ function _M.status(defs)
       hangs = e.hangs or 0,
       last_exit = e.last_exit,
       note = e.note,
-      uptime = running and floor((now - e.started_at) * 1000) / 1000 or 0,
+      uptime = running and math.floor((now - e.started_at) * 1000) / 1000 or 0,
     }
   end
   return list
@@ -260,10 +253,10 @@ function _M.wait_ready(name, timeout_ms)
     update_time()
     local left = deadline - ngx_now()
     if left <= 0 then
-      return nil, "pluginserver '" .. name .. "' not ready after " .. floor((timeout_ms or 0) + 0.5)
+      return nil, "pluginserver '" .. name .. "' not ready after " .. math.floor((timeout_ms or 0) + 0.5)
         .. " ms (state " .. state .. ")"
     end
-    sleep(semaphore(name), min(POLL, left))
+    sleep(semaphore(name), math.min(POLL, left))
   end
 end
 
@@ -285,7 +278,7 @@ function _M.wait_new_pid(name, old_pid, timeout_ms)
     update_time()
     if ngx_now() >= deadline then
       return nil, "pluginserver '" .. name .. "' (pid " .. tostring(old_pid) .. ") died during the event"
-        .. " and no new process was ready after " .. floor((timeout_ms or 0) + 0.5) .. " ms"
+        .. " and no new process was ready after " .. math.floor((timeout_ms or 0) + 0.5) .. " ms"
     end
     sleep(semaphore(name), POLL)
   end
