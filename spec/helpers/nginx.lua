@@ -540,10 +540,15 @@ function Host:stop()
 end
 
 -- Stops h when a test started one; returns nil, so that an after_each reads
--- `h = nginx.stop_host(h)`.
-function _M.stop_host(h)
+-- `h = nginx.stop_host(h)`. With `levels`, first asserts that the log has no line
+-- of those levels (Host:assert_no_lines); h is stopped either way.
+function _M.stop_host(h, levels)
   if h then
+    local ok, err = pcall(h.assert_no_lines, h, levels or {})
     h:stop()
+    if not ok then
+      error(err, 0)
+    end
   end
   return nil
 end

@@ -73,10 +73,7 @@ describe("shared state without the kong_plugin_servers dict", function()
   end)
 
   after_each(function()
-    if h then
-      h:assert_no_lines { "crit", "alert" }
-    end
-    h = nginx.stop_host(h)
+    h = nginx.stop_host(h, { "crit", "alert" })
   end)
 
   it("uses Kong's `kong` dict under kps:* for status, readiness, counters and the log limiter, across 2 workers", function()

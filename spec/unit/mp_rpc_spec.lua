@@ -217,29 +217,6 @@ describe("mp_rpc", function()
     assert.matches(":12:", queue.log[8].pool, 1, true)
   end)
 
-  it("ends the event at kong.response.exit without a Step, and fails it when the PDK refuses the exit", function()
-    local rpc = mp_rpc.new(def, "vhello")
-    local function exit_call()
-      return string.char(0x94, 0x01, 1, 0xc0) .. bridge.encode(0, {
-        EventId = 7, Data = { Method = "kong.response.exit", Args = { 403, "no" } } })
-    end
-    queue.sockets = { fake({ { reply = exit_call() } }) }
-    local got
-    assert.is_true(rpc:handle_event(5, "access", function(_, _, args) got = args return true end))
-    assert.same({ 403, "no" }, got)
-    assert.equal(1, #queue.log[1].sent)
-    assert.is_true(queue.log[1].closed)
-
-    rpc = mp_rpc.new(def, "vhello")
-    queue.sockets = { fake({ { reply = exit_call() } }) }
-    local ok, err, cause = rpc:handle_event(5, "response", function() return false, "headers have already been sent" end)
-    assert.is_nil(ok)
-    assert.equal("kong.response.exit failed: headers have already been sent", err)
-    assert.equal("protocol", cause)
-    assert.equal(1, #queue.log[1].sent)
-    assert.is_true(queue.log[1].closed)
-  end)
-
   it("answers a PDK failure with StepError and an unencodable result with StepError too", function()
     local rpc = mp_rpc.new(def, "vhello")
     local function response(id, result)

@@ -213,29 +213,6 @@ describe("pb_rpc", function()
     assert.equal(frame("\26\7too big"), replies[3])
   end)
 
-  it("ends the event after kong.response.exit without answering (go-pdk closes)", function()
-    local rpc = pb_rpc.new(def, "go-hello")
-    queue.sockets = { fake({ { reply = one_call("kong.response.exit", "\8\147\3") } }, 0) }
-    local got
-    local ok = rpc:handle_event(7, "access", function(_, _, args) got = args return true end)
-    assert.is_true(ok)
-    assert.equal(403, got[1])
-    assert.equal(1, #queue.log[1].sent)
-    assert.is_true(queue.log[1].closed)
-    assert.is_false(queue.log[1].kept)
-  end)
-
-  it("fails the event when the PDK refuses kong.response.exit (headers already sent)", function()
-    local rpc = pb_rpc.new(def, "go-hello")
-    queue.sockets = { fake({ { reply = one_call("kong.response.exit", "\8\147\3") } }, 0) }
-    local ok, err, cause = rpc:handle_event(7, "response", function() return false, "headers have already been sent" end)
-    assert.is_nil(ok)
-    assert.equal("kong.response.exit failed: headers have already been sent", err)
-    assert.equal("protocol", cause)
-    assert.equal(1, #queue.log[1].sent)
-    assert.is_true(queue.log[1].closed)
-  end)
-
   it("refuses a frame longer than max_message_size", function()
     local small = {}
     for k, v in pairs(def) do small[k] = v end

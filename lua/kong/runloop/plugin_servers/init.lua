@@ -87,24 +87,12 @@ function _M.start()
   if not rok then
     ngx.log(ngx.ERR, "[pluginserver] failed registering worker events: ", tostring(rerr))
   end
-  local defs, err = load_servers()
-  if not defs then
-    ngx.log(ngx.ERR, "[pluginserver] ", err)
-    return true
-  end
-  local ok, perr = pcall(process.start, defs)
-  if not ok then
-    ngx.log(ngx.ERR, "[pluginserver] failed starting plugin servers: ", tostring(perr))
-  end
-  return true
+  -- the servers of kong.configuration, as process.lua's Kong API starts them
+  return process.start_pluginservers()
 end
 
 function _M.stop()
-  local ok, err = pcall(process.stop)
-  if not ok then
-    ngx.log(ngx.ERR, "[pluginserver] failed stopping plugin servers: ", tostring(err))
-  end
-  return true
+  return process.stop_pluginservers()
 end
 
 -- Process state (from the supervisor) beside the counters of every worker.

@@ -43,6 +43,17 @@ local function sorted_keys(t)
   return keys
 end
 
+-- An emitter (for family) of one sample per key of the counters' map `field`,
+-- labelled `name`, in key order.
+local function per_key(field, name)
+  return function(emit, _, c)
+    local map = c[field]
+    for _, k in ipairs(sorted_keys(map)) do
+      emit("", "," .. name .. '="' .. label(k) .. '"', map[k])
+    end
+  end
+end
+
 -- Counters with a family of their own above; and counter names fit for a metric name.
 local KNOWN_COUNTERS = { events = true, pdk_calls = true, fail_open = true, instance_starts = true }
 
@@ -92,19 +103,11 @@ function _M.render(list)
   family(out, list, "hangs_total", "counter", "Hangs detected (a process alive but not answering).",
     function(emit, e) emit("", nil, type(e.hangs) == "number" and e.hangs or 0) end)
   family(out, list, "events_total", "counter", "Plugin events run, by phase, summed over workers.",
-    function(emit, _, c)
-      for _, phase in ipairs(sorted_keys(c.events_by_phase)) do
-        emit("", ',phase="' .. label(phase) .. '"', c.events_by_phase[phase])
-      end
-    end)
+    per_key("events_by_phase", "phase"))
   family(out, list, "pdk_calls_total", "counter", "PDK calls served to the plugin server.",
     function(emit, _, c) emit("", nil, c.pdk_calls or 0) end)
   family(out, list, "errors_total", "counter", "Failed events by cause (connect, timeout, protocol, ...).",
-    function(emit, _, c)
-      for _, cause in ipairs(sorted_keys(c.errors)) do
-        emit("", ',cause="' .. label(cause) .. '"', c.errors[cause])
-      end
-    end)
+    per_key("errors", "cause"))
   family(out, list, "fail_open_skips_total", "counter", "Failed events skipped because of fail_open.",
     function(emit, _, c) emit("", nil, c.fail_open or 0) end)
   family(out, list, "instance_starts_total", "counter", "Plugin instances started.",

@@ -30,8 +30,6 @@ local REFUSED_TTL = 0.2
 -- A waiting request looks at the dict at least this often (seconds).
 local POLL = 0.01
 
-local NULL = cjson.null
-
 local _M = {
   MISSING_DICT = shm.MISSING,
 }
@@ -71,13 +69,6 @@ local function wake(name)
   end
 end
 
-local function denull(v)
-  if v == NULL then
-    return nil
-  end
-  return v
-end
-
 local cached_raw, cached_entry = {}, {}
 
 -- The entry of one server: { state, pid, restarts, last_exit, started_at, since } or nil.
@@ -99,12 +90,6 @@ function _M.get(name)
   if type(e) ~= "table" then
     return nil
   end
-  e.pid = denull(e.pid)
-  e.pid_start = denull(e.pid_start)
-  e.note = denull(e.note)
-  e.last_exit = denull(e.last_exit)
-  e.started_at = denull(e.started_at)
-  e.since = denull(e.since)
   cached_raw[name], cached_entry[name] = raw, e
   return e
 end
@@ -135,7 +120,9 @@ function _M.owner()
 end
 
 -- Stores a server's entry, if `owner` still owns the state (an old worker 0 that
--- finishes its stop after a reload must not overwrite the new one's state).
+-- finishes its stop after a reload must not overwrite the new one's state). An
+-- absent field is nil, never cjson.null (process.lua's drain turns the report's
+-- nulls into nil), so that get() returns the entry as decoded.
 -- Wakes the requests of this worker that wait for the server.
 function _M.set(name, entry, owner)
   local d, p = dict()

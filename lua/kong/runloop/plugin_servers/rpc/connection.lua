@@ -41,11 +41,7 @@ local ffi_str = ffi.string
 local errbuf = lib.errbuf
 local errmsg = lib.errmsg
 local refuse = pdk.refuse
-local pairs = pairs
-local ipairs = ipairs
-local tonumber = tonumber
 local tostring = tostring
-local setmetatable = setmetatable
 
 local FREE_STREAMS = 16
 -- A dead pooled connection, then a connect that reached the dying server, then

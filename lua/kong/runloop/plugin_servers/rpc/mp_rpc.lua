@@ -18,7 +18,6 @@ local session = connection.session
 local out = connection.out
 local out_len = connection.out_len
 local type = type
-local tonumber = tonumber
 local tostring = tostring
 
 -- Envelope levels around a value: message array, params array, {EventId, Data},
