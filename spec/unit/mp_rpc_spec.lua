@@ -34,8 +34,7 @@ describe("mp_rpc", function()
     -- the fake server pids are alive processes
     require("kong.runloop.plugin_servers.rpc.socket").process_gone = function() return false end
     bridge = require("kong.runloop.plugin_servers.lib").bridge
-    def = { name = "srv", socket = "/tmp/srv.socket", connect_timeout = 11, send_timeout = 22,
-            read_timeout = 33, max_message_size = 1024 * 1024, ready_timeout = 5 }
+    def = fake_cosocket.def("srv")
   end)
 
   before_each(function()

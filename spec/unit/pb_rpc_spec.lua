@@ -54,8 +54,7 @@ describe("pb_rpc", function()
     fake_cosocket.install(queue)
     pb_rpc = require "kong.runloop.plugin_servers.rpc.pb_rpc"
     bridge = require("kong.runloop.plugin_servers.lib").bridge
-    def = { name = "go-srv", socket = "/tmp/go-srv.socket", connect_timeout = 11, send_timeout = 22,
-            read_timeout = 33, max_message_size = 1024 * 1024, ready_timeout = 5 }
+    def = fake_cosocket.def("go-srv")
   end)
 
   before_each(function()

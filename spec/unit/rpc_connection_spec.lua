@@ -22,8 +22,7 @@ describe("rpc/connection", function()
     mp_rpc = require "kong.runloop.plugin_servers.rpc.mp_rpc"
     pb_rpc = require "kong.runloop.plugin_servers.rpc.pb_rpc"
     bridge = require("kong.runloop.plugin_servers.lib").bridge
-    def = { name = "srv", socket = "/tmp/srv.socket", connect_timeout = 11, send_timeout = 22,
-            read_timeout = 33, max_message_size = 1024 * 1024, ready_timeout = 5 }
+    def = fake_cosocket.def("srv")
   end)
 
   it("gives each protocol its own methods, shared by its rpc objects", function()
