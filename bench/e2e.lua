@@ -29,6 +29,7 @@ package.path = "./?.lua;" .. package.path
 local nginx = require "spec.helpers.nginx"
 local fixtures = require "spec.helpers.fixtures"
 local procs = require "spec.helpers.procs"
+local wrk_report = require("spec.helpers.wrk").report
 
 local SECONDS = tonumber(arg[1]) or 3
 -- The transport floors' client CPU per round trip (ns), from tools/bench.sh: `fast` with a
@@ -137,30 +138,10 @@ local function servers_cpu_ns(pids)
 end
 
 -- wrk ------------------------------------------------------------------------
-local function to_ms(v, unit)
-  v = tonumber(v)
-  if unit == "us" then return v / 1000 elseif unit == "s" then return v * 1000 end
-  return v
-end
-
 local function wrk(port, connections, seconds, pin)
   local cmd = string.format("%swrk -t1 -c%d -d%ds --latency http://127.0.0.1:%d/ 2>&1",
                             pin and "taskset -c 1 " or "", connections, seconds, port)
-  local out = capture(cmd)
-  local r = {
-    requests = tonumber(out:match("(%d+) requests in")),
-    rps = tonumber(out:match("Requests/sec:%s*([%d%.]+)")),
-    non2xx = tonumber(out:match("Non%-2xx or 3xx responses:%s*(%d+)")) or 0,
-    errors = out:match("Socket errors:[^\n]*"),
-  }
-  local v, u = out:match("%s50%%%s+([%d%.]+)(%a+)")
-  r.p50 = v and to_ms(v, u)
-  v, u = out:match("%s99%%%s+([%d%.]+)(%a+)")
-  r.p99 = v and to_ms(v, u)
-  if not r.requests then
-    error("wrk failed: " .. out)
-  end
-  return r
+  return wrk_report(capture(cmd))
 end
 
 -- One scenario ---------------------------------------------------------------

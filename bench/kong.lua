@@ -26,6 +26,7 @@ package.path = "./?.lua;" .. package.path
 local nginx = require "spec.helpers.nginx"
 local fixtures = require "spec.helpers.fixtures"
 local procs = require "spec.helpers.procs"
+local wrk_report = require("spec.helpers.wrk").report
 
 local root = fixtures.root
 local KONG_SRC = os.getenv("KONG_SRC")
@@ -83,31 +84,14 @@ local function sum_ticks(pids)
   return n
 end
 
-local function to_ms(v, unit)
-  v = tonumber(v)
-  if unit == "us" then return v / 1000 elseif unit == "s" then return v * 1000 end
-  return v
-end
-
 local function wrk(port, connections, seconds, pin)
   local threads = connections >= 16 and 2 or 1
-  local out = capture(string.format("%stimeout %d wrk -t%d -c%d -d%ds --latency http://127.0.0.1:%d/ 2>&1",
-                                    pin and "taskset -c 1 " or "", seconds + 30, threads, connections,
-                                    seconds, port))
-  local r = {
-    requests = tonumber(out:match("(%d+) requests in")),
-    rps = tonumber(out:match("Requests/sec:%s*([%d%.]+)")),
-    non2xx = tonumber(out:match("Non%-2xx or 3xx responses:%s*(%d+)")) or 0,
-  }
-  local v, u = out:match("%s99%%%s+([%d%.]+)(%a+)")
-  r.p99 = v and to_ms(v, u)
-  if not r.requests then error("wrk failed: " .. out) end
-  return r
+  local cmd = string.format("%stimeout %d wrk -t%d -c%d -d%ds --latency http://127.0.0.1:%d/ 2>&1",
+                            pin and "taskset -c 1 " or "", seconds + 30, threads, connections, seconds, port)
+  return wrk_report(capture(cmd))
 end
 
 -- One host (nginx + its plugin servers) -----------------------------------------
-local IMPLS = { none = "no plugin", ours = "ours", kong = "Kong" }
-
 local function start_host(impl, names, workers)
   local prefix = nginx.make_prefix()
   local kong_servers -- pids of the servers started for Kong's host

@@ -6,7 +6,6 @@
 package.path = "./spec/?.lua;./?.lua;./lua/?.lua;./lua/?/init.lua;" .. package.path
 
 local nginx = require "spec.helpers.nginx"
-local cjson = require "cjson.safe"
 
 local function section(title)
   io.write("\n== ", title, "\n")

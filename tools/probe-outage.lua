@@ -87,16 +87,6 @@ local function servers()
   return list
 end
 
-local function status_of(h, name)
-  local list = h:eval_json [[return require("kong.runloop.plugin_servers").status()]]
-  for _, s in ipairs(type(list) == "table" and list or {}) do
-    if s.name == name then
-      return s
-    end
-  end
-  return nil
-end
-
 local function state_of(h, name)
   return h:eval_json(fmt([[return require("kong.runloop.plugin_servers.state").get(%q)]], name))
 end
@@ -154,7 +144,7 @@ local function run(name, fail_open, case)
   local seconds = case == "hang" and math.ceil(KILL_AT + HANG_MS / 1000 + 3) or SECONDS
   local ok, err = pcall(function()
     assert(nginx.wait_until(function()
-      local s = status_of(h, name)
+      local s = h:server_status(name)
       return s and s.state == "ready"
     end, 15), name .. " did not become ready")
     -- warm up: instances in both workers, pooled connections
@@ -166,7 +156,7 @@ local function run(name, fail_open, case)
       .. "http://127.0.0.1:%d/ 2>&1", CONNECTIONS, seconds, h.port)))
     nginx.sleep(KILL_AT)
     -- counters just before the kill: every worker has its instance by now
-    local before = assert(status_of(h, name))
+    local before = assert(h:server_status(name))
     local old = assert(state_of(h, name))
     local log_offset = #(h:error_log() or "")
     local kill_at = nginx.now()
@@ -186,7 +176,7 @@ local function run(name, fail_open, case)
     -- let the log-phase timers and the limiter's summary line finish
     nginx.sleep(LOG_WINDOW / 1000 + 0.2)
 
-    local after = assert(status_of(h, name))
+    local after = assert(h:server_status(name))
     local new = assert(state_of(h, name))
     row.ready_at = new.pid ~= old.pid and new.state == "ready" and new.since or nil
     row.wrk_requests = tonumber(wrk_out:match("(%d+) requests in"))

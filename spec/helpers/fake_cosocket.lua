@@ -51,4 +51,12 @@ function _M.install(queue)
   end
 end
 
+-- The server definition the RPC unit specs use: server `name` at /tmp/<name>.socket,
+-- distinct connect, send and read timeouts (11, 22, 33 ms) so that a spec can tell
+-- them apart on the fake, 1 MiB messages.
+function _M.def(name)
+  return { name = name, socket = "/tmp/" .. name .. ".socket", connect_timeout = 11, send_timeout = 22,
+           read_timeout = 33, max_message_size = 1024 * 1024, ready_timeout = 5 }
+end
+
 return _M

@@ -396,6 +396,16 @@ function Host:all_ready()
   return list
 end
 
+-- Asserts (with luassert, as a spec does) that the error log has no line of each
+-- of `levels` ({ "crit", ... }), showing the log's tail when it has.
+function Host:assert_no_lines(levels)
+  local luassert = require "luassert"
+  for _, level in ipairs(levels) do
+    luassert.equal(0, self:count_log("%[" .. level .. "%]"),
+                 "no [" .. level .. "] lines:\n" .. (self:error_log() or ""):sub(-4000))
+  end
+end
+
 local function wait_gone(pids, timeout)
   return _M.wait_until(function()
     for _, pid in ipairs(pids) do
@@ -530,10 +540,15 @@ function Host:stop()
 end
 
 -- Stops h when a test started one; returns nil, so that an after_each reads
--- `h = nginx.stop_host(h)`.
-function _M.stop_host(h)
+-- `h = nginx.stop_host(h)`. With `levels`, first asserts that the log has no line
+-- of those levels (Host:assert_no_lines); h is stopped either way.
+function _M.stop_host(h, levels)
   if h then
+    local ok, err = pcall(h.assert_no_lines, h, levels or {})
     h:stop()
+    if not ok then
+      error(err, 0)
+    end
   end
   return nil
 end

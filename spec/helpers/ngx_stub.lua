@@ -54,6 +54,22 @@ function _M.capture_timers(ngx, timers)
   end
 end
 
+-- The world of the log-queue specs, installed as the globals `ngx` and `kong`: a
+-- stub ngx in the stream subsystem, no sockets, timers recorded in `timers` (see
+-- capture_timers), and the kong.log.serialize and kong.ctx.shared that saving a
+-- request for the log phase reads. Returns ngx, timers.
+function _M.log_world()
+  local ngx = _M.new()
+  local timers = {}
+  _M.capture_timers(ngx, timers)
+  ngx.socket = { tcp = function() end }
+  ngx.ctx = {}
+  ngx.config.subsystem = "stream"
+  _G.ngx = ngx
+  _G.kong = { log = { serialize = function() return {} end }, ctx = { shared = {} } }
+  return ngx, timers
+end
+
 -- Drops the shim's modules (but the FFI loader, loaded once per process) and
 -- `extra` names from package.loaded, so that the next require reads the stubs
 -- of this spec.

@@ -16,7 +16,6 @@ local procs = require "spec.helpers.procs"
 local fx = fixtures.new(nginx.root)
 local ROOT = nginx.root
 local PY = ROOT .. "/build/venv/bin/python3"
-local STATUS = [[return require("kong.runloop.plugin_servers").status()]]
 
 local HELLO = {}
 for _, name in ipairs { "go-hello", "py-hello", "js-hello" } do
@@ -49,19 +48,9 @@ local function key(name)
   return "pluginserver_" .. name:gsub("-", "_") .. "_"
 end
 
-local function status_of(h, name)
-  local list = h:eval_json(STATUS)
-  for _, s in ipairs(type(list) == "table" and list or {}) do
-    if s.name == name then
-      return s
-    end
-  end
-  return nil
-end
-
 local function wait_status(h, name, pred, timeout)
   return nginx.wait_until(function()
-    local s = status_of(h, name)
+    local s = h:server_status(name)
     return s and pred(s) and s
   end, timeout or 10)
 end
@@ -140,18 +129,14 @@ describe("hung plugin servers and single crashes", function()
       procs.kill(pid, "KILL")
     end
     extra_pids = {}
-    if h then
-      assert.equal(0, h:count_log("%[crit%]"), "no [crit] lines:\n" .. log_tail(h))
-      h:stop()
-      h = nil
-    end
+    h = nginx.stop_host(h, { "crit" })
   end)
 
   for _, name in ipairs(HELLO) do
     it(name .. ": a single SIGKILL under load costs no request (default settings)", function()
       start({ name })
       warm_up()
-      local before = assert(status_of(h, name))
+      local before = assert(h:server_status(name))
       local load = under_load(h, 4, 1.5, function()
         assert(procs.kill(before.pid, "KILL"))
       end)
@@ -171,7 +156,7 @@ describe("hung plugin servers and single crashes", function()
     local HANG = 2000
     start({ "py-hello" }, { [key("py-hello") .. "hang_timeout"] = tostring(HANG) })
     warm_up()
-    local before = assert(status_of(h, "py-hello"))
+    local before = assert(h:server_status("py-hello"))
     local stopped_at
     local load = under_load(h, 6, 1, function()
       stopped_at = nginx.now()
@@ -225,7 +210,7 @@ describe("hung plugin servers and single crashes", function()
       pluginserver_py_slow_hang_timeout = "2000",
     }, { plugins = { "py-slow" }, servers = { "py-slow" } })
     warm_up(4)
-    local before = assert(status_of(h, "py-slow"))
+    local before = assert(h:server_status("py-slow"))
     local t0 = nginx.now()
     local slow = assert(io.popen(("curl -s -o /dev/null -w '%%{http_code}' -H 'Host: slow.test' "
       .. "-H 'X-Sleep: 8' http://127.0.0.1:%d/"):format(h.port)))
@@ -242,7 +227,7 @@ describe("hung plugin servers and single crashes", function()
     assert.is_true(nginx.now() - t0 >= 8, "the slow event took its 8 s")
     assert.is_true(fast >= 10)
     assert.equal(0, h:count_log("hung: no answer"))
-    local after = assert(status_of(h, "py-slow"))
+    local after = assert(h:server_status("py-slow"))
     assert.equal(before.pid, after.pid)
     assert.equal(0, after.hangs)
   end)
@@ -253,7 +238,7 @@ describe("hung plugin servers and single crashes", function()
       [key("py-hello") .. "read_timeout"] = "1000",
     }, { workers = 1 })
     warm_up(2)
-    local before = assert(status_of(h, "py-hello"))
+    local before = assert(h:server_status("py-hello"))
     assert(procs.kill(before.pid, "STOP"))
     local t0 = nginx.now()
     local res = get(h)
@@ -262,7 +247,7 @@ describe("hung plugin servers and single crashes", function()
     assert.is_true(took >= 0.9, "failed by read_timeout, took " .. took)
     nginx.sleep(2.5)
     assert.equal(0, h:count_log("hung"))
-    local still = assert(status_of(h, "py-hello"))
+    local still = assert(h:server_status("py-hello"))
     assert.equal("ready", still.state)
     assert.equal(before.pid, still.pid)
     assert.equal(0, still.hangs)
@@ -281,7 +266,7 @@ describe("hung plugin servers and single crashes", function()
     start({ "py-hello" }, {
       [k .. "start_cmd"] = false, [k .. "hang_timeout"] = "1000", [k .. "read_timeout"] = "20000",
     }, { workers = 1 })
-    assert.equal("external", status_of(h, "py-hello").state)
+    assert.equal("external", h:server_status("py-hello").state)
     warm_up(2)
     assert(procs.kill(pid, "STOP"))
     local hung = assert(wait_status(h, "py-hello", function(st) return st.state == "hung" end, 5), log_tail(h))
@@ -302,7 +287,7 @@ describe("hung plugin servers and single crashes", function()
   it("a managed server whose socket file is removed is replaced after hang_timeout", function()
     start({ "py-hello" }, { [key("py-hello") .. "hang_timeout"] = "1000" }, { workers = 1 })
     warm_up(2)
-    local before = assert(status_of(h, "py-hello"))
+    local before = assert(h:server_status("py-hello"))
     local sock = prefix .. "/py-hello.socket"
     assert(os.remove(sock))
     assert(h:wait_log("pluginserver 'py%-hello', pid " .. before.pid .. ", unreachable: cannot connect to "
@@ -316,7 +301,7 @@ describe("hung plugin servers and single crashes", function()
   it("kps-helper killed under load: a new helper and new servers, nothing orphaned, no request lost", function()
     start({ "py-hello" })
     warm_up()
-    local before = assert(status_of(h, "py-hello"))
+    local before = assert(h:server_status("py-hello"))
     local helpers = procs.with_cmdline(ROOT .. "/target/release/kps-helper")
     local old_helper
     for _, pid in ipairs(helpers) do

@@ -18,21 +18,22 @@ local function esc(text)
   return (text:gsub("%p", "%%%0"))
 end
 
--- Kong's settings, with our fixtures' commands in place of Kong's test binaries.
-local function go_settings(settings, key, prefix)
-  local s = fixtures.server("go-hello", prefix)
-  settings["pluginserver_" .. key .. "_socket"] = prefix .. "/go-hello.socket"
+-- Kong's settings of server `key` running fixture `name`, with our fixtures'
+-- commands in place of Kong's test binaries.
+local function server_settings(name, settings, key, prefix)
+  local s = fixtures.server(name, prefix)
+  settings["pluginserver_" .. key .. "_socket"] = prefix .. "/" .. name .. ".socket"
   settings["pluginserver_" .. key .. "_query_cmd"] = s.query_cmd
   settings["pluginserver_" .. key .. "_start_cmd"] = s.start_cmd
   return settings
 end
 
+local function go_settings(settings, key, prefix)
+  return server_settings("go-hello", settings, key, prefix)
+end
+
 local function py_settings(settings, key, prefix)
-  local s = fixtures.server("py-hello", prefix)
-  settings["pluginserver_" .. key .. "_socket"] = prefix .. "/py-hello.socket"
-  settings["pluginserver_" .. key .. "_query_cmd"] = s.query_cmd
-  settings["pluginserver_" .. key .. "_start_cmd"] = s.start_cmd
-  return settings
+  return server_settings("py-hello", settings, key, prefix)
 end
 
 -- Runs, in a worker, what Kong's "queries plugin info" cases run, and returns what

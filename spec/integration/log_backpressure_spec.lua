@@ -14,15 +14,6 @@ end
 local SECONDS = 20
 local CONNECTIONS = 64
 
-local function status_of(h, name)
-  local list = assert(h:eval_json([[return require("kong.runloop.plugin_servers").status()]]))
-  for _, s in ipairs(list) do
-    if s.name == name then
-      return s
-    end
-  end
-end
-
 -- Requests to `/` in the access log: the ones that ran the plugin (the host's
 -- admin and mock upstream locations have other paths).
 local function served(prefix)
@@ -41,10 +32,7 @@ describe("log events under load", function()
   local h
 
   after_each(function()
-    if h then
-      h:stop()
-      h = nil
-    end
+    h = nginx.stop_host(h)
   end)
 
   it("go-hello, 64 connections over 2 workers for 20 s: every log event reaches the server, none refused",
@@ -55,7 +43,7 @@ describe("log events under load", function()
     h = assert(nginx.start { prefix = prefix, workers = 2, configuration = settings,
                              plugins = { { name = "go-hello", config = { message = "load" } } } })
     assert(nginx.wait_until(function()
-      local s = status_of(h, "go-hello")
+      local s = h:server_status("go-hello")
       return s and s.state == "ready"
     end, 15), "go-hello not ready")
     local res = h:request { path = "/" }
@@ -74,10 +62,10 @@ describe("log events under load", function()
     local total
     nginx.wait_until(function()
       total = served(prefix)
-      local c = status_of(h, "go-hello").counters
+      local c = h:server_status("go-hello").counters
       return c.log_events >= total
     end, 60, 0.5)
-    local c = status_of(h, "go-hello").counters
+    local c = h:server_status("go-hello").counters
     -- wrk counts the responses it read; the host served a few more (cut at the end)
     assert.is_true(total >= requests + 1, ("served %d, wrk read %d"):format(total, requests))
     assert.equal(0, c.log_refused)

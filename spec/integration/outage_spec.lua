@@ -72,18 +72,8 @@ describe("outage of a supervised plugin server", function()
       plugins = { { name = "py-logger", config = {} } }
     end
     h = assert(nginx.start { prefix = prefix, workers = 1, configuration = settings, plugins = plugins })
-    assert(nginx.wait_until(function()
-      local st = h:eval_json(STATUS)
-      if type(st) ~= "table" then
-        return false
-      end
-      for _, s in ipairs(st) do
-        if s.state ~= "ready" then
-          return false
-        end
-      end
-      return true
-    end, 15), "servers not ready:\n" .. (h:error_log() or ""):sub(-2000))
+    assert(nginx.wait_until(function() return h:all_ready() end, 15),
+           "servers not ready:\n" .. (h:error_log() or ""):sub(-2000))
   end
 
   local function status(i)
@@ -124,11 +114,7 @@ describe("outage of a supervised plugin server", function()
   end)
 
   after_each(function()
-    if h then
-      assert.equal(0, h:count_log("%[crit%]"), "no [crit] lines:\n" .. (h:error_log() or ""):sub(-3000))
-      h:stop()
-      h = nil
-    end
+    h = nginx.stop_host(h, { "crit" })
   end)
 
   it("requests wait for the restart, then succeed on one new instance", function()

@@ -207,12 +207,18 @@ describe("process hygiene (real nginx)", function()
     assert.matches("nil pluginserver 'own' not ready after 100 ms", wait, 1, true)
   end)
 
-  it("a flooding server: lines over the budget are dropped with one summary a window, memory stays bounded", function()
+  -- nginx (1 worker at `log_level`) supervising the flood stand-in (flood.sh `seconds`:
+  -- output lines as fast as it can) with `log_window` ms, once it has started.
+  local function start_flood(seconds, log_window, log_level)
     local prefix = nginx.make_prefix()
     local conf = stand_in({ prefix = prefix, pluginserver_names = {} },
-      { name = "flood", start = SERVERS .. "/flood.sh 3", log_window = 1000 })
-    h = assert(nginx.start { prefix = prefix, workers = 1, log_level = "info", configuration = conf })
+      { name = "flood", start = SERVERS .. "/flood.sh " .. seconds, log_window = log_window })
+    h = assert(nginx.start { prefix = prefix, workers = 1, log_level = log_level, configuration = conf })
     assert(h:wait_log("%[pluginserver%] started, pid %d+", 10))
+  end
+
+  it("a flooding server: lines over the budget are dropped with one summary a window, memory stays bounded", function()
+    start_flood(3, 1000, "info")
     local worker = h:worker_pids()[1]
     local function rss_kb()
       local status = procs.read_file("/proc/" .. worker .. "/status") or ""
@@ -240,11 +246,7 @@ describe("process hygiene (real nginx)", function()
   end)
 
   it("at a log level that would not print server output, the lines are not even counted", function()
-    local prefix = nginx.make_prefix()
-    local conf = stand_in({ prefix = prefix, pluginserver_names = {} },
-      { name = "flood", start = SERVERS .. "/flood.sh 1", log_window = 200 })
-    h = assert(nginx.start { prefix = prefix, workers = 1, log_level = "notice", configuration = conf })
-    assert(h:wait_log("%[pluginserver%] started, pid %d+", 10))
+    start_flood(1, 200, "notice")
     nginx.sleep(2)
     -- The summary is a warning (printed at notice): none means the info lines were
     -- filtered in Rust before any budget counted them.

@@ -40,18 +40,9 @@ local function esc(text)
   return (text:gsub("%p", "%%%0"))
 end
 
-local function status_of(h, name)
-  local list = assert(h:eval_json([[return require("kong.runloop.plugin_servers").status()]]))
-  for _, s in ipairs(list) do
-    if s.name == name then
-      return s
-    end
-  end
-end
-
 local function wait_ready(h, name, timeout)
   return nginx.wait_until(function()
-    local s = status_of(h, name)
+    local s = h:server_status(name)
     return s and s.state == "ready" and s
   end, timeout or 10)
 end
@@ -111,7 +102,7 @@ for _, name in ipairs(fixtures.names) do
       assert(procs.kill(first.pid, "KILL"))
       assert(h:wait_log(esc("external pluginserver '" .. name .. "' terminated: signal 9"), 5))
       local again = assert(nginx.wait_until(function()
-        local s = status_of(h, name)
+        local s = h:server_status(name)
         return s.state == "ready" and s.pid ~= first.pid and s
       end, 10))
       assert.equal(1, again.restarts)
@@ -133,7 +124,7 @@ describe("real plugin servers go-hello + py-hello together", function()
   local h
 
   after_each(function()
-    if h then h:stop() h = nil end
+    h = nginx.stop_host(h)
   end)
 
   it("start, answer the info query, and stop one line each", function()

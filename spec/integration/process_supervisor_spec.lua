@@ -3,7 +3,6 @@
 -- process left after stop, quit and SIGKILL of nginx. Small timings throughout.
 local nginx = require "spec.helpers.nginx"
 local procs = require "spec.helpers.procs"
-local cjson = require "cjson"
 
 local ROOT = nginx.root
 local SERVERS = ROOT .. "/fixtures/servers"
@@ -61,10 +60,7 @@ describe("plugin server supervisor (stand-in servers)", function()
   local h
 
   after_each(function()
-    if h then
-      h:stop()
-      h = nil
-    end
+    h = nginx.stop_host(h)
   end)
 
   it("starts a server, reports it ready to every worker, stops it on quit", function()
@@ -230,10 +226,7 @@ describe("plugin info query (stand-in servers)", function()
   local h
 
   after_each(function()
-    if h then
-      h:stop()
-      h = nil
-    end
+    h = nginx.stop_host(h)
   end)
 
   local function query(h, names)

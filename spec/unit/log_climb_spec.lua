@@ -15,14 +15,7 @@ describe("log drains climb to the server's parallelism", function()
                 log_queue_max = 100000 }
 
   setup(function()
-    ngx = stub.new()
-    timers = {}
-    stub.capture_timers(ngx, timers)
-    ngx.socket = { tcp = function() end }
-    ngx.ctx = {}
-    ngx.config.subsystem = "stream"
-    _G.ngx = ngx
-    _G.kong = { log = { serialize = function() return {} end }, ctx = { shared = {} } }
+    ngx, timers = stub.log_world()
   end)
 
   teardown(function()

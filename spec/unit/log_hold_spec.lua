@@ -17,14 +17,7 @@ describe("requests held while log events pile up", function()
                 start_command = "/bin/true" }
 
   setup(function()
-    ngx = stub.new()
-    timers = {}
-    stub.capture_timers(ngx, timers)
-    ngx.socket = { tcp = function() end }
-    ngx.ctx = {}
-    ngx.config.subsystem = "stream"
-    _G.ngx = ngx
-    _G.kong = { log = { serialize = function() return {} end }, ctx = { shared = {} } }
+    ngx, timers = stub.log_world()
     stub.unload_shim(PRELOADED)
   end)
 

@@ -12,8 +12,8 @@ local f = assert(io.open("tests/vectors/msgpack.json"))
 local VECTORS = cjson.decode(f:read("*a"))
 f:close()
 
-local sockets      -- fakes handed out by ngx.socket.tcp, in order
-local log_of       -- what each fake saw
+-- the fakes ngx.socket.tcp hands out, in order, and those it handed out
+local queue = { sockets = {}, log = {} }
 
 -- Replies arrive 7 bytes at a time.
 local function fake(conn_script, reused)
@@ -29,25 +29,16 @@ describe("mp_rpc", function()
   local mp_rpc, bridge, def
 
   setup(function()
-    ngx.socket = { tcp = function()
-      local s = table.remove(sockets, 1)
-      log_of[#log_of + 1] = s
-      return s
-    end }
-    ngx.sleep = function() end
-    for k in pairs(package.loaded) do
-      if k:find("^kong%.runloop%.plugin_servers%.rpc") then package.loaded[k] = nil end
-    end
+    fake_cosocket.install(queue)
     mp_rpc = require "kong.runloop.plugin_servers.rpc.mp_rpc"
     -- the fake server pids are alive processes
     require("kong.runloop.plugin_servers.rpc.socket").process_gone = function() return false end
     bridge = require("kong.runloop.plugin_servers.lib").bridge
-    def = { name = "srv", socket = "/tmp/srv.socket", connect_timeout = 11, send_timeout = 22,
-            read_timeout = 33, max_message_size = 1024 * 1024, ready_timeout = 5 }
+    def = fake_cosocket.def("srv")
   end)
 
   before_each(function()
-    sockets, log_of = {}, {}
+    queue.sockets, queue.log = {}, {}
   end)
 
   local function same_message(sent, want)
@@ -62,19 +53,19 @@ describe("mp_rpc", function()
     for _, label in ipairs { "start_instance" } do
       turns[#turns + 1] = { reply = conv[label].reply }
     end
-    sockets = { fake(turns) }
+    queue.sockets = { fake(turns) }
     assert.equal(0, rpc:start_instance('{"message":"hi"}'))
-    assert.equal(conv.start_instance.request, log_of[1].sent[1])
-    assert.equal("unix:/tmp/srv.socket", log_of[1].path)
-    assert.matches("^kps:/tmp/srv.socket:0:0$", log_of[1].pool)
-    assert.same({ 11, 22, 33 }, log_of[1].timeouts)
-    assert.is_true(log_of[1].kept)
+    assert.equal(conv.start_instance.request, queue.log[1].sent[1])
+    assert.equal("unix:/tmp/srv.socket", queue.log[1].path)
+    assert.matches("^kps:/tmp/srv.socket:0:0$", queue.log[1].pool)
+    assert.same({ 11, 22, 33 }, queue.log[1].timeouts)
+    assert.is_true(queue.log[1].kept)
 
     local event = {}
     for _, label in ipairs { "handle_event", "step_string", "step_multimap", "step_raw_body", "step_error", "step_nil" } do
       event[#event + 1] = { reply = conv[label].reply }
     end
-    sockets, log_of = { fake(event) }, {}
+    queue.sockets, queue.log = { fake(event) }, {}
     local calls = {}
     local answers = {
       ["kong.request.get_header"] = { true, "example.com" },
@@ -94,7 +85,7 @@ describe("mp_rpc", function()
     assert.is_nil(cause)
     assert.is_true(ok)
     assert.equal(4, stats.pdk_calls)
-    local sent = log_of[1].sent
+    local sent = queue.log[1].sent
     assert.equal(6, #sent)
     assert.equal(conv.handle_event.request, sent[1])
     assert.equal(conv.step_string.request, sent[2])
@@ -102,7 +93,7 @@ describe("mp_rpc", function()
     assert.equal(conv.step_raw_body.request, sent[4])   -- bin, byte for byte
     assert.equal(conv.step_error.request, sent[5])
     assert.equal(conv.step_nil.request, sent[6])
-    assert.is_true(log_of[1].kept)
+    assert.is_true(queue.log[1].kept)
     assert.equal("kong.request.get_header", calls[1].name)
     assert.equal(bridge.method_index("kong.request.get_header"), calls[1].index)
     assert.same({ "host" }, calls[1].args)
@@ -111,37 +102,37 @@ describe("mp_rpc", function()
     assert.same({ 1, "two" }, calls[4].args)
     assert.equal("SAVED", calls[4].saved)
 
-    sockets, log_of = { fake({ { reply = conv.close_instance.reply } }) }, {}
+    queue.sockets, queue.log = { fake({ { reply = conv.close_instance.reply } }) }, {}
     assert.is_true(rpc:close_instance(0))
-    assert.equal(conv.close_instance.request, log_of[1].sent[1])
+    assert.equal(conv.close_instance.request, queue.log[1].sent[1])
 
-    sockets, log_of = { fake({ { reply = conv.no_instance.reply } }) }, {}
+    queue.sockets, queue.log = { fake({ { reply = conv.no_instance.reply } }) }, {}
     local ok2, err2, cause2 = rpc:handle_event(0, "access", dispatch)
     assert.is_nil(ok2)
     assert.equal("no_instance", cause2)
     assert.equal("event access failed on srv: no plugin instance #0", err2)
-    assert.is_true(log_of[1].closed)
-    assert.is_false(log_of[1].kept)
+    assert.is_true(queue.log[1].closed)
+    assert.is_false(queue.log[1].kept)
   end)
 
   it("reports a malformed reply as a protocol error and closes the connection", function()
     local rpc = mp_rpc.new(def, "vhello")
-    sockets = { fake({ { reply = "\193\193" } }) }
+    queue.sockets = { fake({ { reply = "\193\193" } }) }
     local id, err, cause = rpc:start_instance("{}")
     assert.is_nil(id)
     assert.equal("protocol", cause)
     assert.matches("protocol error: malformed MessagePack", err, 1, true)
-    assert.is_true(log_of[1].closed)
-    assert.is_false(log_of[1].kept)
+    assert.is_true(queue.log[1].closed)
+    assert.is_false(queue.log[1].kept)
   end)
 
   it("reports a read timeout and a closed connection", function()
     local rpc = mp_rpc.new(def, "vhello")
-    sockets = { fake({ { reply = "" } }) }
+    queue.sockets = { fake({ { reply = "" } }) }
     local _, err, cause = rpc:start_instance("{}")
     assert.equal("timeout", cause)
     assert.equal("read from srv failed: timeout", err)
-    sockets = { fake({ { reply = conv.start_instance.reply:sub(1, 10), read_error = "closed" } }) }
+    queue.sockets = { fake({ { reply = conv.start_instance.reply:sub(1, 10), read_error = "closed" } }) }
     _, err, cause = rpc:start_instance("{}")
     assert.equal("connect", cause)
     assert.equal("plugin server srv closed the connection", err)
@@ -149,19 +140,19 @@ describe("mp_rpc", function()
 
   it("retries once on a fresh connection when a pooled one fails before any reply byte", function()
     local rpc = mp_rpc.new(def, "vhello")
-    sockets = {
+    queue.sockets = {
       fake({ { reply = "", read_error = "closed" } }, 3),
       fake({ { reply = string.char(0x94, 0x01, 0x02, 0xc0) .. bridge.encode(0, { Id = 4 }) } }, 0),
     }
     -- the retry is a new message with the next id
     assert.equal(4, rpc:start_instance('{"message":"hi"}'))
-    assert.equal(2, #log_of)
-    assert.is_true(log_of[1].closed)
-    assert.not_equal(log_of[1].pool, log_of[2].pool)
+    assert.equal(2, #queue.log)
+    assert.is_true(queue.log[1].closed)
+    assert.not_equal(queue.log[1].pool, queue.log[2].pool)
     -- no retry for a fresh connection, nor after reply bytes arrived
-    sockets = { fake({ { reply = "", read_error = "closed" } }, 0) }
+    queue.sockets = { fake({ { reply = "", read_error = "closed" } }, 0) }
     assert.is_nil(rpc:start_instance("{}"))
-    assert.equal(3, #log_of)
+    assert.equal(3, #queue.log)
   end)
 
   it("retries a fresh connection reset before any reply byte on the restarted server", function()
@@ -181,7 +172,7 @@ describe("mp_rpc", function()
     local managed = setmetatable({ start_command = "/bin/srv" }, { __index = def })
     state.set("srv", { state = "ready", pid = 7 })
     local rpc = mp_rpc.new(managed, "vhello")
-    sockets = {
+    queue.sockets = {
       fake({ { reply = "", read_error = "connection reset by peer" } }, 0),
       fake({}, 0),
     }
@@ -191,28 +182,28 @@ describe("mp_rpc", function()
     assert.equal("restarted", cause)
     assert.matches("pid 7 -> 9", err, 1, true)
     assert.is_true(sleeps >= 1)
-    assert.equal(2, #log_of)
-    assert.is_true(log_of[1].closed)
-    assert.matches(":7:", log_of[1].pool, 1, true)
-    assert.matches(":9:", log_of[2].pool, 1, true)
+    assert.equal(2, #queue.log)
+    assert.is_true(queue.log[1].closed)
+    assert.matches(":7:", queue.log[1].pool, 1, true)
+    assert.matches(":9:", queue.log[2].pool, 1, true)
     -- the new connection was not used for the stale instance: it went to the pool
-    assert.same({}, log_of[2].sent)
-    assert.is_true(log_of[2].kept)
+    assert.same({}, queue.log[2].sent)
+    assert.is_true(queue.log[2].kept)
     -- a clean close of a fresh connection is not retried: the server may have run it
     state.set("srv", { state = "ready", pid = 10 })
     -- (the second socket checks that the server still listens: it does)
-    sockets = { fake({ { reply = "", read_error = "closed" } }, 0), fake({}, 0) }
+    queue.sockets = { fake({ { reply = "", read_error = "closed" } }, 0), fake({}, 0) }
     _, err, cause = rpc:start_instance("{}")
     assert.equal("connect", cause)
     assert.equal("plugin server srv closed the connection", err)
-    assert.equal(4, #log_of)
-    assert.matches("^kps%-alive:", log_of[4].pool)
-    assert.is_true(log_of[4].closed)
-    assert.is_false(log_of[4].kept)
+    assert.equal(4, #queue.log)
+    assert.matches("^kps%-alive:", queue.log[4].pool)
+    assert.is_true(queue.log[4].closed)
+    assert.is_false(queue.log[4].kept)
     -- a dead pooled connection, then a connect into the dying server: still waits
     state.set("srv", { state = "ready", pid = 11 })
     next_pid = 12
-    sockets = {
+    queue.sockets = {
       fake({ { reply = "", read_error = "closed" } }, 2),
       fake({}, 0), -- the check that the server still listens
       fake({ { send_error = "broken pipe" } }, 0),
@@ -221,31 +212,8 @@ describe("mp_rpc", function()
     _, err, cause = rpc:start_instance("{}")
     assert.equal("restarted", cause)
     assert.matches("pid 11 -> 12", err, 1, true)
-    assert.equal(8, #log_of)
-    assert.matches(":12:", log_of[8].pool, 1, true)
-  end)
-
-  it("ends the event at kong.response.exit without a Step, and fails it when the PDK refuses the exit", function()
-    local rpc = mp_rpc.new(def, "vhello")
-    local function exit_call()
-      return string.char(0x94, 0x01, 1, 0xc0) .. bridge.encode(0, {
-        EventId = 7, Data = { Method = "kong.response.exit", Args = { 403, "no" } } })
-    end
-    sockets = { fake({ { reply = exit_call() } }) }
-    local got
-    assert.is_true(rpc:handle_event(5, "access", function(_, _, args) got = args return true end))
-    assert.same({ 403, "no" }, got)
-    assert.equal(1, #log_of[1].sent)
-    assert.is_true(log_of[1].closed)
-
-    rpc = mp_rpc.new(def, "vhello")
-    sockets = { fake({ { reply = exit_call() } }) }
-    local ok, err, cause = rpc:handle_event(5, "response", function() return false, "headers have already been sent" end)
-    assert.is_nil(ok)
-    assert.equal("kong.response.exit failed: headers have already been sent", err)
-    assert.equal("protocol", cause)
-    assert.equal(1, #log_of[1].sent)
-    assert.is_true(log_of[1].closed)
+    assert.equal(8, #queue.log)
+    assert.matches(":12:", queue.log[8].pool, 1, true)
   end)
 
   it("answers a PDK failure with StepError and an unencodable result with StepError too", function()
@@ -254,13 +222,13 @@ describe("mp_rpc", function()
       local head = string.char(0x94, 0x01, id, 0xc0)
       return head .. bridge.encode(0, result)
     end
-    sockets = { fake({
+    queue.sockets = { fake({
       { reply = response(1, { EventId = 7, Data = { Method = "kong.request.get_path", Args = {} } }) },
       { reply = response(2, { EventId = 7, Data = "ret" }) },
     }) }
     local ok = rpc:handle_event(5, "access", function() return true, { f = print } end)
     assert.is_true(ok)
-    local step = bridge.decode(0, log_of[1].sent[2])
+    local step = bridge.decode(0, queue.log[1].sent[2])
     assert.equal("plugin.StepError", step[3])
     assert.equal("cannot encode the result of kong.request.get_path: cannot encode a function value (at f)",
                  step[4][1].Data)

@@ -14,17 +14,10 @@ describe("log events in flight", function()
                 read_timeout = 10, max_message_size = 1000, log_window = 0, fail_open = false }
 
   setup(function()
-    ngx = stub.new()
-    timers = {}
-    stub.capture_timers(ngx, timers)
-    ngx.socket = { tcp = function() end }
-    ngx.ctx = {}
-    ngx.config.subsystem = "stream"
+    ngx, timers = stub.log_world()
     ngx.shared.kong_plugin_servers = nil
     -- a still clock: no climb window ever ends here
     ngx.now = function() return 1000 end
-    _G.ngx = ngx
-    _G.kong = { log = { serialize = function() return {} end }, ctx = { shared = {} } }
     stub.unload_shim()
     plugin = require "kong.runloop.plugin_servers.plugin"
     log_queue = require "kong.runloop.plugin_servers.log_queue"

@@ -28,7 +28,8 @@ do
   end
 end
 
-local sockets, log_of
+-- the fakes ngx.socket.tcp hands out, in order, and those it handed out
+local queue = { sockets = {}, log = {} }
 
 -- Replies arrive 5 bytes at a time.
 local function fake(conn_script, reused)
@@ -50,22 +51,14 @@ describe("pb_rpc", function()
   local pb_rpc, bridge, def
 
   setup(function()
-    ngx.socket = { tcp = function()
-      local s = assert(table.remove(sockets, 1), "no more fake sockets")
-      log_of[#log_of + 1] = s
-      return s
-    end }
-    for k in pairs(package.loaded) do
-      if k:find("^kong%.runloop%.plugin_servers%.rpc") then package.loaded[k] = nil end
-    end
+    fake_cosocket.install(queue)
     pb_rpc = require "kong.runloop.plugin_servers.rpc.pb_rpc"
     bridge = require("kong.runloop.plugin_servers.lib").bridge
-    def = { name = "go-srv", socket = "/tmp/go-srv.socket", connect_timeout = 11, send_timeout = 22,
-            read_timeout = 33, max_message_size = 1024 * 1024, ready_timeout = 5 }
+    def = fake_cosocket.def("go-srv")
   end)
 
   before_each(function()
-    sockets, log_of = {}, {}
+    queue.sockets, queue.log = {}, {}
   end)
 
   it("is what rpc/init.lua picks for ProtoBuf:1", function()
@@ -77,12 +70,12 @@ describe("pb_rpc", function()
 
   it("replays the recorded go-hello session byte for byte", function()
     local rpc = pb_rpc.new(def, "go-hello")
-    sockets = { fake(copy(conv.start_instance.turns)) }
+    queue.sockets = { fake(copy(conv.start_instance.turns)) }
     assert.equal(7, rpc:start_instance('{"message":"Kong!","__seq__":7}'))
-    assert.equal(conv.start_instance.sends[1], log_of[1].sent[1])
-    assert.equal("unix:/tmp/go-srv.socket", log_of[1].path)
-    assert.same({ 11, 22, 33 }, log_of[1].timeouts)
-    assert.is_true(log_of[1].kept)
+    assert.equal(conv.start_instance.sends[1], queue.log[1].sent[1])
+    assert.equal("unix:/tmp/go-srv.socket", queue.log[1].path)
+    assert.same({ 11, 22, 33 }, queue.log[1].timeouts)
+    assert.is_true(queue.log[1].kept)
 
     local calls = {}
     local answers = {
@@ -99,14 +92,14 @@ describe("pb_rpc", function()
       return true, answers[name .. " " .. tostring(args and args[1])]
     end
     for _, phase in ipairs { "access", "response", "log" } do
-      sockets, log_of = { fake(copy(conv[phase].turns)) }, {}
+      queue.sockets, queue.log = { fake(copy(conv[phase].turns)) }, {}
       local ok, err, cause, stats = rpc:handle_event(7, phase, dispatch, "SAVED")
       assert.is_nil(err)
       assert.is_nil(cause)
       assert.is_true(ok)
       assert.equal(#conv[phase].sends - 1, stats.pdk_calls)
-      assert.same(conv[phase].sends, log_of[1].sent)
-      assert.is_true(log_of[1].kept)
+      assert.same(conv[phase].sends, queue.log[1].sent)
+      assert.is_true(queue.log[1].kept)
     end
     assert.equal(2 + 3 + 10, #calls)
     assert.same({ name = "kong.response.set_header", index = bridge.method_index("kong.response.set_header"),
@@ -116,26 +109,26 @@ describe("pb_rpc", function()
     assert.equal(2, calls[7].n)
     assert.is_nil(calls[14].args)   -- kong.log.serialize: no arguments
 
-    sockets, log_of = { fake(copy(conv.close_instance.turns)) }, {}
+    queue.sockets, queue.log = { fake(copy(conv.close_instance.turns)) }, {}
     assert.is_true(rpc:close_instance(7))
-    assert.equal(conv.close_instance.sends[1], log_of[1].sent[1])
+    assert.equal(conv.close_instance.sends[1], queue.log[1].sent[1])
   end)
 
   it("reads a connection closed before the first callback frame as a lost instance", function()
     local rpc = pb_rpc.new(def, "go-hello")
-    sockets = { fake({ { reply = "", read_error = "closed" } }, 0) }
+    queue.sockets = { fake({ { reply = "", read_error = "closed" } }, 0) }
     local ok, err, cause = rpc:handle_event(9, "access", function() error("not called") end)
     assert.is_nil(ok)
     assert.equal("no_instance", cause)
     assert.matches("before any reply to HandleEvent", err, 1, true)
     assert.matches("instance #9", err, 1, true)
-    assert.is_true(log_of[1].closed)
+    assert.is_true(queue.log[1].closed)
   end)
 
   it("reads a connection closed after a callback as a failure, not a lost instance", function()
     local rpc = pb_rpc.new(def, "go-hello")
     local first = conv.access.turns[1].reply    -- the get_header call
-    sockets = { fake({ { reply = first }, { reply = "", read_error = "closed" } }, 0) }
+    queue.sockets = { fake({ { reply = first }, { reply = "", read_error = "closed" } }, 0) }
     local ok, err, cause, stats = rpc:handle_event(7, "access", function() return true, "h" end)
     assert.is_nil(ok)
     assert.equal("connect", cause)
@@ -145,22 +138,22 @@ describe("pb_rpc", function()
 
   it("retries once on a fresh connection when a pooled one fails before any reply byte", function()
     local rpc = pb_rpc.new(def, "go-hello")
-    sockets = {
+    queue.sockets = {
       fake({ { reply = "", read_error = "closed" } }, 3),
       -- RpcReturn{sequence = 3, instance_status = {instance_id = 4}}: the retry is a new call
       fake({ { reply = frame("\8\3\138\2\2\16\4") } }, 0),
     }
     assert.equal(4, rpc:start_instance("{}"))
-    assert.equal(2, #log_of)
-    assert.is_true(log_of[1].closed)
-    assert.not_equal(log_of[1].pool, log_of[2].pool)
+    assert.equal(2, #queue.log)
+    assert.is_true(queue.log[1].closed)
+    assert.not_equal(queue.log[1].pool, queue.log[2].pool)
     -- no retry on a fresh connection: StartInstance closed early is a connect failure
-    sockets, log_of = { fake({ { reply = "", read_error = "closed" } }, 0) }, {}
+    queue.sockets, queue.log = { fake({ { reply = "", read_error = "closed" } }, 0) }, {}
     local id2, err2, cause2 = rpc:start_instance("{}")
     assert.is_nil(id2)
     assert.equal("connect", cause2)
     assert.matches("before any reply to StartInstance", err2, 1, true)
-    assert.equal(1, #log_of)
+    assert.equal(1, #queue.log)
   end)
 
   local function one_call(name, args_bytes)
@@ -188,14 +181,14 @@ describe("pb_rpc", function()
                                                   "cannot encode a function value (at f)" },
     }
     for _, case in ipairs(cases) do
-      sockets, log_of = { fake({ { reply = case[1] } }, 0) }, {}
+      queue.sockets, queue.log = { fake({ { reply = case[1] } }, 0) }, {}
       local ok, err, cause = rpc:handle_event(7, "access", dispatch)
       assert.is_nil(ok)
       assert.equal(case[3] or "protocol", cause)
       assert.equal(case[2], err:sub(1, #case[2]))
-      assert.is_true(log_of[1].closed)
-      assert.is_false(log_of[1].kept)
-      assert.equal(1, #log_of[1].sent)   -- nothing answered
+      assert.is_true(queue.log[1].closed)
+      assert.is_false(queue.log[1].kept)
+      assert.equal(1, #queue.log[1].sent)   -- nothing answered
     end
     assert.equal(2, called)
   end)
@@ -210,36 +203,13 @@ describe("pb_rpc", function()
     end
     local replies = {}
     for n = 1, 3 do
-      sockets, log_of = { fake({ { reply = one_call("kong.request.get_raw_body") }, { reply = "" } }, 0) }, {}
+      queue.sockets, queue.log = { fake({ { reply = one_call("kong.request.get_raw_body") }, { reply = "" } }, 0) }, {}
       rpc:handle_event(7, "access", dispatch)
-      replies[n] = log_of[1].sent[2]
+      replies[n] = queue.log[1].sent[2]
     end
     assert.equal(frame("\10\8the body"), replies[1])
     assert.equal(frame("\26\23Can't read request body"), replies[2])
     assert.equal(frame("\26\7too big"), replies[3])
-  end)
-
-  it("ends the event after kong.response.exit without answering (go-pdk closes)", function()
-    local rpc = pb_rpc.new(def, "go-hello")
-    sockets = { fake({ { reply = one_call("kong.response.exit", "\8\147\3") } }, 0) }
-    local got
-    local ok = rpc:handle_event(7, "access", function(_, _, args) got = args return true end)
-    assert.is_true(ok)
-    assert.equal(403, got[1])
-    assert.equal(1, #log_of[1].sent)
-    assert.is_true(log_of[1].closed)
-    assert.is_false(log_of[1].kept)
-  end)
-
-  it("fails the event when the PDK refuses kong.response.exit (headers already sent)", function()
-    local rpc = pb_rpc.new(def, "go-hello")
-    sockets = { fake({ { reply = one_call("kong.response.exit", "\8\147\3") } }, 0) }
-    local ok, err, cause = rpc:handle_event(7, "response", function() return false, "headers have already been sent" end)
-    assert.is_nil(ok)
-    assert.equal("kong.response.exit failed: headers have already been sent", err)
-    assert.equal("protocol", cause)
-    assert.equal(1, #log_of[1].sent)
-    assert.is_true(log_of[1].closed)
   end)
 
   it("refuses a frame longer than max_message_size", function()
@@ -247,11 +217,11 @@ describe("pb_rpc", function()
     for k, v in pairs(def) do small[k] = v end
     small.max_message_size = 64
     local rpc = pb_rpc.new(small, "go-hello")
-    sockets = { fake({ { reply = frame(string.rep("x", 65)) } }, 0) }
+    queue.sockets = { fake({ { reply = frame(string.rep("x", 65)) } }, 0) }
     local ok, err, cause = rpc:handle_event(7, "access", function() end)
     assert.is_nil(ok)
     assert.equal("protocol", cause)
     assert.matches("frame of 65 bytes exceeds max_message_size (64)", err, 1, true)
-    assert.is_true(log_of[1].closed)
+    assert.is_true(queue.log[1].closed)
   end)
 end)

@@ -22,8 +22,7 @@ describe("rpc/connection", function()
     mp_rpc = require "kong.runloop.plugin_servers.rpc.mp_rpc"
     pb_rpc = require "kong.runloop.plugin_servers.rpc.pb_rpc"
     bridge = require("kong.runloop.plugin_servers.lib").bridge
-    def = { name = "srv", socket = "/tmp/srv.socket", connect_timeout = 11, send_timeout = 22,
-            read_timeout = 33, max_message_size = 1024 * 1024, ready_timeout = 5 }
+    def = fake_cosocket.def("srv")
   end)
 
   it("gives each protocol its own methods, shared by its rpc objects", function()
@@ -79,6 +78,35 @@ describe("rpc/connection", function()
       local log_of = expect(fake({ { send_error = "broken pipe" } }, 3), fake({ { reply = case[2] } }, 0))
       assert.equal(4, case[1].new(def, "a"):start_instance("{}"))
       assert.equal(2, #log_of)
+    end
+  end)
+
+  it("kong.response.exit ends the event without a reply; refused by the PDK, it fails the event", function()
+    local function frame(body)
+      return string.char(#body, 0, 0, 0) .. body
+    end
+    for _, case in ipairs {
+      { mp_rpc, string.char(0x94, 0x01, 1, 0xc0) .. bridge.encode(0, {
+          EventId = 7, Data = { Method = "kong.response.exit", Args = { 403, "no" } } }), { 403, "no" } },
+      -- go-pdk's call frames: the method name, then its input (status 403)
+      { pb_rpc, frame("kong.response.exit") .. frame("\8\147\3"), { 403, "" } },
+    } do
+      local log_of = expect(fake({ { reply = case[2] } }, 0))
+      local got
+      assert.is_true(case[1].new(def, "a"):handle_event(5, "access", function(_, _, args) got = args return true end))
+      assert.same(case[3], got)
+      assert.equal(1, #log_of[1].sent)
+      assert.is_true(log_of[1].closed)
+      assert.is_false(log_of[1].kept)
+
+      log_of = expect(fake({ { reply = case[2] } }, 0))
+      local ok, err, cause = case[1].new(def, "a"):handle_event(5, "response",
+        function() return false, "headers have already been sent" end)
+      assert.is_nil(ok)
+      assert.equal("kong.response.exit failed: headers have already been sent", err)
+      assert.equal("protocol", cause)
+      assert.equal(1, #log_of[1].sent)
+      assert.is_true(log_of[1].closed)
     end
   end)
 end)

@@ -21,21 +21,6 @@ local ffi = require "ffi"
 local cjson = require("cjson.safe").new()
 local pluginservers = require "kong.runloop.plugin_servers.conf_pluginservers"
 
-local ffi_gc = ffi.gc
-local ffi_new = ffi.new
-local ffi_str = ffi.string
-local type = type
-local pairs = pairs
-local ipairs = ipairs
-local pcall = pcall
-local tostring = tostring
-local require = require
-local gmatch = string.gmatch
-local math_huge = math.huge
-local setmetatable = setmetatable
-local assert = assert
-local sub = string.sub
-
 local NULL = cjson.null
 local KEY_PREFIX = "pluginserver_"
 
@@ -52,7 +37,7 @@ local function load_lib()
   end
   if not suffixes then
     suffixes = {}
-    for s in gmatch(ffi_str(lib.C.kps_config_setting_names()), "[^,]+") do
+    for s in string.gmatch(ffi.string(lib.C.kps_config_setting_names()), "[^,]+") do
       suffixes[#suffixes + 1] = s
     end
   end
@@ -66,7 +51,7 @@ local function scalar(v)
   if t == "string" or t == "boolean" then
     return v
   elseif t == "number" then
-    if v ~= v or v == math_huge or v == -math_huge then
+    if v ~= v or v == math.huge or v == -math.huge then
       return tostring(v)
     end
     return v
@@ -117,7 +102,7 @@ end
 local function pick(settings, key_prefix)
   local out = {}
   for k, v in pairs(settings) do
-    if type(k) == "string" and (k == "prefix" or sub(k, 1, #KEY_PREFIX) == KEY_PREFIX) then
+    if type(k) == "string" and (k == "prefix" or string.sub(k, 1, #KEY_PREFIX) == KEY_PREFIX) then
       out[k] = to_json_value(v)
     end
   end
@@ -136,7 +121,7 @@ local function pick(settings, key_prefix)
   local names = settings.pluginserver_names
   if type(names) == "string" then
     local list = {}
-    for entry in gmatch(names, "[^,]+") do
+    for entry in string.gmatch(names, "[^,]+") do
       list[#list + 1] = entry
     end
     names = list
@@ -185,14 +170,14 @@ local function take_output(clib, rc, out, out_len)
   if rc ~= 0 then
     return nil, clib.errmsg()
   end
-  return ffi_str(out[0], out_len[0])
+  return ffi.string(out[0], out_len[0])
 end
 
 -- Parses `settings` into `handle`: defs, warnings | nil, errors, warnings.
 local function parse_into(clib, handle, settings, opts)
   local C = clib.C
-  local out = ffi_new("const uint8_t *[1]")
-  local out_len = ffi_new("size_t[1]")
+  local out = ffi.new("const uint8_t *[1]")
+  local out_len = ffi.new("size_t[1]")
 
   local function key_prefix(entry)
     local errbuf, errbuf_len = clib.errbuf()
@@ -265,13 +250,13 @@ function _M.parse(settings, opts)
   end
 
   local C = clib.C
-  local handle = ffi_gc(C.kps_config_new(), C.kps_config_free)
+  local handle = ffi.gc(C.kps_config_new(), C.kps_config_free)
   local defs, second, third = parse_into(clib, handle, settings, opts)
   if defs then
     handles[defs] = handle
   else
     -- nothing refers to a rejected configuration: free it now, not at some later GC
-    C.kps_config_free(ffi_gc(handle, nil))
+    C.kps_config_free(ffi.gc(handle, nil))
   end
   return defs, second, third
 end

@@ -18,14 +18,6 @@
 -- compare(settings, defs) -> array of warnings where the list and the parsed
 --   definitions disagree.
 
-local type = type
-local pcall = pcall
-local ipairs = ipairs
-local tostring = tostring
-local lower = string.lower
-local gmatch = string.gmatch
-local concat = table.concat
-
 local _M = {}
 
 -- list field -> per-server key suffix
@@ -61,7 +53,7 @@ end
 local function listed_names(names)
   if type(names) == "string" then
     local list = {}
-    for entry in gmatch(names, "[^,]+") do
+    for entry in string.gmatch(names, "[^,]+") do
       list[#list + 1] = entry
     end
     return list
@@ -125,7 +117,7 @@ function _M.compare(settings, defs)
   end
   local seen = {}
   for _, e in ipairs(list) do
-    local name = lower(e.name)
+    local name = string.lower(e.name)
     seen[name] = true
     local def = by_name[name]
     if not def then
@@ -149,7 +141,7 @@ function _M.compare(settings, defs)
     end
   end
   if #missing > 0 then
-    warnings[#warnings + 1] = "pluginserver_names lists " .. concat(missing, ", ")
+    warnings[#warnings + 1] = "pluginserver_names lists " .. table.concat(missing, ", ")
       .. ", which kong.configuration.pluginservers does not; using pluginserver_names"
   end
   return warnings

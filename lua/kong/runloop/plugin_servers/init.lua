@@ -11,11 +11,6 @@ local plugin = require "kong.runloop.plugin_servers.plugin"
 local counters = require "kong.runloop.plugin_servers.counters"
 local metrics = require "kong.runloop.plugin_servers.metrics"
 
-local ngx = ngx
-local log = ngx.log
-local ERR = ngx.ERR
-local pcall = pcall
-
 local NO_PLUGIN = "no plugin found"
 
 local _M = {}
@@ -90,26 +85,14 @@ function _M.start()
   -- every worker handles plugin_server/reset_instances, as Kong's start() does
   local rok, rerr = pcall(plugin.register_events)
   if not rok then
-    log(ERR, "[pluginserver] failed registering worker events: ", tostring(rerr))
+    ngx.log(ngx.ERR, "[pluginserver] failed registering worker events: ", tostring(rerr))
   end
-  local defs, err = load_servers()
-  if not defs then
-    log(ERR, "[pluginserver] ", err)
-    return true
-  end
-  local ok, perr = pcall(process.start, defs)
-  if not ok then
-    log(ERR, "[pluginserver] failed starting plugin servers: ", tostring(perr))
-  end
-  return true
+  -- the servers of kong.configuration, as process.lua's Kong API starts them
+  return process.start_pluginservers()
 end
 
 function _M.stop()
-  local ok, err = pcall(process.stop)
-  if not ok then
-    log(ERR, "[pluginserver] failed stopping plugin servers: ", tostring(err))
-  end
-  return true
+  return process.stop_pluginservers()
 end
 
 -- Process state (from the supervisor) beside the counters of every worker.

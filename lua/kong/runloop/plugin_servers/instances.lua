@@ -15,10 +15,7 @@
 local cjson = require "cjson.safe"
 
 local ngx = ngx
-local log = ngx.log
-local DEBUG = ngx.DEBUG
 local tostring = tostring
-local setmetatable = setmetatable
 
 local semaphore
 do
@@ -54,7 +51,7 @@ end
 local function close(self, id, why)
   local ok, err = self.rpc:close_instance(id)
   if not ok then
-    log(DEBUG, "[pluginserver] closing instance #", id, " of ", self.plugin_name, " (", why, "): ", err)
+    ngx.log(ngx.DEBUG, "[pluginserver] closing instance #", id, " of ", self.plugin_name, " (", why, "): ", err)
   end
 end
 

@@ -9,13 +9,7 @@
 
 local ffi = require "ffi"
 
-local ffi_new = ffi.new
 local ffi_str = ffi.string
-local gsub = string.gsub
-local gmatch = string.gmatch
-local io_open = io.open
-local concat = table.concat
-local setmetatable = setmetatable
 
 local MODULE = "kong_plugin_servers"
 local NAMES = { MODULE, "lib" .. MODULE }
@@ -26,9 +20,9 @@ local _M = {}
 -- Every file that package.cpath could name for the library, in search order.
 local function candidates(cpath)
   local paths = {}
-  for template in gmatch(cpath, "[^;]+") do
+  for template in string.gmatch(cpath, "[^;]+") do
     for _, name in ipairs(NAMES) do
-      local path = gsub(template, "%?", name)
+      local path = string.gsub(template, "%?", name)
       if paths[#paths] ~= path then
         paths[#paths + 1] = path
       end
@@ -40,13 +34,13 @@ end
 function _M.find(cpath)
   local tried = candidates(cpath or package.cpath)
   for _, path in ipairs(tried) do
-    local f = io_open(path, "rb")
+    local f = io.open(path, "rb")
     if f then
       f:close()
       return path
     end
   end
-  return nil, "could not find the " .. MODULE .. " library; tried:\n  " .. concat(tried, "\n  ")
+  return nil, "could not find the " .. MODULE .. " library; tried:\n  " .. table.concat(tried, "\n  ")
 end
 
 local function load()
@@ -95,8 +89,8 @@ _M.path = loaded.path
 
 -- One error buffer per Lua state: Lua runs one thing at a time, and a message is
 -- turned into a string before the next call can overwrite it.
-local errbuf = ffi_new("uint8_t[?]", ERRBUF_SIZE)
-local errbuf_len = ffi_new("size_t[1]")
+local errbuf = ffi.new("uint8_t[?]", ERRBUF_SIZE)
+local errbuf_len = ffi.new("size_t[1]")
 
 -- Returns the (errbuf, errbuf_len) pair for a fallible call, reset to full size.
 function _M.errbuf()

@@ -4,16 +4,6 @@
 -- Built at scrape time from status(), which already sums the workers; nothing
 -- here runs per request.
 
-local type = type
-local pairs = pairs
-local ipairs = ipairs
-local tostring = tostring
-local floor = math.floor
-local fmt = string.format
-local gsub = string.gsub
-local sort = table.sort
-local concat = table.concat
-
 local _M = {}
 
 local PREFIX = "kong_plugin_server_"
@@ -26,22 +16,22 @@ local function number(v)
   if type(v) ~= "number" or v ~= v then
     return "0"
   end
-  if v == floor(v) and v < 2 ^ 53 and v > -2 ^ 53 then
-    return fmt("%d", v)
+  if v == math.floor(v) and v < 2 ^ 53 and v > -2 ^ 53 then
+    return string.format("%d", v)
   end
-  return fmt("%.9g", v)
+  return string.format("%.9g", v)
 end
 
 -- A bucket bound in seconds, in plain decimals ("0.0000625", not "6.25e-05").
 local function bound(seconds)
-  return (gsub(gsub(fmt("%.7f", seconds), "0+$", ""), "%.$", ""))
+  return (string.format("%.7f", seconds):gsub("0+$", ""):gsub("%.$", ""))
 end
 _M.bound = bound
 
 local ESCAPES = { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" }
 
 local function label(v)
-  return (gsub(tostring(v), '[\\"\n]', ESCAPES))
+  return (string.gsub(tostring(v), '[\\"\n]', ESCAPES))
 end
 
 local function sorted_keys(t)
@@ -49,8 +39,19 @@ local function sorted_keys(t)
   for k in pairs(t or {}) do
     keys[#keys + 1] = k
   end
-  sort(keys)
+  table.sort(keys)
   return keys
+end
+
+-- An emitter (for family) of one sample per key of the counters' map `field`,
+-- labelled `name`, in key order.
+local function per_key(field, name)
+  return function(emit, _, c)
+    local map = c[field]
+    for _, k in ipairs(sorted_keys(map)) do
+      emit("", "," .. name .. '="' .. label(k) .. '"', map[k])
+    end
+  end
 end
 
 -- Counters with a family of their own above; and counter names fit for a metric name.
@@ -102,19 +103,11 @@ function _M.render(list)
   family(out, list, "hangs_total", "counter", "Hangs detected (a process alive but not answering).",
     function(emit, e) emit("", nil, type(e.hangs) == "number" and e.hangs or 0) end)
   family(out, list, "events_total", "counter", "Plugin events run, by phase, summed over workers.",
-    function(emit, _, c)
-      for _, phase in ipairs(sorted_keys(c.events_by_phase)) do
-        emit("", ',phase="' .. label(phase) .. '"', c.events_by_phase[phase])
-      end
-    end)
+    per_key("events_by_phase", "phase"))
   family(out, list, "pdk_calls_total", "counter", "PDK calls served to the plugin server.",
     function(emit, _, c) emit("", nil, c.pdk_calls or 0) end)
   family(out, list, "errors_total", "counter", "Failed events by cause (connect, timeout, protocol, ...).",
-    function(emit, _, c)
-      for _, cause in ipairs(sorted_keys(c.errors)) do
-        emit("", ',cause="' .. label(cause) .. '"', c.errors[cause])
-      end
-    end)
+    per_key("errors", "cause"))
   family(out, list, "fail_open_skips_total", "counter", "Failed events skipped because of fail_open.",
     function(emit, _, c) emit("", nil, c.fail_open or 0) end)
   family(out, list, "instance_starts_total", "counter", "Plugin instances started.",
@@ -138,7 +131,7 @@ function _M.render(list)
   family(out, list, "event_duration_max_seconds", "gauge", "Longest event so far.",
     function(emit, _, c) emit("", nil, ((c.latency_ms or {}).max or 0) / 1000) end)
   out[#out + 1] = ""
-  return concat(out, "\n")
+  return table.concat(out, "\n")
 end
 
 return _M

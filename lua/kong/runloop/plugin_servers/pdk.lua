@@ -37,6 +37,27 @@ local function first(v)
   return v
 end
 
+-- The headers of the request or the response (`part`): those the log timer saved
+-- (`saved[field]`), else the live ones of kong.<part>.
+local function headers_of(part, field)
+  return function(saved, max)
+    if saved then
+      return saved[field]
+    end
+    return kong[part].get_headers(max)
+  end
+end
+
+-- One header of the request or the response, as headers_of reads them.
+local function header_of(part, field)
+  return function(saved, name)
+    if saved then
+      return first((saved[field] or {})[name])
+    end
+    return kong[part].get_header(name)
+  end
+end
+
 -- Overrides: function(saved, ...) (docs/PROTOCOL.md §6, the exposed API).
 local overrides = {
   ["kong.log.serialize"] = function(saved)
@@ -66,18 +87,8 @@ local overrides = {
     local shared = saved and saved.ctx_shared or kong.ctx.shared
     shared[k] = v
   end,
-  ["kong.request.get_headers"] = function(saved, max)
-    if saved then
-      return saved.request_headers
-    end
-    return kong.request.get_headers(max)
-  end,
-  ["kong.request.get_header"] = function(saved, name)
-    if saved then
-      return first((saved.request_headers or {})[name])
-    end
-    return kong.request.get_header(name)
-  end,
+  ["kong.request.get_headers"] = headers_of("request", "request_headers"),
+  ["kong.request.get_header"] = header_of("request", "request_headers"),
   ["kong.request.get_uri_captures"] = function(saved)
     return kong.request.get_uri_captures(saved and saved.ngx_ctx or ngx.ctx)
   end,
@@ -87,18 +98,8 @@ local overrides = {
     end
     return kong.response.get_status()
   end,
-  ["kong.response.get_headers"] = function(saved, max)
-    if saved then
-      return saved.response_headers
-    end
-    return kong.response.get_headers(max)
-  end,
-  ["kong.response.get_header"] = function(saved, name)
-    if saved then
-      return first((saved.response_headers or {})[name])
-    end
-    return kong.response.get_header(name)
-  end,
+  ["kong.response.get_headers"] = headers_of("response", "response_headers"),
+  ["kong.response.get_header"] = header_of("response", "response_headers"),
   ["kong.response.get_source"] = function(saved)
     return kong.response.get_source(saved and saved.ngx_ctx or nil)
   end,

@@ -22,13 +22,9 @@ do
 end
 
 local ngx = ngx
-local log = ngx.log
 local ERR = ngx.ERR
-local WARN = ngx.WARN
 local pcall = pcall
 local tostring = tostring
-local setmetatable = setmetatable
-local pairs = pairs
 
 local ERROR_BODY = { message = "An unexpected error occurred" }
 
@@ -58,7 +54,7 @@ end
 -- Drops this worker's instances of the plugin.
 function Plugin:reset_instances(why)
   if why then
-    log(WARN, "[pluginserver] dropping instances of ", self.name, ": ", why)
+    ngx.log(ngx.WARN, "[pluginserver] dropping instances of ", self.name, ": ", why)
   end
   self.instances:reset()
 end
@@ -73,7 +69,7 @@ local function reset_everywhere(self, why)
     local ok, err = we.post("plugin_server", "reset_instances",
                             { plugin_name = self.name, pid = ngx.worker.pid() })
     if not ok then
-      log(ERR, "[pluginserver] failed to post plugin_server reset_instances event: ", tostring(err))
+      ngx.log(ERR, "[pluginserver] failed to post plugin_server reset_instances event: ", tostring(err))
     end
   end
 end

@@ -23,23 +23,6 @@ local state = require "kong.runloop.plugin_servers.state"
 local shm = require "kong.runloop.plugin_servers.shm"
 local conf = require "kong.runloop.plugin_servers.conf"
 
-local ngx = ngx
-local log = ngx.log
-local ERR = ngx.ERR
-local NOTICE = ngx.NOTICE
-local WARN = ngx.WARN
-local concat = table.concat
-local type = type
-local pcall = pcall
-local ipairs = ipairs
-local next = next
-local tonumber = tonumber
-local require = require
-local tostring = tostring
-local ffi_new = ffi.new
-local ffi_str = ffi.string
-local ffi_gc = ffi.gc
-
 local NULL = cjson.null
 -- Period of the drain timer (seconds): readiness shows in the dict within it.
 local DRAIN_PERIOD = 0.01
@@ -77,22 +60,22 @@ function _M.query(defs)
   if not l then
     return nil, err
   end
-  log(NOTICE, "[pluginserver] loading external plugins info")
+  ngx.log(ngx.NOTICE, "[pluginserver] loading external plugins info")
   local config, cerr = config_of(defs)
   if not config then
     return nil, cerr
   end
-  local out = ffi_new("kps_query *[1]")
+  local out = ffi.new("kps_query *[1]")
   local buf, len = l.errbuf()
   local rc = l.C.kps_query_run(config, out, buf, len)
   if rc ~= 0 then
     return nil, l.errmsg()
   end
-  local q = ffi_gc(out[0], l.C.kps_query_free)
-  local ptr, plen = ffi_new("const uint8_t *[1]"), ffi_new("size_t[1]")
+  local q = ffi.gc(out[0], l.C.kps_query_free)
+  local ptr, plen = ffi.new("const uint8_t *[1]"), ffi.new("size_t[1]")
   l.C.kps_query_json(q, ptr, plen)
-  local text = ffi_str(ptr[0], plen[0])
-  l.C.kps_query_free(ffi_gc(q, nil))
+  local text = ffi.string(ptr[0], plen[0])
+  l.C.kps_query_free(ffi.gc(q, nil))
 
   local list, derr = cjson.decode(text)
   if type(list) ~= "table" then
@@ -113,7 +96,7 @@ function _M.query(defs)
       server_def = def,
     }
   end
-  log(NOTICE, "[pluginserver] loaded #", #infos, " external plugins info")
+  ngx.log(ngx.NOTICE, "[pluginserver] loaded #", #infos, " external plugins info")
   return infos
 end
 
@@ -130,21 +113,21 @@ local out_ptr, out_len
 local function drain()
   local l = lib
   if not out_ptr then
-    out_ptr, out_len = ffi_new("const uint8_t *[1]"), ffi_new("size_t[1]")
+    out_ptr, out_len = ffi.new("const uint8_t *[1]"), ffi.new("size_t[1]")
   end
   local n = l.C.kps_supervisor_drain(out_ptr, out_len)
   if n <= 0 then
     return 0
   end
-  local reports = cjson.decode(ffi_str(out_ptr[0], out_len[0]))
+  local reports = cjson.decode(ffi.string(out_ptr[0], out_len[0]))
   if type(reports) ~= "table" then
-    log(ERR, "[pluginserver] undecodable supervisor reports")
+    ngx.log(ngx.ERR, "[pluginserver] undecodable supervisor reports")
     return n
   end
   for _, r in ipairs(reports) do
     local kind = r.kind
     if kind == "log" then
-      log(r.level, r.msg)
+      ngx.log(r.level, r.msg)
     elseif kind == "state" then
       state.set(r.name, {
         state = r.state,
@@ -207,13 +190,13 @@ local function drain_timer(premature)
     -- that the new worker 0 can take over the sockets.
     local ok, err = pcall(stop_in_timer)
     if not ok then
-      log(ERR, "[pluginserver] failed stopping plugin servers: ", tostring(err))
+      ngx.log(ngx.ERR, "[pluginserver] failed stopping plugin servers: ", tostring(err))
     end
     return
   end
   local ok, err = pcall(drain_all)
   if not ok then
-    log(ERR, "[pluginserver] failed draining supervisor reports: ", tostring(err))
+    ngx.log(ngx.ERR, "[pluginserver] failed draining supervisor reports: ", tostring(err))
   end
 end
 
@@ -226,15 +209,15 @@ function _M.start(defs)
   end
   local l, err = load_lib()
   if not l then
-    log(ERR, "[pluginserver] cannot start plugin servers: ", err)
+    ngx.log(ngx.ERR, "[pluginserver] cannot start plugin servers: ", err)
     return true
   end
   local managed = {}
   local dict_ok, dict_err = state.dict()
   if not dict_ok then
-    log(ERR, "[pluginserver] ", dict_err)
+    ngx.log(ngx.ERR, "[pluginserver] ", dict_err)
   else
-    log(NOTICE, "[pluginserver] ", shm.describe(defs))
+    ngx.log(ngx.NOTICE, "[pluginserver] ", shm.describe(defs))
   end
   my_pid = ngx.worker.pid()
   local old = state.claim(my_pid, defs)
@@ -279,13 +262,13 @@ function _M.start(defs)
   if rc < 0 then
     local msg = cerr or l.errmsg()
     for _, def in ipairs(managed) do
-      log(ERR, "[pluginserver] cannot start pluginserver '", def.name, "': ", msg)
+      ngx.log(ngx.ERR, "[pluginserver] cannot start pluginserver '", def.name, "': ", msg)
       state.set(def.name, { state = "failed" }, my_pid)
     end
     return true
   end
   if rc == 1 then
-    log(NOTICE, "[pluginserver] the supervisor of this process is already running")
+    ngx.log(ngx.NOTICE, "[pluginserver] the supervisor of this process is already running")
   end
   supervising, finished, stopping = true, false, false
   if not timer_running then
@@ -293,7 +276,7 @@ function _M.start(defs)
     if ok then
       timer_running = true
     else
-      log(ERR, "[pluginserver] cannot create the supervisor drain timer: ", tostring(terr))
+      ngx.log(ngx.ERR, "[pluginserver] cannot create the supervisor drain timer: ", tostring(terr))
     end
   end
   return true
@@ -326,10 +309,10 @@ function _M.load_external_plugins_info(kong_conf)
   -- `defs, warnings` or `nil, errors, warnings`
   local defs, second = conf.parse(kong_conf)
   if not defs then
-    return nil, "invalid plugin server configuration: " .. concat(second or {}, "; ")
+    return nil, "invalid plugin server configuration: " .. table.concat(second or {}, "; ")
   end
   for _, w in ipairs(second or {}) do
-    log(WARN, "[pluginserver] ", w)
+    ngx.log(ngx.WARN, "[pluginserver] ", w)
   end
   local list, err = _M.query(defs)
   if not list then
@@ -349,12 +332,12 @@ function _M.start_pluginservers()
     return require("kong.runloop.plugin_servers.servers").get()
   end)
   if not ok or not defs then
-    log(ERR, "[pluginserver] ", tostring(ok and err or defs))
+    ngx.log(ngx.ERR, "[pluginserver] ", tostring(ok and err or defs))
     return true
   end
   local sok, serr = pcall(_M.start, defs)
   if not sok then
-    log(ERR, "[pluginserver] failed starting plugin servers: ", tostring(serr))
+    ngx.log(ngx.ERR, "[pluginserver] failed starting plugin servers: ", tostring(serr))
   end
   return true
 end
@@ -363,7 +346,7 @@ end
 function _M.stop_pluginservers()
   local ok, err = pcall(_M.stop)
   if not ok then
-    log(ERR, "[pluginserver] failed stopping plugin servers: ", tostring(err))
+    ngx.log(ngx.ERR, "[pluginserver] failed stopping plugin servers: ", tostring(err))
   end
   return true
 end

@@ -9,14 +9,6 @@
 
 local conf = require "kong.runloop.plugin_servers.conf"
 
-local ngx = ngx
-local log = ngx.log
-local WARN = ngx.WARN
-local pcall = pcall
-local ipairs = ipairs
-local tostring = tostring
-local concat = table.concat
-
 local _M = {}
 
 local servers, servers_err
@@ -33,12 +25,12 @@ function _M.get()
   end
   local warnings = (defs and second) or third
   for _, w in ipairs(warnings or {}) do
-    log(WARN, "[pluginserver] ", w)
+    ngx.log(ngx.WARN, "[pluginserver] ", w)
   end
   if defs then
     servers = defs
   else
-    servers_err = "invalid plugin server configuration: " .. concat(second or {}, "; ")
+    servers_err = "invalid plugin server configuration: " .. table.concat(second or {}, "; ")
   end
   return servers, servers_err
 end

@@ -17,13 +17,6 @@ local shm = require "kong.runloop.plugin_servers.shm"
 
 local ngx = ngx
 local type = type
-local pairs = pairs
-local ipairs = ipairs
-local pcall = pcall
-local require = require
-local tostring = tostring
-local min = math.min
-local floor = math.floor
 local ngx_now = ngx.now
 local update_time = ngx.update_time
 
@@ -36,8 +29,6 @@ local REFUSED_KEY = "ps:refused:"
 local REFUSED_TTL = 0.2
 -- A waiting request looks at the dict at least this often (seconds).
 local POLL = 0.01
-
-local NULL = cjson.null
 
 local _M = {
   MISSING_DICT = shm.MISSING,
@@ -78,13 +69,6 @@ local function wake(name)
   end
 end
 
-local function denull(v)
-  if v == NULL then
-    return nil
-  end
-  return v
-end
-
 local cached_raw, cached_entry = {}, {}
 
 -- The entry of one server: { state, pid, restarts, last_exit, started_at, since } or nil.
@@ -106,12 +90,6 @@ function _M.get(name)
   if type(e) ~= "table" then
     return nil
   end
-  e.pid = denull(e.pid)
-  e.pid_start = denull(e.pid_start)
-  e.note = denull(e.note)
-  e.last_exit = denull(e.last_exit)
-  e.started_at = denull(e.started_at)
-  e.since = denull(e.since)
   cached_raw[name], cached_entry[name] = raw, e
   return e
 end
@@ -142,7 +120,9 @@ function _M.owner()
 end
 
 -- Stores a server's entry, if `owner` still owns the state (an old worker 0 that
--- finishes its stop after a reload must not overwrite the new one's state).
+-- finishes its stop after a reload must not overwrite the new one's state). An
+-- absent field is nil, never cjson.null (process.lua's drain turns the report's
+-- nulls into nil), so that get() returns the entry as decoded.
 -- Wakes the requests of this worker that wait for the server.
 function _M.set(name, entry, owner)
   local d, p = dict()
@@ -187,7 +167,7 @@ function _M.status(defs)
       hangs = e.hangs or 0,
       last_exit = e.last_exit,
       note = e.note,
-      uptime = running and floor((now - e.started_at) * 1000) / 1000 or 0,
+      uptime = running and math.floor((now - e.started_at) * 1000) / 1000 or 0,
     }
   end
   return list
@@ -260,10 +240,10 @@ function _M.wait_ready(name, timeout_ms)
     update_time()
     local left = deadline - ngx_now()
     if left <= 0 then
-      return nil, "pluginserver '" .. name .. "' not ready after " .. floor((timeout_ms or 0) + 0.5)
+      return nil, "pluginserver '" .. name .. "' not ready after " .. math.floor((timeout_ms or 0) + 0.5)
         .. " ms (state " .. state .. ")"
     end
-    sleep(semaphore(name), min(POLL, left))
+    sleep(semaphore(name), math.min(POLL, left))
   end
 end
 
@@ -285,7 +265,7 @@ function _M.wait_new_pid(name, old_pid, timeout_ms)
     update_time()
     if ngx_now() >= deadline then
       return nil, "pluginserver '" .. name .. "' (pid " .. tostring(old_pid) .. ") died during the event"
-        .. " and no new process was ready after " .. floor((timeout_ms or 0) + 0.5) .. " ms"
+        .. " and no new process was ready after " .. math.floor((timeout_ms or 0) + 0.5) .. " ms"
     end
     sleep(semaphore(name), POLL)
   end

@@ -3,23 +3,25 @@
 -- (back to the pool only with nothing unread), the round trip (send, then read
 -- and feed until the engine reports an event), the first exchange of a request
 -- with its retries, instance start and close, and the loop serving an event's
--- PDK calls until its handler ends.
+-- PDK calls (dispatch, refusal, the calls that end the request) until its
+-- handler ends.
 --
 -- A protocol module (mp_rpc, pb_rpc) describes its engine once and keeps only
--- what differs: how a PDK call is answered, and how some replies read.
+-- what differs: how a PDK call's arguments read, how its reply is written, and
+-- how some replies read.
 --
--- engine = {
---   the engine's C functions: session_free, stream_new, stream_free, stream_reset,
---     stream_has_unread, stream_feed, stream_poll, and the request builders
---     start_instance, close_instance, handle_event;
---   session_new(def) -> session or nil; event_ctype ("kps_x_event[1]");
+-- protocol(prefix, engine): the engine's C functions are kps_<prefix>_<name>
+-- (ENGINE_FUNCTIONS), its event struct kps_<prefix>_event; engine = {
+--   session_new(def) -> session or nil;
 --   event kinds: NONE (more bytes needed), STARTED, CLOSED (the instance replies),
 --     CALL (a PDK call), DONE (the handler ended); optionally NOTICE (given to
 --     notice(self, ev), then reading goes on) and ERROR (the server's error reply,
 --     read by server_error(self, what, ev) -> nil, err, cause);
---   answer(self, c, ev, dispatch, saved, stats) -> true | "terminal" | false, err
---     [, cause (default "protocol")]: serves a PDK call, its reply built into
---     _M.out/_M.out_len;
+--   arguments(self, ev, index, name) -> args, n | nil, nil, err[, cause (default
+--     "protocol")]: a PDK call's arguments, decoded;
+--   reply(self, c, ev, index, name, ok, value) -> true | false, err: the reply to a
+--     PDK call that does not end the request (value: its result or error), built
+--     into _M.out/_M.out_len;
 --   closed(self, c) -> err, before_reply: the peer closed the connection;
 --   poll_error(self) -> err: the message of a failed poll (errmsg() holds it);
 --   read_errors_retry: a read that fails before any reply byte may be a pooled
@@ -31,21 +33,26 @@
 local ffi = require "ffi"
 local lib = require "kong.runloop.plugin_servers.lib"
 local socket = require "kong.runloop.plugin_servers.rpc.socket"
+local pdk = require "kong.runloop.plugin_servers.pdk"
 
 local ffi_gc = ffi.gc
 local ffi_new = ffi.new
 local ffi_str = ffi.string
 local errbuf = lib.errbuf
 local errmsg = lib.errmsg
-local tonumber = tonumber
+local refuse = pdk.refuse
 local tostring = tostring
-local setmetatable = setmetatable
 
 local FREE_STREAMS = 16
 -- A dead pooled connection, then a connect that reached the dying server, then
 -- the restarted server.
 local MAX_ATTEMPTS = 3
 local READ_SIZE = 65536
+-- The C functions every engine has, kps_<prefix>_<name>.
+local ENGINE_FUNCTIONS = {
+  "session_free", "stream_new", "stream_free", "stream_reset", "stream_has_unread", "stream_feed",
+  "stream_poll", "stream_start_instance", "stream_close_instance", "stream_handle_event",
+}
 
 local _M = {}
 
@@ -205,6 +212,42 @@ local function failure(self, ev, what, request)
     .. " from " .. self.def.name, "protocol"
 end
 
+-- Per method index: whether the call ends the request, and its name (so that a
+-- known method's name is a table read, not an ffi.string of the event's text).
+local terminal = {}
+local method_names = {}
+for i, m in pairs(lib.bridge.methods()) do
+  method_names[i] = m.name
+  terminal[i] = m.terminal or nil
+end
+
+-- Answers one PDK call: true, "terminal", or false, err[, cause].
+local function answer(self, c, ev, dispatch, saved, stats)
+  local engine = self.engine
+  local index = ev.method
+  local name = method_names[index] or ffi_str(ev.text, ev.text_len)
+  local args, n, err, cause = engine.arguments(self, ev, index, name)
+  if err then
+    return false, err, cause
+  end
+  local ok, value, refused = dispatch(index, name, args, n, saved)
+  if refused then
+    -- outside the PDK: nothing ran; the protocol's reply gives the plugin the error
+    refuse(self.def, name)
+  else
+    stats.pdk_calls = stats.pdk_calls + 1
+  end
+  if terminal[index] then
+    if not ok then
+      -- Refused (headers already sent, a phase without a response...): the plugin
+      -- waits for no answer, so the event fails, as Kong's raised error would.
+      return false, name .. " failed: " .. tostring(value)
+    end
+    return "terminal"
+  end
+  return engine.reply(self, c, ev, index, name, ok, value)
+end
+
 -- Serves the PDK calls of an event whose first event is `ev` until the engine
 -- reports its end. Returns true, nil, nil, stats or nil, err, cause, stats; the
 -- connection is finished or closed either way.
@@ -219,7 +262,7 @@ local function serve_event(self, c, ev, phase, dispatch, saved, stats)
     _M.finish(self, c)
     return true, nil, nil, stats
   elseif kind == engine.CALL then
-    local ok, err, cause = engine.answer(self, c, ev, dispatch, saved, stats)
+    local ok, err, cause = answer(self, c, ev, dispatch, saved, stats)
     if ok == "terminal" then
       -- The handler does not wait for a reply; Kong's request ends here.
       _M.close(self, c)
@@ -246,16 +289,16 @@ end
 -- arguments (see there).
 local function build_start_instance(self, c, buf, len, config_json)
   local name = self.plugin_name
-  return self.engine.start_instance(_M.session(self), c.st.stream, name, #name,
+  return self.engine.stream_start_instance(_M.session(self), c.st.stream, name, #name,
                                     config_json, #config_json, out, out_len, buf, len)
 end
 
 local function build_close_instance(self, c, buf, len, id)
-  return self.engine.close_instance(_M.session(self), c.st.stream, id, out, out_len, buf, len)
+  return self.engine.stream_close_instance(_M.session(self), c.st.stream, id, out, out_len, buf, len)
 end
 
 local function build_handle_event(self, c, buf, len, id, phase)
-  return self.engine.handle_event(_M.session(self), c.st.stream, id, phase, #phase,
+  return self.engine.stream_handle_event(_M.session(self), c.st.stream, id, phase, #phase,
                                   out, out_len, buf, len)
 end
 
@@ -307,11 +350,16 @@ local function handle_event(self, id, phase, dispatch, saved)
   return serve_event(self, c, ev, phase, dispatch, saved, stats)
 end
 
--- The module of a protocol: new(def, plugin_name, on_reset) -> rpc for one
+-- The module of protocol `prefix` ("mp", "pb"): new(def, plugin_name, on_reset) -> rpc for one
 -- plugin, `def` its server definition, `on_reset(why)` called when the server's
 -- instances are gone. Each protocol has its own methods (tail calls into the
 -- shared ones), so that plugin.lua and the specs can tell them apart.
-function _M.protocol(engine)
+function _M.protocol(prefix, engine)
+  local C = lib.C
+  for _, name in ipairs(ENGINE_FUNCTIONS) do
+    engine[name] = C["kps_" .. prefix .. "_" .. name]
+  end
+  engine.event_ctype = "kps_" .. prefix .. "_event[1]"
   local RPC = {
     start_instance = function(self, config_json)
       return start_instance(self, config_json)

@@ -14,15 +14,6 @@
 
 local cjson = require "cjson.safe"
 
-local type = type
-local pcall = pcall
-local pairs = pairs
-local tostring = tostring
-local require = require
-local lower = string.lower
-local gsub = string.gsub
-local concat = table.concat
-
 local _M = {}
 
 local IMPLEMENTATIONS = {
@@ -37,7 +28,7 @@ local function complete(def)
     return def
   end
   local name = tostring(def.name)
-  local key = "pluginserver_" .. gsub(lower(name), "-", "_")
+  local key = "pluginserver_" .. string.gsub(string.lower(name), "-", "_")
   local conf = require "kong.runloop.plugin_servers.conf"
   local defs, errs = conf.parse({
     pluginserver_names = { name },
@@ -46,7 +37,7 @@ local function complete(def)
     [key .. "_query_cmd"] = def.query_command,
   })
   if not defs or not defs[1] then
-    return nil, "server definition of " .. name .. ": " .. concat(errs or {}, "; ")
+    return nil, "server definition of " .. name .. ": " .. table.concat(errs or {}, "; ")
   end
   for k, v in pairs(defs[1]) do
     if def[k] == nil then

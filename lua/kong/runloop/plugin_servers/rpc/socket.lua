@@ -13,8 +13,6 @@ local tcp = ngx.socket.tcp
 local sleep = ngx.sleep
 local now = ngx.now
 local update_time = ngx.update_time
-local find = string.find
-local lower = string.lower
 local tostring = tostring
 
 local _M = {}
@@ -56,8 +54,8 @@ local function not_listening(err)
   if not err then
     return false
   end
-  err = lower(tostring(err))
-  return find(err, "no such file", 1, true) or find(err, "connection refused", 1, true)
+  err = string.lower(tostring(err))
+  return string.find(err, "no such file", 1, true) or string.find(err, "connection refused", 1, true)
 end
 
 -- Cause of a socket error: "timeout" or "connect".
@@ -270,8 +268,8 @@ end
 function _M.peer_failed(def, sock, err)
   local pid = pid_of[sock]
   if pid and state and def.start_command then
-    err = lower(tostring(err))
-    if find(err, "reset by peer", 1, true) or find(err, "broken pipe", 1, true)
+    err = string.lower(tostring(err))
+    if string.find(err, "reset by peer", 1, true) or string.find(err, "broken pipe", 1, true)
       or (err == "closed" and died_after_close(def, pid)) then
       state.refused(def.name, pid)
       return true
