@@ -1,9 +1,10 @@
 //! The bodies of the handle functions the two RPC engines share
 //! (`kps_mp_*` for MessagePack-RPC, `kps_pb_*` for Protobuf): making, resetting
 //! and asking a stream, feeding it bytes, polling it for an event and building a
-//! request into its output. Each `extern "C"` function stays written out in its
-//! engine's module (the header generator reads no macros, and each export has its
-//! own contract) and calls one of these.
+//! request into its output. The exports that differ only in their prefix are
+//! written out per engine into `handle_exports.rs` from one definition
+//! (`tools/handle_exports.rs`, `make header`: cbindgen reads no macros); the
+//! others stay in their engine's module. Each calls one of these.
 //!
 //! Each caller passes the message for a NULL argument, so that both engines keep
 //! the messages they always gave.

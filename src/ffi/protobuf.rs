@@ -15,10 +15,7 @@
 use std::ptr;
 
 use super::args::byte_arg;
-use super::engine::{
-    StreamHandle, null_argument, stream_build, stream_feed, stream_has_unread, stream_new,
-    stream_output, stream_poll, stream_reset,
-};
+use super::engine::{StreamHandle, null_argument, stream_build, stream_output, stream_poll};
 use super::errbuf::write_error;
 use crate::codec::protobuf::{Closed, Event, Session, Stream};
 
@@ -95,88 +92,6 @@ pub extern "C" fn kps_pb_session_new(max_message_size: u64) -> *mut kps_pb_sessi
         Ok(max) if max > 0 => Box::into_raw(Box::new(kps_pb_session(Session::new(max as usize)))),
         _ => ptr::null_mut(),
     }
-}
-
-/// Releases a session; null is ignored.
-///
-/// # Errors
-/// None.
-///
-/// # Panics
-/// None.
-///
-/// # Safety
-/// `session` must be null or a pointer from `kps_pb_session_new` not yet freed.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_pb_session_free(session: *mut kps_pb_session) {
-    // SAFETY: per the contract, NULL or a live handle, freed once.
-    unsafe { super::handle::free_handle(session) }
-}
-
-/// Makes a stream with the session's frame limit. Release it with `kps_pb_stream_free`.
-///
-/// # Errors
-/// Returns NULL when `session` is NULL.
-///
-/// # Panics
-/// None (allocation failure aborts the process).
-///
-/// # Safety
-/// `session` must be NULL or a live session handle. The stream does not keep it.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_pb_stream_new(session: *const kps_pb_session) -> *mut kps_pb_stream {
-    // SAFETY: null or live per the contract.
-    unsafe { stream_new(session) }
-}
-
-/// Releases a stream; null is ignored. Pointers borrowed from it become invalid.
-///
-/// # Errors
-/// None.
-///
-/// # Panics
-/// None.
-///
-/// # Safety
-/// `stream` must be null or a pointer from `kps_pb_stream_new` not yet freed.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_pb_stream_free(stream: *mut kps_pb_stream) {
-    // SAFETY: per the contract, NULL or a live handle, freed once.
-    unsafe { super::handle::free_handle(stream) }
-}
-
-/// Starts the stream over for a fresh connection checkout; null is ignored.
-///
-/// # Errors
-/// None.
-///
-/// # Panics
-/// None.
-///
-/// # Safety
-/// `stream` must be null or a live pointer from `kps_pb_stream_new`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_pb_stream_reset(stream: *mut kps_pb_stream) {
-    // SAFETY: null or live per the contract.
-    unsafe { stream_reset(stream) }
-}
-
-/// 1 when bytes beyond the reported messages are buffered, else 0 (also for
-/// NULL). A connection goes back to the pool only after `KPS_PB_DONE` or
-/// `KPS_PB_STATUS` with nothing unread.
-///
-/// # Errors
-/// None.
-///
-/// # Panics
-/// None.
-///
-/// # Safety
-/// `stream` must be null or a live pointer from `kps_pb_stream_new`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_pb_stream_has_unread(stream: *const kps_pb_stream) -> i32 {
-    // SAFETY: null or live per the contract.
-    unsafe { stream_has_unread(stream) }
 }
 
 /// A UTF-8 string argument (protobuf `string` fields must be UTF-8).
@@ -364,31 +279,6 @@ pub unsafe extern "C" fn kps_pb_stream_reply(
             st.0.reply(value)
         })
     }
-}
-
-/// Appends `len` received bytes to the stream.
-///
-/// # Errors
-/// `KPS_ERR_ARGS` (-2) for a null pointer; `KPS_ERR_FAILED` (-1) when the stream
-/// failed earlier (the message repeats why).
-///
-/// # Panics
-/// Never across the boundary.
-///
-/// # Safety
-/// `stream` from `kps_pb_stream_new`; `bytes` valid for `len` bytes of reads;
-/// errbuf as above. Pointers borrowed from the stream become invalid.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_pb_stream_feed(
-    stream: *mut kps_pb_stream,
-    bytes: *const u8,
-    len: usize,
-    errbuf: *mut u8,
-    errbuf_len: *mut usize,
-) -> i32 {
-    const NULL: &str = "kps_pb_stream_feed: null argument";
-    // SAFETY: per the contract.
-    unsafe { stream_feed(stream, bytes, len, errbuf, errbuf_len, NULL) }
 }
 
 /// Reports the next complete event into `*ev` (`kind` `KPS_PB_NONE` when more
