@@ -27,6 +27,30 @@ pub(crate) trait StreamHandle: Sized {
     fn feed(&mut self, bytes: &[u8]) -> Result<(), String>;
 }
 
+/// Implements [`StreamHandle`] for an engine's stream handle `$stream(Stream)`,
+/// made from its session handle `$session(Session)` by `$new`; the rest forwards
+/// to the engine's stream.
+macro_rules! stream_handle {
+    ($stream:ident, $session:ident, |$s:ident| $new:expr) => {
+        impl super::engine::StreamHandle for $stream {
+            type Session = $session;
+            fn new($s: &$session) -> Self {
+                $stream($new)
+            }
+            fn reset(&mut self) {
+                self.0.reset();
+            }
+            fn has_unread(&self) -> bool {
+                self.0.has_unread()
+            }
+            fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
+                self.0.feed(bytes)
+            }
+        }
+    };
+}
+pub(crate) use stream_handle;
+
 /// Writes `msg` and returns `KPS_ERR_ARGS`.
 pub(crate) fn null_argument(errbuf: *mut u8, errbuf_len: *mut usize, msg: &str) -> i32 {
     // SAFETY: forwarded from the exported function's errbuf contract.

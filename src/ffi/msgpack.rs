@@ -10,7 +10,7 @@
 use std::ptr;
 
 use super::args::byte_arg;
-use super::engine::{StreamHandle, null_argument, stream_build, stream_poll};
+use super::engine::{null_argument, stream_build, stream_handle, stream_poll};
 use crate::codec::msgpack::{Event, Limits, Session, Stream};
 
 /// Opaque: message ids and limits of one plugin in one worker.
@@ -19,21 +19,9 @@ pub struct kps_mp_session(Session);
 /// Opaque: decoding/encoding state of one event on one connection.
 pub struct kps_mp_stream(Stream);
 
-impl StreamHandle for kps_mp_stream {
-    type Session = kps_mp_session;
-    fn new(session: &kps_mp_session) -> Self {
-        kps_mp_stream(Stream::new(session.0.limits()))
-    }
-    fn reset(&mut self) {
-        self.0.reset();
-    }
-    fn has_unread(&self) -> bool {
-        self.0.has_unread()
-    }
-    fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
-        self.0.feed(bytes)
-    }
-}
+stream_handle!(kps_mp_stream, kps_mp_session, |session| Stream::new(
+    session.0.limits()
+));
 
 /// `kps_mp_event.kind`: more bytes are needed.
 pub const KPS_MP_NONE: i32 = 0;

@@ -15,7 +15,7 @@
 use std::ptr;
 
 use super::args::byte_arg;
-use super::engine::{StreamHandle, null_argument, stream_build, stream_output, stream_poll};
+use super::engine::{null_argument, stream_build, stream_handle, stream_output, stream_poll};
 use super::errbuf::write_error;
 use crate::codec::protobuf::{Closed, Event, Session, Stream};
 
@@ -25,21 +25,9 @@ pub struct kps_pb_session(Session);
 /// One request (an instance command or a whole event) on one connection.
 pub struct kps_pb_stream(Stream);
 
-impl StreamHandle for kps_pb_stream {
-    type Session = kps_pb_session;
-    fn new(session: &kps_pb_session) -> Self {
-        kps_pb_stream(Stream::new(session.0.max_message_size()))
-    }
-    fn reset(&mut self) {
-        self.0.reset();
-    }
-    fn has_unread(&self) -> bool {
-        self.0.has_unread()
-    }
-    fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
-        self.0.feed(bytes)
-    }
-}
+stream_handle!(kps_pb_stream, kps_pb_session, |session| Stream::new(
+    session.0.max_message_size()
+));
 
 /// `kps_pb_event.kind`: more bytes are needed.
 pub const KPS_PB_NONE: i32 = 0;
