@@ -14,7 +14,7 @@
 
 use std::ptr;
 
-use super::args::byte_arg;
+use super::args::{byte_arg, required_bytes};
 use super::engine::{null_argument, stream_build, stream_handle, stream_output, stream_poll};
 use super::errbuf::write_error;
 use crate::codec::protobuf::{Closed, Event, Session, Stream};
@@ -87,16 +87,8 @@ pub extern "C" fn kps_pb_session_new(max_message_size: u64) -> *mut kps_pb_sessi
 /// # Safety
 /// `ptr` valid for `len` bytes of reads (or `len` 0).
 unsafe fn text<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a str, String> {
-    let bytes = unsafe { byte_field(ptr, len, what) }?;
+    let bytes = unsafe { required_bytes(ptr, len, what) }?;
     std::str::from_utf8(bytes).map_err(|_| format!("{what} is not UTF-8"))
-}
-
-/// A byte argument; callers have already refused NULL with a non-zero length.
-///
-/// # Safety
-/// As [`byte_arg`].
-unsafe fn byte_field<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a [u8], String> {
-    unsafe { byte_arg(ptr, len) }.ok_or_else(|| format!("{what}: null argument"))
 }
 
 /// Builds `RpcCall{cmd_start_instance{name, config}}` (one frame) and points `out`
@@ -144,7 +136,7 @@ pub unsafe extern "C" fn kps_pb_stream_start_instance(
             NULL,
             |s, st| {
                 let name = text(name, name_len, "plugin name")?;
-                let config = byte_field(config, config_len, "config")?;
+                let config = required_bytes(config, config_len, "config")?;
                 st.0.start_instance(&mut s.0, name, config)
             },
         )
