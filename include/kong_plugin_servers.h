@@ -149,6 +149,172 @@ typedef struct {
   size_t text_len;
 } kps_pb_event;
 
+// Releases a session (NULL is ignored).
+//
+// # Errors
+// None.
+//
+// # Panics
+// Never.
+//
+// # Safety
+// `session` must be NULL or a handle from `kps_mp_session_new` not yet freed.
+void kps_mp_session_free(kps_mp_session *session);
+
+// Makes a stream with the session's limits. Release it with
+// `kps_mp_stream_free`.
+//
+// # Errors
+// Returns NULL when `session` is NULL.
+//
+// # Panics
+// Never (allocation failure aborts the process, as everywhere in Rust).
+//
+// # Safety
+// `session` must be NULL or a live session handle. The stream does not keep it.
+kps_mp_stream *kps_mp_stream_new(const kps_mp_session *session);
+
+// Releases a stream (NULL is ignored). Pointers borrowed from it become invalid.
+//
+// # Errors
+// None.
+//
+// # Panics
+// Never.
+//
+// # Safety
+// `stream` must be NULL or a handle from `kps_mp_stream_new` not yet freed.
+void kps_mp_stream_free(kps_mp_stream *stream);
+
+// Starts the stream over for a fresh connection checkout (clears buffered bytes,
+// the pending request and a previous protocol error); NULL is ignored.
+//
+// # Errors
+// None.
+//
+// # Panics
+// Never.
+//
+// # Safety
+// `stream` must be NULL or a live stream handle.
+void kps_mp_stream_reset(kps_mp_stream *stream);
+
+// 1 when bytes beyond the last reported message are buffered, else 0 (also for
+// NULL). A connection goes back to the pool only when its reply or event has
+// ended with nothing unread.
+//
+// # Errors
+// None.
+//
+// # Panics
+// Never.
+//
+// # Safety
+// `stream` must be NULL or a live stream handle.
+int32_t kps_mp_stream_has_unread(const kps_mp_stream *stream);
+
+// Appends `len` received bytes to the stream. Pointers borrowed from the stream
+// become invalid.
+//
+// # Errors
+// `KPS_ERR_ARGS` for a NULL stream or NULL `data` with a non-zero length;
+// `KPS_ERR_FAILED` when the stream failed earlier (the message repeats why).
+//
+// # Panics
+// Never across the boundary (`KPS_ERR_PANIC`).
+//
+// # Safety
+// `stream` a live handle; `data` valid for `len` bytes of reads; `errbuf` as for
+// every fallible function.
+int32_t kps_mp_stream_feed(kps_mp_stream *stream,
+                           const uint8_t *data,
+                           size_t len,
+                           uint8_t *errbuf,
+                           size_t *errbuf_len);
+
+// Releases a session (NULL is ignored).
+//
+// # Errors
+// None.
+//
+// # Panics
+// Never.
+//
+// # Safety
+// `session` must be NULL or a handle from `kps_pb_session_new` not yet freed.
+void kps_pb_session_free(kps_pb_session *session);
+
+// Makes a stream with the session's limits. Release it with
+// `kps_pb_stream_free`.
+//
+// # Errors
+// Returns NULL when `session` is NULL.
+//
+// # Panics
+// Never (allocation failure aborts the process, as everywhere in Rust).
+//
+// # Safety
+// `session` must be NULL or a live session handle. The stream does not keep it.
+kps_pb_stream *kps_pb_stream_new(const kps_pb_session *session);
+
+// Releases a stream (NULL is ignored). Pointers borrowed from it become invalid.
+//
+// # Errors
+// None.
+//
+// # Panics
+// Never.
+//
+// # Safety
+// `stream` must be NULL or a handle from `kps_pb_stream_new` not yet freed.
+void kps_pb_stream_free(kps_pb_stream *stream);
+
+// Starts the stream over for a fresh connection checkout (clears buffered bytes,
+// the pending request and a previous protocol error); NULL is ignored.
+//
+// # Errors
+// None.
+//
+// # Panics
+// Never.
+//
+// # Safety
+// `stream` must be NULL or a live stream handle.
+void kps_pb_stream_reset(kps_pb_stream *stream);
+
+// 1 when bytes beyond the last reported message are buffered, else 0 (also for
+// NULL). A connection goes back to the pool only when its reply or event has
+// ended with nothing unread.
+//
+// # Errors
+// None.
+//
+// # Panics
+// Never.
+//
+// # Safety
+// `stream` must be NULL or a live stream handle.
+int32_t kps_pb_stream_has_unread(const kps_pb_stream *stream);
+
+// Appends `len` received bytes to the stream. Pointers borrowed from the stream
+// become invalid.
+//
+// # Errors
+// `KPS_ERR_ARGS` for a NULL stream or NULL `data` with a non-zero length;
+// `KPS_ERR_FAILED` when the stream failed earlier (the message repeats why).
+//
+// # Panics
+// Never across the boundary (`KPS_ERR_PANIC`).
+//
+// # Safety
+// `stream` a live handle; `data` valid for `len` bytes of reads; `errbuf` as for
+// every fallible function.
+int32_t kps_pb_stream_feed(kps_pb_stream *stream,
+                           const uint8_t *data,
+                           size_t len,
+                           uint8_t *errbuf,
+                           size_t *errbuf_len);
+
 // Returns the library version as a NUL-terminated static string.
 //
 // # Errors
@@ -318,68 +484,6 @@ int32_t kps_config_key_prefix(kps_config *config,
 // None; release the handle with `kps_mp_session_free`.
 kps_mp_session *kps_mp_session_new(uint64_t max_message_size, uint32_t max_depth);
 
-// Releases a session (NULL is ignored).
-//
-// # Errors
-// None.
-//
-// # Panics
-// Never.
-//
-// # Safety
-// `session` must be NULL or a handle from `kps_mp_session_new` not yet freed.
-void kps_mp_session_free(kps_mp_session *session);
-
-// Makes a stream with the session's limits.
-//
-// # Errors
-// Returns NULL when `session` is NULL.
-//
-// # Panics
-// Never.
-//
-// # Safety
-// `session` must be NULL or a live session handle. The stream does not keep it.
-kps_mp_stream *kps_mp_stream_new(const kps_mp_session *session);
-
-// Releases a stream (NULL is ignored).
-//
-// # Errors
-// None.
-//
-// # Panics
-// Never.
-//
-// # Safety
-// `stream` must be NULL or a handle from `kps_mp_stream_new` not yet freed.
-void kps_mp_stream_free(kps_mp_stream *stream);
-
-// Starts the stream over for a fresh connection checkout (clears buffered bytes,
-// the pending request and a previous protocol error).
-//
-// # Errors
-// None.
-//
-// # Panics
-// Never.
-//
-// # Safety
-// `stream` must be NULL (ignored) or a live stream handle.
-void kps_mp_stream_reset(kps_mp_stream *stream);
-
-// 1 when bytes beyond the last reported message are buffered (such a connection
-// must not go back to the pool), else 0.
-//
-// # Errors
-// None.
-//
-// # Panics
-// Never.
-//
-// # Safety
-// `stream` must be NULL (answers 0) or a live stream handle.
-int32_t kps_mp_stream_has_unread(const kps_mp_stream *stream);
-
 // Builds `plugin.StartInstance` `[{Name = name, Config = config}]`; `config` is
 // the JSON text of the plugin configuration.
 //
@@ -486,23 +590,6 @@ int32_t kps_mp_stream_step_error(kps_mp_session *session,
                                  uint8_t *errbuf,
                                  size_t *errbuf_len);
 
-// Appends received bytes to the stream.
-//
-// # Errors
-// `KPS_ERR_ARGS` for NULL pointers; `KPS_ERR_FAILED` when the stream failed
-// earlier with a protocol error (the same message).
-//
-// # Panics
-// Never across the boundary (`KPS_ERR_PANIC`).
-//
-// # Safety
-// `stream` a live handle; `data` valid for `len` bytes; `errbuf` as usual.
-int32_t kps_mp_stream_feed(kps_mp_stream *stream,
-                           const uint8_t *data,
-                           size_t len,
-                           uint8_t *errbuf,
-                           size_t *errbuf_len);
-
 // Decodes the next complete message into `ev`; `ev->kind` is `KPS_MP_NONE` when
 // more bytes are needed. Pointers in `ev` stay valid until the next call on
 // the stream.
@@ -535,68 +622,6 @@ int32_t kps_mp_stream_poll(kps_mp_stream *stream,
 // # Safety
 // None: the returned pointer is owned by the caller until `kps_pb_session_free`.
 kps_pb_session *kps_pb_session_new(uint64_t max_message_size);
-
-// Releases a session; null is ignored.
-//
-// # Errors
-// None.
-//
-// # Panics
-// None.
-//
-// # Safety
-// `session` must be null or a pointer from `kps_pb_session_new` not yet freed.
-void kps_pb_session_free(kps_pb_session *session);
-
-// Makes a stream with the session's frame limit. Release it with `kps_pb_stream_free`.
-//
-// # Errors
-// Returns NULL when `session` is NULL.
-//
-// # Panics
-// None (allocation failure aborts the process).
-//
-// # Safety
-// `session` must be NULL or a live session handle. The stream does not keep it.
-kps_pb_stream *kps_pb_stream_new(const kps_pb_session *session);
-
-// Releases a stream; null is ignored. Pointers borrowed from it become invalid.
-//
-// # Errors
-// None.
-//
-// # Panics
-// None.
-//
-// # Safety
-// `stream` must be null or a pointer from `kps_pb_stream_new` not yet freed.
-void kps_pb_stream_free(kps_pb_stream *stream);
-
-// Starts the stream over for a fresh connection checkout; null is ignored.
-//
-// # Errors
-// None.
-//
-// # Panics
-// None.
-//
-// # Safety
-// `stream` must be null or a live pointer from `kps_pb_stream_new`.
-void kps_pb_stream_reset(kps_pb_stream *stream);
-
-// 1 when bytes beyond the reported messages are buffered, else 0 (also for
-// NULL). A connection goes back to the pool only after `KPS_PB_DONE` or
-// `KPS_PB_STATUS` with nothing unread.
-//
-// # Errors
-// None.
-//
-// # Panics
-// None.
-//
-// # Safety
-// `stream` must be null or a live pointer from `kps_pb_stream_new`.
-int32_t kps_pb_stream_has_unread(const kps_pb_stream *stream);
 
 // Builds `RpcCall{cmd_start_instance{name, config}}` (one frame) and points `out`
 // at it. `config` is the JSON text of the plugin configuration.
@@ -685,24 +710,6 @@ int32_t kps_pb_stream_reply(kps_pb_stream *stream,
                             size_t *out_len,
                             uint8_t *errbuf,
                             size_t *errbuf_len);
-
-// Appends `len` received bytes to the stream.
-//
-// # Errors
-// `KPS_ERR_ARGS` (-2) for a null pointer; `KPS_ERR_FAILED` (-1) when the stream
-// failed earlier (the message repeats why).
-//
-// # Panics
-// Never across the boundary.
-//
-// # Safety
-// `stream` from `kps_pb_stream_new`; `bytes` valid for `len` bytes of reads;
-// errbuf as above. Pointers borrowed from the stream become invalid.
-int32_t kps_pb_stream_feed(kps_pb_stream *stream,
-                           const uint8_t *bytes,
-                           size_t len,
-                           uint8_t *errbuf,
-                           size_t *errbuf_len);
 
 // Reports the next complete event into `*ev` (`kind` `KPS_PB_NONE` when more
 // bytes are needed). Call pointers borrow the stream until its next call.

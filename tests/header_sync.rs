@@ -1,5 +1,8 @@
-//! The checked-in header and Lua cdefs must match the sources: run `make header`.
+//! The checked-in handle exports, header and Lua cdefs must match their sources:
+//! run `make header`.
 
+#[path = "../tools/handle_exports.rs"]
+mod handle_exports;
 #[path = "../tools/header.rs"]
 mod header;
 
@@ -8,6 +11,14 @@ use std::path::Path;
 fn read(rel: &str) -> String {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(dir.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+#[test]
+fn handle_exports_match_their_definition() {
+    assert!(
+        handle_exports::handle_exports() == read("src/ffi/handle_exports.rs"),
+        "src/ffi/handle_exports.rs is stale: run `make header`"
+    );
 }
 
 #[test]

@@ -10,6 +10,7 @@ pub mod msgpack_stream;
 pub mod msgpack_value;
 pub mod pb_stream;
 pub mod pb_value;
+pub mod script;
 pub mod split;
 
 use kong_plugin_servers::config::{MAX_INT_SETTING, MAX_SOCKET_PATH};

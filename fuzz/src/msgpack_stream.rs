@@ -1,6 +1,7 @@
 //! The MessagePack-RPC stream decoder (`codec::msgpack::Stream`), driven the way the
 //! shim drives it: a request, then whatever the plugin server sends, fed in reads.
 
+use super::script::Script;
 use kong_plugin_servers::codec::methods;
 use kong_plugin_servers::codec::msgpack::{Event, Limits, Session, Stream, framer};
 
@@ -52,19 +53,13 @@ pub fn check(data: &[u8]) {
 struct Driver {
     session: Session,
     stream: Stream,
-    script: u32,
-    sent: u32,
+    script: Script,
 }
 
 impl Driver {
     /// Sends the next scripted request (nothing may be pending).
     fn request(&mut self) {
-        let kind = if self.sent < 4 {
-            (self.script >> (2 * self.sent)) & 3
-        } else {
-            1
-        };
-        self.sent += 1;
+        let kind = self.script.next_kind();
         let r = match kind {
             0 => self
                 .stream
@@ -84,8 +79,7 @@ fn run(limits: Limits, script: u32, bytes: &[u8], reads: &[usize]) -> (Vec<Seen>
     let mut d = Driver {
         session: Session::new(limits),
         stream: Stream::new(limits),
-        script,
-        sent: 0,
+        script: Script::new(script, 4),
     };
     d.request();
     let mut seen = Vec::new();

@@ -2,6 +2,7 @@
 //! frames, method-name/args frame pairs, `RpcReturn`), driven the way the shim
 //! drives it: a command, then whatever the plugin server sends, fed in reads.
 
+use super::script::Script;
 use kong_plugin_servers::codec::methods;
 use kong_plugin_servers::codec::protobuf::{Closed, Event, Session, Stream};
 
@@ -68,19 +69,13 @@ fn limit_for(seed: u8) -> usize {
 struct Driver {
     session: Session,
     stream: Stream,
-    script: u32,
-    sent: u32,
+    script: Script,
 }
 
 impl Driver {
     /// Sends the next scripted command (nothing may be pending).
     fn request(&mut self) {
-        let kind = if self.sent < 8 {
-            (self.script >> (2 * self.sent)) & 3
-        } else {
-            1
-        };
-        self.sent += 1;
+        let kind = self.script.next_kind();
         let (s, st) = (&mut self.session, &mut self.stream);
         let r = match kind {
             0 => st
@@ -98,8 +93,7 @@ fn run(limit: usize, script: u32, segments: &[&[u8]], split: Option<u8>) -> Vec<
     let mut d = Driver {
         session: Session::new(limit),
         stream: Stream::new(limit),
-        script,
-        sent: 0,
+        script: Script::new(script, 8),
     };
     d.request();
     let mut seen = Vec::new();

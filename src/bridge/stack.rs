@@ -323,29 +323,13 @@ impl Stack {
         mut f: impl for<'v> FnMut(Val<'v>, Val<'v>) -> Result<(), E>,
         at: impl for<'v> FnOnce(E, Val<'v>) -> E,
     ) -> Result<(), E> {
-        self.check_read(3)?;
-        let top = self.top();
-        // SAFETY: space checked; `t.idx` holds a table; lua_next gets back the key
-        // it returned (f cannot touch the slots: it only has the stack's safe
-        // methods, which restore the top they found); the key's slot is held
-        // while `at` reads it.
-        self.iterating.set(self.iterating.get() + 1);
-        let r = unsafe {
-            ffi::lua_pushnil(self.l);
-            loop {
-                if ffi::lua_next(self.l, t.idx) == 0 {
-                    break Ok(());
-                }
-                if let Err(e) = f(self.val(top + 1), self.val(top + 2)) {
-                    let e = at(e, self.val(top + 1));
-                    ffi::lua_settop(self.l, top);
-                    break Err(e);
-                }
-                ffi::lua_settop(self.l, top + 1);
-            }
-        };
-        self.iterating.set(self.iterating.get() - 1);
-        r
+        // SAFETY: `each_slot` holds the key at `top + 1` and the value at
+        // `top + 2` during both calls.
+        self.each_slot(
+            t,
+            |top| f(unsafe { self.val(top + 1) }, unsafe { self.val(top + 2) }),
+            |e, top| at(e, unsafe { self.val(top + 1) }),
+        )
     }
 
     /// Calls `f(key)` for every key of `t` (raw, `next` order) and stops at the
@@ -355,9 +339,26 @@ impl Stack {
         t: Table<'_>,
         mut f: impl for<'v> FnMut(Val<'v>) -> Result<(), E>,
     ) -> Result<(), E> {
+        // SAFETY: `each_slot` holds the key at `top + 1` during the call.
+        self.each_slot(t, |top| f(unsafe { self.val(top + 1) }), |e, _| e)
+    }
+
+    /// The `lua_next` loop of `each_pair` and `each_key`: calls `step(top)` with
+    /// the key at `top + 1` and the value at `top + 2`, and on its first error
+    /// `fail(error, top)` while both are still there, then stops.
+    #[inline]
+    fn each_slot<E: From<Overflow>>(
+        &self,
+        t: Table<'_>,
+        mut step: impl FnMut(c_int) -> Result<(), E>,
+        fail: impl FnOnce(E, c_int) -> E,
+    ) -> Result<(), E> {
         self.check_read(3)?;
         let top = self.top();
-        // SAFETY: as `each_pair`.
+        // SAFETY: space checked; `t.idx` holds a table; lua_next gets back the key
+        // it returned (`step` cannot touch the slots: it only has the stack's safe
+        // methods, which restore the top they found); the key's slot is held
+        // while `fail` reads it.
         self.iterating.set(self.iterating.get() + 1);
         let r = unsafe {
             ffi::lua_pushnil(self.l);
@@ -365,10 +366,10 @@ impl Stack {
                 if ffi::lua_next(self.l, t.idx) == 0 {
                     break Ok(());
                 }
-                let r = f(self.val(top + 1));
-                if r.is_err() {
+                if let Err(e) = step(top) {
+                    let e = fail(e, top);
                     ffi::lua_settop(self.l, top);
-                    break r;
+                    break Err(e);
                 }
                 ffi::lua_settop(self.l, top + 1);
             }

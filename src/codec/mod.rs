@@ -4,3 +4,4 @@
 pub mod methods;
 pub mod msgpack;
 pub mod protobuf;
+mod received;

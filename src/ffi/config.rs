@@ -185,22 +185,39 @@ pub unsafe extern "C" fn kps_config_free(config: *mut kps_config) {
     unsafe { super::handle::free_handle(config) }
 }
 
-/// The output plumbing of the functions that answer with bytes the handle owns:
-/// runs `f` inside `guard`, keeps its bytes in `handle.out` and points
-/// `*out`/`*out_len` at them (valid until the next call on the handle).
+/// The plumbing of the functions that answer with bytes the handle owns: refuses
+/// a NULL `config`, `out` or `out_len` (or a missing argument of `name`:
+/// `args_present` false) with `KPS_ERR_ARGS`, else runs `f` inside `guard`,
+/// keeps its bytes in `handle.out` and points `*out`/`*out_len` at them (valid
+/// until the next call on the handle).
 ///
 /// # Safety
-/// `out`/`out_len` valid for one write each; `errbuf`/`errbuf_len` as in
-/// `kps_config_parse`.
+/// `config` NULL or from `kps_config_new`; `out`/`out_len` NULL or valid for one
+/// write each; `errbuf`/`errbuf_len` as in `kps_config_parse`.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the answering functions' own C arguments"
+)]
 unsafe fn answer(
-    handle: &mut kps_config,
+    name: &str,
+    config: *mut kps_config,
+    args_present: bool,
     out: *mut *const u8,
     out_len: *mut usize,
     errbuf: *mut u8,
     errbuf_len: *mut usize,
     f: impl FnOnce(&mut kps_config) -> Result<Vec<u8>, String>,
 ) -> i32 {
-    // SAFETY: forwarded contract.
+    // SAFETY: NULL or live per the contract.
+    let handle = match unsafe { config.as_mut() } {
+        Some(h) if args_present && !out.is_null() && !out_len.is_null() => h,
+        _ => {
+            // SAFETY: forwarded errbuf contract.
+            unsafe { write_error(errbuf, errbuf_len, &format!("{name}: null argument")) };
+            return KPS_ERR_ARGS;
+        }
+    };
+    // SAFETY: forwarded contract; `out`/`out_len` checked non-null.
     unsafe {
         guard(errbuf, errbuf_len, || {
             handle.out = f(handle)?;
@@ -240,18 +257,19 @@ pub unsafe extern "C" fn kps_config_parse(
     errbuf: *mut u8,
     errbuf_len: *mut usize,
 ) -> i32 {
-    if config.is_null() || input.is_null() || out.is_null() || out_len.is_null() {
-        // SAFETY: forwarded errbuf contract.
-        unsafe { write_error(errbuf, errbuf_len, "kps_config_parse: null argument") };
-        return KPS_ERR_ARGS;
-    }
-    // SAFETY: non-null and valid per the caller's contract.
-    let (handle, input) = unsafe { (&mut *config, std::slice::from_raw_parts(input, input_len)) };
-    // SAFETY: forwarded errbuf contract; `out`/`out_len` are valid for writes.
+    let name = "kps_config_parse";
+    // SAFETY: per the contract; `input` is read only when non-null.
     unsafe {
-        answer(handle, out, out_len, errbuf, errbuf_len, |h| {
-            parse_into(h, input)
-        })
+        answer(
+            name,
+            config,
+            !input.is_null(),
+            out,
+            out_len,
+            errbuf,
+            errbuf_len,
+            |h| parse_into(h, std::slice::from_raw_parts(input, input_len)),
+        )
     }
 }
 
@@ -279,18 +297,18 @@ pub unsafe extern "C" fn kps_config_defs(
     errbuf: *mut u8,
     errbuf_len: *mut usize,
 ) -> i32 {
-    if config.is_null() || out.is_null() || out_len.is_null() {
-        // SAFETY: forwarded errbuf contract.
-        unsafe { write_error(errbuf, errbuf_len, "kps_config_defs: null argument") };
-        return KPS_ERR_ARGS;
-    }
-    // SAFETY: non-null and valid per the caller's contract.
-    let handle = unsafe { &mut *config };
-    // SAFETY: forwarded errbuf contract; `out`/`out_len` are valid for writes.
+    // SAFETY: per the contract.
     unsafe {
-        answer(handle, out, out_len, errbuf, errbuf_len, |h| {
-            serde_json::to_vec(&h.defs).map_err(|e| format!("config defs: {e}"))
-        })
+        answer(
+            "kps_config_defs",
+            config,
+            true,
+            out,
+            out_len,
+            errbuf,
+            errbuf_len,
+            |h| serde_json::to_vec(&h.defs).map_err(|e| format!("config defs: {e}")),
+        )
     }
 }
 
@@ -320,23 +338,28 @@ pub unsafe extern "C" fn kps_config_key_prefix(
     errbuf: *mut u8,
     errbuf_len: *mut usize,
 ) -> i32 {
-    if config.is_null() || name.is_null() || out.is_null() || out_len.is_null() {
-        // SAFETY: forwarded errbuf contract.
-        unsafe { write_error(errbuf, errbuf_len, "kps_config_key_prefix: null argument") };
-        return KPS_ERR_ARGS;
-    }
-    // SAFETY: non-null and valid per the caller's contract.
-    let (handle, name) = unsafe { (&mut *config, std::slice::from_raw_parts(name, name_len)) };
-    // SAFETY: forwarded errbuf contract; `out`/`out_len` are valid for writes.
+    let present = !name.is_null();
+    // SAFETY: per the contract; `name` is read only when non-null.
     unsafe {
-        answer(handle, out, out_len, errbuf, errbuf_len, |_| {
-            Ok(config::key_prefix(&String::from_utf8_lossy(name)).into_bytes())
-        })
+        answer(
+            "kps_config_key_prefix",
+            config,
+            present,
+            out,
+            out_len,
+            errbuf,
+            errbuf_len,
+            |_| {
+                let name = std::slice::from_raw_parts(name, name_len);
+                Ok(config::key_prefix(&String::from_utf8_lossy(name)).into_bytes())
+            },
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::engine::tests::call as engine_call;
     use super::*;
     use crate::ffi::{KPS_ERR_ARGS, KPS_ERR_FAILED};
 
@@ -521,38 +544,23 @@ mod tests {
             (rc, msg.as_str()),
             (KPS_ERR_ARGS, "kps_config_parse: null argument")
         );
-        let mut err = [0u8; 64];
-        let mut err_len = err.len();
         let (mut out, mut out_len) = (std::ptr::null(), 0usize);
-        let rc = unsafe {
-            kps_config_defs(
-                std::ptr::null_mut(),
-                &mut out,
-                &mut out_len,
-                err.as_mut_ptr(),
-                &mut err_len,
-            )
-        };
-        assert_eq!(
-            (rc, &err[..err_len]),
-            (KPS_ERR_ARGS, &b"kps_config_defs: null argument"[..])
-        );
-        let mut err_len = err.len();
-        let rc = unsafe {
+        let err = engine_call(|e, l| unsafe {
+            kps_config_defs(std::ptr::null_mut(), &mut out, &mut out_len, e, l)
+        });
+        assert_eq!(err.unwrap_err(), "-2: kps_config_defs: null argument");
+        let err = engine_call(|e, l| unsafe {
             kps_config_key_prefix(
                 std::ptr::null_mut(),
                 b"a".as_ptr(),
                 1,
                 &mut out,
                 &mut out_len,
-                err.as_mut_ptr(),
-                &mut err_len,
+                e,
+                l,
             )
-        };
-        assert_eq!(
-            (rc, &err[..err_len]),
-            (KPS_ERR_ARGS, &b"kps_config_key_prefix: null argument"[..])
-        );
+        });
+        assert_eq!(err.unwrap_err(), "-2: kps_config_key_prefix: null argument");
         unsafe { kps_config_free(std::ptr::null_mut()) };
     }
 }

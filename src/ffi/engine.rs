@@ -1,9 +1,10 @@
 //! The bodies of the handle functions the two RPC engines share
 //! (`kps_mp_*` for MessagePack-RPC, `kps_pb_*` for Protobuf): making, resetting
 //! and asking a stream, feeding it bytes, polling it for an event and building a
-//! request into its output. Each `extern "C"` function stays written out in its
-//! engine's module (the header generator reads no macros, and each export has its
-//! own contract) and calls one of these.
+//! request into its output. The exports that differ only in their prefix are
+//! written out per engine into `handle_exports.rs` from one definition
+//! (`tools/handle_exports.rs`, `make header`: cbindgen reads no macros); the
+//! others stay in their engine's module. Each calls one of these.
 //!
 //! Each caller passes the message for a NULL argument, so that both engines keep
 //! the messages they always gave.
@@ -25,6 +26,30 @@ pub(crate) trait StreamHandle: Sized {
     /// Appends received bytes.
     fn feed(&mut self, bytes: &[u8]) -> Result<(), String>;
 }
+
+/// Implements [`StreamHandle`] for an engine's stream handle `$stream(Stream)`,
+/// made from its session handle `$session(Session)` by `$new`; the rest forwards
+/// to the engine's stream.
+macro_rules! stream_handle {
+    ($stream:ident, $session:ident, |$s:ident| $new:expr) => {
+        impl super::engine::StreamHandle for $stream {
+            type Session = $session;
+            fn new($s: &$session) -> Self {
+                $stream($new)
+            }
+            fn reset(&mut self) {
+                self.0.reset();
+            }
+            fn has_unread(&self) -> bool {
+                self.0.has_unread()
+            }
+            fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
+                self.0.feed(bytes)
+            }
+        }
+    };
+}
+pub(crate) use stream_handle;
 
 /// Writes `msg` and returns `KPS_ERR_ARGS`.
 pub(crate) fn null_argument(errbuf: *mut u8, errbuf_len: *mut usize, msg: &str) -> i32 {

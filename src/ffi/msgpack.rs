@@ -10,10 +10,7 @@
 use std::ptr;
 
 use super::args::byte_arg;
-use super::engine::{
-    StreamHandle, null_argument, stream_build, stream_feed, stream_has_unread, stream_new,
-    stream_poll, stream_reset,
-};
+use super::engine::{null_argument, stream_build, stream_handle, stream_poll};
 use crate::codec::msgpack::{Event, Limits, Session, Stream};
 
 /// Opaque: message ids and limits of one plugin in one worker.
@@ -22,21 +19,9 @@ pub struct kps_mp_session(Session);
 /// Opaque: decoding/encoding state of one event on one connection.
 pub struct kps_mp_stream(Stream);
 
-impl StreamHandle for kps_mp_stream {
-    type Session = kps_mp_session;
-    fn new(session: &kps_mp_session) -> Self {
-        kps_mp_stream(Stream::new(session.0.limits()))
-    }
-    fn reset(&mut self) {
-        self.0.reset();
-    }
-    fn has_unread(&self) -> bool {
-        self.0.has_unread()
-    }
-    fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
-        self.0.feed(bytes)
-    }
-}
+stream_handle!(kps_mp_stream, kps_mp_session, |session| Stream::new(
+    session.0.limits()
+));
 
 /// `kps_mp_event.kind`: more bytes are needed.
 pub const KPS_MP_NONE: i32 = 0;
@@ -88,88 +73,6 @@ pub extern "C" fn kps_mp_session_new(max_message_size: u64, max_depth: u32) -> *
         max_depth: max_depth as usize,
     };
     Box::into_raw(Box::new(kps_mp_session(Session::new(limits))))
-}
-
-/// Releases a session (NULL is ignored).
-///
-/// # Errors
-/// None.
-///
-/// # Panics
-/// Never.
-///
-/// # Safety
-/// `session` must be NULL or a handle from `kps_mp_session_new` not yet freed.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_mp_session_free(session: *mut kps_mp_session) {
-    // SAFETY: per the contract, NULL or a live handle, freed once.
-    unsafe { super::handle::free_handle(session) }
-}
-
-/// Makes a stream with the session's limits.
-///
-/// # Errors
-/// Returns NULL when `session` is NULL.
-///
-/// # Panics
-/// Never.
-///
-/// # Safety
-/// `session` must be NULL or a live session handle. The stream does not keep it.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_mp_stream_new(session: *const kps_mp_session) -> *mut kps_mp_stream {
-    // SAFETY: per the contract.
-    unsafe { stream_new(session) }
-}
-
-/// Releases a stream (NULL is ignored).
-///
-/// # Errors
-/// None.
-///
-/// # Panics
-/// Never.
-///
-/// # Safety
-/// `stream` must be NULL or a handle from `kps_mp_stream_new` not yet freed.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_mp_stream_free(stream: *mut kps_mp_stream) {
-    // SAFETY: per the contract, NULL or a live handle, freed once.
-    unsafe { super::handle::free_handle(stream) }
-}
-
-/// Starts the stream over for a fresh connection checkout (clears buffered bytes,
-/// the pending request and a previous protocol error).
-///
-/// # Errors
-/// None.
-///
-/// # Panics
-/// Never.
-///
-/// # Safety
-/// `stream` must be NULL (ignored) or a live stream handle.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_mp_stream_reset(stream: *mut kps_mp_stream) {
-    // SAFETY: per the contract.
-    unsafe { stream_reset(stream) }
-}
-
-/// 1 when bytes beyond the last reported message are buffered (such a connection
-/// must not go back to the pool), else 0.
-///
-/// # Errors
-/// None.
-///
-/// # Panics
-/// Never.
-///
-/// # Safety
-/// `stream` must be NULL (answers 0) or a live stream handle.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_mp_stream_has_unread(stream: *const kps_mp_stream) -> i32 {
-    // SAFETY: per the contract.
-    unsafe { stream_has_unread(stream) }
 }
 
 /// The request builders' checks and plumbing, with this engine's message for a
@@ -420,30 +323,6 @@ pub unsafe extern "C" fn kps_mp_stream_step_error(
     }
 }
 
-/// Appends received bytes to the stream.
-///
-/// # Errors
-/// `KPS_ERR_ARGS` for NULL pointers; `KPS_ERR_FAILED` when the stream failed
-/// earlier with a protocol error (the same message).
-///
-/// # Panics
-/// Never across the boundary (`KPS_ERR_PANIC`).
-///
-/// # Safety
-/// `stream` a live handle; `data` valid for `len` bytes; `errbuf` as usual.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_mp_stream_feed(
-    stream: *mut kps_mp_stream,
-    data: *const u8,
-    len: usize,
-    errbuf: *mut u8,
-    errbuf_len: *mut usize,
-) -> i32 {
-    const NULL: &str = "NULL stream or data with a non-zero length";
-    // SAFETY: per the contract.
-    unsafe { stream_feed(stream, data, len, errbuf, errbuf_len, NULL) }
-}
-
 /// Decodes the next complete message into `ev`; `ev->kind` is `KPS_MP_NONE` when
 /// more bytes are needed. Pointers in `ev` stay valid until the next call on
 /// the stream.
@@ -525,6 +404,7 @@ pub unsafe extern "C" fn kps_mp_stream_poll(
 #[cfg(test)]
 mod tests {
     use super::super::engine::tests::call;
+    use super::super::handle_exports::*;
     use super::*;
 
     #[test]

@@ -14,11 +14,8 @@
 
 use std::ptr;
 
-use super::args::byte_arg;
-use super::engine::{
-    StreamHandle, null_argument, stream_build, stream_feed, stream_has_unread, stream_new,
-    stream_output, stream_poll, stream_reset,
-};
+use super::args::{byte_arg, required_bytes};
+use super::engine::{null_argument, stream_build, stream_handle, stream_output, stream_poll};
 use super::errbuf::write_error;
 use crate::codec::protobuf::{Closed, Event, Session, Stream};
 
@@ -28,21 +25,9 @@ pub struct kps_pb_session(Session);
 /// One request (an instance command or a whole event) on one connection.
 pub struct kps_pb_stream(Stream);
 
-impl StreamHandle for kps_pb_stream {
-    type Session = kps_pb_session;
-    fn new(session: &kps_pb_session) -> Self {
-        kps_pb_stream(Stream::new(session.0.max_message_size()))
-    }
-    fn reset(&mut self) {
-        self.0.reset();
-    }
-    fn has_unread(&self) -> bool {
-        self.0.has_unread()
-    }
-    fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
-        self.0.feed(bytes)
-    }
-}
+stream_handle!(kps_pb_stream, kps_pb_session, |session| Stream::new(
+    session.0.max_message_size()
+));
 
 /// `kps_pb_event.kind`: more bytes are needed.
 pub const KPS_PB_NONE: i32 = 0;
@@ -97,103 +82,13 @@ pub extern "C" fn kps_pb_session_new(max_message_size: u64) -> *mut kps_pb_sessi
     }
 }
 
-/// Releases a session; null is ignored.
-///
-/// # Errors
-/// None.
-///
-/// # Panics
-/// None.
-///
-/// # Safety
-/// `session` must be null or a pointer from `kps_pb_session_new` not yet freed.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_pb_session_free(session: *mut kps_pb_session) {
-    // SAFETY: per the contract, NULL or a live handle, freed once.
-    unsafe { super::handle::free_handle(session) }
-}
-
-/// Makes a stream with the session's frame limit. Release it with `kps_pb_stream_free`.
-///
-/// # Errors
-/// Returns NULL when `session` is NULL.
-///
-/// # Panics
-/// None (allocation failure aborts the process).
-///
-/// # Safety
-/// `session` must be NULL or a live session handle. The stream does not keep it.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_pb_stream_new(session: *const kps_pb_session) -> *mut kps_pb_stream {
-    // SAFETY: null or live per the contract.
-    unsafe { stream_new(session) }
-}
-
-/// Releases a stream; null is ignored. Pointers borrowed from it become invalid.
-///
-/// # Errors
-/// None.
-///
-/// # Panics
-/// None.
-///
-/// # Safety
-/// `stream` must be null or a pointer from `kps_pb_stream_new` not yet freed.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_pb_stream_free(stream: *mut kps_pb_stream) {
-    // SAFETY: per the contract, NULL or a live handle, freed once.
-    unsafe { super::handle::free_handle(stream) }
-}
-
-/// Starts the stream over for a fresh connection checkout; null is ignored.
-///
-/// # Errors
-/// None.
-///
-/// # Panics
-/// None.
-///
-/// # Safety
-/// `stream` must be null or a live pointer from `kps_pb_stream_new`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_pb_stream_reset(stream: *mut kps_pb_stream) {
-    // SAFETY: null or live per the contract.
-    unsafe { stream_reset(stream) }
-}
-
-/// 1 when bytes beyond the reported messages are buffered, else 0 (also for
-/// NULL). A connection goes back to the pool only after `KPS_PB_DONE` or
-/// `KPS_PB_STATUS` with nothing unread.
-///
-/// # Errors
-/// None.
-///
-/// # Panics
-/// None.
-///
-/// # Safety
-/// `stream` must be null or a live pointer from `kps_pb_stream_new`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_pb_stream_has_unread(stream: *const kps_pb_stream) -> i32 {
-    // SAFETY: null or live per the contract.
-    unsafe { stream_has_unread(stream) }
-}
-
 /// A UTF-8 string argument (protobuf `string` fields must be UTF-8).
 ///
 /// # Safety
 /// `ptr` valid for `len` bytes of reads (or `len` 0).
 unsafe fn text<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a str, String> {
-    let bytes = unsafe { byte_field(ptr, len, what) }?;
+    let bytes = unsafe { required_bytes(ptr, len, what) }?;
     std::str::from_utf8(bytes).map_err(|_| format!("{what} is not UTF-8"))
-}
-
-/// A byte argument; callers have already refused NULL with a non-zero length.
-///
-/// # Safety
-/// As [`byte_arg`].
-unsafe fn byte_field<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a [u8], String> {
-    unsafe { byte_arg(ptr, len) }.ok_or_else(|| format!("{what}: null argument"))
 }
 
 /// Builds `RpcCall{cmd_start_instance{name, config}}` (one frame) and points `out`
@@ -241,7 +136,7 @@ pub unsafe extern "C" fn kps_pb_stream_start_instance(
             NULL,
             |s, st| {
                 let name = text(name, name_len, "plugin name")?;
-                let config = byte_field(config, config_len, "config")?;
+                let config = required_bytes(config, config_len, "config")?;
                 st.0.start_instance(&mut s.0, name, config)
             },
         )
@@ -364,31 +259,6 @@ pub unsafe extern "C" fn kps_pb_stream_reply(
             st.0.reply(value)
         })
     }
-}
-
-/// Appends `len` received bytes to the stream.
-///
-/// # Errors
-/// `KPS_ERR_ARGS` (-2) for a null pointer; `KPS_ERR_FAILED` (-1) when the stream
-/// failed earlier (the message repeats why).
-///
-/// # Panics
-/// Never across the boundary.
-///
-/// # Safety
-/// `stream` from `kps_pb_stream_new`; `bytes` valid for `len` bytes of reads;
-/// errbuf as above. Pointers borrowed from the stream become invalid.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn kps_pb_stream_feed(
-    stream: *mut kps_pb_stream,
-    bytes: *const u8,
-    len: usize,
-    errbuf: *mut u8,
-    errbuf_len: *mut usize,
-) -> i32 {
-    const NULL: &str = "kps_pb_stream_feed: null argument";
-    // SAFETY: per the contract.
-    unsafe { stream_feed(stream, bytes, len, errbuf, errbuf_len, NULL) }
 }
 
 /// Reports the next complete event into `*ev` (`kind` `KPS_PB_NONE` when more

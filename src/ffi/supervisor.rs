@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::args::byte_arg;
+use super::args::required_bytes;
 use super::config::kps_config;
 use super::errbuf::guard;
 use crate::config::ServerDef;
@@ -18,13 +18,6 @@ const DRAIN_MAX: usize = 1000;
 
 /// The bytes of the last drain, borrowed by the caller until the next drain.
 static DRAIN_OUT: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-/// # Safety
-/// `ptr` must be valid for `len` bytes of reads (or `len` must be 0).
-unsafe fn json_arg<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a [u8], String> {
-    // SAFETY: forwarded contract.
-    unsafe { byte_arg(ptr, len) }.ok_or_else(|| format!("{what}: null pointer"))
-}
 
 /// Starts the supervisor thread of this process for the accepted definitions of
 /// `config`, which it copies (`config` may be freed as soon as this returns); the
@@ -71,13 +64,13 @@ pub unsafe extern "C" fn kps_supervisor_start(
                 .as_ref()
                 .ok_or_else(|| "kps_supervisor_start: null config".to_string())?;
             let defs: Vec<ServerDef> = config.defs().to_vec();
-            let protocols = json_arg(protocols, protocols_len, "protocols")?;
+            let protocols = required_bytes(protocols, protocols_len, "protocols")?;
             let protocols: HashMap<String, String> = if protocols.is_empty() {
                 HashMap::new()
             } else {
                 serde_json::from_slice(protocols).map_err(|e| format!("invalid protocols: {e}"))?
             };
-            let old = json_arg(old_pids, old_pids_len, "old_pids")?;
+            let old = required_bytes(old_pids, old_pids_len, "old_pids")?;
             let old: HashMap<String, Recorded> = if old.is_empty() {
                 HashMap::new()
             } else {

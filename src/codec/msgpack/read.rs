@@ -51,23 +51,28 @@ pub fn int_at<T: TryFrom<i128>>(bytes: &[u8], at: usize) -> Option<(T, usize)> {
 
 /// The element count of the array header at `at` and the offset after it.
 pub fn array_at(bytes: &[u8], at: usize) -> Option<(u32, usize)> {
-    let b = *bytes.get(at)?;
-    match b {
-        0x90..=0x9f => Some((u32::from(b & 0x0f), at + 1)),
-        0xdc => Some((be_at(bytes, at + 1, 2)? as u32, at + 3)),
-        0xdd => Some((be_at(bytes, at + 1, 4)? as u32, at + 5)),
-        _ => None,
-    }
+    count_at(bytes, at, 0x90, 0xdc)
 }
 
 /// The entry count of the map header at `at` and the offset after it.
 pub fn map_at(bytes: &[u8], at: usize) -> Option<(u32, usize)> {
+    count_at(bytes, at, 0x80, 0xde)
+}
+
+/// The count of an array or map header at `at` and the offset after it: the
+/// fix form `fix..=fix | 0x0f`, then the 16-bit form `wide` and the 32-bit form
+/// `wide + 1`.
+#[inline]
+fn count_at(bytes: &[u8], at: usize, fix: u8, wide: u8) -> Option<(u32, usize)> {
     let b = *bytes.get(at)?;
-    match b {
-        0x80..=0x8f => Some((u32::from(b & 0x0f), at + 1)),
-        0xde => Some((be_at(bytes, at + 1, 2)? as u32, at + 3)),
-        0xdf => Some((be_at(bytes, at + 1, 4)? as u32, at + 5)),
-        _ => None,
+    if b & 0xf0 == fix {
+        Some((u32::from(b & 0x0f), at + 1))
+    } else if b == wide {
+        Some((be_at(bytes, at + 1, 2)? as u32, at + 3))
+    } else if b == wide + 1 {
+        Some((be_at(bytes, at + 1, 4)? as u32, at + 5))
+    } else {
+        None
     }
 }
 

@@ -11,6 +11,7 @@
 //! `{EventId, Data}` maps around value bytes the bridge encoded, and reports the
 //! fields of a reply as scalars plus spans of the received bytes.
 
+use crate::codec::received::{Received, release_excess};
 use std::ops::Range;
 
 use rmp::encode;
@@ -112,9 +113,7 @@ pub struct Stream {
     framer: Framer,
     /// For measuring values inside a complete message.
     scratch: Framer,
-    /// Received bytes; `[..consumed]` is the message last reported.
-    inbuf: Vec<u8>,
-    consumed: usize,
+    input: Received,
     out: Vec<u8>,
     pending: Option<(u32, Request)>,
     /// Set by a protocol error; the stream is unusable until reset.
@@ -125,16 +124,12 @@ pub struct Stream {
 const FIXMAP_1: u8 = 0x81;
 const FIXMAP_2: u8 = 0x82;
 
-/// Capacity kept across resets; a larger buffer (one big message) is released.
-const KEEP_CAPACITY: usize = 64 * 1024;
-
 impl Stream {
     pub fn new(limits: Limits) -> Self {
         Stream {
             framer: Framer::new(limits),
             scratch: Framer::new(limits),
-            inbuf: Vec::new(),
-            consumed: 0,
+            input: Received::default(),
             out: Vec::new(),
             pending: None,
             failed: None,
@@ -144,21 +139,15 @@ impl Stream {
     /// Starts over for a fresh connection checkout.
     pub fn reset(&mut self) {
         self.framer.reset();
-        self.inbuf.clear();
-        if self.inbuf.capacity() > KEEP_CAPACITY {
-            self.inbuf.shrink_to(KEEP_CAPACITY);
-        }
-        if self.out.capacity() > KEEP_CAPACITY {
-            self.out.shrink_to(KEEP_CAPACITY);
-        }
-        self.consumed = 0;
+        self.input.reset();
+        release_excess(&mut self.out);
         self.pending = None;
         self.failed = None;
     }
 
     /// The received bytes a span of an [`Event`] refers to.
     pub fn bytes(&self, span: &Range<usize>) -> &[u8] {
-        &self.inbuf[span.clone()]
+        self.input.bytes(span)
     }
 
     /// The request bytes built last.
@@ -169,7 +158,7 @@ impl Stream {
     /// Whether bytes beyond the reported messages are buffered (a connection
     /// with unread bytes must not go back to the pool).
     pub fn has_unread(&self) -> bool {
-        self.inbuf.len() > self.consumed
+        self.input.has_unread()
     }
 
     fn check_usable(&self) -> Result<(), String> {
@@ -298,16 +287,8 @@ impl Stream {
     /// Appends received bytes.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
         self.check_usable()?;
-        self.compact();
-        self.inbuf.extend_from_slice(bytes);
+        self.input.append(bytes);
         Ok(())
-    }
-
-    fn compact(&mut self) {
-        if self.consumed > 0 {
-            self.inbuf.drain(..self.consumed);
-            self.consumed = 0;
-        }
     }
 
     fn fail(&mut self, msg: String) -> String {
@@ -319,9 +300,9 @@ impl Stream {
     /// Notifications other than `serverPid` are skipped, as Kong does.
     pub fn poll(&mut self) -> Result<Option<Event>, String> {
         self.check_usable()?;
-        self.compact();
+        self.input.compact();
         if let Some((event, n)) = self.poll_event_reply() {
-            self.consumed = n;
+            self.input.consumed = n;
             self.pending = None;
             return Ok(Some(event));
         }
@@ -337,19 +318,19 @@ impl Stream {
         if !self.framer.at_start() {
             return None;
         }
-        fast::event_reply(&self.inbuf, id, self.framer.limits())
+        fast::event_reply(&self.input.buf, id, self.framer.limits())
     }
 
     /// [`Stream::poll`] by framing the message first: every shape, every error.
     pub(super) fn poll_framed(&mut self) -> Result<Option<Event>, String> {
         loop {
-            self.compact();
-            let n = match self.framer.scan(&self.inbuf) {
+            self.input.compact();
+            let n = match self.framer.scan(&self.input.buf) {
                 Ok(Some(n)) => n,
                 Ok(None) => return Ok(None),
                 Err(e) => return Err(self.fail(format!("protocol error: {e}"))),
             };
-            self.consumed = n;
+            self.input.consumed = n;
             match self.parse(n) {
                 Ok(Some(ev)) => return Ok(Some(ev)),
                 Ok(None) => continue,
@@ -359,7 +340,7 @@ impl Stream {
     }
 
     fn parse(&mut self, n: usize) -> Result<Option<Event>, String> {
-        let msg = &self.inbuf[..n];
+        let msg = &self.input.buf[..n];
         let (len, at) = read::array_at(msg, 0).ok_or("message is not an array")?;
         let (kind, at): (u8, _) = read::int_at(msg, at).ok_or("message type is not 1 or 2")?;
         match (kind, len) {
@@ -376,7 +357,7 @@ impl Stream {
     }
 
     fn parse_notification(&mut self, n: usize, at: usize) -> Result<Option<Event>, String> {
-        let msg = &self.inbuf[..n];
+        let msg = &self.input.buf[..n];
         let label = read::text_at(msg, at).ok_or("notification name is not a string")?;
         if msg[label.clone()] != *b"serverPid" {
             return Ok(None);
@@ -398,7 +379,7 @@ impl Stream {
     }
 
     fn parse_response(&mut self, n: usize, at: usize) -> Result<Event, String> {
-        let msg = &self.inbuf[..n];
+        let msg = &self.input.buf[..n];
         let (id, at): (u32, _) =
             read::int_at(msg, at).ok_or("response id is not a 32-bit integer")?;
         let (want, req) = match self.pending.take() {
@@ -458,8 +439,8 @@ impl Stream {
         })?;
         let event_id = event_id.ok_or_else(|| format!("{what} reply has no EventId"))?;
         let data = data.ok_or_else(|| format!("{what} reply has no Data"))?;
-        if let Some(text) = read::text_at(&self.inbuf[..data.end], data.start) {
-            let text = &self.inbuf[text];
+        if let Some(text) = read::text_at(&self.input.buf[..data.end], data.start) {
+            let text = &self.input.buf[text];
             if text == b"ret" {
                 return Ok(Event::Ret { event_id });
             }
@@ -486,7 +467,7 @@ impl Stream {
         let name = name.ok_or_else(|| {
             format!("{what} reply Data is neither \"ret\" nor a call with a Method")
         })?;
-        let method = methods::index_of(&self.inbuf[name.clone()]);
+        let method = methods::index_of(&self.input.buf[name.clone()]);
         Ok(Event::Call {
             event_id,
             method,
@@ -500,7 +481,7 @@ impl Stream {
     where
         F: FnMut(&[u8], Range<usize>, &[u8]) -> Result<(), String>,
     {
-        let bytes = &self.inbuf[..span.end];
+        let bytes = &self.input.buf[..span.end];
         let (entries, mut at) =
             read::map_at(bytes, span.start).ok_or_else(|| format!("{what} reply is not a map"))?;
         for i in 0..entries {

@@ -53,6 +53,13 @@ fn idx(name: &str) -> u16 {
 }
 
 /// Builds the request of turn `label` as Kong would.
+/// A session with the default limits and a stream of it.
+fn new() -> (Session, Stream) {
+    let session = Session::new(Limits::default());
+    let stream = Stream::new(session.limits());
+    (session, stream)
+}
+
 fn build(stream: &mut Stream, session: &mut Session, label: &str) -> Vec<u8> {
     let out = match label {
         "start_instance" => stream.start_instance(session, b"vhello", br#"{"message":"hi"}"#),
@@ -134,8 +141,7 @@ fn describe(stream: &Stream, ev: &Event) -> String {
 
 #[test]
 fn requests_match_the_bytes_kong_pdk_decodes() {
-    let mut session = Session::new(Limits::default());
-    let mut stream = Stream::new(session.limits());
+    let (mut session, mut stream) = new();
     for turn in conversation() {
         let built = build(&mut stream, &mut session, &turn.label);
         assert_eq!(built, turn.request, "request of {}", turn.label);
@@ -256,8 +262,7 @@ fn replies_decode_at_every_split_point() {
 fn whole_conversation_in_chunks_of_every_size() {
     let turns = conversation();
     for chunk in 1..=32 {
-        let mut session = Session::new(Limits::default());
-        let mut stream = Stream::new(session.limits());
+        let (mut session, mut stream) = new();
         for turn in &turns {
             build(&mut stream, &mut session, &turn.label);
             let mut got = None;
@@ -282,8 +287,7 @@ fn notification(label: &str, params: &serde_json::Value) -> Vec<u8> {
 #[test]
 fn several_messages_in_one_read_and_notifications() {
     let turns = conversation();
-    let mut session = Session::new(Limits::default());
-    let mut stream = Stream::new(session.limits());
+    let (mut session, mut stream) = new();
     build(&mut stream, &mut session, &turns[0].label);
     let mut bytes = notification("serverPid", &serde_json::json!(4242));
     bytes.extend(notification("somethingElse", &serde_json::json!([1, 2])));
@@ -301,8 +305,7 @@ fn several_messages_in_one_read_and_notifications() {
 #[test]
 fn unread_bytes_after_the_reply_are_reported() {
     let turns = conversation();
-    let mut session = Session::new(Limits::default());
-    let mut stream = Stream::new(session.limits());
+    let (mut session, mut stream) = new();
     build(&mut stream, &mut session, &turns[0].label);
     let mut bytes = turns[0].reply.clone();
     bytes.push(0x94);
@@ -466,8 +469,7 @@ fn limits_are_protocol_errors() {
 
 #[test]
 fn one_request_at_a_time_per_stream() {
-    let mut session = Session::new(Limits::default());
-    let mut stream = Stream::new(session.limits());
+    let (mut session, mut stream) = new();
     stream.handle_event(&mut session, 1, b"access").unwrap();
     let err = stream.step(&mut session, 1, UNKNOWN, None).unwrap_err();
     assert_eq!(
@@ -478,8 +480,7 @@ fn one_request_at_a_time_per_stream() {
 
 #[test]
 fn step_values_must_be_one_complete_value() {
-    let mut session = Session::new(Limits::default());
-    let mut stream = Stream::new(session.limits());
+    let (mut session, mut stream) = new();
     let m = idx("kong.request.get_header");
     let err = stream
         .step(&mut session, 1, m, Some(&[0xa3, b'a']))

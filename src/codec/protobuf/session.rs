@@ -18,6 +18,7 @@
 //! Envelopes never reach Lua: the engine writes `RpcCall`s and frames around the
 //! value bytes the bridge encoded, and reports spans of the received bytes.
 
+use crate::codec::received::{Received, release_excess};
 use std::ops::Range;
 
 use prost::Message;
@@ -138,9 +139,7 @@ enum State {
 #[derive(Debug)]
 pub struct Stream {
     max_message_size: usize,
-    /// Received bytes; `[..consumed]` belongs to messages already reported.
-    inbuf: Vec<u8>,
-    consumed: usize,
+    input: Received,
     out: Vec<u8>,
     state: State,
     /// Bytes received since the pending request was built.
@@ -151,16 +150,12 @@ pub struct Stream {
     failed: Option<String>,
 }
 
-/// Capacity kept across resets; a larger buffer (one big message) is released.
-const KEEP_CAPACITY: usize = 64 * 1024;
-
 impl Stream {
     /// `max_message_size`: the largest frame body accepted or sent.
     pub fn new(max_message_size: usize) -> Self {
         Stream {
             max_message_size,
-            inbuf: Vec::new(),
-            consumed: 0,
+            input: Received::default(),
             out: Vec::new(),
             state: State::Idle,
             received: 0,
@@ -171,15 +166,9 @@ impl Stream {
 
     /// Starts over for a fresh connection checkout.
     pub fn reset(&mut self) {
-        self.inbuf.clear();
-        if self.inbuf.capacity() > KEEP_CAPACITY {
-            self.inbuf.shrink_to(KEEP_CAPACITY);
-        }
+        self.input.reset();
         self.out.clear();
-        if self.out.capacity() > KEEP_CAPACITY {
-            self.out.shrink_to(KEEP_CAPACITY);
-        }
-        self.consumed = 0;
+        release_excess(&mut self.out);
         self.state = State::Idle;
         self.received = 0;
         self.calls = 0;
@@ -188,7 +177,7 @@ impl Stream {
 
     /// The received bytes a span of an [`Event`] refers to.
     pub fn bytes(&self, span: &Range<usize>) -> &[u8] {
-        &self.inbuf[span.clone()]
+        self.input.bytes(span)
     }
 
     /// The frames built last (prefix and body in one buffer: one send).
@@ -199,7 +188,7 @@ impl Stream {
     /// Whether bytes beyond the reported messages are buffered (a connection
     /// with unread bytes must not go back to the pool).
     pub fn has_unread(&self) -> bool {
-        self.inbuf.len() > self.consumed
+        self.input.has_unread()
     }
 
     /// Whether no request is pending (the connection may go back to the pool
@@ -215,7 +204,7 @@ impl Stream {
 
     #[cfg(test)]
     pub(super) fn inbuf_capacity(&self) -> usize {
-        self.inbuf.capacity()
+        self.input.buf.capacity()
     }
 
     fn check_usable(&self) -> Result<(), String> {
@@ -276,7 +265,7 @@ impl Stream {
             return Err(format!(
                 "cannot send {}: {} unread bytes from an earlier reply",
                 req.name(),
-                self.inbuf.len() - self.consumed
+                self.input.buf.len() - self.input.consumed
             ));
         }
         let msg = RpcCall {
@@ -368,11 +357,7 @@ impl Stream {
     /// Appends received bytes.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<(), String> {
         self.check_usable()?;
-        if self.consumed > 0 {
-            self.inbuf.drain(..self.consumed);
-            self.consumed = 0;
-        }
-        self.inbuf.extend_from_slice(bytes);
+        self.input.append(bytes);
         self.received += bytes.len();
         Ok(())
     }
@@ -380,7 +365,7 @@ impl Stream {
     /// The body span of the frame starting at `at`, `None` until it is complete.
     /// An oversized frame is refused as soon as its prefix is in.
     fn frame_at(&self, at: usize) -> Result<Option<Range<usize>>, String> {
-        let Some(prefix) = self.inbuf.get(at..at + PREFIX) else {
+        let Some(prefix) = self.input.buf.get(at..at + PREFIX) else {
             return Ok(None);
         };
         let len = u32::from_le_bytes(prefix.try_into().expect("4 bytes")) as usize;
@@ -391,7 +376,7 @@ impl Stream {
             ));
         }
         let body = at + PREFIX..at + PREFIX + len;
-        Ok((self.inbuf.len() >= body.end).then_some(body))
+        Ok((self.input.buf.len() >= body.end).then_some(body))
     }
 
     /// The next complete message as an [`Event`], `None` when more bytes are needed.
@@ -410,7 +395,7 @@ impl Stream {
                     return if self.has_unread() {
                         Err(format!(
                             "{} bytes received with no request pending",
-                            self.inbuf.len() - self.consumed
+                            self.input.buf.len() - self.input.consumed
                         ))
                     } else {
                         Ok(None)
@@ -420,11 +405,11 @@ impl Stream {
                     return Err("poll while a PDK call waits for its reply".to_string());
                 }
                 State::AwaitMethod { seq } => {
-                    let Some(body) = self.frame_at(self.consumed)? else {
+                    let Some(body) = self.frame_at(self.input.consumed)? else {
                         return Ok(None);
                     };
                     if body.is_empty() {
-                        self.consumed = body.end;
+                        self.input.consumed = body.end;
                         self.state = State::AwaitReturn {
                             seq,
                             req: Request::HandleEvent,
@@ -437,20 +422,21 @@ impl Stream {
                     }
                 }
                 State::AwaitArgs { seq, name_len } => {
-                    let name = self.consumed + PREFIX..self.consumed + PREFIX + name_len;
+                    let name =
+                        self.input.consumed + PREFIX..self.input.consumed + PREFIX + name_len;
                     let Some(args) = self.frame_at(name.end)? else {
                         return Ok(None);
                     };
-                    self.consumed = args.end;
+                    self.input.consumed = args.end;
                     self.state = State::AwaitReply { seq };
-                    let method = method_index(&self.inbuf[name.clone()]);
+                    let method = method_index(&self.input.buf[name.clone()]);
                     return Ok(Some(Event::Call { method, name, args }));
                 }
                 State::AwaitReturn { seq, req } => {
-                    let Some(body) = self.frame_at(self.consumed)? else {
+                    let Some(body) = self.frame_at(self.input.consumed)? else {
                         return Ok(None);
                     };
-                    self.consumed = body.end;
+                    self.input.consumed = body.end;
                     self.state = State::Idle;
                     return self.parse_return(seq, req, body).map(Some);
                 }
@@ -464,7 +450,7 @@ impl Stream {
             // go-pdk's answer to the commands it does not implement.
             return Err(format!("the reply to {what} is an empty frame"));
         }
-        let msg = RpcReturn::decode(&self.inbuf[body.clone()])
+        let msg = RpcReturn::decode(&self.input.buf[body.clone()])
             .map_err(|e| format!("the reply to {what} is not an RpcReturn ({e})"))?;
         if msg.sequence != seq {
             return Err(format!(
