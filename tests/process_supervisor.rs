@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
-use kong_plugin_servers::config::ServerDef;
+use kong_plugin_servers::config::{ServerDef, StandbyMode};
 use kong_plugin_servers::process::helper_link::{Exit, HelperEvent, HelperLink};
 use kong_plugin_servers::process::identity::{Recorded, start_time};
 use kong_plugin_servers::process::supervisor::{Command, Report, State, Supervisor};
@@ -63,6 +63,7 @@ fn def(name: &str, start: &str, socket: &str) -> ServerDef {
         log_window: 1000,
         log_queue_max: 4096,
         hang_timeout: 0,
+        standby: StandbyMode::Off,
     }
 }
 
@@ -352,6 +353,7 @@ fn a_previous_generation_is_waited_for_then_killed() {
     let recorded = Recorded::Process {
         pid: old_pid,
         start: start_time(old_pid),
+        standby: None,
     };
     let mut run = Running::start(vec![d], HashMap::from([("gen".to_string(), recorded)]));
     run.wait_log(&format!(
@@ -420,6 +422,7 @@ fn an_unrelated_process_written_where_the_old_pid_was_survives() {
             Recorded::Process {
                 pid: other_pid,
                 start: old_start,
+                standby: None,
             },
         ),
         ("b", Recorded::Pid(other_pid)),

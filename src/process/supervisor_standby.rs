@@ -1,0 +1,426 @@
+//! The supervisor's side of the warm standby (`standby.rs`): it starts a second
+//! process of a slow-starting server on `<socket>.standby`, probes it like the
+//! active one, and when the active server exits (a crash, or the hang watch's
+//! SIGKILL) renames the standby's socket over the server's and makes it the
+//! active server at once, then starts the next standby in the background.
+//!
+//! `rename(2)` within one directory is atomic and a listening unix socket keeps
+//! listening across a rename of its file, so a connect after the rename reaches
+//! the standby; requests that connected before it fail on the dead server and are
+//! retried as after any restart (the instances are re-created on the standby).
+
+use std::time::{Duration, Instant};
+
+use super::super::helper_link::Exit;
+use super::super::identity::{Identity, is_same, signal_if_same};
+use super::super::peercred::{Listener, probe_server};
+use super::super::probe::{Probe, remove_stale_socket};
+use super::super::standby::{Phase as Sb, Standby};
+use super::{
+    KILL_WAIT, NGX_ERR, NGX_NOTICE, NGX_WARN, PROBE_FAST, PROBE_SLOW, Phase, State, Supervisor,
+    wall_now,
+};
+
+impl Supervisor {
+    fn sb(&mut self, i: usize) -> Option<&mut Standby> {
+        self.servers[i].standby.as_mut()
+    }
+
+    /// The earliest time a standby needs attention.
+    pub(super) fn standby_deadline(&self) -> Option<Instant> {
+        self.servers
+            .iter()
+            .filter_map(|s| match &s.standby.as_ref()?.phase {
+                Sb::WaitOld { deadline, .. } => {
+                    Some((Instant::now() + super::OLD_PID_POLL).min(*deadline))
+                }
+                Sb::Backoff { until } => Some(*until),
+                Sb::Starting { probe } => Some(probe.next),
+                Sb::Stopping { deadline, .. } => Some(*deadline),
+                _ => None,
+            })
+            .min()
+    }
+
+    pub(super) fn standby_tick(&mut self, i: usize, now: Instant) {
+        let Some(sb) = self.servers[i].standby.as_ref() else {
+            return;
+        };
+        match sb.phase {
+            Sb::WaitOld { old, deadline } => {
+                let identity = old.identity();
+                if identity == Identity::Ours && now < deadline {
+                    return;
+                }
+                if identity == Identity::Ours
+                    && let Some(start) = old.start()
+                {
+                    let name = self.servers[i].def.name.clone();
+                    self.log(
+                        NGX_WARN,
+                        format!("[pluginserver] previous standby of pluginserver '{name}', pid {}, still running; killing it", old.pid()),
+                    );
+                    signal_if_same(old.pid(), start, libc::SIGKILL);
+                }
+                if let Some(sb) = self.sb(i) {
+                    sb.phase = Sb::Idle;
+                }
+                self.start_standby_if_wanted(i);
+            }
+            Sb::Backoff { until } if now >= until => self.spawn_standby(i),
+            Sb::Starting { ref probe } if now >= probe.next => self.probe_standby(i, now),
+            Sb::Stopping { deadline, killed } if now >= deadline => {
+                self.escalate_standby(i, now, killed)
+            }
+            _ => {}
+        }
+    }
+
+    /// After the active server became ready: a standby when one is wanted and
+    /// none runs or waits.
+    pub(super) fn start_standby_if_wanted(&mut self, i: usize) {
+        if self.stopping || !matches!(self.servers[i].phase, Phase::Ready) {
+            return;
+        }
+        match self.servers[i].standby.as_ref() {
+            Some(sb) if sb.wanted() && sb.is_idle() => self.spawn_standby(i),
+            _ => {}
+        }
+    }
+
+    /// The active server became ready `took` after its spawn (the `auto` decision).
+    pub(super) fn active_ready(&mut self, i: usize, took: Duration) {
+        if let Some(sb) = self.sb(i) {
+            sb.measured(took);
+        }
+        self.start_standby_if_wanted(i);
+    }
+
+    fn spawn_standby(&mut self, i: usize) {
+        let Some(sb) = self.servers[i].standby.as_ref() else {
+            return;
+        };
+        let Some(command) = sb.command.clone().filter(|_| !self.stopping) else {
+            if let Some(sb) = self.sb(i) {
+                sb.phase = Sb::Idle;
+            }
+            return;
+        };
+        let socket = sb.socket.clone();
+        let id = self.next_id;
+        self.next_id += 1;
+        let (name, path) = (
+            self.servers[i].def.name.clone(),
+            self.servers[i].def.path.clone(),
+        );
+        remove_stale_socket(&socket);
+        self.log(
+            NGX_NOTICE,
+            format!("[pluginserver] starting standby pluginserver process for {name} on {socket}"),
+        );
+        let sent = match self.helper.as_mut() {
+            Some(h) => h.spawn(id, &path, &command),
+            None => Err("kps-helper is not running".into()),
+        };
+        match sent {
+            Ok(()) => {
+                if let Some(sb) = self.sb(i) {
+                    sb.phase = Sb::Spawning { id };
+                }
+                self.report_state(i);
+            }
+            Err(e) => self.standby_failed(i, &e, 0),
+        }
+    }
+
+    /// A standby that could not start or died: again after its own backoff.
+    fn standby_failed(&mut self, i: usize, why: &str, uptime_ms: u64) {
+        let name = self.servers[i].def.name.clone();
+        let stopping = self.stopping;
+        let Some(sb) = self.sb(i) else { return };
+        sb.clear_process();
+        let delay = sb.backoff.next_delay(uptime_ms);
+        sb.phase = if stopping {
+            Sb::Idle
+        } else {
+            Sb::Backoff {
+                until: Instant::now() + Duration::from_millis(delay),
+            }
+        };
+        self.log(
+            NGX_WARN,
+            format!("[pluginserver] standby of pluginserver '{name}': {why}; starting another in {delay} ms"),
+        );
+        self.report_state(i);
+    }
+
+    fn standby_of_spawn(&self, id: u64) -> Option<usize> {
+        self.servers.iter().position(|s| {
+            s.standby
+                .as_ref()
+                .is_some_and(|sb| matches!(sb.phase, Sb::Spawning { id: x } if x == id))
+        })
+    }
+
+    pub(super) fn standby_of_pid(&self, pid: i32) -> Option<usize> {
+        self.servers
+            .iter()
+            .position(|s| s.standby.as_ref().is_some_and(|sb| sb.pid == Some(pid)))
+    }
+
+    /// A `Spawned` for a standby; false when `id` is not one.
+    pub(super) fn standby_spawned(&mut self, id: u64, pid: i32, start: Option<u64>) -> bool {
+        let Some(i) = self.standby_of_spawn(id) else {
+            return false;
+        };
+        let now = Instant::now();
+        let ready_timeout = Duration::from_millis(self.servers[i].def.ready_timeout);
+        let name = self.servers[i].def.name.clone();
+        if let Some(sb) = self.sb(i) {
+            sb.pid = Some(pid);
+            sb.pid_start = start;
+            sb.started = Some(now);
+            sb.started_wall = Some(wall_now());
+            sb.phase = Sb::Starting {
+                probe: Probe::new(now, ready_timeout),
+            };
+        }
+        self.log(
+            NGX_NOTICE,
+            format!("[pluginserver] started standby, pid {pid} ({name})"),
+        );
+        self.report_state(i);
+        if self.stopping {
+            self.terminate_standby(i);
+        }
+        true
+    }
+
+    /// A `SpawnFailed` for a standby; false when `id` is not one.
+    pub(super) fn standby_spawn_failed(&mut self, id: u64, message: &str) -> bool {
+        let Some(i) = self.standby_of_spawn(id) else {
+            return false;
+        };
+        self.standby_failed(i, &format!("could not start: {message}"), 0);
+        true
+    }
+
+    /// An `Exited` of a standby; false when `pid` is not one.
+    pub(super) fn standby_exited(&mut self, pid: i32, exit: Exit) -> bool {
+        let Some(i) = self.standby_of_pid(pid) else {
+            return false;
+        };
+        let name = self.servers[i].def.name.clone();
+        let Some(sb) = self.sb(i) else { return true };
+        let uptime = sb.started.map_or(0, |t| t.elapsed().as_millis() as u64);
+        let socket = sb.socket.clone();
+        if matches!(sb.phase, Sb::Stopping { .. }) {
+            sb.clear_process();
+            sb.phase = Sb::Idle;
+            remove_stale_socket(&socket);
+            self.log(
+                NGX_NOTICE,
+                format!("[pluginserver] stopped the standby of pluginserver '{name}', pid {pid} ({exit})"),
+            );
+            self.report_state(i);
+            self.start_standby_if_wanted(i);
+            return true;
+        }
+        remove_stale_socket(&socket);
+        self.standby_failed(i, &format!("pid {pid} exited: {exit}"), uptime);
+        true
+    }
+
+    fn probe_standby(&mut self, i: usize, now: Instant) {
+        let name = self.servers[i].def.name.clone();
+        let Some(sb) = self.sb(i) else { return };
+        let pid = sb.pid.unwrap_or(0);
+        let Sb::Starting { ref mut probe } = sb.phase else {
+            return;
+        };
+        match probe_server(&sb.socket, pid) {
+            Ok(Listener::Ours) => {
+                let took = sb.started.map_or(Duration::ZERO, |t| t.elapsed());
+                sb.phase = Sb::Ready;
+                sb.note = None;
+                sb.measured(took);
+                self.log(
+                    NGX_NOTICE,
+                    format!("[pluginserver] standby of pluginserver '{name}' is ready, pid {pid}"),
+                );
+                self.report_state(i);
+            }
+            Ok(Listener::Foreign(other)) => {
+                probe.next = now + PROBE_SLOW;
+                let note = format!("foreign listener pid {other} on {}", sb.socket);
+                if sb.note.as_ref() != Some(&note) {
+                    sb.note = Some(note.clone());
+                    self.log(
+                        NGX_WARN,
+                        format!("[pluginserver] standby of pluginserver '{name}', pid {pid}, is not ready: {note}"),
+                    );
+                }
+            }
+            Err(_) => {
+                probe.next = now
+                    + if now >= probe.ready_deadline {
+                        PROBE_SLOW
+                    } else {
+                        PROBE_FAST
+                    };
+            }
+        }
+    }
+
+    /// The active server exited: make a ready standby the active server. False
+    /// (nothing changed but a refused standby) when there is none to promote.
+    pub(super) fn promote(&mut self, i: usize, dead_uptime_ms: u64) -> bool {
+        if self.stopping {
+            return false;
+        }
+        let name = self.servers[i].def.name.clone();
+        let socket = self.servers[i].def.socket.clone();
+        let Some(sb) = self.servers[i].standby.as_ref() else {
+            return false;
+        };
+        let (Sb::Ready, Some(pid)) = (&sb.phase, sb.pid) else {
+            return false;
+        };
+        // Rule 3: the pid must still be the process the helper forked, and it
+        // must be what listens on the standby's socket.
+        let ours = sb.pid_start.map(|start| is_same(pid, start)) == Some(Identity::Ours);
+        let listening = ours && probe_server(&sb.socket, pid).ok() == Some(Listener::Ours);
+        if !listening {
+            let why = if ours {
+                "does not accept connections"
+            } else {
+                "is not the process that was started (exited, or its start time differs)"
+            };
+            self.log(
+                NGX_WARN,
+                format!("[pluginserver] standby of pluginserver '{name}', pid {pid}, {why}; not promoting it"),
+            );
+            self.discard_standby(i, ours);
+            return false;
+        }
+        if let Err(e) = std::fs::rename(&sb.socket, &socket) {
+            self.log(
+                NGX_ERR,
+                format!("[pluginserver] cannot rename the standby socket of pluginserver '{name}' to {socket}: {e}; not promoting it"),
+            );
+            self.discard_standby(i, true);
+            return false;
+        }
+        let s = &mut self.servers[i];
+        let Some(sb) = s.standby.as_mut() else {
+            return false;
+        };
+        s.pid = sb.pid;
+        s.pid_start = sb.pid_start;
+        s.started = sb.started;
+        s.started_wall = sb.started_wall;
+        s.note = None;
+        s.spawns += 1;
+        s.restarts = s.spawns - 1;
+        s.phase = Phase::Ready;
+        sb.promotions += 1;
+        sb.clear_process();
+        // A crash loop still backs off: the next standby waits what the respawn
+        // would have waited (the first exit: not at all).
+        let delay = s.backoff.next_delay(dead_uptime_ms);
+        sb.phase = Sb::Backoff {
+            until: Instant::now() + Duration::from_millis(delay),
+        };
+        self.log(
+            NGX_NOTICE,
+            format!("[pluginserver] promoted the standby of pluginserver '{name}', pid {pid}, to {socket}; next standby in {delay} ms"),
+        );
+        self.publish(i, State::Ready);
+        true
+    }
+
+    /// A standby that cannot be promoted: killed (only when it is still the
+    /// process the helper forked); its exit starts the next one.
+    fn discard_standby(&mut self, i: usize, ours: bool) {
+        let Some(sb) = self.sb(i) else { return };
+        let (pid, start) = (sb.pid, sb.pid_start);
+        if ours {
+            sb.phase = Sb::Stopping {
+                deadline: Instant::now() + KILL_WAIT,
+                killed: true,
+            };
+            if let (Some(pid), Some(h)) = (pid, self.helper.as_mut()) {
+                let _ = h.signal(pid, libc::SIGKILL, start);
+            }
+        } else {
+            sb.clear_process();
+            sb.phase = Sb::Idle;
+        }
+        self.report_state(i);
+    }
+
+    /// SIGTERM to the standby (stop); SIGKILL follows after `stop_timeout`.
+    pub(super) fn terminate_standby(&mut self, i: usize) {
+        let stop_timeout = self.servers[i].def.stop_timeout;
+        let Some(sb) = self.sb(i) else { return };
+        let deadline = Instant::now() + Duration::from_millis(stop_timeout);
+        match sb.phase {
+            Sb::Starting { .. } | Sb::Ready | Sb::Spawning { .. } => {
+                sb.phase = Sb::Stopping {
+                    deadline,
+                    killed: false,
+                };
+                let (pid, start) = (sb.pid, sb.pid_start);
+                // Spawning: the pid is not known yet; SIGTERM goes out when it is.
+                if let (Some(pid), Some(h)) = (pid, self.helper.as_mut()) {
+                    let _ = h.signal(pid, libc::SIGTERM, start);
+                }
+            }
+            Sb::Idle | Sb::WaitOld { .. } | Sb::Backoff { .. } => {
+                sb.phase = Sb::Idle;
+                let socket = sb.socket.clone();
+                remove_stale_socket(&socket);
+            }
+            Sb::Stopping { .. } => {}
+        }
+    }
+
+    fn escalate_standby(&mut self, i: usize, now: Instant, killed: bool) {
+        let name = self.servers[i].def.name.clone();
+        let grace = self.servers[i].def.stop_timeout;
+        let Some(sb) = self.sb(i) else { return };
+        let (pid, start) = (sb.pid, sb.pid_start);
+        let Some(pid) = pid else {
+            sb.phase = Sb::Idle;
+            return;
+        };
+        if killed {
+            sb.clear_process();
+            sb.phase = Sb::Idle;
+            self.log(
+                NGX_ERR,
+                format!("[pluginserver] failed to stop the standby of pluginserver '{name}', pid {pid}: still running after SIGKILL"),
+            );
+            return;
+        }
+        sb.phase = Sb::Stopping {
+            deadline: now + KILL_WAIT,
+            killed: true,
+        };
+        self.log(
+            NGX_WARN,
+            format!("[pluginserver] standby of pluginserver '{name}', pid {pid}, did not stop within {grace} ms of SIGTERM; sending SIGKILL"),
+        );
+        if let Some(h) = self.helper.as_mut() {
+            let _ = h.signal(pid, libc::SIGKILL, start);
+        }
+    }
+
+    /// The helper died and took the standby along.
+    pub(super) fn standby_lost_with_helper(&mut self, i: usize) {
+        if let Some(sb) = self.sb(i) {
+            sb.clear_process();
+            sb.phase = Sb::Idle;
+        }
+    }
+}
