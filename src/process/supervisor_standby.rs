@@ -424,3 +424,81 @@ impl Supervisor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::identity::start_time;
+    use super::*;
+    use crate::config::{ServerDef, StandbyMode};
+    use std::collections::HashMap;
+    use std::os::unix::net::UnixListener;
+
+    fn def(socket: &str) -> ServerDef {
+        ServerDef {
+            name: "t".into(),
+            socket: socket.into(),
+            start_command: Some(format!("srv {socket}")),
+            query_command: String::new(),
+            path: String::new(),
+            query_timeout: 1000,
+            stop_timeout: 1000,
+            respawn_delay: 1000,
+            respawn_delay_max: 1000,
+            respawn_reset: 1000,
+            ready_timeout: 1000,
+            connect_timeout: 1000,
+            send_timeout: 1000,
+            read_timeout: 1000,
+            fail_open: false,
+            max_message_size: 1024,
+            log_window: 1000,
+            log_queue_max: 1,
+            hang_timeout: 0,
+            standby: StandbyMode::On,
+        }
+    }
+
+    /// A supervisor (no helper: nothing can be signalled) whose standby is
+    /// this test process, listening on the standby socket, recorded with `start`.
+    fn with_standby(socket: &str, start: u64) -> Supervisor {
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let mut sup = Supervisor::new(vec![def(socket)], HashMap::new(), "/nonexistent".into(), tx);
+        let sb = sup.servers[0].standby.as_mut().unwrap();
+        sb.pid = Some(std::process::id() as i32);
+        sb.pid_start = Some(start);
+        sb.phase = Sb::Ready;
+        sup
+    }
+
+    #[test]
+    fn a_standby_whose_start_time_differs_is_not_promoted() {
+        let dir = std::env::temp_dir().join(format!("kps-sbid-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("t.socket").display().to_string();
+        let standby = format!("{socket}.standby");
+        let _listener = UnixListener::bind(&standby).unwrap();
+        let me = std::process::id() as i32;
+        let own = start_time(me).unwrap();
+
+        // A pid that names another process than the one recorded: refused,
+        // nothing renamed, the slot forgets it (and signals nothing).
+        let mut sup = with_standby(&socket, own + 1);
+        assert!(!sup.promote(0, 0));
+        assert!(std::path::Path::new(&standby).exists());
+        assert!(!std::path::Path::new(&socket).exists());
+        let sb = sup.servers[0].standby.as_ref().unwrap();
+        assert!(sb.is_idle() && sb.pid.is_none() && sb.promotions == 0);
+        assert_eq!(sup.servers[0].pid, None);
+
+        // The same process with its own start time is promoted: renamed, active.
+        let mut sup = with_standby(&socket, own);
+        assert!(sup.promote(0, 0));
+        assert!(!std::path::Path::new(&standby).exists());
+        assert_eq!(probe_server(&socket, me).unwrap(), Listener::Ours);
+        assert_eq!(sup.servers[0].pid, Some(me));
+        assert!(matches!(sup.servers[0].phase, Phase::Ready));
+        assert_eq!(sup.servers[0].standby.as_ref().unwrap().promotions, 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
