@@ -144,8 +144,9 @@ struct Server {
     hangs: u32,
     /// The warm standby slot (managed servers only).
     standby: Option<Standby>,
-    /// The state last published (repeated when only the standby changes).
+    /// The state last published and when (repeated when only the standby changes).
     last_state: State,
+    last_since: f64,
 }
 
 impl Server {
@@ -230,6 +231,7 @@ impl Supervisor {
                     hangs: 0,
                     standby,
                     last_state: State::Starting,
+                    last_since: 0.0,
                 })
             })
             .collect();
@@ -252,6 +254,7 @@ impl Supervisor {
     fn publish(&mut self, i: usize, state: State) {
         self.sync_watch(i, state);
         self.servers[i].last_state = state;
+        self.servers[i].last_since = wall_now();
         self.report_state(i);
     }
 
@@ -270,7 +273,7 @@ impl Supervisor {
             hangs: s.hangs,
             last_exit: s.last_exit,
             started_at: s.started_wall,
-            since: wall_now(),
+            since: s.last_since,
             note: s.note.clone(),
             standby: sb.map_or(StandbyState::Off, Standby::state),
             standby_pid: sb.and_then(|b| b.pid),

@@ -35,6 +35,7 @@ impl Server {
             hangs: 0,
             standby: None,
             last_state: State::External,
+            last_since: 0.0,
         }
     }
 

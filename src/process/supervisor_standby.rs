@@ -21,6 +21,11 @@ use super::{
     wall_now,
 };
 
+/// The next standby starts no sooner than this after a promotion: a node start
+/// takes a core for ~400 ms, which the promoted server needs for its first requests
+/// (its instances are re-created, its code is cold) on a small machine.
+const NEXT_STANDBY_AFTER: Duration = Duration::from_millis(1000);
+
 impl Supervisor {
     fn sb(&mut self, i: usize) -> Option<&mut Standby> {
         self.servers[i].standby.as_mut()
@@ -327,7 +332,7 @@ impl Supervisor {
         sb.clear_process();
         // A crash loop still backs off: the next standby waits what the respawn
         // would have waited (the first exit: not at all).
-        let delay = s.backoff.next_delay(dead_uptime_ms);
+        let delay = s.backoff.next_delay(dead_uptime_ms).max(NEXT_STANDBY_AFTER.as_millis() as u64);
         sb.phase = Sb::Backoff {
             until: Instant::now() + Duration::from_millis(delay),
         };
