@@ -206,6 +206,35 @@ fn auto_keeps_a_standby_for_a_slow_starting_server() {
 }
 
 #[test]
+fn auto_drops_the_standby_of_a_server_that_started_fast_once() {
+    let dir = tmp("sbfast");
+    let sock = dir.join("f.socket").display().to_string();
+    // the first process takes 0.6 s to listen, every later one listens at once
+    let marker = dir.join("started-once").display().to_string();
+    let cmd = listen(&format!("--slow-once {marker} {sock}"), 0.6);
+    let mut d = def("f", &cmd, &sock);
+    d.standby = StandbyMode::Auto;
+    let mut run = Running::start(vec![d], HashMap::new());
+    let active = pid_of(&run.wait_state("f", State::Ready));
+    // the slow first start asks for a standby; its own fast start drops it
+    run.wait_log("starting standby pluginserver process for f");
+    run.wait_log("pluginserver 'f' started in");
+    run.wait_log("not keeping a standby (auto keeps one above 250 ms)");
+    run.wait_log("stopped the standby of pluginserver 'f'");
+    let n = run.seen.len();
+    let last = run.wait_after(
+        n,
+        "the next state of f",
+        |r| matches!(r, Report::State { name, .. } if name == "f"),
+    );
+    assert!(
+        matches!(last, Report::State { state: State::Ready, pid: Some(p), standby: StandbyState::None, standby_pid: None, .. } if p == active),
+        "{last:?}"
+    );
+    run.stop();
+}
+
+#[test]
 fn the_previous_generations_standby_is_waited_for_then_killed() {
     let dir = tmp("sbold");
     let sock = dir.join("g.socket").display().to_string();

@@ -15,7 +15,7 @@ use super::super::helper_link::Exit;
 use super::super::identity::{Identity, is_same, signal_if_same};
 use super::super::peercred::{Listener, probe_server};
 use super::super::probe::{Probe, remove_stale_socket};
-use super::super::standby::{Phase as Sb, Standby};
+use super::super::standby::{AUTO_THRESHOLD, Phase as Sb, Standby};
 use super::{
     KILL_WAIT, NGX_ERR, NGX_NOTICE, NGX_WARN, PROBE_FAST, PROBE_SLOW, Phase, State, Supervisor,
     wall_now,
@@ -98,7 +98,30 @@ impl Supervisor {
         if let Some(sb) = self.sb(i) {
             sb.measured(took);
         }
+        self.drop_unwanted_standby(i);
         self.start_standby_if_wanted(i);
+    }
+
+    /// `auto`, and a start of this server was fast after all: its standby goes.
+    fn drop_unwanted_standby(&mut self, i: usize) {
+        let name = self.servers[i].def.name.clone();
+        let Some(sb) = self.servers[i].standby.as_ref() else {
+            return;
+        };
+        let running = matches!(
+            sb.phase,
+            Sb::Spawning { .. } | Sb::Starting { .. } | Sb::Ready
+        );
+        if sb.wanted() || !running {
+            return;
+        }
+        let ms = sb.fastest.unwrap_or_default().as_millis();
+        self.log(
+            NGX_NOTICE,
+            format!("[pluginserver] pluginserver '{name}' started in {ms} ms: not keeping a standby (auto keeps one above {} ms)", AUTO_THRESHOLD.as_millis()),
+        );
+        self.terminate_standby(i);
+        self.report_state(i);
     }
 
     fn spawn_standby(&mut self, i: usize) {
@@ -131,6 +154,7 @@ impl Supervisor {
             Ok(()) => {
                 if let Some(sb) = self.sb(i) {
                     sb.phase = Sb::Spawning { id };
+                    sb.spawn_id = Some(id);
                 }
                 self.report_state(i);
             }
@@ -144,6 +168,7 @@ impl Supervisor {
         let stopping = self.stopping;
         let Some(sb) = self.sb(i) else { return };
         sb.clear_process();
+        sb.spawn_id = None;
         let delay = sb.backoff.next_delay(uptime_ms);
         sb.phase = if stopping {
             Sb::Idle
@@ -160,11 +185,9 @@ impl Supervisor {
     }
 
     fn standby_of_spawn(&self, id: u64) -> Option<usize> {
-        self.servers.iter().position(|s| {
-            s.standby
-                .as_ref()
-                .is_some_and(|sb| matches!(sb.phase, Sb::Spawning { id: x } if x == id))
-        })
+        self.servers
+            .iter()
+            .position(|s| s.standby.as_ref().is_some_and(|sb| sb.spawn_id == Some(id)))
     }
 
     pub(super) fn standby_of_pid(&self, pid: i32) -> Option<usize> {
@@ -181,21 +204,31 @@ impl Supervisor {
         let now = Instant::now();
         let ready_timeout = Duration::from_millis(self.servers[i].def.ready_timeout);
         let name = self.servers[i].def.name.clone();
+        let mut stopped_meanwhile = false;
         if let Some(sb) = self.sb(i) {
+            sb.spawn_id = None;
             sb.pid = Some(pid);
             sb.pid_start = start;
             sb.started = Some(now);
             sb.started_wall = Some(wall_now());
-            sb.phase = Sb::Starting {
-                probe: Probe::new(now, ready_timeout),
-            };
+            stopped_meanwhile = matches!(sb.phase, Sb::Stopping { .. });
+            if !stopped_meanwhile {
+                sb.phase = Sb::Starting {
+                    probe: Probe::new(now, ready_timeout),
+                };
+            }
         }
         self.log(
             NGX_NOTICE,
             format!("[pluginserver] started standby, pid {pid} ({name})"),
         );
         self.report_state(i);
-        if self.stopping {
+        if stopped_meanwhile {
+            // stopped before its pid was known: the SIGTERM goes out now
+            if let Some(h) = self.helper.as_mut() {
+                let _ = h.signal(pid, libc::SIGTERM, start);
+            }
+        } else if self.stopping {
             self.terminate_standby(i);
         }
         true
@@ -254,6 +287,7 @@ impl Supervisor {
                     format!("[pluginserver] standby of pluginserver '{name}' is ready, pid {pid}"),
                 );
                 self.report_state(i);
+                self.drop_unwanted_standby(i);
             }
             Ok(Listener::Foreign(other)) => {
                 probe.next = now + PROBE_SLOW;
@@ -332,7 +366,10 @@ impl Supervisor {
         sb.clear_process();
         // A crash loop still backs off: the next standby waits what the respawn
         // would have waited (the first exit: not at all).
-        let delay = s.backoff.next_delay(dead_uptime_ms).max(NEXT_STANDBY_AFTER.as_millis() as u64);
+        let delay = s
+            .backoff
+            .next_delay(dead_uptime_ms)
+            .max(NEXT_STANDBY_AFTER.as_millis() as u64);
         sb.phase = Sb::Backoff {
             until: Instant::now() + Duration::from_millis(delay),
         };
@@ -425,6 +462,7 @@ impl Supervisor {
     pub(super) fn standby_lost_with_helper(&mut self, i: usize) {
         if let Some(sb) = self.sb(i) {
             sb.clear_process();
+            sb.spawn_id = None;
             sb.phase = Sb::Idle;
         }
     }

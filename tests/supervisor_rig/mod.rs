@@ -109,6 +109,22 @@ impl Running {
         }
     }
 
+    /// Waits (bounded) for a report matching `pred` among those after the first
+    /// `n` seen; returns it.
+    pub fn wait_after(&mut self, n: usize, what: &str, pred: impl Fn(&Report) -> bool) -> Report {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(r) = self.seen.iter().skip(n).find(|r| pred(r)) {
+                return r.clone();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.reports.recv_timeout(left) {
+                Ok(r) => self.seen.push(r),
+                Err(_) => panic!("no report {what} within {WAIT:?}; seen: {:#?}", self.seen),
+            }
+        }
+    }
+
     pub fn wait_log(&mut self, needle: &str) -> String {
         match self.wait_for(
             needle,
