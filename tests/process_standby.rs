@@ -89,6 +89,29 @@ fn a_killed_server_is_replaced_by_its_standby_at_once_and_a_new_standby_starts()
 }
 
 #[test]
+fn a_crash_loop_still_backs_off_after_a_promotion() {
+    let dir = tmp("sbloop");
+    let sock = dir.join("l.socket").display().to_string();
+    let mut d = def("l", &listen(&sock, 0.0), &sock);
+    d.standby = StandbyMode::On;
+    d.respawn_reset = 500;
+    let mut run = Running::start(vec![d], HashMap::new());
+    let active = pid_of(&run.wait_state("l", State::Ready));
+    let standby = wait_standby_ready(&mut run, "l", None);
+    // the standby has been up longer than respawn_reset when it takes over
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    unsafe { libc::kill(active, libc::SIGKILL) };
+    run.wait_for("promoted", |r| {
+        matches!(r, Report::State { name, state: State::Ready, pid: Some(p), .. } if name == "l" && *p == standby)
+    });
+    // killed again at once: its uptime as the server is short, so this exit
+    // backs off (the promotion was the "first exit")
+    unsafe { libc::kill(standby, libc::SIGKILL) };
+    run.wait_log("respawning pluginserver 'l' in 50 ms");
+    run.stop();
+}
+
+#[test]
 fn a_dead_standby_is_replaced_without_touching_the_active_server() {
     let dir = tmp("sbdies");
     let sock = dir.join("d.socket").display().to_string();

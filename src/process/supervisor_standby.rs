@@ -128,7 +128,7 @@ impl Supervisor {
         let Some(sb) = self.servers[i].standby.as_ref() else {
             return;
         };
-        let Some(command) = sb.command.clone().filter(|_| !self.stopping) else {
+        let Some(command) = sb.command.clone().filter(|_| !self.stopping && sb.wanted()) else {
             if let Some(sb) = self.sb(i) {
                 sb.phase = Sb::Idle;
             }
@@ -356,7 +356,9 @@ impl Supervisor {
         };
         s.pid = sb.pid;
         s.pid_start = sb.pid_start;
-        s.started = sb.started;
+        // Its uptime as the server (for the crash-loop backoff) starts now; the
+        // status' uptime is the process's own (started_wall).
+        s.started = Some(Instant::now());
         s.started_wall = sb.started_wall;
         s.note = None;
         s.spawns += 1;
