@@ -212,6 +212,8 @@ describe("hung plugin servers and single crashes", function()
       pluginserver_mute_query_cmd = PY .. " " .. script .. " --dump --name mute",
       pluginserver_mute_hang_timeout = "1000",
       pluginserver_mute_respawn_delay = "5000",
+      -- the respawn after a hang kill (a standby would take over instead)
+      pluginserver_mute_standby = "off",
     }, { plugins = { "mute" }, servers = { "mute" } })
     local first = assert(wait_status(h, "mute", function(s) return s.state == "ready" end))
     local t0 = nginx.now()
