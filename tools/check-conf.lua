@@ -62,7 +62,7 @@ local KEYS = {
   "socket", "start_command", "query_command", "path", "query_timeout", "stop_timeout",
   "respawn_delay", "respawn_delay_max", "respawn_reset", "ready_timeout", "connect_timeout",
   "send_timeout", "read_timeout", "fail_open", "max_message_size", "log_window", "log_queue_max",
-  "hang_timeout",
+  "hang_timeout", "standby",
 }
 
 if defs then

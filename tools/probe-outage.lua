@@ -15,7 +15,7 @@
 -- crash case, 5; the hang case runs until 3 s past hang_timeout), PROBE_KILL_AT
 -- (seconds into the load, 1.5), PROBE_CONNECTIONS (4), PROBE_RESPAWN_DELAY,
 -- PROBE_READY_TIMEOUT, PROBE_HANG_TIMEOUT (ms; unset: the defaults),
--- PROBE_LOG_WINDOW (ms, 1000), PROBE_VERBOSE=1 (print the window's error lines).
+-- PROBE_LOG_WINDOW (ms, 1000), PROBE_VERBOSE=1 (print the window's error lines and the first responses after the kill).
 package.path = "./?.lua;./lua/?.lua;./lua/?/init.lua;" .. package.path
 
 local nginx = require "spec.helpers.nginx"
@@ -48,6 +48,8 @@ local READY_MS = READY_TIMEOUT or DEFAULT_READY_TIMEOUT
 local HANG_MS = HANG_TIMEOUT or DEFAULT_HANG_TIMEOUT
 local LOG_WINDOW = env_num("PROBE_LOG_WINDOW", 1000)
 local VERBOSE = os.getenv("PROBE_VERBOSE") == "1"
+-- Responses listed (verbose) from the kill on, relative to it.
+local AROUND = 12
 
 -- Column of each plugin's header in the timing log.
 local HEADER_COLUMN = { ["go-hello"] = 1, ["py-hello"] = 2, ["js-hello"] = 3 }
@@ -197,12 +199,18 @@ local function run(name, fail_open, case)
     local e_inflight, e_bound, e_other = 0, 0, 0
     local first_correct
     local max_wait, non2xx = 0, 0
+    local around = {}
+    row.around = around
     for line in (read(prefix .. "/logs/timing.log") or ""):gmatch("[^\n]+") do
       local r = parse_timing(line, column)
       if r and r.uri == "/" and r.finish >= load_start and r.finish <= load_end + 1 then
         local start = r.finish - r.duration
         if start >= kill_at - 0.005 or r.finish >= kill_at then
           max_wait = math.max(max_wait, r.duration)
+        end
+        if r.finish >= kill_at and #around < AROUND then
+          around[#around + 1] = fmt("start %+d ms, end %+d ms: %d%s", (start - kill_at) * 1000,
+            (r.finish - kill_at) * 1000, r.status, r.header and " (plugin header)" or "")
         end
         if r.status < 200 or r.status >= 300 then
           non2xx = non2xx + 1
@@ -242,9 +250,12 @@ local function run(name, fail_open, case)
     -- error-log lines written after the kill
     local window = (h:error_log() or ""):sub(log_offset + 1)
     local lines, crit, ours, sockets = 0, 0, 0, 0
-    row.samples = {}
+    row.samples, row.supervisor = {}, {}
     for line in window:gmatch("[^\n]+") do
       local level = line:match("^%S+ %S+ %[(%a+)%]")
+      if level == "notice" and line:find("[pluginserver]", 1, true) then
+        row.supervisor[#row.supervisor + 1] = line
+      end
       if level == "error" or level == "crit" or level == "alert" or level == "emerg" then
         lines = lines + 1
         if level ~= "error" then
@@ -423,6 +434,14 @@ if VERBOSE then
     io.write("-- error lines after the kill/stop: ", r.server, " fail_open ", r.fail_open, "\n")
     for _, line in ipairs(r.samples or {}) do
       io.write(line:sub(1, 400), "\n")
+    end
+    io.write("-- the supervisor's notices after the kill/stop:\n")
+    for _, line in ipairs(r.supervisor or {}) do
+      io.write(line:sub(1, 300), "\n")
+    end
+    io.write("-- the first responses that ended after the kill/stop (log order):\n")
+    for _, line in ipairs(r.around or {}) do
+      io.write(line, "\n")
     end
   end
 end

@@ -449,35 +449,37 @@ function Host:quit(timeout)
 end
 
 -- SIGKILLs plugin server `name` until its supervisor waits `respawn_delay` before
--- the next spawn (state `backoff`): the first exit is respawned at once, the
--- second within `respawn_reset` waits. Returns the last pid killed, or nil, err.
+-- the next spawn (state `backoff`): the first exit is respawned at once (or served
+-- by a warm standby, which can take over once more), a later one within
+-- `respawn_reset` waits. Returns the last pid killed, or nil, err.
 function Host:kill_into_backoff(name, timeout)
   local function entry()
     return self:server_status(name)
   end
   timeout = timeout or 10
   local first = entry()
-  if not (first and first.pid) then
+  local pid = first and first.pid
+  if not pid then
     return nil, "no pid for " .. name
   end
-  procs.kill(first.pid, "KILL")
-  local second
-  _M.wait_until(function()
-    local e = entry()
-    second = e and e.state == "ready" and e.pid ~= first.pid and e.pid or nil
-    return second ~= nil
-  end, timeout)
-  if not second then
-    return nil, name .. " was not respawned after its first exit"
+  for _ = 1, 4 do
+    procs.kill(pid, "KILL")
+    local next_pid, backoff
+    _M.wait_until(function()
+      local e = entry()
+      backoff = e and e.state == "backoff"
+      next_pid = e and e.state == "ready" and e.pid ~= pid and e.pid or nil
+      return backoff or next_pid ~= nil
+    end, timeout)
+    if backoff then
+      return pid
+    end
+    if not next_pid then
+      return nil, name .. " was neither respawned nor backed off after pid " .. pid .. " exited"
+    end
+    pid = next_pid
   end
-  procs.kill(second, "KILL")
-  if not _M.wait_until(function()
-    local e = entry()
-    return e and e.state == "backoff"
-  end, timeout) then
-    return nil, name .. " did not go into backoff after its second exit"
-  end
-  return second
+  return nil, name .. " did not go into backoff after 4 exits"
 end
 
 -- SIGKILL of the master, then of every worker (a crash of the whole nginx). The

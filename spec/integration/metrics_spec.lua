@@ -54,6 +54,8 @@ describe("metrics()", function()
 
   it("a scrape after traffic, a restart and errors passes promtool and matches status()", function()
     local settings = fx.settings({ "go-hello", "py-hello" }, prefix)
+    -- exact restart counts below: no standby (auto may give Python one at a slow start)
+    settings.pluginserver_py_hello_standby = "off"
     settings.pluginserver_py_hello_respawn_delay = "1500"
     settings.pluginserver_py_hello_ready_timeout = "50"
     h = assert(nginx.start {

@@ -54,6 +54,9 @@ describe("outage of a supervised plugin server", function()
   local function start(extra, opts)
     opts = opts or {}
     local settings = fx.settings({ "py-hello" }, prefix)
+    -- the respawn path: a warm standby (auto may give Python one when its first
+    -- start is slow) has its own spec, standby_spec.lua
+    settings.pluginserver_py_hello_standby = "off"
     for k, v in pairs(extra) do
       settings["pluginserver_py_hello_" .. k] = v
     end
@@ -66,6 +69,7 @@ describe("outage of a supervised plugin server", function()
       settings.pluginserver_py_logger_start_cmd = PY .. " -u " .. prefix .. "/py-logger.py -p " .. prefix
         .. " --socket-name py-logger.socket"
       settings.pluginserver_py_logger_query_cmd = PY .. " " .. prefix .. "/py-logger.py --dump"
+      settings.pluginserver_py_logger_standby = "off"
       for k, v in pairs(opts.logger) do
         settings["pluginserver_py_logger_" .. k] = v
       end

@@ -23,6 +23,9 @@ local function settings(prefix, servers)
     conf[k .. "_respawn_delay_max"] = tostring(s.respawn_delay_max or 400)
     conf[k .. "_ready_timeout"] = tostring(s.ready_timeout or 2000)
     conf[k .. "_query_timeout"] = tostring(s.query_timeout or 5000)
+    -- these specs are about the respawn path (the standby has standby_spec.lua):
+    -- a stand-in that listens after 0.3 s would get one under auto
+    conf[k .. "_standby"] = s.standby or "off"
   end
   return conf
 end

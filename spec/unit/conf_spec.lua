@@ -131,7 +131,7 @@ describe("conf.parse", function()
         respawn_reset = 60000, ready_timeout = 5000, connect_timeout = 1000, send_timeout = 5000,
         read_timeout = 60000, fail_open = false, max_message_size = 16777216, log_window = 1000,
         log_queue_max = 4096,
-        hang_timeout = 5000,
+        hang_timeout = 5000, standby = "auto",
       }, d)
     end)
 

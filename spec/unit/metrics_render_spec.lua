@@ -35,6 +35,7 @@ describe("metrics rendering", function()
       'kong_plugin_server_state{server="a",state="backoff"} 0',
       'kong_plugin_server_uptime_seconds{server="a"} 2.5',
       'kong_plugin_server_hangs_total{server="a"} 0',
+      'kong_plugin_server_promotions_total{server="a"} 0',
       'kong_plugin_server_events_total{server="a",phase="access"} 1',
       'kong_plugin_server_errors_total{server="a",cause="connect"} 1',
       'kong_plugin_server_event_duration_seconds_bucket{server="a",le="0.0000625"} 0',
@@ -53,7 +54,7 @@ describe("metrics rendering", function()
       if line:find("^# TYPE ") then type_ = type_ + 1 end
     end
     assert.equal(help, type_)
-    assert.equal(11, type_)
+    assert.equal(12, type_)
   end)
 
   it("takes hangs when status() has them, an unknown state, and counters added later", function()

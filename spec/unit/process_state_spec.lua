@@ -36,14 +36,16 @@ describe("plugin server state", function()
     local state, _, advance = load_state(true)
     assert(state.claim(11, DEFS))
     assert(state.set("go", { state = "ready", pid = 42, restarts = 2, hangs = 1,
-                             last_exit = { signal = 9 }, started_at = 990 }, 11))
+                             last_exit = { signal = 9 }, started_at = 990,
+                             standby = "ready", standby_pid = 43, promotions = 1 }, 11))
     assert(state.set("ext", { state = "hung", hangs = 3 }, 11))
     advance(0.5)
     local list = assert(state.status(DEFS))
     assert.same({
-      { name = "go", pid = 42, state = "ready", restarts = 2, hangs = 1, last_exit = { signal = 9 }, uptime = 10.5 },
-      { name = "ext", state = "hung", restarts = 0, hangs = 3, uptime = 0 },
-      { name = "py", state = "stopped", restarts = 0, hangs = 0, uptime = 0 },
+      { name = "go", pid = 42, state = "ready", restarts = 2, hangs = 1, last_exit = { signal = 9 }, uptime = 10.5,
+        standby = "ready", standby_pid = 43, promotions = 1 },
+      { name = "ext", state = "hung", restarts = 0, hangs = 3, uptime = 0, standby = "off", promotions = 0 },
+      { name = "py", state = "stopped", restarts = 0, hangs = 0, uptime = 0, standby = "none", promotions = 0 },
     }, list)
   end)
 
@@ -58,10 +60,11 @@ describe("plugin server state", function()
     advance(0.5)
     local list = assert(state.status(DEFS))
     assert.same({
-      { name = "go", pid = 42, state = "ready", restarts = 2, hangs = 0, last_exit = { signal = 9 }, uptime = 10.5 },
-      { name = "ext", state = "external", restarts = 0, hangs = 0, uptime = 0 },
+      { name = "go", pid = 42, state = "ready", restarts = 2, hangs = 0, last_exit = { signal = 9 }, uptime = 10.5,
+        standby = "none", promotions = 0 },
+      { name = "ext", state = "external", restarts = 0, hangs = 0, uptime = 0, standby = "off", promotions = 0 },
       { name = "py", state = "starting", pid = 7, restarts = 0, hangs = 0, uptime = 0.5,
-        note = "foreign listener pid 99 on /kong/py.socket" },
+        note = "foreign listener pid 99 on /kong/py.socket", standby = "none", promotions = 0 },
     }, list)
   end)
 
@@ -73,6 +76,11 @@ describe("plugin server state", function()
     local old = state.claim(22, DEFS)
     -- The start time goes along: it proves the pid still names that server.
     assert.same({ go = { pid = 42, start = 123456 } }, old)
+    -- A standby goes along too (the next generation waits for it as well).
+    assert(state.set("go", { state = "ready", pid = 42, pid_start = 123456,
+                             standby = "ready", standby_pid = 50, standby_start = 123999 }, 22))
+    old = state.claim(33, DEFS)
+    assert.same({ go = { pid = 42, start = 123456, standby = { pid = 50, start = 123999 } } }, old)
     local ok, err = state.set("go", { state = "stopped" }, 11)
     assert.is_nil(ok)
     assert.equal("not the owner", err)

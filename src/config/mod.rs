@@ -6,6 +6,7 @@ mod names;
 mod program;
 mod server_def;
 mod sockets;
+mod standby;
 mod suffixes;
 mod suggest;
 #[cfg(test)]
@@ -18,6 +19,7 @@ use std::path::Path;
 pub use names::key_prefix;
 pub use program::SH_DEFAULT_PATH;
 pub use server_def::ServerDef;
+pub use standby::{StandbyMode, standby_command, standby_socket};
 pub use value::{MAX_INT_SETTING, Value};
 
 use names::Listed;
@@ -323,6 +325,7 @@ impl ServerCheck<'_> {
             );
         }
 
+        let (socket_for_standby, start_for_standby) = (socket.clone(), start_command.clone());
         ServerDef {
             name,
             socket,
@@ -343,7 +346,41 @@ impl ServerCheck<'_> {
             log_window: self.number("log_window"),
             log_queue_max: self.number("log_queue_max"),
             hang_timeout: self.number("hang_timeout"),
+            standby: self.standby(socket_for_standby, start_for_standby),
         }
+    }
+
+    /// `pluginserver_<k>_standby`; `on` needs a start command that names the
+    /// socket, and room for `.standby` in the socket path.
+    fn standby(&mut self, socket: String, start: Option<String>) -> StandbyMode {
+        let Some(v) = self.get("standby").cloned() else {
+            return StandbyMode::default();
+        };
+        let mode = match StandbyMode::parse(&v) {
+            Ok(m) => m,
+            Err(expected) => {
+                self.error("standby", format!("got {v}; expected {expected}"));
+                return StandbyMode::default();
+            }
+        };
+        if mode != StandbyMode::On || socket.is_empty() {
+            return mode;
+        }
+        let problem = match start {
+            None => Some("on, but the server is external (no start_cmd)".to_string()),
+            Some(cmd) if standby_command(&cmd, &socket).is_none() => Some(format!(
+                "on, but start_cmd '{cmd}' has no argument naming the socket '{socket}' (its path or file name), so a standby cannot listen elsewhere"
+            )),
+            Some(_) if standby_socket(&socket).len() > MAX_SOCKET_PATH => Some(format!(
+                "on, but the standby socket '{}' would be longer than {MAX_SOCKET_PATH} bytes",
+                standby_socket(&socket)
+            )),
+            Some(_) => None,
+        };
+        if let Some(p) = problem {
+            self.error("standby", p);
+        }
+        mode
     }
 }
 

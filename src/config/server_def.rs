@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::standby::StandbyMode;
+
 /// One entry of `pluginserver_names`, with every setting resolved and range-checked.
 /// Durations are milliseconds. Field names are the Lua table's keys (docs/SETTINGS.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,4 +37,7 @@ pub struct ServerDef {
     /// definition written without it).
     #[serde(default)]
     pub hang_timeout: u64,
+    /// Whether a warm standby is kept (`auto` for a definition written without it).
+    #[serde(default)]
+    pub standby: StandbyMode,
 }

@@ -18,6 +18,8 @@ pub enum Kind {
     Count(u64),
     /// A Kong boolean.
     Flag(bool),
+    /// `auto`, `on` or `off` (`standby.rs`).
+    Standby,
 }
 
 /// Every suffix, in the order the docs list them.
@@ -39,6 +41,7 @@ pub const SUFFIXES: &[(&str, Kind)] = &[
     ("log_window", Kind::Millis(1_000)),
     ("log_queue_max", Kind::Count(4_096)),
     ("hang_timeout", Kind::MillisOrOff(5_000)),
+    ("standby", Kind::Standby),
 ];
 
 /// The kind of `suffix`, if it is one.
@@ -76,6 +79,7 @@ mod tests {
         assert_eq!(kind_of("log_queue_max"), Some(Kind::Count(4_096)));
         assert_eq!(kind_of("ready_timeout"), Some(Kind::Millis(5_000)));
         assert_eq!(kind_of("hang_timeout"), Some(Kind::MillisOrOff(5_000)));
+        assert_eq!(kind_of("standby"), Some(Kind::Standby));
         assert_eq!(kind_of("start_command"), None);
     }
 }

@@ -607,3 +607,50 @@ fn default_options_use_usr_local_bin_and_the_process_path() {
         std::env::var("PATH").unwrap_or_else(|_| SH_DEFAULT_PATH.into())
     );
 }
+
+#[test]
+fn standby_is_auto_by_default_and_on_needs_a_command_naming_the_socket() {
+    let env = Env::new();
+    let go = env.bin("go");
+    let ok = parse(&settings(&["go"], &[]), &env.opts()).unwrap();
+    assert_eq!(ok.defs[0].standby, StandbyMode::Auto);
+    let ok = parse(
+        &settings(&["go"], &[("pluginserver_go_standby", t("OFF"))]),
+        &env.opts(),
+    )
+    .unwrap();
+    assert_eq!(ok.defs[0].standby, StandbyMode::Off);
+    // go-pdk derives its socket from -kong-prefix: a standby cannot be redirected
+    let e = errors(parse(
+        &settings(&["go"], &[("pluginserver_go_standby", t("on"))]),
+        &env.opts(),
+    ));
+    assert_eq!(
+        e,
+        [format!(
+            "pluginserver_go_standby (pluginserver go): on, but start_cmd '{go}' has no argument naming the socket '/kong/go.socket' (its path or file name), so a standby cannot listen elsewhere"
+        )]
+    );
+    // a command that names its socket file may have one
+    let cmd = format!("{go} -p /kong --sock-name go.socket");
+    let ok = parse(
+        &settings(
+            &["go"],
+            &[
+                ("pluginserver_go_start_cmd", t(&cmd)),
+                ("pluginserver_go_standby", Value::Bool(true)),
+            ],
+        ),
+        &env.opts(),
+    )
+    .unwrap();
+    assert_eq!(ok.defs[0].standby, StandbyMode::On);
+    let e = errors(parse(
+        &settings(&["go"], &[("pluginserver_go_standby", t("sometimes"))]),
+        &env.opts(),
+    ));
+    assert_eq!(
+        e,
+        ["pluginserver_go_standby (pluginserver go): got 'sometimes'; expected auto, on or off"]
+    );
+}

@@ -534,7 +534,7 @@ mod tests {
             names.starts_with("socket,start_cmd,query_cmd,query_timeout,"),
             "{names}"
         );
-        assert_eq!(names.split(',').count(), 17);
+        assert_eq!(names.split(',').count(), 18);
     }
 
     #[test]

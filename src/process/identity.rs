@@ -13,16 +13,43 @@ mod procid;
 pub use procid::{Identity, Pidfd, is_same, parse_start_time, signal_if_same, start_time};
 
 /// A server of a previous generation as its supervisor recorded it in the shared
-/// dict: `{ "pid": n, "start": t }`, or a bare pid (recorded by an older version,
+/// dict: `{ "pid": n, "start": t, "standby": { "pid": n, "start": t } }` (the
+/// standby only when it had one), or a bare pid (recorded by an older version,
 /// which cannot be proven to be that server any more).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]
 pub enum Recorded {
-    Process { pid: i32, start: Option<u64> },
+    Process {
+        pid: i32,
+        start: Option<u64>,
+        #[serde(default)]
+        standby: Option<Previous>,
+    },
     Pid(i32),
 }
 
+/// The standby process of a previous generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Previous {
+    pub pid: i32,
+    pub start: Option<u64>,
+}
+
 impl Recorded {
+    /// The previous generation's standby, when it had one.
+    pub fn standby(&self) -> Option<Recorded> {
+        match *self {
+            Recorded::Process {
+                standby: Some(p), ..
+            } => Some(Recorded::Process {
+                pid: p.pid,
+                start: p.start,
+                standby: None,
+            }),
+            _ => None,
+        }
+    }
+
     pub fn pid(&self) -> i32 {
         match *self {
             Recorded::Process { pid, .. } | Recorded::Pid(pid) => pid,
@@ -96,6 +123,7 @@ mod tests {
         let rec = Recorded::Process {
             pid: other_pid,
             start: Some(old_start),
+            standby: None,
         };
         // (Started 20 ms later: start times count 10 ms ticks.)
         assert_ne!(start_time(other_pid), Some(old_start));
@@ -122,6 +150,12 @@ mod tests {
     fn recorded_processes_parse_from_both_shapes() {
         let r: Recorded = serde_json::from_str(r#"{"pid": 5, "start": 77}"#).unwrap();
         assert_eq!((r.pid(), r.start()), (5, Some(77)));
+        assert_eq!(r.standby(), None);
+        let r: Recorded =
+            serde_json::from_str(r#"{"pid": 5, "start": 77, "standby": {"pid": 8, "start": 9}}"#)
+                .unwrap();
+        let s = r.standby().unwrap();
+        assert_eq!((s.pid(), s.start()), (8, Some(9)));
         let r: Recorded = serde_json::from_str("6").unwrap();
         assert_eq!((r.pid(), r.start()), (6, None));
     }

@@ -5,6 +5,7 @@
 //!   [`helper_link`] (talks to `kps-helper`), [`probe`] (readiness) and [`backoff`].
 //! - [`identity`] (pid start times, pidfds, closing inherited fds), [`peercred`]
 //!   (who listens on a socket), [`output`] and [`reports`] (bounded logging).
+//! - [`standby`]: the warm standby slot of a managed server (driven by the supervisor).
 //! - [`handle`]: the one supervisor of this process, as the FFI layer sees it.
 
 pub mod backoff;
@@ -17,4 +18,5 @@ pub mod peercred;
 pub mod probe;
 pub mod query;
 pub mod reports;
+pub mod standby;
 pub mod supervisor;

@@ -501,6 +501,7 @@ mod tests {
             log_window: 1000,
             log_queue_max: 4096,
             hang_timeout: 5000,
+            standby: Default::default(),
         }
     }
 

@@ -138,6 +138,10 @@ mod tests {
             started_at: None,
             since: 0.0,
             note: None,
+            standby: crate::process::standby::StandbyState::Off,
+            standby_pid: None,
+            standby_start: None,
+            promotions: 0,
         }
     }
 

@@ -18,6 +18,7 @@ use super::output::{LINES_PER_WINDOW, OutputBudget};
 use super::peercred::{Listener, probe_server};
 use super::probe::{Probe, remove_stale_socket};
 use super::reports::ReportSink;
+use super::standby::{Standby, StandbyState};
 use crate::config::ServerDef;
 
 /// Probe period while a server starts (readiness must show within 10 ms).
@@ -77,6 +78,13 @@ pub enum Report {
         /// Why a starting server is not ready yet, when the probe knows
         /// (`foreign listener pid N on <socket>`).
         note: Option<String>,
+        /// The warm standby (`supervisor_standby.rs`), its process and start
+        /// time (what the next generation waits for), and how many times a
+        /// standby took over.
+        standby: StandbyState,
+        standby_pid: Option<i32>,
+        standby_start: Option<u64>,
+        promotions: u32,
     },
     /// The supervisor has stopped every server and ended.
     Done,
@@ -134,11 +142,17 @@ struct Server {
     /// The hang watcher (`hang_timeout` > 0 and a known protocol).
     watch: Option<HangWatch>,
     hangs: u32,
+    /// The warm standby slot (managed servers only).
+    standby: Option<Standby>,
+    /// The state last published and when (repeated when only the standby changes).
+    last_state: State,
+    last_since: f64,
 }
 
 impl Server {
     fn is_done(&self) -> bool {
         matches!(self.phase, Phase::Stopped | Phase::Failed | Phase::External)
+            && self.standby.as_ref().is_none_or(Standby::is_idle)
     }
 }
 
@@ -186,6 +200,8 @@ impl Supervisor {
                     // An external server is ours only to watch for hangs.
                     return (def.hang_timeout > 0).then(|| Server::external(def));
                 };
+                let old_standby = old_pids.get(&def.name).and_then(|o| o.standby());
+                let standby = Some(Standby::new(&def, &command, old_standby, now));
                 let phase = match old_pids.get(&def.name) {
                     Some(&old) if pid_alive(old.pid()) => Phase::WaitOld {
                         old,
@@ -213,6 +229,9 @@ impl Supervisor {
                     last_exit: None,
                     watch: None,
                     hangs: 0,
+                    standby,
+                    last_state: State::Starting,
+                    last_since: 0.0,
                 })
             })
             .collect();
@@ -234,7 +253,17 @@ impl Supervisor {
 
     fn publish(&mut self, i: usize, state: State) {
         self.sync_watch(i, state);
+        self.servers[i].last_state = state;
+        self.servers[i].last_since = wall_now();
+        self.report_state(i);
+    }
+
+    /// Reports the server's last published state again (its standby changed);
+    /// the hang watch is not touched.
+    fn report_state(&mut self, i: usize) {
         let s = &self.servers[i];
+        let state = s.last_state;
+        let sb = s.standby.as_ref();
         self.reports.state(Report::State {
             name: s.def.name.clone(),
             state,
@@ -244,8 +273,12 @@ impl Supervisor {
             hangs: s.hangs,
             last_exit: s.last_exit,
             started_at: s.started_wall,
-            since: wall_now(),
+            since: s.last_since,
             note: s.note.clone(),
+            standby: sb.map_or(StandbyState::Off, Standby::state),
+            standby_pid: sb.and_then(|b| b.pid),
+            standby_start: sb.and_then(|b| b.pid.and(b.pid_start)),
+            promotions: sb.map_or(0, |b| b.promotions),
         });
     }
 
@@ -340,6 +373,7 @@ impl Supervisor {
                 Phase::Stopping { deadline, .. } => Some(*deadline),
                 _ => None,
             })
+            .chain(self.standby_deadline())
             .min()
     }
 
@@ -382,6 +416,7 @@ impl Supervisor {
                 }
                 _ => {}
             }
+            self.standby_tick(i, now);
         }
     }
 
@@ -480,12 +515,14 @@ impl Supervisor {
             Ok(Listener::Ours) => {
                 s.note = None;
                 s.phase = Phase::Ready;
+                let took = s.started.map_or(Duration::ZERO, |t| t.elapsed());
                 let (name, pid) = (s.def.name.clone(), s.pid.unwrap_or(0));
                 self.log(
                     NGX_NOTICE,
                     format!("[pluginserver] pluginserver '{name}' is ready, pid {pid}"),
                 );
                 self.publish(i, State::Ready);
+                self.active_ready(i, took);
             }
             Err(err) => {
                 let late = now >= probe.ready_deadline;
@@ -512,6 +549,9 @@ impl Supervisor {
     fn on_event(&mut self, ev: HelperEvent) {
         match ev {
             HelperEvent::Spawned { id, pid, start } => {
+                if self.standby_spawned(id, pid, start) {
+                    return;
+                }
                 let Some(i) = self
                     .servers
                     .iter()
@@ -542,6 +582,9 @@ impl Supervisor {
                 }
             }
             HelperEvent::SpawnFailed { id, message } => {
+                if self.standby_spawn_failed(id, &message) {
+                    return;
+                }
                 if let Some(i) = self
                     .servers
                     .iter()
@@ -552,6 +595,9 @@ impl Supervisor {
             }
             HelperEvent::Output { pid, line } => self.on_output(pid, line),
             HelperEvent::Exited { pid, exit } => {
+                if self.standby_exited(pid, exit) {
+                    return;
+                }
                 if let Some(i) = self.server_of_pid(pid) {
                     self.on_exit(i, pid, exit);
                 }
@@ -601,12 +647,16 @@ impl Supervisor {
                 format!("[pluginserver] exiting: pluginserver '{name}' not respawned."),
             );
             self.publish(i, State::Failed);
+            self.terminate_standby(i);
             return;
         }
         self.log(
             NGX_WARN,
             format!("external pluginserver '{name}' terminated: {exit}"),
         );
+        if self.promote(i, uptime_ms) {
+            return;
+        }
         self.schedule_respawn(i, uptime_ms);
     }
 
@@ -626,6 +676,7 @@ impl Supervisor {
             Err(e) => self.log(NGX_ERR, format!("[pluginserver] {e}")),
         }
         for i in 0..self.servers.len() {
+            self.standby_lost_with_helper(i);
             let s = &self.servers[i];
             match s.phase {
                 Phase::Stopped
@@ -692,6 +743,7 @@ impl Supervisor {
                 }
                 Phase::Stopping { .. } | Phase::Stopped | Phase::Failed | Phase::External => {}
             }
+            self.terminate_standby(i);
         }
     }
 
@@ -735,7 +787,7 @@ impl Supervisor {
             return;
         }
         let now = Instant::now();
-        let Some(i) = self.server_of_pid(pid) else {
+        let Some(i) = self.server_of_pid(pid).or_else(|| self.standby_of_pid(pid)) else {
             self.log(NGX_INFO, format!("[?:{pid}] {line}"));
             return;
         };
@@ -755,8 +807,13 @@ impl Supervisor {
     }
 
     fn summarise_server_output(&mut self, i: usize, now: Instant) {
-        if let (Some(pid), Some(h)) = (self.servers[i].pid, self.helper.as_ref()) {
-            let lost = h.take_dropped(pid);
+        let standby_pid = self.servers[i].standby.as_ref().and_then(|b| b.pid);
+        if let Some(h) = self.helper.as_ref() {
+            let lost = [self.servers[i].pid, standby_pid]
+                .into_iter()
+                .flatten()
+                .map(|pid| h.take_dropped(pid))
+                .sum();
             self.servers[i].output.add_dropped(lost, now);
         }
         let s = &mut self.servers[i];
@@ -785,6 +842,8 @@ impl Supervisor {
 
 #[path = "supervisor_hang.rs"]
 mod hang_checks;
+#[path = "supervisor_standby.rs"]
+mod standby_checks;
 
 /// Longest time `stop` can take for these definitions.
 pub fn stop_bound(defs: &[ServerDef]) -> Duration {

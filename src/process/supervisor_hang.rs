@@ -33,6 +33,9 @@ impl Server {
             last_exit: None,
             watch: None,
             hangs: 0,
+            standby: None,
+            last_state: State::External,
+            last_since: 0.0,
         }
     }
 

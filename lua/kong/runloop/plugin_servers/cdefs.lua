@@ -875,7 +875,8 @@ uint64_t kps_supervisor_stop_bound_ms(void);
 
 // Takes the pending reports of the supervisor as a JSON array of objects:
 // `{"kind":"log","level":<ngx level>,"msg":...}`,
-// `{"kind":"state","name","state","pid","pid_start","restarts","last_exit","started_at","since","note"}`,
+// `{"kind":"state","name","state","pid","pid_start","restarts","hangs","last_exit","started_at","since","note",
+// "standby","standby_pid","standby_start","promotions"}`,
 // `{"kind":"done"}`. Writes the bytes to `*out`/`*out_len` (empty when there is
 // nothing) and returns the number of reports.
 //

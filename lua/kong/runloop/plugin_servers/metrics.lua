@@ -100,6 +100,9 @@ function _M.render(list)
     function(emit, e) emit("", nil, e.uptime or 0) end)
   family(out, list, "restarts_total", "counter", "Restarts by the supervisor since it started.",
     function(emit, e) emit("", nil, e.restarts or 0) end)
+  family(out, list, "promotions_total", "counter",
+    "Times the warm standby took over from a server that exited or hung.",
+    function(emit, e) emit("", nil, type(e.promotions) == "number" and e.promotions or 0) end)
   family(out, list, "hangs_total", "counter", "Hangs detected (a process alive but not answering).",
     function(emit, e) emit("", nil, type(e.hangs) == "number" and e.hangs or 0) end)
   family(out, list, "events_total", "counter", "Plugin events run, by phase, summed over workers.",

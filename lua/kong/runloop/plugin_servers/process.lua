@@ -5,7 +5,8 @@
 --                 protocol, server_def }, one per plugin, or nil, err
 -- start(defs)  -> true   (worker 0 of the http subsystem supervises; never raises)
 -- stop()       -> true   (bounded by stop_timeout; never raises)
--- status(defs) -> array of { name, pid, state, restarts, hangs, last_exit, uptime } or nil, err
+-- status(defs) -> array of { name, pid, state, restarts, hangs, last_exit, uptime,
+--                 standby, standby_pid, promotions } or nil, err
 -- `defs` are conf.parse's: query and start hand Rust its parsed configuration
 -- (conf.handle_of), never the tables.
 --
@@ -139,6 +140,10 @@ local function drain()
         last_exit = denull(r.last_exit),
         started_at = denull(r.started_at),
         since = denull(r.since),
+        standby = denull(r.standby),
+        standby_pid = denull(r.standby_pid),
+        standby_start = denull(r.standby_start),
+        promotions = r.promotions,
       }, my_pid)
     elseif kind == "done" then
       finished = true

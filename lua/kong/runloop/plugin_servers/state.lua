@@ -6,7 +6,8 @@
 -- `ps:srv:<name>` (JSON: state, pid, pid_start (the pid's start time, which
 -- proves after a reload that the pid still names that server), note (why a
 -- starting server is not ready), restarts, hangs, last_exit, started_at, since:
--- the supervisor's wall-clock time of the last state change). State `hung`: an
+-- the supervisor's wall-clock time of the last state change, standby (off,
+-- unavailable, none, starting, ready), standby_pid, standby_start, promotions). State `hung`: an
 -- external server that answers nothing (hang_timeout); its events fail at once
 -- until it answers again. Written
 -- by worker 0's drain timer (process.lua); read by status() and by the RPC code
@@ -95,9 +96,10 @@ function _M.get(name)
 end
 
 -- Makes `owner` (a worker pid) the writer of the state and returns the processes
--- the previous owner's servers had ({ [name] = { pid = n, start = t } }), so that
--- the new supervisor can wait for them to be gone before serving the same sockets
--- (and never signals a pid whose start time is not `start`).
+-- the previous owner's servers had ({ [name] = { pid = n, start = t, standby =
+-- { pid = n, start = t } } }, the standby when there was one), so that the new
+-- supervisor can wait for them to be gone before serving the same sockets (and
+-- never signals a pid whose start time is not `start`).
 function _M.claim(owner, defs)
   local d, p = dict()
   if not d then
@@ -106,8 +108,12 @@ function _M.claim(owner, defs)
   local old = {}
   for _, def in ipairs(defs) do
     local e = _M.get(def.name)
-    if e and e.pid and e.state ~= "external" then
-      old[def.name] = { pid = e.pid, start = e.pid_start }
+    if e and (e.pid or e.standby_pid) and e.state ~= "external" then
+      old[def.name] = {
+        pid = e.pid or 0,
+        start = e.pid_start,
+        standby = e.standby_pid and { pid = e.standby_pid, start = e.standby_start } or nil,
+      }
     end
   end
   d:set(p .. OWNER_KEY, owner)
@@ -142,12 +148,17 @@ function _M.set(name, entry, owner)
     last_exit = entry.last_exit,
     started_at = entry.started_at,
     since = entry.since,
+    standby = entry.standby,
+    standby_pid = entry.standby_pid,
+    standby_start = entry.standby_start,
+    promotions = entry.promotions,
   }))
   wake(name)
   return ok, err
 end
 
--- status() entries, in defs order: { name, pid, state, restarts, hangs, last_exit, note, uptime }.
+-- status() entries, in defs order: { name, pid, state, restarts, hangs, last_exit, note, uptime,
+-- standby, standby_pid, promotions }.
 function _M.status(defs)
   if not dict() then
     return nil, _M.MISSING_DICT
@@ -168,6 +179,9 @@ function _M.status(defs)
       last_exit = e.last_exit,
       note = e.note,
       uptime = running and math.floor((now - e.started_at) * 1000) / 1000 or 0,
+      standby = e.standby or (def.start_command and "none" or "off"),
+      standby_pid = e.standby_pid,
+      promotions = e.promotions or 0,
     }
   end
   return list
