@@ -21,6 +21,18 @@ local ffi = require "ffi"
 local cjson = require("cjson.safe").new()
 local pluginservers = require "kong.runloop.plugin_servers.conf_pluginservers"
 
+local require = require
+local assert = assert
+local ipairs = ipairs
+local pairs = pairs
+local pcall = pcall
+local tostring = tostring
+local type = type
+local gmatch = string.gmatch
+local sub = string.sub
+local huge = math.huge
+local ffi_str = ffi.string
+
 local NULL = cjson.null
 local KEY_PREFIX = "pluginserver_"
 
@@ -37,7 +49,7 @@ local function load_lib()
   end
   if not suffixes then
     suffixes = {}
-    for s in string.gmatch(ffi.string(lib.C.kps_config_setting_names()), "[^,]+") do
+    for s in gmatch(ffi_str(lib.C.kps_config_setting_names()), "[^,]+") do
       suffixes[#suffixes + 1] = s
     end
   end
@@ -51,7 +63,7 @@ local function scalar(v)
   if t == "string" or t == "boolean" then
     return v
   elseif t == "number" then
-    if v ~= v or v == math.huge or v == -math.huge then
+    if v ~= v or v == huge or v == -huge then
       return tostring(v)
     end
     return v
@@ -102,7 +114,7 @@ end
 local function pick(settings, key_prefix)
   local out = {}
   for k, v in pairs(settings) do
-    if type(k) == "string" and (k == "prefix" or string.sub(k, 1, #KEY_PREFIX) == KEY_PREFIX) then
+    if type(k) == "string" and (k == "prefix" or sub(k, 1, #KEY_PREFIX) == KEY_PREFIX) then
       out[k] = to_json_value(v)
     end
   end
@@ -121,7 +133,7 @@ local function pick(settings, key_prefix)
   local names = settings.pluginserver_names
   if type(names) == "string" then
     local list = {}
-    for entry in string.gmatch(names, "[^,]+") do
+    for entry in gmatch(names, "[^,]+") do
       list[#list + 1] = entry
     end
     names = list
@@ -170,7 +182,7 @@ local function take_output(clib, rc, out, out_len)
   if rc ~= 0 then
     return nil, clib.errmsg()
   end
-  return ffi.string(out[0], out_len[0])
+  return ffi_str(out[0], out_len[0])
 end
 
 -- Parses `settings` into `handle`: defs, warnings | nil, errors, warnings.

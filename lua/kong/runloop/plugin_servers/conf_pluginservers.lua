@@ -18,6 +18,14 @@
 -- compare(settings, defs) -> array of warnings where the list and the parsed
 --   definitions disagree.
 
+local ipairs = ipairs
+local pcall = pcall
+local tostring = tostring
+local type = type
+local gmatch = string.gmatch
+local lower = string.lower
+local concat = table.concat
+
 local _M = {}
 
 -- list field -> per-server key suffix
@@ -53,7 +61,7 @@ end
 local function listed_names(names)
   if type(names) == "string" then
     local list = {}
-    for entry in string.gmatch(names, "[^,]+") do
+    for entry in gmatch(names, "[^,]+") do
       list[#list + 1] = entry
     end
     return list
@@ -117,7 +125,7 @@ function _M.compare(settings, defs)
   end
   local seen = {}
   for _, e in ipairs(list) do
-    local name = string.lower(e.name)
+    local name = lower(e.name)
     seen[name] = true
     local def = by_name[name]
     if not def then
@@ -141,7 +149,7 @@ function _M.compare(settings, defs)
     end
   end
   if #missing > 0 then
-    warnings[#warnings + 1] = "pluginserver_names lists " .. table.concat(missing, ", ")
+    warnings[#warnings + 1] = "pluginserver_names lists " .. concat(missing, ", ")
       .. ", which kong.configuration.pluginservers does not; using pluginserver_names"
   end
   return warnings

@@ -16,6 +16,8 @@ local cjson = require "cjson.safe"
 
 local ngx = ngx
 local tostring = tostring
+local pairs = pairs
+local setmetatable = setmetatable
 
 local semaphore
 do

@@ -10,6 +10,16 @@
 local ffi = require "ffi"
 
 local ffi_str = ffi.string
+local require = require
+local error = error
+local ipairs = ipairs
+local pcall = pcall
+local tostring = tostring
+local package = package
+local io_open = io.open
+local gmatch = string.gmatch
+local gsub = string.gsub
+local concat = table.concat
 
 local MODULE = "kong_plugin_servers"
 local NAMES = { MODULE, "lib" .. MODULE }
@@ -20,9 +30,9 @@ local _M = {}
 -- Every file that package.cpath could name for the library, in search order.
 local function candidates(cpath)
   local paths = {}
-  for template in string.gmatch(cpath, "[^;]+") do
+  for template in gmatch(cpath, "[^;]+") do
     for _, name in ipairs(NAMES) do
-      local path = string.gsub(template, "%?", name)
+      local path = gsub(template, "%?", name)
       if paths[#paths] ~= path then
         paths[#paths + 1] = path
       end
@@ -34,13 +44,13 @@ end
 function _M.find(cpath)
   local tried = candidates(cpath or package.cpath)
   for _, path in ipairs(tried) do
-    local f = io.open(path, "rb")
+    local f = io_open(path, "rb")
     if f then
       f:close()
       return path
     end
   end
-  return nil, "could not find the " .. MODULE .. " library; tried:\n  " .. table.concat(tried, "\n  ")
+  return nil, "could not find the " .. MODULE .. " library; tried:\n  " .. concat(tried, "\n  ")
 end
 
 local function load()

@@ -4,6 +4,16 @@
 -- Built at scrape time from status(), which already sums the workers; nothing
 -- here runs per request.
 
+local ipairs = ipairs
+local pairs = pairs
+local tostring = tostring
+local type = type
+local floor = math.floor
+local format = string.format
+local gsub = string.gsub
+local concat = table.concat
+local sort = table.sort
+
 local _M = {}
 
 local PREFIX = "kong_plugin_server_"
@@ -16,22 +26,22 @@ local function number(v)
   if type(v) ~= "number" or v ~= v then
     return "0"
   end
-  if v == math.floor(v) and v < 2 ^ 53 and v > -2 ^ 53 then
-    return string.format("%d", v)
+  if v == floor(v) and v < 2 ^ 53 and v > -2 ^ 53 then
+    return format("%d", v)
   end
-  return string.format("%.9g", v)
+  return format("%.9g", v)
 end
 
 -- A bucket bound in seconds, in plain decimals ("0.0000625", not "6.25e-05").
 local function bound(seconds)
-  return (string.format("%.7f", seconds):gsub("0+$", ""):gsub("%.$", ""))
+  return (format("%.7f", seconds):gsub("0+$", ""):gsub("%.$", ""))
 end
 _M.bound = bound
 
 local ESCAPES = { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" }
 
 local function label(v)
-  return (string.gsub(tostring(v), '[\\"\n]', ESCAPES))
+  return (gsub(tostring(v), '[\\"\n]', ESCAPES))
 end
 
 local function sorted_keys(t)
@@ -39,7 +49,7 @@ local function sorted_keys(t)
   for k in pairs(t or {}) do
     keys[#keys + 1] = k
   end
-  table.sort(keys)
+  sort(keys)
   return keys
 end
 
@@ -134,7 +144,7 @@ function _M.render(list)
   family(out, list, "event_duration_max_seconds", "gauge", "Longest event so far.",
     function(emit, _, c) emit("", nil, ((c.latency_ms or {}).max or 0) / 1000) end)
   out[#out + 1] = ""
-  return table.concat(out, "\n")
+  return concat(out, "\n")
 end
 
 return _M

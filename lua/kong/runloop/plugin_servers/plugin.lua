@@ -25,6 +25,10 @@ local ngx = ngx
 local ERR = ngx.ERR
 local pcall = pcall
 local tostring = tostring
+local type = type
+local ipairs = ipairs
+local pairs = pairs
+local setmetatable = setmetatable
 
 local ERROR_BODY = { message = "An unexpected error occurred" }
 

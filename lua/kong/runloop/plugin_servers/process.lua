@@ -24,6 +24,16 @@ local state = require "kong.runloop.plugin_servers.state"
 local shm = require "kong.runloop.plugin_servers.shm"
 local conf = require "kong.runloop.plugin_servers.conf"
 
+local require = require
+local ipairs = ipairs
+local next = next
+local pcall = pcall
+local tonumber = tonumber
+local tostring = tostring
+local type = type
+local concat = table.concat
+local ffi_str = ffi.string
+
 local NULL = cjson.null
 -- Period of the drain timer (seconds): readiness shows in the dict within it.
 local DRAIN_PERIOD = 0.01
@@ -75,7 +85,7 @@ function _M.query(defs)
   local q = ffi.gc(out[0], l.C.kps_query_free)
   local ptr, plen = ffi.new("const uint8_t *[1]"), ffi.new("size_t[1]")
   l.C.kps_query_json(q, ptr, plen)
-  local text = ffi.string(ptr[0], plen[0])
+  local text = ffi_str(ptr[0], plen[0])
   l.C.kps_query_free(ffi.gc(q, nil))
 
   local list, derr = cjson.decode(text)
@@ -120,7 +130,7 @@ local function drain()
   if n <= 0 then
     return 0
   end
-  local reports = cjson.decode(ffi.string(out_ptr[0], out_len[0]))
+  local reports = cjson.decode(ffi_str(out_ptr[0], out_len[0]))
   if type(reports) ~= "table" then
     ngx.log(ngx.ERR, "[pluginserver] undecodable supervisor reports")
     return n
@@ -314,7 +324,7 @@ function _M.load_external_plugins_info(kong_conf)
   -- `defs, warnings` or `nil, errors, warnings`
   local defs, second = conf.parse(kong_conf)
   if not defs then
-    return nil, "invalid plugin server configuration: " .. table.concat(second or {}, "; ")
+    return nil, "invalid plugin server configuration: " .. concat(second or {}, "; ")
   end
   for _, w in ipairs(second or {}) do
     ngx.log(ngx.WARN, "[pluginserver] ", w)

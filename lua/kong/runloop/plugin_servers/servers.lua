@@ -9,6 +9,11 @@
 
 local conf = require "kong.runloop.plugin_servers.conf"
 
+local ipairs = ipairs
+local pcall = pcall
+local tostring = tostring
+local concat = table.concat
+
 local _M = {}
 
 local servers, servers_err
@@ -30,7 +35,7 @@ function _M.get()
   if defs then
     servers = defs
   else
-    servers_err = "invalid plugin server configuration: " .. table.concat(second or {}, "; ")
+    servers_err = "invalid plugin server configuration: " .. concat(second or {}, "; ")
   end
   return servers, servers_err
 end

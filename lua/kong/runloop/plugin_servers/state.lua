@@ -18,6 +18,12 @@ local shm = require "kong.runloop.plugin_servers.shm"
 
 local ngx = ngx
 local type = type
+local ipairs = ipairs
+local pairs = pairs
+local pcall = pcall
+local tostring = tostring
+local floor = math.floor
+local min = math.min
 local ngx_now = ngx.now
 local update_time = ngx.update_time
 
@@ -178,7 +184,7 @@ function _M.status(defs)
       hangs = e.hangs or 0,
       last_exit = e.last_exit,
       note = e.note,
-      uptime = running and math.floor((now - e.started_at) * 1000) / 1000 or 0,
+      uptime = running and floor((now - e.started_at) * 1000) / 1000 or 0,
       standby = e.standby or (def.start_command and "none" or "off"),
       standby_pid = e.standby_pid,
       promotions = e.promotions or 0,
@@ -254,10 +260,10 @@ function _M.wait_ready(name, timeout_ms)
     update_time()
     local left = deadline - ngx_now()
     if left <= 0 then
-      return nil, "pluginserver '" .. name .. "' not ready after " .. math.floor((timeout_ms or 0) + 0.5)
+      return nil, "pluginserver '" .. name .. "' not ready after " .. floor((timeout_ms or 0) + 0.5)
         .. " ms (state " .. state .. ")"
     end
-    sleep(semaphore(name), math.min(POLL, left))
+    sleep(semaphore(name), min(POLL, left))
   end
 end
 
@@ -279,7 +285,7 @@ function _M.wait_new_pid(name, old_pid, timeout_ms)
     update_time()
     if ngx_now() >= deadline then
       return nil, "pluginserver '" .. name .. "' (pid " .. tostring(old_pid) .. ") died during the event"
-        .. " and no new process was ready after " .. math.floor((timeout_ms or 0) + 0.5) .. " ms"
+        .. " and no new process was ready after " .. floor((timeout_ms or 0) + 0.5) .. " ms"
     end
     sleep(semaphore(name), POLL)
   end

@@ -42,6 +42,10 @@ local errbuf = lib.errbuf
 local errmsg = lib.errmsg
 local refuse = pdk.refuse
 local tostring = tostring
+local tonumber = tonumber
+local error = error
+local ipairs = ipairs
+local setmetatable = setmetatable
 
 local FREE_STREAMS = 16
 -- A dead pooled connection, then a connect that reached the dying server, then

@@ -14,6 +14,15 @@
 
 local cjson = require "cjson.safe"
 
+local require = require
+local pairs = pairs
+local pcall = pcall
+local tostring = tostring
+local type = type
+local gsub = string.gsub
+local lower = string.lower
+local concat = table.concat
+
 local _M = {}
 
 local IMPLEMENTATIONS = {
@@ -28,7 +37,7 @@ local function complete(def)
     return def
   end
   local name = tostring(def.name)
-  local key = "pluginserver_" .. string.gsub(string.lower(name), "-", "_")
+  local key = "pluginserver_" .. gsub(lower(name), "-", "_")
   local conf = require "kong.runloop.plugin_servers.conf"
   local defs, errs = conf.parse({
     pluginserver_names = { name },
@@ -37,7 +46,7 @@ local function complete(def)
     [key .. "_query_cmd"] = def.query_command,
   })
   if not defs or not defs[1] then
-    return nil, "server definition of " .. name .. ": " .. table.concat(errs or {}, "; ")
+    return nil, "server definition of " .. name .. ": " .. concat(errs or {}, "; ")
   end
   for k, v in pairs(defs[1]) do
     if def[k] == nil then

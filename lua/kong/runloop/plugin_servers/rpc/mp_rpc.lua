@@ -19,6 +19,7 @@ local out = connection.out
 local out_len = connection.out_len
 local type = type
 local tostring = tostring
+local tonumber = tonumber
 
 -- Envelope levels around a value: message array, params array, {EventId, Data},
 -- {Method, Args}; the bridge bounds the value itself.

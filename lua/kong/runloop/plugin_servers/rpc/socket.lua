@@ -14,6 +14,9 @@ local sleep = ngx.sleep
 local now = ngx.now
 local update_time = ngx.update_time
 local tostring = tostring
+local pcall = pcall
+local find = string.find
+local lower = string.lower
 
 local _M = {}
 
@@ -54,8 +57,8 @@ local function not_listening(err)
   if not err then
     return false
   end
-  err = string.lower(tostring(err))
-  return string.find(err, "no such file", 1, true) or string.find(err, "connection refused", 1, true)
+  err = lower(tostring(err))
+  return find(err, "no such file", 1, true) or find(err, "connection refused", 1, true)
 end
 
 -- Cause of a socket error: "timeout" or "connect".
@@ -268,8 +271,8 @@ end
 function _M.peer_failed(def, sock, err)
   local pid = pid_of[sock]
   if pid and state and def.start_command then
-    err = string.lower(tostring(err))
-    if string.find(err, "reset by peer", 1, true) or string.find(err, "broken pipe", 1, true)
+    err = lower(tostring(err))
+    if find(err, "reset by peer", 1, true) or find(err, "broken pipe", 1, true)
       or (err == "closed" and died_after_close(def, pid)) then
       state.refused(def.name, pid)
       return true
