@@ -150,6 +150,35 @@ struct Server {
 }
 
 impl Server {
+    /// A server in its first `phase`, before any spawn; an external one has no
+    /// `command` and no `standby`.
+    fn new(def: ServerDef, command: String, phase: Phase, standby: Option<Standby>) -> Server {
+        let last_state = match phase {
+            Phase::External => State::External,
+            _ => State::Starting,
+        };
+        Server {
+            output: OutputBudget::new(def.log_window, LINES_PER_WINDOW),
+            pid_start: None,
+            note: None,
+            backoff: Backoff::new(def.respawn_delay, def.respawn_delay_max, def.respawn_reset),
+            def,
+            command,
+            phase,
+            pid: None,
+            started: None,
+            started_wall: None,
+            spawns: 0,
+            restarts: 0,
+            last_exit: None,
+            watch: None,
+            hangs: 0,
+            standby,
+            last_state,
+            last_since: 0.0,
+        }
+    }
+
     fn is_done(&self) -> bool {
         matches!(self.phase, Phase::Stopped | Phase::Failed | Phase::External)
             && self.standby.as_ref().is_none_or(Standby::is_idle)
@@ -209,30 +238,7 @@ impl Supervisor {
                     },
                     _ => Phase::Backoff { until: now },
                 };
-                Some(Server {
-                    output: OutputBudget::new(def.log_window, LINES_PER_WINDOW),
-                    pid_start: None,
-                    note: None,
-                    backoff: Backoff::new(
-                        def.respawn_delay,
-                        def.respawn_delay_max,
-                        def.respawn_reset,
-                    ),
-                    def,
-                    command,
-                    phase,
-                    pid: None,
-                    started: None,
-                    started_wall: None,
-                    spawns: 0,
-                    restarts: 0,
-                    last_exit: None,
-                    watch: None,
-                    hangs: 0,
-                    standby,
-                    last_state: State::Starting,
-                    last_since: 0.0,
-                })
+                Some(Server::new(def, command, phase, standby))
             })
             .collect();
         Supervisor {
