@@ -132,17 +132,24 @@ describe("terminal calls", function()
         assert.equal("table", res.headers["x-exit"])
       end)
 
-      it("kong.response.exit from access: a binary body byte for byte", function()
-        local res = ended("exit-access-binary", 200, "access")
-        assert.equal("\0\255\1\2", res.body)
-        assert.equal("application/octet-stream", res.headers["content-type"])
-      end)
-
-      it("kong.response.exit from rewrite: no access phase, no upstream", function()
-        local res = ended("exit-rewrite-string", 403, "rewrite")
-        assert.equal("denied in rewrite", res.body)
-        assert.equal("rewrite", res.headers["x-exit"])
-      end)
+      -- Exits with a plain body: the body exactly, and one header the plugin set.
+      for _, c in ipairs {
+        { title = "from access: a binary body byte for byte", case = "exit-access-binary",
+          status = 200, phase = "access", body = "\0\255\1\2",
+          header = "content-type", value = "application/octet-stream" },
+        { title = "from rewrite: no access phase, no upstream", case = "exit-rewrite-string",
+          status = 403, phase = "rewrite", body = "denied in rewrite",
+          header = "x-exit", value = "rewrite" },
+        { title = "from the response phase before the headers are sent replaces the response",
+          case = "exit-response", status = 409, phase = "response", body = "replaced in response",
+          header = "x-exit", value = "response" },
+      } do
+        it("kong.response.exit " .. c.title, function()
+          local res = ended(c.case, c.status, c.phase)
+          assert.equal(c.body, res.body)
+          assert.equal(c.value, res.headers[c.header])
+        end)
+      end
 
       if has_error then
         it("kong.response.error from access: status, JSON message and headers", function()
@@ -158,12 +165,6 @@ describe("terminal calls", function()
           assert.equal("rewrite", res.headers["x-error"])
         end)
       end
-
-      it("kong.response.exit from the response phase before the headers are sent replaces the response", function()
-        local res = ended("exit-response", 409, "response")
-        assert.equal("replaced in response", res.body)
-        assert.equal("response", res.headers["x-exit"])
-      end)
 
       it("kong.response.exit once the headers are sent is refused: logged, the response goes on", function()
         local before = h:count_log("headers have already been sent")
