@@ -179,6 +179,14 @@ impl Server {
         }
     }
 
+    /// Its process is gone: no pid, no start time; `phase` from now on.
+    fn end_process(&mut self, phase: Phase) {
+        self.pid = None;
+        self.started = None;
+        self.started_wall = None;
+        self.phase = phase;
+    }
+
     fn is_done(&self) -> bool {
         matches!(self.phase, Phase::Stopped | Phase::Failed | Phase::External)
             && self.standby.as_ref().is_none_or(Standby::is_idle)
@@ -617,16 +625,16 @@ impl Supervisor {
         let uptime_ms = s.started.map_or(0, |t| t.elapsed().as_millis() as u64);
         s.last_exit = Some(exit);
         let name = s.def.name.clone();
+        let cmd = s.command.clone();
         let was_stopping = matches!(s.phase, Phase::Stopping { .. });
+        // Every exit is logged; one we asked for only at notice level.
+        let level = if was_stopping { NGX_NOTICE } else { NGX_WARN };
+        self.log(
+            level,
+            format!("external pluginserver '{name}' terminated: {exit}"),
+        );
         if was_stopping {
-            s.pid = None;
-            s.started = None;
-            s.started_wall = None;
-            s.phase = Phase::Stopped;
-            self.log(
-                NGX_NOTICE,
-                format!("external pluginserver '{name}' terminated: {exit}"),
-            );
+            self.servers[i].end_process(Phase::Stopped);
             self.log(
                 NGX_NOTICE,
                 format!("[pluginserver] successfully stopped pluginserver '{name}', pid {pid}"),
@@ -635,15 +643,7 @@ impl Supervisor {
             return;
         }
         if exit == Exit::Code(127) {
-            let cmd = s.command.clone();
-            s.pid = None;
-            s.started = None;
-            s.started_wall = None;
-            s.phase = Phase::Failed;
-            self.log(
-                NGX_WARN,
-                format!("external pluginserver '{name}' terminated: {exit}"),
-            );
+            self.servers[i].end_process(Phase::Failed);
             self.log(
                 NGX_ERR,
                 format!("[pluginserver] external pluginserver {name:?} start command {cmd:?} exited with \"command not found\""),
@@ -656,10 +656,6 @@ impl Supervisor {
             self.terminate_standby(i);
             return;
         }
-        self.log(
-            NGX_WARN,
-            format!("external pluginserver '{name}' terminated: {exit}"),
-        );
         if self.promote(i, uptime_ms) {
             return;
         }
