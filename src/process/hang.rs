@@ -371,6 +371,25 @@ mod tests {
         p.display().to_string()
     }
 
+    /// A running watch of `server` on `path` with a `timeout_ms` hang timeout,
+    /// and the channel its reports arrive on.
+    fn hang_watch(
+        server: usize,
+        path: &str,
+        wire: Wire,
+        timeout_ms: u64,
+    ) -> (HangWatch, Receiver<Beat>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let w = HangWatch::start(
+            server,
+            path.into(),
+            wire,
+            Duration::from_millis(timeout_ms),
+            tx,
+        );
+        (w.unwrap(), rx)
+    }
+
     #[test]
     fn questions_have_the_wire_shapes() {
         assert_eq!(
@@ -461,15 +480,7 @@ mod tests {
     fn a_watcher_reports_silence_once_and_recovery() {
         let path = tmp_socket("watch");
         let listener = UnixListener::bind(&path).unwrap();
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let w = HangWatch::start(
-            3,
-            path.clone(),
-            Wire::MsgPack,
-            Duration::from_millis(200),
-            tx,
-        )
-        .unwrap();
+        let (w, rx) = hang_watch(3, &path, Wire::MsgPack, 200);
         let generation = w.watch();
         // nobody accepts: silent after about 200 ms, reported once
         let beat = rx.recv_timeout(Duration::from_secs(3)).unwrap();
@@ -509,15 +520,7 @@ mod tests {
     #[test]
     fn a_missing_socket_is_silent_with_the_reason() {
         let path = tmp_socket("gone");
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let w = HangWatch::start(
-            0,
-            path.clone(),
-            Wire::Protobuf,
-            Duration::from_millis(100),
-            tx,
-        )
-        .unwrap();
+        let (w, rx) = hang_watch(0, &path, Wire::Protobuf, 100);
         w.watch();
         let beat = rx.recv_timeout(Duration::from_secs(3)).unwrap();
         assert!(
