@@ -363,13 +363,8 @@ pub fn connections_open(socket: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::tmp_socket;
     use std::os::unix::net::UnixListener;
-
-    fn tmp_socket(tag: &str) -> String {
-        let p = std::env::temp_dir().join(format!("kps-hang-{tag}-{}.socket", std::process::id()));
-        let _ = std::fs::remove_file(&p);
-        p.display().to_string()
-    }
 
     /// A running watch of `server` on `path` with a `timeout_ms` hang timeout,
     /// and the channel its reports arrive on.
@@ -431,7 +426,7 @@ mod tests {
 
     #[test]
     fn an_answer_a_silence_a_partial_reply_and_a_missing_socket() {
-        let path = tmp_socket("ask");
+        let path = tmp_socket("hang-ask");
         let w = watcher(&path, Wire::MsgPack);
         let deadline = || Instant::now() + Duration::from_millis(300);
         let mut conn = None;
@@ -478,7 +473,7 @@ mod tests {
 
     #[test]
     fn a_watcher_reports_silence_once_and_recovery() {
-        let path = tmp_socket("watch");
+        let path = tmp_socket("hang-watch");
         let listener = UnixListener::bind(&path).unwrap();
         let (w, rx) = hang_watch(3, &path, Wire::MsgPack, 200);
         let generation = w.watch();
@@ -519,7 +514,7 @@ mod tests {
 
     #[test]
     fn a_missing_socket_is_silent_with_the_reason() {
-        let path = tmp_socket("gone");
+        let path = tmp_socket("hang-gone");
         let (w, rx) = hang_watch(0, &path, Wire::Protobuf, 100);
         w.watch();
         let beat = rx.recv_timeout(Duration::from_secs(3)).unwrap();
