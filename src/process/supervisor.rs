@@ -413,13 +413,7 @@ impl Supervisor {
                         );
                         self.spawn(i);
                     } else if now >= deadline {
-                        self.log(
-                            NGX_WARN,
-                            format!("[pluginserver] previous pluginserver '{name}', pid {pid}, still running; killing it"),
-                        );
-                        if let Some(start) = old.start() {
-                            signal_if_same(pid, start, libc::SIGKILL);
-                        }
+                        self.kill_previous(&format!("pluginserver '{name}'"), old);
                         self.spawn(i);
                     }
                 }
@@ -431,6 +425,20 @@ impl Supervisor {
                 _ => {}
             }
             self.standby_tick(i, now);
+        }
+    }
+
+    /// The previous generation's process `old` (`what`: "pluginserver 'x'" or
+    /// "standby of pluginserver 'x'") is still running at the end of its wait:
+    /// logged and killed, if it is still the process that was recorded.
+    pub(super) fn kill_previous(&mut self, what: &str, old: Recorded) {
+        let pid = old.pid();
+        self.log(
+            NGX_WARN,
+            format!("[pluginserver] previous {what}, pid {pid}, still running; killing it"),
+        );
+        if let Some(start) = old.start() {
+            signal_if_same(pid, start, libc::SIGKILL);
         }
     }
 
