@@ -1,7 +1,29 @@
 //! Helpers shared by the in-crate tests: the hex text the recorded vectors are
-//! written in, and a LuaJIT state with the bridge loaded.
+//! written in, a LuaJIT state with the bridge loaded, and the processes and
+//! socket paths of the process tests.
+
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command};
 
 use mlua::{LightUserData, Lua, Value};
+
+/// A `sleep 30` in process group `group` (0: a group of its own), as a live
+/// process the test can name, signal and kill.
+pub fn sleeper(group: i32) -> Child {
+    Command::new("sleep")
+        .arg("30")
+        .process_group(group)
+        .spawn()
+        .unwrap()
+}
+
+/// A socket path of this test process, `tag` telling the tests apart; no file
+/// is left at it.
+pub fn tmp_socket(tag: &str) -> String {
+    let p = std::env::temp_dir().join(format!("kps-{tag}-{}.socket", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    p.display().to_string()
+}
 
 /// The bytes of a hex string ("a1ff" is `[0xa1, 0xff]`).
 pub fn unhex(s: &str) -> Vec<u8> {

@@ -7,7 +7,7 @@ mod supervisor_rig;
 use std::collections::HashMap;
 use std::path::Path;
 
-use kong_plugin_servers::config::StandbyMode;
+use kong_plugin_servers::config::{ServerDef, StandbyMode};
 use kong_plugin_servers::process::identity::{Recorded, start_time};
 use kong_plugin_servers::process::peercred::{Listener, probe_server};
 use kong_plugin_servers::process::standby::StandbyState;
@@ -21,28 +21,46 @@ fn listen(socket_arg: &str, delay: f64) -> String {
     )
 }
 
+/// Server `name` started by `cmd` on `socket`, with a standby as `mode` says.
+fn with_standby(name: &str, cmd: &str, socket: &str, mode: StandbyMode) -> ServerDef {
+    let mut d = def(name, cmd, socket);
+    d.standby = mode;
+    d
+}
+
+/// A supervisor running server `name`, listen.py taking `delay` s to listen on
+/// a socket in a fresh directory, with a standby as `mode` says; and the socket.
+fn run_listener(name: &str, delay: f64, mode: StandbyMode) -> (Running, String) {
+    let dir = tmp(&format!("standby-{name}"));
+    let sock = dir.join(format!("{name}.socket")).display().to_string();
+    let d = with_standby(name, &listen(&sock, delay), &sock, mode);
+    (Running::start(vec![d], HashMap::new()), sock)
+}
+
+/// The standby's state and pid in a state report.
+fn standby_of(r: &Report) -> (StandbyState, Option<i32>) {
+    match r {
+        Report::State {
+            standby,
+            standby_pid,
+            ..
+        } => (*standby, *standby_pid),
+        _ => panic!("not a state report: {r:?}"),
+    }
+}
+
 /// The next report of `name` with a ready standby other than `not`: its pid.
 fn wait_standby_ready(run: &mut Running, name: &str, not: Option<i32>) -> i32 {
     let r = run.wait_for(&format!("{name} standby ready"), |r| {
         matches!(r, Report::State { name: n, standby: StandbyState::Ready, standby_pid: Some(p), .. }
             if n == name && Some(*p) != not)
     });
-    match r {
-        Report::State {
-            standby_pid: Some(p),
-            ..
-        } => p,
-        _ => unreachable!(),
-    }
+    standby_of(&r).1.expect("a ready standby has a pid")
 }
 
 #[test]
 fn a_killed_server_is_replaced_by_its_standby_at_once_and_a_new_standby_starts() {
-    let dir = tmp("promote");
-    let sock = dir.join("p.socket").display().to_string();
-    let mut d = def("p", &listen(&sock, 0.1), &sock);
-    d.standby = StandbyMode::On;
-    let mut run = Running::start(vec![d], HashMap::new());
+    let (mut run, sock) = run_listener("p", 0.1, StandbyMode::On);
     let active = pid_of(&run.wait_state("p", State::Ready));
     let standby = wait_standby_ready(&mut run, "p", None);
     assert_ne!(standby, active);
@@ -92,8 +110,7 @@ fn a_killed_server_is_replaced_by_its_standby_at_once_and_a_new_standby_starts()
 fn a_crash_loop_still_backs_off_after_a_promotion() {
     let dir = tmp("sbloop");
     let sock = dir.join("l.socket").display().to_string();
-    let mut d = def("l", &listen(&sock, 0.0), &sock);
-    d.standby = StandbyMode::On;
+    let mut d = with_standby("l", &listen(&sock, 0.0), &sock, StandbyMode::On);
     d.respawn_reset = 500;
     let mut run = Running::start(vec![d], HashMap::new());
     let active = pid_of(&run.wait_state("l", State::Ready));
@@ -113,11 +130,7 @@ fn a_crash_loop_still_backs_off_after_a_promotion() {
 
 #[test]
 fn a_dead_standby_is_replaced_without_touching_the_active_server() {
-    let dir = tmp("sbdies");
-    let sock = dir.join("d.socket").display().to_string();
-    let mut d = def("d", &listen(&sock, 0.0), &sock);
-    d.standby = StandbyMode::On;
-    let mut run = Running::start(vec![d], HashMap::new());
+    let (mut run, sock) = run_listener("d", 0.0, StandbyMode::On);
     let active = pid_of(&run.wait_state("d", State::Ready));
     let standby = wait_standby_ready(&mut run, "d", None);
     let before = run.seen.len();
@@ -155,8 +168,7 @@ fn stop_leaves_no_process_and_no_standby_socket() {
     // The command names its socket by file name (--in DIR), as the JS and Python
     // servers do.
     let cmd = listen(&format!("--in {} s.socket", dir.display()), 0.0);
-    let mut d = def("s", &cmd, &sock);
-    d.standby = StandbyMode::On;
+    let d = with_standby("s", &cmd, &sock, StandbyMode::On);
     let mut run = Running::start(vec![d], HashMap::new());
     let active = pid_of(&run.wait_state("s", State::Ready));
     let standby = wait_standby_ready(&mut run, "s", None);
@@ -177,22 +189,11 @@ fn a_command_that_does_not_name_its_socket_gets_no_standby() {
     let sock = dir.join("n.socket").display().to_string();
     // listens elsewhere than the definition's socket path says: not redirectable
     let other = dir.join("elsewhere").display().to_string();
-    let mut d = def("n", &listen(&other, 0.0), &sock);
-    d.standby = StandbyMode::On;
+    let mut d = with_standby("n", &listen(&other, 0.0), &sock, StandbyMode::On);
     d.ready_timeout = 200;
     let mut run = Running::start(vec![d], HashMap::new());
     let r = run.wait_state("n", State::Starting);
-    assert!(
-        matches!(
-            r,
-            Report::State {
-                standby: StandbyState::Unavailable,
-                standby_pid: None,
-                ..
-            }
-        ),
-        "{r:?}"
-    );
+    assert_eq!(standby_of(&r), (StandbyState::Unavailable, None), "{r:?}");
     run.wait_log("is not accepting connections");
     assert!(
         !run.seen.iter().any(
@@ -206,23 +207,10 @@ fn a_command_that_does_not_name_its_socket_gets_no_standby() {
 
 #[test]
 fn auto_keeps_a_standby_for_a_slow_starting_server() {
-    let dir = tmp("sbauto");
-    let sock = dir.join("a.socket").display().to_string();
     // 0.6 s to listen: slower than the auto threshold (250 ms)
-    let mut d = def("a", &listen(&sock, 0.6), &sock);
-    d.standby = StandbyMode::Auto;
-    let mut run = Running::start(vec![d], HashMap::new());
+    let (mut run, _) = run_listener("a", 0.6, StandbyMode::Auto);
     let r = run.wait_state("a", State::Starting);
-    assert!(
-        matches!(
-            r,
-            Report::State {
-                standby: StandbyState::None,
-                ..
-            }
-        ),
-        "{r:?}"
-    );
+    assert_eq!(standby_of(&r).0, StandbyState::None, "{r:?}");
     run.wait_state("a", State::Ready);
     wait_standby_ready(&mut run, "a", None);
     run.stop();
@@ -235,8 +223,7 @@ fn auto_drops_the_standby_of_a_server_that_started_fast_once() {
     // the first process takes 0.6 s to listen, every later one listens at once
     let marker = dir.join("started-once").display().to_string();
     let cmd = listen(&format!("--slow-once {marker} {sock}"), 0.6);
-    let mut d = def("f", &cmd, &sock);
-    d.standby = StandbyMode::Auto;
+    let d = with_standby("f", &cmd, &sock, StandbyMode::Auto);
     let mut run = Running::start(vec![d], HashMap::new());
     let active = pid_of(&run.wait_state("f", State::Ready));
     // the slow first start asks for a standby; its own fast start drops it
@@ -277,8 +264,7 @@ fn the_previous_generations_standby_is_waited_for_then_killed() {
         start_time(sb_pid).unwrap()
     ))
     .unwrap();
-    let mut d = def("g", &listen(&sock, 0.0), &sock);
-    d.standby = StandbyMode::On;
+    let mut d = with_standby("g", &listen(&sock, 0.0), &sock, StandbyMode::On);
     d.stop_timeout = 300;
     let mut run = Running::start(vec![d], HashMap::from([("g".to_string(), recorded)]));
     run.wait_log(&format!(

@@ -176,41 +176,39 @@ for _, P in ipairs(PROTOCOLS) do
       h = nginx.stop_host(h)
     end)
 
-    it("server killed mid-event: 500 at once, then served by the respawned server", function()
+    -- Starts the host with the stand-in warm, has it act out `mode` (the request
+    -- fails at once) and waits for the failure logged with `cause`, then `detail`.
+    -- Returns the baseline, the server's pid before the fault and the log line.
+    local function faulted(mode, cause, detail)
       h = start()
       local base = baseline(h, true)
-      local old = status(h).pid
-      fails_at_once(h, "kill")
-      assert(h:wait_log(failure_line("connect") .. ".*" .. P.closed, 2))
+      local pid = status(h).pid
+      fails_at_once(h, mode)
+      local line = assert(h:wait_log(failure_line(cause) .. (detail or ""), 2))
+      return base, pid, line
+    end
+
+    it("server killed mid-event: 500 at once, then served by the respawned server", function()
+      local base, old = faulted("kill", "connect", ".*" .. P.closed)
       assert(wait_new_pid(h, old))
       local res = serves_again(h, base)
       assert.not_equal(tostring(old), res.headers["x-fault-pid"])
     end)
 
     it("server closes the socket mid-event: 500 at once, the next event on a new connection", function()
-      h = start()
-      local base = baseline(h, true)
-      local pid = status(h).pid
-      fails_at_once(h, "close")
-      assert(h:wait_log(failure_line("connect") .. ".*" .. P.closed, 2))
+      local base, pid = faulted("close", "connect", ".*" .. P.closed)
       local res = serves_again(h, base)
       assert.equal(tostring(pid), res.headers["x-fault-pid"])
     end)
 
     it("server sends a garbage frame: 500 at once, protocol error, connection dropped", function()
-      h = start()
-      local base = baseline(h, true)
-      fails_at_once(h, "garbage")
-      assert(h:wait_log(failure_line("protocol"), 2))
+      local base = faulted("garbage", "protocol")
       assert.equal(1, status(h).counters.errors.protocol)
       serves_again(h, base)
     end)
 
     it("server sends a frame larger than max_message_size: 500 without reading it all", function()
-      h = start()
-      local base = baseline(h, true)
-      fails_at_once(h, "oversize")
-      local line = assert(h:wait_log(failure_line("protocol"), 2))
+      local base, _, line = faulted("oversize", "protocol")
       assert.matches(tostring(MAX_MESSAGE), line, 1, true)
       serves_again(h, base)
     end)

@@ -13,6 +13,7 @@
 local nginx = require "spec.helpers.nginx"
 local fixtures = require "spec.helpers.fixtures"
 local procs = require "spec.helpers.procs"
+local under_load = require("spec.helpers.wrk").under_load
 
 local fx = fixtures.new(nginx.root)
 local ROOT = nginx.root
@@ -58,31 +59,6 @@ end
 
 local function get(h, host)
   return assert(h:request { headers = { host = host or "hang.test" } })
-end
-
--- wrk's latency figure in seconds ("812.34us", "1.20ms", "5.01s", "1.00m").
-local function seconds_of(text)
-  local n, unit = (text or ""):match("^([%d%.]+)(%a+)$")
-  local scale = { us = 1e-6, ms = 1e-3, s = 1, m = 60 }
-  return n and tonumber(n) * (scale[unit] or 1) or nil
-end
-
--- Runs wrk (4 connections) for `seconds`, calls `action()` `at` seconds in, and
--- returns { requests, non2xx, socket_errors, max_latency, out }.
-local function under_load(h, seconds, at, action)
-  local wrk = assert(io.popen(("wrk -t2 -c4 -d%ds --timeout 20s -H 'Host: load.test' http://127.0.0.1:%d/ 2>&1")
-    :format(seconds, h.port)))
-  nginx.sleep(at)
-  action()
-  local out = wrk:read("*a")
-  wrk:close()
-  return {
-    requests = tonumber(out:match("(%d+) requests in")),
-    non2xx = tonumber(out:match("Non%-2xx or 3xx responses: (%d+)")) or 0,
-    socket_errors = out:match("Socket errors: ([^\n]+)"),
-    max_latency = seconds_of(out:match("Latency%s+%S+%s+%S+%s+(%S+)")),
-    out = out,
-  }
 end
 
 local function log_tail(h)

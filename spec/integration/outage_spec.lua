@@ -113,6 +113,14 @@ describe("outage of a supervised plugin server", function()
     assert(nginx.wait_until(function() return status(i).state == "backoff" end, 5), "no backoff")
   end
 
+  -- Starts with `extra` settings, warms the server up, then takes it down for
+  -- respawn_delay.
+  local function start_down(extra)
+    start(extra)
+    warm_pid()
+    kill_into_backoff()
+  end
+
   before_each(function()
     prefix = nginx.make_prefix()
   end)
@@ -158,9 +166,7 @@ describe("outage of a supervised plugin server", function()
   end)
 
   it("answers 500 once a request has waited past ready_timeout", function()
-    start { respawn_delay = "2000", ready_timeout = "300", log_window = "500" }
-    warm_pid()
-    kill_into_backoff()
+    start_down { respawn_delay = "2000", ready_timeout = "300", log_window = "500" }
     local t0 = nginx.now()
     local res = get()
     local elapsed = nginx.now() - t0
@@ -176,9 +182,7 @@ describe("outage of a supervised plugin server", function()
   end)
 
   it("fail_open skips the plugin while the server is down, logs and counts every skip", function()
-    start { respawn_delay = "2000", ready_timeout = "100", log_window = "5000", fail_open = "on" }
-    warm_pid()
-    kill_into_backoff()
+    start_down { respawn_delay = "2000", ready_timeout = "100", log_window = "5000", fail_open = "on" }
     for _ = 1, 3 do
       local res = get()
       assert.equal(200, res.status, details(res))
@@ -191,9 +195,7 @@ describe("outage of a supervised plugin server", function()
   end)
 
   it("summarises repeated failures in one line when the log window ends", function()
-    start { respawn_delay = "3000", ready_timeout = "50", log_window = "1000" }
-    warm_pid()
-    kill_into_backoff()
+    start_down { respawn_delay = "3000", ready_timeout = "50", log_window = "1000" }
     local t0 = nginx.now()
     for _ = 1, 5 do
       assert.equal(500, get().status)

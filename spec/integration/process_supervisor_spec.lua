@@ -55,6 +55,13 @@ local function start(servers, workers, plugins)
   return h
 end
 
+-- Server `name` (pid `pid`) was stopped with nginx: logged, gone, nothing left.
+local function stopped_cleanly(h, name, pid)
+  assert(h:wait_log("successfully stopped pluginserver '" .. name .. "', pid " .. pid, 1))
+  assert.is_false(procs.alive(pid))
+  assert.same({}, h:leftovers())
+end
+
 local function wait_state(h, name, state, timeout)
   return h:wait_state(name, state, timeout or 5)
 end
@@ -86,9 +93,7 @@ describe("plugin server supervisor (stand-in servers)", function()
     assert.equal(tostring(pid), h:eval([[return require("kong.runloop.plugin_servers.state").wait_ready("lsn", 100)]]))
     assert.same({}, h:log_lines("%[crit%]"))
     assert(h:quit())
-    assert(h:wait_log("successfully stopped pluginserver 'lsn', pid " .. pid, 1))
-    assert.is_false(procs.alive(pid))
-    assert.same({}, h:leftovers())
+    stopped_cleanly(h, "lsn", pid)
   end)
 
   it("respawns after kill -9 at once with the real signal, then backs off a second exit", function()
@@ -147,9 +152,7 @@ describe("plugin server supervisor (stand-in servers)", function()
     local pid = tonumber(line:match("%[stubborn:(%d+)%]"))
     assert(h:quit())
     assert(h:wait_log("pluginserver 'stubborn', pid " .. pid .. ", did not stop within 300 ms of SIGTERM; sending SIGKILL", 1))
-    assert(h:wait_log("successfully stopped pluginserver 'stubborn', pid " .. pid, 1))
-    assert.is_false(procs.alive(pid))
-    assert.same({}, h:leftovers())
+    stopped_cleanly(h, "stubborn", pid)
   end)
 
   it("leaves no server behind after SIGKILL of the whole nginx", function()

@@ -10,6 +10,7 @@
 local nginx = require "spec.helpers.nginx"
 local fixtures = require "spec.helpers.fixtures"
 local procs = require "spec.helpers.procs"
+local under_load = require("spec.helpers.wrk").under_load
 
 local fx = fixtures.new(nginx.root)
 fx.require_built { "js-hello", "py-hello" }
@@ -19,21 +20,6 @@ local PID_HEADER = { ["js-hello"] = "x-javascript-pid", ["py-hello"] = "x-python
 
 local function key(name)
   return "pluginserver_" .. name:gsub("-", "_") .. "_"
-end
-
-local function under_load(h, seconds, at, action)
-  local wrk = assert(io.popen(("wrk -t2 -c4 -d%ds --timeout 20s -H 'Host: load.test' http://127.0.0.1:%d/ 2>&1")
-    :format(seconds, h.port)))
-  nginx.sleep(at)
-  action()
-  local out = wrk:read("*a")
-  wrk:close()
-  return {
-    requests = tonumber(out:match("(%d+) requests in")),
-    non2xx = tonumber(out:match("Non%-2xx or 3xx responses: (%d+)")) or 0,
-    socket_errors = out:match("Socket errors: ([^\n]+)"),
-    out = out,
-  }
 end
 
 describe("warm standby", function()

@@ -105,13 +105,20 @@ describe("terminal calls", function()
     local has_error = pdk ~= "go"   -- go-pdk has no kong.response.error
 
     describe(name, function()
+      -- Runs `case`, checks that it ended the request with `status` in `phase`
+      -- (no later handler ran), and returns the response and the plugin's calls.
+      local function ended(case, status, phase)
+        local res, ran, own = term(pdk, case)
+        assert.equal(status, res.status)
+        assert.same(expected_run(name, phase), ran)
+        return res, own
+      end
+
       it("kong.response.exit from access: a string body and headers, exactly", function()
-        local res, ran, own = term(pdk, "exit-access-string")
-        assert.equal(403, res.status)
+        local res, own = ended("exit-access-string", 403, "access")
         assert.equal("denied ✓", res.body)
         assert.equal("yes", res.headers["x-exit"])
         assert.same({ "a", "b" }, res.headers["x-exit-multi"])
-        assert.same(expected_run(name, "access"), ran)
         if pdk ~= "go" then
           -- the exit was the plugin's last call of the phase
           assert.equal("kong.response.exit", own[#own].method)
@@ -119,56 +126,45 @@ describe("terminal calls", function()
       end)
 
       it("kong.response.exit from access: a table body is sent as JSON", function()
-        local res, ran = term(pdk, "exit-access-table")
-        assert.equal(401, res.status)
+        local res = ended("exit-access-table", 401, "access")
         assert.matches("^application/json", res.headers["content-type"])
         assert.same({ message = "no", list = { 1, 2 }, nested = { k = "v" } }, cjson.decode(res.body))
         assert.equal("table", res.headers["x-exit"])
-        assert.same(expected_run(name, "access"), ran)
       end)
 
-      it("kong.response.exit from access: a binary body byte for byte", function()
-        local res, ran = term(pdk, "exit-access-binary")
-        assert.equal(200, res.status)
-        assert.equal("\0\255\1\2", res.body)
-        assert.equal("application/octet-stream", res.headers["content-type"])
-        assert.same(expected_run(name, "access"), ran)
-      end)
-
-      it("kong.response.exit from rewrite: no access phase, no upstream", function()
-        local res, ran = term(pdk, "exit-rewrite-string")
-        assert.equal(403, res.status)
-        assert.equal("denied in rewrite", res.body)
-        assert.equal("rewrite", res.headers["x-exit"])
-        assert.same(expected_run(name, "rewrite"), ran)
-      end)
-
-      if has_error then
-        it("kong.response.error from access: status, JSON message and headers", function()
-          local res, ran = term(pdk, "error-access")
-          assert.equal(503, res.status)
-          assert.matches("^application/json", res.headers["content-type"])
-          assert.same({ message = "service down" }, cjson.decode(res.body))
-          assert.equal("yes", res.headers["x-error"])
-          assert.same(expected_run(name, "access"), ran)
-        end)
-
-        it("kong.response.error from rewrite", function()
-          local res, ran = term(pdk, "error-rewrite")
-          assert.equal(502, res.status)
-          assert.same({ message = "bad in rewrite" }, cjson.decode(res.body))
-          assert.equal("rewrite", res.headers["x-error"])
-          assert.same(expected_run(name, "rewrite"), ran)
+      -- Exits with a plain body: the body exactly, and one header the plugin set.
+      for _, c in ipairs {
+        { title = "from access: a binary body byte for byte", case = "exit-access-binary",
+          status = 200, phase = "access", body = "\0\255\1\2",
+          header = "content-type", value = "application/octet-stream" },
+        { title = "from rewrite: no access phase, no upstream", case = "exit-rewrite-string",
+          status = 403, phase = "rewrite", body = "denied in rewrite",
+          header = "x-exit", value = "rewrite" },
+        { title = "from the response phase before the headers are sent replaces the response",
+          case = "exit-response", status = 409, phase = "response", body = "replaced in response",
+          header = "x-exit", value = "response" },
+      } do
+        it("kong.response.exit " .. c.title, function()
+          local res = ended(c.case, c.status, c.phase)
+          assert.equal(c.body, res.body)
+          assert.equal(c.value, res.headers[c.header])
         end)
       end
 
-      it("kong.response.exit from the response phase before the headers are sent replaces the response", function()
-        local res, ran = term(pdk, "exit-response")
-        assert.equal(409, res.status)
-        assert.equal("replaced in response", res.body)
-        assert.equal("response", res.headers["x-exit"])
-        assert.same(expected_run(name, "response"), ran)
-      end)
+      if has_error then
+        it("kong.response.error from access: status, JSON message and headers", function()
+          local res = ended("error-access", 503, "access")
+          assert.matches("^application/json", res.headers["content-type"])
+          assert.same({ message = "service down" }, cjson.decode(res.body))
+          assert.equal("yes", res.headers["x-error"])
+        end)
+
+        it("kong.response.error from rewrite", function()
+          local res = ended("error-rewrite", 502, "rewrite")
+          assert.same({ message = "bad in rewrite" }, cjson.decode(res.body))
+          assert.equal("rewrite", res.headers["x-error"])
+        end)
+      end
 
       it("kong.response.exit once the headers are sent is refused: logged, the response goes on", function()
         local before = h:count_log("headers have already been sent")

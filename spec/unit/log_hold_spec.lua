@@ -97,10 +97,16 @@ describe("requests held while log events pile up", function()
     end
   end
 
-  it("runs a request's event at once below LOG_HOLD waiting log events", function()
+  -- A plugin whose log events take `ms` (one measured), with `n` of them queued.
+  local function backlogged(ms, n)
     local p = new_plugin()
-    warm(p, 2)
-    queue_logs(p, log_queue.LOG_HOLD - 1)
+    warm(p, ms)
+    queue_logs(p, n)
+    return p
+  end
+
+  it("runs a request's event at once below LOG_HOLD waiting log events", function()
+    local p = backlogged(2, log_queue.LOG_HOLD - 1)
     local request = start_request(p)
     assert.equal("dead", coroutine.status(request))
     assert.same({ "access" }, p.ran)
@@ -108,9 +114,7 @@ describe("requests held while log events pile up", function()
 
   it("holds a request past LOG_HOLD until the drains bring the queue to LOG_BACKLOG, then runs it", function()
     local semas = package.loaded["ngx.semaphore"].created
-    local p = new_plugin()
-    warm(p, 2)
-    queue_logs(p, log_queue.LOG_HOLD)
+    local p = backlogged(2, log_queue.LOG_HOLD)
     assert.is_true(log_queue.LOG_BACKLOG < log_queue.LOG_HOLD)
     local request, why = start_request(p)
     assert.equal("waiting", why)
@@ -139,9 +143,7 @@ describe("requests held while log events pile up", function()
 
   it("waits at most LOG_HOLD_MS, then runs the event anyway", function()
     local semas = package.loaded["ngx.semaphore"].created
-    local p = new_plugin()
-    warm(p, 2)
-    queue_logs(p, log_queue.LOG_HOLD)
+    local p = backlogged(2, log_queue.LOG_HOLD)
     local request = start_request(p)
     assert.same({ log_queue.LOG_HOLD_MS / 1000 }, semas[1].timeouts)
     -- the wait timed out (nil, "timeout"): the event runs anyway
@@ -164,9 +166,7 @@ describe("requests held while log events pile up", function()
   end)
 
   it("holds however long the log events take (a slow log phase is held back too)", function()
-    local p = new_plugin()
-    warm(p, 500)
-    queue_logs(p, log_queue.LOG_HOLD)
+    local p = backlogged(500, log_queue.LOG_HOLD)
     local _, why = start_request(p)
     assert.equal("waiting", why)
   end)
@@ -184,9 +184,7 @@ describe("requests held while log events pile up", function()
   end)
 
   it("does not hold a request while its server is down (only the wait for readiness applies)", function()
-    local p = new_plugin()
-    warm(p, 2)
-    queue_logs(p, log_queue.LOG_HOLD + 4)
+    local p = backlogged(2, log_queue.LOG_HOLD + 4)
     server_state = "restarting"
     local request = start_request(p)
     assert.equal("dead", coroutine.status(request))

@@ -41,6 +41,19 @@ describe("mp_rpc", function()
     queue.sockets, queue.log = {}, {}
   end)
 
+  -- Connection n (in the order opened) was closed, not kept for reuse.
+  local function dropped(n)
+    assert.is_true(queue.log[n].closed)
+    assert.is_false(queue.log[n].kept)
+  end
+
+  -- The message of a call that failed (nil, message, cause) with `cause`.
+  local function failure(cause, result, err, got_cause)
+    assert.is_nil(result)
+    assert.equal(cause, got_cause)
+    return err
+  end
+
   local function same_message(sent, want)
     local a = bridge.decode(0, sent)
     local b = bridge.decode(0, want)
@@ -107,23 +120,16 @@ describe("mp_rpc", function()
     assert.equal(conv.close_instance.request, queue.log[1].sent[1])
 
     queue.sockets, queue.log = { fake({ { reply = conv.no_instance.reply } }) }, {}
-    local ok2, err2, cause2 = rpc:handle_event(0, "access", dispatch)
-    assert.is_nil(ok2)
-    assert.equal("no_instance", cause2)
-    assert.equal("event access failed on srv: no plugin instance #0", err2)
-    assert.is_true(queue.log[1].closed)
-    assert.is_false(queue.log[1].kept)
+    assert.equal("event access failed on srv: no plugin instance #0",
+                 failure("no_instance", rpc:handle_event(0, "access", dispatch)))
+    dropped(1)
   end)
 
   it("reports a malformed reply as a protocol error and closes the connection", function()
     local rpc = mp_rpc.new(def, "vhello")
     queue.sockets = { fake({ { reply = "\193\193" } }) }
-    local id, err, cause = rpc:start_instance("{}")
-    assert.is_nil(id)
-    assert.equal("protocol", cause)
-    assert.matches("protocol error: malformed MessagePack", err, 1, true)
-    assert.is_true(queue.log[1].closed)
-    assert.is_false(queue.log[1].kept)
+    assert.matches("protocol error: malformed MessagePack", failure("protocol", rpc:start_instance("{}")), 1, true)
+    dropped(1)
   end)
 
   it("reports a read timeout and a closed connection", function()
@@ -198,8 +204,7 @@ describe("mp_rpc", function()
     assert.equal("plugin server srv closed the connection", err)
     assert.equal(4, #queue.log)
     assert.matches("^kps%-alive:", queue.log[4].pool)
-    assert.is_true(queue.log[4].closed)
-    assert.is_false(queue.log[4].kept)
+    dropped(4)
     -- a dead pooled connection, then a connect into the dying server: still waits
     state.set("srv", { state = "ready", pid = 11 })
     next_pid = 12

@@ -33,6 +33,21 @@ describe("log events in flight", function()
                                protocol = "MsgPack:1", server_def = d or def })
   end
 
+  -- A plugin (on a server with `settings` over the defaults) whose events only
+  -- count their runs, in p.runs.
+  local function counting_plugin(settings)
+    local p = new_plugin("p", settings and setmetatable(settings, { __index = def }))
+    p.runs = 0
+    p.run_event = function() p.runs = p.runs + 1 return true end
+    return p
+  end
+
+  local function log_events(p, conf, n)
+    for _ = 1, n do
+      p:log(conf)
+    end
+  end
+
   local function count_logs(text)
     local n = 0
     for _, l in ipairs(ngx.logs) do
@@ -62,14 +77,9 @@ describe("log events in flight", function()
 
   it("refuses log events past log_queue_max per server and worker: counted, logged once per window", function()
     ngx.shared.kong_plugin_servers = stub.fake_dict()
-    local d = setmetatable({ name = "small", log_queue_max = 20, log_window = 1000 }, { __index = def })
-    local p = new_plugin("p", d)
-    local ran = 0
-    p.run_event = function() ran = ran + 1 return true end
+    local p = counting_plugin { name = "small", log_queue_max = 20, log_window = 1000 }
     local conf = { __plugin_id = "x", __seq__ = 1 }
-    for _ = 1, 23 do
-      p:log(conf)
-    end
+    log_events(p, conf, 23)
     local counters = require "kong.runloop.plugin_servers.counters"
     assert.equal(3, counters.get("small").log_refused)
     -- the first refusal of the window is logged, the others only counted (one summary later)
@@ -83,29 +93,25 @@ describe("log events in flight", function()
     assert.equal(log_queue.LOG_CONNECTIONS, drains)
     -- a drain timer runs every queued event in turn; places free up
     fire(table.remove(timers, 1))
-    assert.equal(20, ran)
+    assert.equal(20, p.runs)
     p:log(conf)
     assert.equal(3, counters.get("small").log_refused)
     fire(table.remove(timers, 1))
-    assert.equal(21, ran)
+    assert.equal(21, p.runs)
     assert.equal(21, counters.get("small").log_events)
     ngx.shared.kong_plugin_servers = nil
   end)
 
   it("refuses nothing below log_queue_max, whatever the burst", function()
-    local p = new_plugin()
-    local ran = 0
-    p.run_event = function() ran = ran + 1 return true end
+    local p = counting_plugin()
     local conf = { __plugin_id = "x", __seq__ = 1 }
     local n = 3 * 128
-    for _ = 1, n do
-      p:log(conf)
-    end
+    log_events(p, conf, n)
     assert.is_true(n < log_queue.DEFAULT_QUEUE_MAX)
     assert.equal(0, count_logs("refused"))
     assert.equal(log_queue.LOG_CONNECTIONS, #timers)
     fire(table.remove(timers, 1))
-    assert.equal(n, ran)
+    assert.equal(n, p.runs)
   end)
 
   it("lets at most LOG_CONNECTIONS log events of one server hold a connection at once", function()
@@ -217,20 +223,15 @@ describe("log events in flight", function()
   end)
 
   it("a premature drain (nginx exiting) fails its queued events, logged, and frees their places", function()
-    local d = setmetatable({ name = "srv4", log_queue_max = 4 }, { __index = def })
-    local p = new_plugin("p", d)
-    local ran = 0
-    p.run_event = function() ran = ran + 1 return true end
+    local p = counting_plugin { name = "srv4", log_queue_max = 4 }
     local conf = { __plugin_id = "x", __seq__ = 1 }
-    for _ = 1, 4 do
-      p:log(conf)
-    end
+    log_events(p, conf, 4)
     fire(table.remove(timers, 1), true)
-    assert.equal(0, ran)
+    assert.equal(0, p.runs)
     assert.matches("failed in log %(connect%): nginx is exiting", ngx.logs[#ngx.logs].msg)
     p:log(conf)
     assert.equal(0, count_logs("refused"))
     fire(table.remove(timers, 1))
-    assert.equal(1, ran)
+    assert.equal(1, p.runs)
   end)
 end)

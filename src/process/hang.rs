@@ -363,12 +363,26 @@ pub fn connections_open(socket: &str) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::tmp_socket;
     use std::os::unix::net::UnixListener;
 
-    fn tmp_socket(tag: &str) -> String {
-        let p = std::env::temp_dir().join(format!("kps-hang-{tag}-{}.socket", std::process::id()));
-        let _ = std::fs::remove_file(&p);
-        p.display().to_string()
+    /// A running watch of `server` on `path` with a `timeout_ms` hang timeout,
+    /// and the channel its reports arrive on.
+    fn hang_watch(
+        server: usize,
+        path: &str,
+        wire: Wire,
+        timeout_ms: u64,
+    ) -> (HangWatch, Receiver<Beat>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let w = HangWatch::start(
+            server,
+            path.into(),
+            wire,
+            Duration::from_millis(timeout_ms),
+            tx,
+        );
+        (w.unwrap(), rx)
     }
 
     #[test]
@@ -412,7 +426,7 @@ mod tests {
 
     #[test]
     fn an_answer_a_silence_a_partial_reply_and_a_missing_socket() {
-        let path = tmp_socket("ask");
+        let path = tmp_socket("hang-ask");
         let w = watcher(&path, Wire::MsgPack);
         let deadline = || Instant::now() + Duration::from_millis(300);
         let mut conn = None;
@@ -459,17 +473,9 @@ mod tests {
 
     #[test]
     fn a_watcher_reports_silence_once_and_recovery() {
-        let path = tmp_socket("watch");
+        let path = tmp_socket("hang-watch");
         let listener = UnixListener::bind(&path).unwrap();
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let w = HangWatch::start(
-            3,
-            path.clone(),
-            Wire::MsgPack,
-            Duration::from_millis(200),
-            tx,
-        )
-        .unwrap();
+        let (w, rx) = hang_watch(3, &path, Wire::MsgPack, 200);
         let generation = w.watch();
         // nobody accepts: silent after about 200 ms, reported once
         let beat = rx.recv_timeout(Duration::from_secs(3)).unwrap();
@@ -508,16 +514,8 @@ mod tests {
 
     #[test]
     fn a_missing_socket_is_silent_with_the_reason() {
-        let path = tmp_socket("gone");
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let w = HangWatch::start(
-            0,
-            path.clone(),
-            Wire::Protobuf,
-            Duration::from_millis(100),
-            tx,
-        )
-        .unwrap();
+        let path = tmp_socket("hang-gone");
+        let (w, rx) = hang_watch(0, &path, Wire::Protobuf, 100);
         w.watch();
         let beat = rx.recv_timeout(Duration::from_secs(3)).unwrap();
         assert!(

@@ -76,16 +76,8 @@ impl Recorded {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::process::CommandExt;
-    use std::process::{Child, Command};
-
-    fn sleeper() -> Child {
-        Command::new("sleep")
-            .arg("30")
-            .process_group(0)
-            .spawn()
-            .unwrap()
-    }
+    use crate::test_support::sleeper;
+    use std::process::Child;
 
     fn alive(child: &mut Child) -> bool {
         child.try_wait().unwrap().is_none()
@@ -104,7 +96,7 @@ mod tests {
     #[test]
     fn a_recorded_process_is_signalled_and_an_unrelated_one_with_its_pid_is_not() {
         // Record a process, let it exit and be reaped.
-        let mut old = sleeper();
+        let mut old = sleeper(0);
         let (old_pid, old_start) = (old.id() as i32, start_time(old.id() as i32).unwrap());
         assert_eq!(is_same(old_pid, old_start), Identity::Ours);
         old.kill().unwrap();
@@ -118,7 +110,7 @@ mod tests {
         // An unrelated process (a group leader, as servers are) written where the
         // old pid was recorded: it is not ours, and survives the kill path.
         std::thread::sleep(std::time::Duration::from_millis(20));
-        let mut other = sleeper();
+        let mut other = sleeper(0);
         let other_pid = other.id() as i32;
         let rec = Recorded::Process {
             pid: other_pid,

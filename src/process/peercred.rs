@@ -60,27 +60,20 @@ pub fn probe_server(path: &str, server: i32) -> io::Result<Listener> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{sleeper, tmp_socket};
     use std::os::unix::net::UnixListener;
-    use std::os::unix::process::CommandExt;
-    use std::process::Command;
 
     #[test]
     fn the_listener_is_told_apart_from_the_server() {
-        let path = std::env::temp_dir().join(format!("kps-peercred-{}.socket", std::process::id()));
-        let p = path.to_str().unwrap();
-        let _ = std::fs::remove_file(&path);
-        assert!(probe_server(p, 1).is_err(), "no socket yet");
+        let path = tmp_socket("peercred");
+        assert!(probe_server(&path, 1).is_err(), "no socket yet");
         let listener = UnixListener::bind(&path).unwrap();
         let me = std::process::id() as i32;
-        assert_eq!(probe_server(p, me).unwrap(), Listener::Ours);
+        assert_eq!(probe_server(&path, me).unwrap(), Listener::Ours);
         // Some other process as "the server": this test process is a foreign listener.
-        let mut other = Command::new("sleep")
-            .arg("30")
-            .process_group(0)
-            .spawn()
-            .unwrap();
+        let mut other = sleeper(0);
         assert_eq!(
-            probe_server(p, other.id() as i32).unwrap(),
+            probe_server(&path, other.id() as i32).unwrap(),
             Listener::Foreign(me)
         );
         other.kill().unwrap();
@@ -91,17 +84,9 @@ mod tests {
 
     #[test]
     fn a_member_of_the_servers_group_belongs_to_it() {
-        let mut leader = Command::new("sleep")
-            .arg("30")
-            .process_group(0)
-            .spawn()
-            .unwrap();
+        let mut leader = sleeper(0);
         let lead = leader.id() as i32;
-        let mut member = Command::new("sleep")
-            .arg("30")
-            .process_group(lead)
-            .spawn()
-            .unwrap();
+        let mut member = sleeper(lead);
         assert!(belongs_to(member.id() as i32, lead));
         assert!(belongs_to(lead, lead));
         assert!(!belongs_to(std::process::id() as i32, lead));

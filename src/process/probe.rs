@@ -110,28 +110,31 @@ pub fn remove_stale_socket(path: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::tmp_socket;
     use std::os::unix::net::UnixListener;
+    use std::path::Path;
 
     #[test]
     fn listening_socket_is_ready_and_stale_one_is_removed() {
-        let path = std::env::temp_dir().join(format!("kps-probe-{}.socket", std::process::id()));
-        let p = path.to_str().unwrap();
-        let _ = std::fs::remove_file(&path);
+        let path = tmp_socket("probe");
         assert_eq!(
-            probe_socket(p).unwrap_err().raw_os_error(),
+            probe_socket(&path).unwrap_err().raw_os_error(),
             Some(libc::ENOENT)
         );
         let listener = UnixListener::bind(&path).unwrap();
-        probe_socket(p).unwrap();
-        remove_stale_socket(p);
-        assert!(path.exists(), "a live socket must not be removed");
+        probe_socket(&path).unwrap();
+        remove_stale_socket(&path);
+        assert!(
+            Path::new(&path).exists(),
+            "a live socket must not be removed"
+        );
         drop(listener);
         assert_eq!(
-            probe_socket(p).unwrap_err().raw_os_error(),
+            probe_socket(&path).unwrap_err().raw_os_error(),
             Some(libc::ECONNREFUSED)
         );
-        remove_stale_socket(p);
-        assert!(!path.exists());
+        remove_stale_socket(&path);
+        assert!(!Path::new(&path).exists());
     }
 
     #[test]

@@ -479,6 +479,7 @@ pub fn query_all(defs: &[ServerDef]) -> Result<Vec<PluginInfo>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::sleeper;
 
     fn def(name: &str, query: &str, timeout: u64) -> ServerDef {
         ServerDef {
@@ -731,11 +732,7 @@ mod tests {
         let identity = ShellIdentity::of_child(gone_pid);
         gone.wait().unwrap();
         std::thread::sleep(Duration::from_millis(20));
-        let mut other = Command::new("sleep")
-            .arg("30")
-            .process_group(0)
-            .spawn()
-            .unwrap();
+        let mut other = sleeper(0);
         let other_pid = other.id() as i32;
         identity.kill_group(other_pid);
         std::thread::sleep(Duration::from_millis(100));

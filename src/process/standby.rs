@@ -187,15 +187,14 @@ mod tests {
         }
     }
 
+    /// A fresh slot for a server on `socket` started by `command`.
+    fn standby(socket: &str, mode: StandbyMode, command: &str) -> Standby {
+        Standby::new(&def(socket, mode), command, None, Instant::now())
+    }
+
     #[test]
     fn auto_wants_a_standby_only_while_every_start_was_slow() {
-        let now = Instant::now();
-        let mut sb = Standby::new(
-            &def("/k/s.sock", StandbyMode::Auto),
-            "srv -s /k/s.sock",
-            None,
-            now,
-        );
+        let mut sb = standby("/k/s.sock", StandbyMode::Auto, "srv -s /k/s.sock");
         assert_eq!(sb.command.as_deref(), Some("srv -s /k/s.sock.standby"));
         assert!(!sb.wanted());
         assert_eq!(sb.state(), StandbyState::None);
@@ -211,30 +210,14 @@ mod tests {
 
     #[test]
     fn off_and_unredirectable_commands_never_want_one() {
-        let now = Instant::now();
-        let off = Standby::new(
-            &def("/k/s.sock", StandbyMode::Off),
-            "srv -s /k/s.sock",
-            None,
-            now,
-        );
+        let off = standby("/k/s.sock", StandbyMode::Off, "srv -s /k/s.sock");
         assert!(!off.wanted());
         assert_eq!(off.state(), StandbyState::Off);
-        let go = Standby::new(
-            &def("/k/go.socket", StandbyMode::On),
-            "go -kong-prefix /k",
-            None,
-            now,
-        );
+        let go = standby("/k/go.socket", StandbyMode::On, "go -kong-prefix /k");
         assert!(!go.wanted());
         assert_eq!(go.state(), StandbyState::Unavailable);
         let long = format!("/{}/s.sock", "d".repeat(100));
-        let too_long = Standby::new(
-            &def(&long, StandbyMode::On),
-            &format!("srv {long}"),
-            None,
-            now,
-        );
+        let too_long = standby(&long, StandbyMode::On, &format!("srv {long}"));
         assert!(too_long.command.is_none(), "{} bytes", long.len() + 8);
     }
 }

@@ -150,6 +150,43 @@ struct Server {
 }
 
 impl Server {
+    /// A server in its first `phase`, before any spawn; an external one has no
+    /// `command` and no `standby`.
+    fn new(def: ServerDef, command: String, phase: Phase, standby: Option<Standby>) -> Server {
+        let last_state = match phase {
+            Phase::External => State::External,
+            _ => State::Starting,
+        };
+        Server {
+            output: OutputBudget::new(def.log_window, LINES_PER_WINDOW),
+            pid_start: None,
+            note: None,
+            backoff: Backoff::new(def.respawn_delay, def.respawn_delay_max, def.respawn_reset),
+            def,
+            command,
+            phase,
+            pid: None,
+            started: None,
+            started_wall: None,
+            spawns: 0,
+            restarts: 0,
+            last_exit: None,
+            watch: None,
+            hangs: 0,
+            standby,
+            last_state,
+            last_since: 0.0,
+        }
+    }
+
+    /// Its process is gone: no pid, no start time; `phase` from now on.
+    fn end_process(&mut self, phase: Phase) {
+        self.pid = None;
+        self.started = None;
+        self.started_wall = None;
+        self.phase = phase;
+    }
+
     fn is_done(&self) -> bool {
         matches!(self.phase, Phase::Stopped | Phase::Failed | Phase::External)
             && self.standby.as_ref().is_none_or(Standby::is_idle)
@@ -209,30 +246,7 @@ impl Supervisor {
                     },
                     _ => Phase::Backoff { until: now },
                 };
-                Some(Server {
-                    output: OutputBudget::new(def.log_window, LINES_PER_WINDOW),
-                    pid_start: None,
-                    note: None,
-                    backoff: Backoff::new(
-                        def.respawn_delay,
-                        def.respawn_delay_max,
-                        def.respawn_reset,
-                    ),
-                    def,
-                    command,
-                    phase,
-                    pid: None,
-                    started: None,
-                    started_wall: None,
-                    spawns: 0,
-                    restarts: 0,
-                    last_exit: None,
-                    watch: None,
-                    hangs: 0,
-                    standby,
-                    last_state: State::Starting,
-                    last_since: 0.0,
-                })
+                Some(Server::new(def, command, phase, standby))
             })
             .collect();
         Supervisor {
@@ -399,13 +413,7 @@ impl Supervisor {
                         );
                         self.spawn(i);
                     } else if now >= deadline {
-                        self.log(
-                            NGX_WARN,
-                            format!("[pluginserver] previous pluginserver '{name}', pid {pid}, still running; killing it"),
-                        );
-                        if let Some(start) = old.start() {
-                            signal_if_same(pid, start, libc::SIGKILL);
-                        }
+                        self.kill_previous(&format!("pluginserver '{name}'"), old);
                         self.spawn(i);
                     }
                 }
@@ -417,6 +425,20 @@ impl Supervisor {
                 _ => {}
             }
             self.standby_tick(i, now);
+        }
+    }
+
+    /// The previous generation's process `old` (`what`: "pluginserver 'x'" or
+    /// "standby of pluginserver 'x'") is still running at the end of its wait:
+    /// logged and killed, if it is still the process that was recorded.
+    pub(super) fn kill_previous(&mut self, what: &str, old: Recorded) {
+        let pid = old.pid();
+        self.log(
+            NGX_WARN,
+            format!("[pluginserver] previous {what}, pid {pid}, still running; killing it"),
+        );
+        if let Some(start) = old.start() {
+            signal_if_same(pid, start, libc::SIGKILL);
         }
     }
 
@@ -611,16 +633,16 @@ impl Supervisor {
         let uptime_ms = s.started.map_or(0, |t| t.elapsed().as_millis() as u64);
         s.last_exit = Some(exit);
         let name = s.def.name.clone();
+        let cmd = s.command.clone();
         let was_stopping = matches!(s.phase, Phase::Stopping { .. });
+        // Every exit is logged; one we asked for only at notice level.
+        let level = if was_stopping { NGX_NOTICE } else { NGX_WARN };
+        self.log(
+            level,
+            format!("external pluginserver '{name}' terminated: {exit}"),
+        );
         if was_stopping {
-            s.pid = None;
-            s.started = None;
-            s.started_wall = None;
-            s.phase = Phase::Stopped;
-            self.log(
-                NGX_NOTICE,
-                format!("external pluginserver '{name}' terminated: {exit}"),
-            );
+            self.servers[i].end_process(Phase::Stopped);
             self.log(
                 NGX_NOTICE,
                 format!("[pluginserver] successfully stopped pluginserver '{name}', pid {pid}"),
@@ -629,15 +651,7 @@ impl Supervisor {
             return;
         }
         if exit == Exit::Code(127) {
-            let cmd = s.command.clone();
-            s.pid = None;
-            s.started = None;
-            s.started_wall = None;
-            s.phase = Phase::Failed;
-            self.log(
-                NGX_WARN,
-                format!("external pluginserver '{name}' terminated: {exit}"),
-            );
+            self.servers[i].end_process(Phase::Failed);
             self.log(
                 NGX_ERR,
                 format!("[pluginserver] external pluginserver {name:?} start command {cmd:?} exited with \"command not found\""),
@@ -650,10 +664,6 @@ impl Supervisor {
             self.terminate_standby(i);
             return;
         }
-        self.log(
-            NGX_WARN,
-            format!("external pluginserver '{name}' terminated: {exit}"),
-        );
         if self.promote(i, uptime_ms) {
             return;
         }

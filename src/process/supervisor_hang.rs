@@ -7,36 +7,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::super::backoff::Backoff;
 use super::super::hang::{Beat, BeatKind, HangWatch, Wire, connections_open};
-use super::{
-    LINES_PER_WINDOW, NGX_ERR, NGX_NOTICE, OutputBudget, Phase, Server, State, Supervisor,
-};
+use super::{NGX_ERR, NGX_NOTICE, Phase, Server, State, Supervisor};
 use crate::config::ServerDef;
 
 impl Server {
     /// An external server, watched for hangs only.
     pub(super) fn external(def: ServerDef) -> Server {
-        Server {
-            output: OutputBudget::new(def.log_window, LINES_PER_WINDOW),
-            pid_start: None,
-            note: None,
-            backoff: Backoff::new(def.respawn_delay, def.respawn_delay_max, def.respawn_reset),
-            def,
-            command: String::new(),
-            phase: Phase::External,
-            pid: None,
-            started: None,
-            started_wall: None,
-            spawns: 0,
-            restarts: 0,
-            last_exit: None,
-            watch: None,
-            hangs: 0,
-            standby: None,
-            last_state: State::External,
-            last_since: 0.0,
-        }
+        Server::new(def, String::new(), Phase::External, None)
     }
 
     pub(super) fn phase_is_external(&self) -> bool {

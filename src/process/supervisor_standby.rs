@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use super::super::helper_link::Exit;
-use super::super::identity::{Identity, is_same, signal_if_same};
+use super::super::identity::{Identity, is_same};
 use super::super::peercred::{Listener, probe_server};
 use super::super::probe::{Probe, remove_stale_socket};
 use super::super::standby::{AUTO_THRESHOLD, Phase as Sb, Standby};
@@ -57,15 +57,9 @@ impl Supervisor {
                 if identity == Identity::Ours && now < deadline {
                     return;
                 }
-                if identity == Identity::Ours
-                    && let Some(start) = old.start()
-                {
+                if identity == Identity::Ours {
                     let name = self.servers[i].def.name.clone();
-                    self.log(
-                        NGX_WARN,
-                        format!("[pluginserver] previous standby of pluginserver '{name}', pid {}, still running; killing it", old.pid()),
-                    );
-                    signal_if_same(old.pid(), start, libc::SIGKILL);
+                    self.kill_previous(&format!("standby of pluginserver '{name}'"), old);
                 }
                 if let Some(sb) = self.sb(i) {
                     sb.phase = Sb::Idle;
