@@ -125,6 +125,7 @@ do
     end
   end
 end
+_M.names = names
 
 -- The surface a plugin server can call is Kong's exposed API: the functions
 -- reachable from the `kong` global, plus the overrides above (all `kong.*` names).
