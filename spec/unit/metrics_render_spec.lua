@@ -72,6 +72,22 @@ describe("metrics rendering", function()
     end
   end)
 
+  it("gives hung a 0/1 line like every other state, and an unknown state a line of its own", function()
+    local l = lines(metrics.render({ entry() }))
+    assert.truthy(l['kong_plugin_server_state{server="a",state="hung"} 0'])
+    l = lines(metrics.render({ entry({ state = "hung" }) }))
+    assert.truthy(l['kong_plugin_server_state{server="a",state="hung"} 1'])
+    assert.truthy(l['kong_plugin_server_state{server="a",state="external"} 0'])
+    local hung = 0
+    for line in pairs(l) do
+      if line:find('state="hung"', 1, true) then hung = hung + 1 end
+    end
+    assert.equal(1, hung)
+    l = lines(metrics.render({ entry({ state = "odd" }) }))
+    assert.truthy(l['kong_plugin_server_state{server="a",state="odd"} 1'])
+    assert.truthy(l['kong_plugin_server_state{server="a",state="hung"} 0'])
+  end)
+
   it("escapes label values", function()
     local text = metrics.render({ entry({ name = 'x"y\\z' }) })
     assert.truthy(text:find('server="x\\"y\\\\z"', 1, true))

@@ -18,9 +18,10 @@ local _M = {}
 
 local PREFIX = "kong_plugin_server_"
 
--- States a server can be in (the supervisor's, and "external"); every one gets
--- a 0/1 gauge, so that a dashboard can sum or alert on any of them.
-_M.STATES = { "starting", "ready", "backoff", "failed", "stopped", "external" }
+-- States a server can be in (the supervisor's, "external", and "hung" for an
+-- external server that answers nothing); every one gets a 0/1 gauge, so that a
+-- dashboard can sum or alert on any of them.
+_M.STATES = { "starting", "ready", "backoff", "failed", "stopped", "external", "hung" }
 
 local function number(v)
   if type(v) ~= "number" or v ~= v then

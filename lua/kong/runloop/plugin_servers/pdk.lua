@@ -125,6 +125,7 @@ do
     end
   end
 end
+_M.names = names
 
 -- The surface a plugin server can call is Kong's exposed API: the functions
 -- reachable from the `kong` global, plus the overrides above (all `kong.*` names).
@@ -226,9 +227,14 @@ local function shown(name)
   return s
 end
 
+-- The reply to a refused method, from its shown() name.
+local function refusal_text(s)
+  return "method '" .. s .. "' is not part of the PDK"
+end
+
 -- The reply to a refused method.
 function _M.refusal(name)
-  return "method '" .. shown(name) .. "' is not part of the PDK"
+  return refusal_text(shown(name))
 end
 
 -- Distinct method names this worker logged in the current window of each server,
@@ -261,7 +267,7 @@ end
 -- once per method per log window. Returns the reply text.
 function _M.refuse(def, name)
   local s = shown(name)
-  local msg = "method '" .. s .. "' is not part of the PDK"
+  local msg = refusal_text(s)
   counters.incr(def.name, "errors.refused_method")
   limiter.log(def.name, log_key(def, s), def.log_window, ERR, "[pluginserver] ", def.name, ": ", msg, " (refused)")
   return msg

@@ -26,6 +26,7 @@ local conf = require "kong.runloop.plugin_servers.conf"
 
 local require = require
 local ipairs = ipairs
+local pairs = pairs
 local next = next
 local pcall = pcall
 local tonumber = tonumber
@@ -140,21 +141,13 @@ local function drain()
     if kind == "log" then
       ngx.log(r.level, r.msg)
     elseif kind == "state" then
-      state.set(r.name, {
-        state = r.state,
-        pid = denull(r.pid),
-        pid_start = denull(r.pid_start),
-        note = denull(r.note),
-        restarts = r.restarts,
-        hangs = r.hangs,
-        last_exit = denull(r.last_exit),
-        started_at = denull(r.started_at),
-        since = denull(r.since),
-        standby = denull(r.standby),
-        standby_pid = denull(r.standby_pid),
-        standby_start = denull(r.standby_start),
-        promotions = r.promotions,
-      }, my_pid)
+      -- absent fields come as JSON null; state.set picks the fields it stores
+      for k, v in pairs(r) do
+        if v == NULL then
+          r[k] = nil
+        end
+      end
+      state.set(r.name, r, my_pid)
     elseif kind == "done" then
       finished = true
     end

@@ -216,14 +216,14 @@ local function failure(self, ev, what, request)
     .. " from " .. self.def.name, "protocol"
 end
 
--- Per method index: whether the call ends the request, and its name (so that a
--- known method's name is a table read, not an ffi.string of the event's text).
+-- Per method index: whether the call ends the request.
 local terminal = {}
-local method_names = {}
 for i, m in pairs(lib.bridge.methods()) do
-  method_names[i] = m.name
   terminal[i] = m.terminal or nil
 end
+-- Per method index, its name (pdk.lua's table): a known method's name is a
+-- table read, not an ffi.string of the event's text.
+local method_names = pdk.names
 
 -- Answers one PDK call: true, "terminal", or false, err[, cause].
 local function answer(self, c, ev, dispatch, saved, stats)
