@@ -102,10 +102,7 @@ impl Supervisor {
         let Some(sb) = self.servers[i].standby.as_ref() else {
             return;
         };
-        let running = matches!(
-            sb.phase,
-            Sb::Spawning { .. } | Sb::Starting { .. } | Sb::Ready
-        );
+        let running = matches!(sb.phase, Sb::Spawning | Sb::Starting { .. } | Sb::Ready);
         if sb.wanted() || !running {
             return;
         }
@@ -147,7 +144,7 @@ impl Supervisor {
         match sent {
             Ok(()) => {
                 if let Some(sb) = self.sb(i) {
-                    sb.phase = Sb::Spawning { id };
+                    sb.phase = Sb::Spawning;
                     sb.spawn_id = Some(id);
                 }
                 self.report_state(i);
@@ -403,7 +400,7 @@ impl Supervisor {
         let Some(sb) = self.sb(i) else { return };
         let deadline = Instant::now() + Duration::from_millis(stop_timeout);
         match sb.phase {
-            Sb::Starting { .. } | Sb::Ready | Sb::Spawning { .. } => {
+            Sb::Starting { .. } | Sb::Ready | Sb::Spawning => {
                 sb.phase = Sb::Stopping {
                     deadline,
                     killed: false,
