@@ -242,11 +242,10 @@ impl Supervisor {
         let name = self.servers[i].def.name.clone();
         let Some(sb) = self.sb(i) else { return true };
         let uptime = sb.started.map_or(0, |t| t.elapsed().as_millis() as u64);
-        let socket = sb.socket.clone();
+        remove_stale_socket(&sb.socket);
         if matches!(sb.phase, Sb::Stopping { .. }) {
             sb.clear_process();
             sb.phase = Sb::Idle;
-            remove_stale_socket(&socket);
             self.log(
                 NGX_NOTICE,
                 format!("[pluginserver] stopped the standby of pluginserver '{name}', pid {pid} ({exit})"),
@@ -255,7 +254,6 @@ impl Supervisor {
             self.start_standby_if_wanted(i);
             return true;
         }
-        remove_stale_socket(&socket);
         self.standby_failed(i, &format!("pid {pid} exited: {exit}"), uptime);
         true
     }
