@@ -525,6 +525,18 @@ mod tests {
         assert!(sb.is_idle() && sb.pid.is_none() && sb.promotions == 0);
         assert_eq!(sup.servers[0].pid, None);
 
+        // The process that was started, but nothing listens on its standby
+        // socket: refused, and it is to be stopped (the supervisor has no helper,
+        // so no signal goes out), its pid kept until it exits.
+        let quiet = dir.join("u.socket").display().to_string();
+        let mut sup = with_standby(&quiet, own);
+        assert!(!sup.promote(0, 0));
+        let sb = sup.servers[0].standby.as_ref().unwrap();
+        assert!(matches!(sb.phase, Sb::Stopping { killed: true, .. }));
+        assert_eq!(sb.pid, Some(me));
+        assert_eq!(sb.promotions, 0);
+        assert_eq!(sup.servers[0].pid, None);
+
         // The same process with its own start time is promoted: renamed, active.
         let mut sup = with_standby(&socket, own);
         assert!(sup.promote(0, 0));
