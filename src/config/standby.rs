@@ -7,12 +7,12 @@
 //! the standby's. A command that derives its socket otherwise (go-pdk names it
 //! after its executable) cannot have one.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::value::Value;
 
 /// What `pluginserver_<k>_standby` asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StandbyMode {
     /// A standby when the server's start (spawn to ready) is slow and the
