@@ -17,8 +17,7 @@ pub(crate) struct Received {
 impl Received {
     /// Drops every byte, keeping at most [`KEEP_CAPACITY`].
     pub(crate) fn reset(&mut self) {
-        self.buf.clear();
-        release_excess(&mut self.buf);
+        reset_buf(&mut self.buf);
         self.consumed = 0;
     }
 
@@ -47,8 +46,10 @@ impl Received {
     }
 }
 
-/// Shrinks `buf` back to [`KEEP_CAPACITY`] when one big message grew it.
-pub(crate) fn release_excess(buf: &mut Vec<u8>) {
+/// Empties `buf` and shrinks it back to [`KEEP_CAPACITY`] when one big message
+/// grew it (`shrink_to` never goes below the length, so the clear comes first).
+pub(crate) fn reset_buf(buf: &mut Vec<u8>) {
+    buf.clear();
     if buf.capacity() > KEEP_CAPACITY {
         buf.shrink_to(KEEP_CAPACITY);
     }

@@ -2,13 +2,13 @@
 //! the input of the info query and the supervisor. Plain data only: Kong's Admin API
 //! serialises `kong.configuration`, so no runtime state may live here.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::standby::StandbyMode;
 
 /// One entry of `pluginserver_names`, with every setting resolved and range-checked.
 /// Durations are milliseconds. Field names are the Lua table's keys (docs/SETTINGS.md).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServerDef {
     pub name: String,
     pub socket: String,
@@ -33,11 +33,8 @@ pub struct ServerDef {
     /// one is refused (counted as `log_refused`).
     pub log_queue_max: u64,
     /// A server with an event waiting that answers nothing for this long is hung
-    /// (killed and respawned when managed); 0 = no hang detection (also for a
-    /// definition written without it).
-    #[serde(default)]
+    /// (killed and respawned when managed); 0 = no hang detection.
     pub hang_timeout: u64,
-    /// Whether a warm standby is kept (`auto` for a definition written without it).
-    #[serde(default)]
+    /// Whether a warm standby is kept.
     pub standby: StandbyMode,
 }

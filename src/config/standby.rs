@@ -7,12 +7,12 @@
 //! the standby's. A command that derives its socket otherwise (go-pdk names it
 //! after its executable) cannot have one.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::value::Value;
 
 /// What `pluginserver_<k>_standby` asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StandbyMode {
     /// A standby when the server's start (spawn to ready) is slow and the
@@ -145,21 +145,15 @@ fn quoted(value: &str) -> String {
 /// (its whole path, or its file name, alone or after `=`) naming the standby's
 /// socket instead. `None` when no argument (other than the program) names it.
 pub fn standby_command(cmd: &str, socket: &str) -> Option<String> {
-    let path = std::path::Path::new(socket);
-    let file = path.file_name()?.to_str()?;
-    let standby = standby_socket(socket);
-    let standby_file = standby_socket(file);
+    let file = std::path::Path::new(socket).file_name()?.to_str()?;
     let renamed = |v: &str| -> Option<String> {
-        if v == socket {
-            return Some(standby.clone());
-        }
-        if v == file {
-            return Some(standby_file.clone());
-        }
-        let (opt, rest) = v.split_once('=')?;
-        renamed_value(rest, socket, file)
-            .map(|r| format!("{opt}={r}"))
-            .filter(|_| opt.starts_with('-'))
+        renamed_value(v, socket, file).or_else(|| {
+            let (opt, rest) = v.split_once('=')?;
+            if !opt.starts_with('-') {
+                return None;
+            }
+            renamed_value(rest, socket, file).map(|r| format!("{opt}={r}"))
+        })
     };
     let words = words(cmd);
     let (i, new) = words

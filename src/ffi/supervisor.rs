@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
+
 use super::args::required_bytes;
 use super::config::kps_config;
 use super::errbuf::guard;
@@ -65,23 +67,24 @@ pub unsafe extern "C" fn kps_supervisor_start(
                 .ok_or_else(|| "kps_supervisor_start: null config".to_string())?;
             let defs: Vec<ServerDef> = config.defs().to_vec();
             let protocols = required_bytes(protocols, protocols_len, "protocols")?;
-            let protocols: HashMap<String, String> = if protocols.is_empty() {
-                HashMap::new()
-            } else {
-                serde_json::from_slice(protocols).map_err(|e| format!("invalid protocols: {e}"))?
-            };
+            let protocols: HashMap<String, String> = json_or_empty(protocols, "protocols")?;
             let old = required_bytes(old_pids, old_pids_len, "old_pids")?;
-            let old: HashMap<String, Recorded> = if old.is_empty() {
-                HashMap::new()
-            } else {
-                serde_json::from_slice(old).map_err(|e| format!("invalid old pids: {e}"))?
-            };
+            let old: HashMap<String, Recorded> = json_or_empty(old, "old pids")?;
             let helper = helper_link::helper_beside_library()?;
             already = !handle::start(defs, old, helper, protocols)?;
             Ok(())
         })
     };
     if rc == 0 && already { 1 } else { rc }
+}
+
+/// The JSON value in `bytes`, or the empty (default) value when there are none.
+fn json_or_empty<T: DeserializeOwned + Default>(bytes: &[u8], what: &str) -> Result<T, String> {
+    if bytes.is_empty() {
+        Ok(T::default())
+    } else {
+        serde_json::from_slice(bytes).map_err(|e| format!("invalid {what}: {e}"))
+    }
 }
 
 /// Asks the supervisor to stop every server (SIGTERM, SIGKILL after `stop_timeout`)

@@ -46,9 +46,8 @@ pub enum Phase {
     Backoff {
         until: Instant,
     },
-    Spawning {
-        id: u64,
-    },
+    /// The helper was asked to spawn it; the request is [`Standby::spawn_id`].
+    Spawning,
     Starting {
         probe: Probe,
     },
@@ -133,7 +132,7 @@ impl Standby {
     pub fn state(&self) -> StandbyState {
         match self.phase {
             Phase::Ready => StandbyState::Ready,
-            Phase::Spawning { .. } | Phase::Starting { .. } => StandbyState::Starting,
+            Phase::Spawning | Phase::Starting { .. } => StandbyState::Starting,
             Phase::Backoff { .. } | Phase::WaitOld { .. } if self.wanted() => {
                 StandbyState::Starting
             }

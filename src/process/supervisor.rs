@@ -23,6 +23,10 @@ use crate::config::ServerDef;
 
 /// Probe period while a server starts (readiness must show within 10 ms).
 const PROBE_FAST: Duration = Duration::from_millis(10);
+/// Probe period while another process listens on the socket: the server is
+/// ready only once it replaces that listener, so each probe until then only
+/// connects to the foreign one; no need to do it at the fast rate.
+const PROBE_FOREIGN: Duration = Duration::from_millis(50);
 /// Probe period once `ready_timeout` has passed without the socket accepting.
 const PROBE_SLOW: Duration = Duration::from_millis(250);
 /// Period of the check for a previous generation's server to be gone.
@@ -521,7 +525,7 @@ impl Supervisor {
         };
         match probe_server(&s.def.socket, s.pid.unwrap_or(0)) {
             Ok(Listener::Foreign(other)) => {
-                probe.next = now + PROBE_FAST.max(Duration::from_millis(50));
+                probe.next = now + PROBE_FOREIGN;
                 let note = format!("foreign listener pid {other} on {}", s.def.socket);
                 if s.note.as_ref() != Some(&note) {
                     let msg = format!(

@@ -102,10 +102,7 @@ impl Supervisor {
         let Some(sb) = self.servers[i].standby.as_ref() else {
             return;
         };
-        let running = matches!(
-            sb.phase,
-            Sb::Spawning { .. } | Sb::Starting { .. } | Sb::Ready
-        );
+        let running = matches!(sb.phase, Sb::Spawning | Sb::Starting { .. } | Sb::Ready);
         if sb.wanted() || !running {
             return;
         }
@@ -147,7 +144,7 @@ impl Supervisor {
         match sent {
             Ok(()) => {
                 if let Some(sb) = self.sb(i) {
-                    sb.phase = Sb::Spawning { id };
+                    sb.phase = Sb::Spawning;
                     sb.spawn_id = Some(id);
                 }
                 self.report_state(i);
@@ -245,11 +242,10 @@ impl Supervisor {
         let name = self.servers[i].def.name.clone();
         let Some(sb) = self.sb(i) else { return true };
         let uptime = sb.started.map_or(0, |t| t.elapsed().as_millis() as u64);
-        let socket = sb.socket.clone();
+        remove_stale_socket(&sb.socket);
         if matches!(sb.phase, Sb::Stopping { .. }) {
             sb.clear_process();
             sb.phase = Sb::Idle;
-            remove_stale_socket(&socket);
             self.log(
                 NGX_NOTICE,
                 format!("[pluginserver] stopped the standby of pluginserver '{name}', pid {pid} ({exit})"),
@@ -258,7 +254,6 @@ impl Supervisor {
             self.start_standby_if_wanted(i);
             return true;
         }
-        remove_stale_socket(&socket);
         self.standby_failed(i, &format!("pid {pid} exited: {exit}"), uptime);
         true
     }
@@ -403,7 +398,7 @@ impl Supervisor {
         let Some(sb) = self.sb(i) else { return };
         let deadline = Instant::now() + Duration::from_millis(stop_timeout);
         match sb.phase {
-            Sb::Starting { .. } | Sb::Ready | Sb::Spawning { .. } => {
+            Sb::Starting { .. } | Sb::Ready | Sb::Spawning => {
                 sb.phase = Sb::Stopping {
                     deadline,
                     killed: false,
@@ -528,6 +523,18 @@ mod tests {
         assert!(!std::path::Path::new(&socket).exists());
         let sb = sup.servers[0].standby.as_ref().unwrap();
         assert!(sb.is_idle() && sb.pid.is_none() && sb.promotions == 0);
+        assert_eq!(sup.servers[0].pid, None);
+
+        // The process that was started, but nothing listens on its standby
+        // socket: refused, and it is to be stopped (the supervisor has no helper,
+        // so no signal goes out), its pid kept until it exits.
+        let quiet = dir.join("u.socket").display().to_string();
+        let mut sup = with_standby(&quiet, own);
+        assert!(!sup.promote(0, 0));
+        let sb = sup.servers[0].standby.as_ref().unwrap();
+        assert!(matches!(sb.phase, Sb::Stopping { killed: true, .. }));
+        assert_eq!(sb.pid, Some(me));
+        assert_eq!(sb.promotions, 0);
         assert_eq!(sup.servers[0].pid, None);
 
         // The same process with its own start time is promoted: renamed, active.

@@ -11,7 +11,7 @@
 //! `{EventId, Data}` maps around value bytes the bridge encoded, and reports the
 //! fields of a reply as scalars plus spans of the received bytes.
 
-use crate::codec::received::{Received, release_excess};
+use crate::codec::received::{Received, reset_buf};
 use std::ops::Range;
 
 use rmp::encode;
@@ -140,7 +140,7 @@ impl Stream {
     pub fn reset(&mut self) {
         self.framer.reset();
         self.input.reset();
-        release_excess(&mut self.out);
+        reset_buf(&mut self.out);
         self.pending = None;
         self.failed = None;
     }
@@ -159,6 +159,11 @@ impl Stream {
     /// with unread bytes must not go back to the pool).
     pub fn has_unread(&self) -> bool {
         self.input.has_unread()
+    }
+
+    #[cfg(test)]
+    pub(super) fn out_capacity(&self) -> usize {
+        self.out.capacity()
     }
 
     fn check_usable(&self) -> Result<(), String> {

@@ -650,3 +650,14 @@ fn the_one_pass_reply_reader_agrees_with_the_framed_path() {
     }
     assert!(fast_calls > 100, "{fast_calls}");
 }
+
+#[test]
+fn reset_releases_the_memory_of_a_large_request() {
+    let (mut session, mut stream) = new();
+    let config = vec![b'x'; 1 << 20];
+    stream.start_instance(&mut session, b"x", &config).unwrap();
+    assert!(stream.out_capacity() > 1 << 20);
+    stream.reset();
+    assert!(stream.out_capacity() <= 64 * 1024);
+    assert!(stream.output().is_empty());
+}

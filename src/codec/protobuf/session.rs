@@ -18,7 +18,7 @@
 //! Envelopes never reach Lua: the engine writes `RpcCall`s and frames around the
 //! value bytes the bridge encoded, and reports spans of the received bytes.
 
-use crate::codec::received::{Received, release_excess};
+use crate::codec::received::{Received, reset_buf};
 use std::ops::Range;
 
 use prost::Message;
@@ -167,8 +167,7 @@ impl Stream {
     /// Starts over for a fresh connection checkout.
     pub fn reset(&mut self) {
         self.input.reset();
-        self.out.clear();
-        release_excess(&mut self.out);
+        reset_buf(&mut self.out);
         self.state = State::Idle;
         self.received = 0;
         self.calls = 0;
