@@ -27,15 +27,10 @@ local mp = require "MessagePack"
 local cjson = require "cjson"
 local lib = require "kong.runloop.plugin_servers.lib"
 
-local C = lib.C
-local bridge = lib.bridge
-local ffi_str = ffi.string
-local ffi_new = ffi.new
-local errbuf = lib.errbuf
-local encode = bridge.encode
-local decode = bridge.decode
-local mp_pack = mp.pack
-local mp_unpack = mp.unpack
+local C, bridge, errbuf = lib.C, lib.bridge, lib.errbuf
+local ffi_str, ffi_new = ffi.string, ffi.new
+local encode, decode = bridge.encode, bridge.decode
+local mp_pack, mp_unpack = mp.pack, mp.unpack
 
 local SECONDS = tonumber(arg[1]) or 0.3
 local ONLY_ROW, ONLY_SIDE = tonumber(arg[2]), arg[3]

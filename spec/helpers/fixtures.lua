@@ -11,12 +11,7 @@
 
 local ffi = require "ffi"
 
-local type = type
-local error = error
-local ipairs = ipairs
-local pairs = pairs
-local select = select
-local tostring = tostring
+local type, error, ipairs, pairs, select, tostring = type, error, ipairs, pairs, select, tostring
 local concat = table.concat
 local io_open = io.open
 

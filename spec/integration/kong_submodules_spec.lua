@@ -60,6 +60,21 @@ local QUERY_INFO = [[
   return { infos = out }
 ]]
 
+-- What Kong's cases assert on the info record of each fixture.
+local GO_HELLO = { PRIORITY = 1, VERSION = "0.1", name = "go-hello", phases = { "access", "response", "log" },
+                   protocol = "ProtoBuf:1" }
+local PY_HELLO = { PRIORITY = 100, VERSION = "0.1.0", name = "py-hello", phases = { "access" },
+                   protocol = "MsgPack:1" }
+
+-- Kong's five assertions on an info record, against `want` (GO_HELLO or PY_HELLO).
+local function assert_info(want, info)
+  assert.equal(want.PRIORITY, info.PRIORITY)
+  assert.equal(want.VERSION, info.VERSION)
+  assert.equal(want.name, info.name)
+  assert.same(want.phases, info.phases)
+  assert.same(want.protocol, info.server_def.protocol)
+end
+
 local function query_info(h, settings)
   local res = assert(h:eval_json(QUERY_INFO:format(assert(cjson.encode(settings)))))
   assert.is_nil(res.parse_errors, res.parse_errors and table.concat(res.parse_errors, "; "))
@@ -89,11 +104,7 @@ describe("Kong's process-management spec: queries plugin info", function()
     assert.not_nil(plugin_infos["go-hello"])
 
     local info = plugin_infos["go-hello"]
-    assert.equal(1, info.PRIORITY)
-    assert.equal("0.1", info.VERSION)
-    assert.equal("go-hello", info.name)
-    assert.same({ "access", "response", "log" }, info.phases)
-    assert.same("ProtoBuf:1", info.server_def.protocol)
+    assert_info(GO_HELLO, info)
     -- the server_def fields Kong's records have
     assert.equal("test", info.server_def.name)
     assert.equal(prefix .. "/go-hello.socket", info.server_def.socket)
@@ -110,11 +121,7 @@ describe("Kong's process-management spec: queries plugin info", function()
     assert.not_nil(plugin_infos["py-hello"])
 
     local info = plugin_infos["py-hello"]
-    assert.equal(100, info.PRIORITY)
-    assert.equal("0.1.0", info.VERSION)
-    assert.equal("py-hello", info.name)
-    assert.same({ "access" }, info.phases)
-    assert.same("MsgPack:1", info.server_def.protocol)
+    assert_info(PY_HELLO, info)
   end)
 
   it("queries plugin info [golang, python]", function()
@@ -126,19 +133,11 @@ describe("Kong's process-management spec: queries plugin info", function()
     assert.not_nil(plugin_infos["py-hello"])
 
     local go_info = plugin_infos["go-hello"]
-    assert.equal(1, go_info.PRIORITY)
-    assert.equal("0.1", go_info.VERSION)
-    assert.equal("go-hello", go_info.name)
-    assert.same({ "access", "response", "log" }, go_info.phases)
-    assert.same("ProtoBuf:1", go_info.server_def.protocol)
+    assert_info(GO_HELLO, go_info)
     assert.equal("test-go", go_info.server_def.name)
 
     local py_info = plugin_infos["py-hello"]
-    assert.equal(100, py_info.PRIORITY)
-    assert.equal("0.1.0", py_info.VERSION)
-    assert.equal("py-hello", py_info.name)
-    assert.same({ "access" }, py_info.phases)
-    assert.same("MsgPack:1", py_info.server_def.protocol)
+    assert_info(PY_HELLO, py_info)
     assert.equal("test-py", py_info.server_def.name)
   end)
 

@@ -21,15 +21,9 @@ local ffi = require "ffi"
 local cjson = require("cjson.safe").new()
 local pluginservers = require "kong.runloop.plugin_servers.conf_pluginservers"
 
-local require = require
-local assert = assert
-local ipairs = ipairs
-local pairs = pairs
-local pcall = pcall
-local tostring = tostring
-local type = type
-local gmatch = string.gmatch
-local sub = string.sub
+local require, assert, ipairs, pairs, pcall = require, assert, ipairs, pairs, pcall
+local tostring, type = tostring, type
+local gmatch, sub = string.gmatch, string.sub
 local huge = math.huge
 local ffi_str = ffi.string
 

@@ -18,12 +18,8 @@
 -- compare(settings, defs) -> array of warnings where the list and the parsed
 --   definitions disagree.
 
-local ipairs = ipairs
-local pcall = pcall
-local tostring = tostring
-local type = type
-local gmatch = string.gmatch
-local lower = string.lower
+local ipairs, pcall, tostring, type = ipairs, pcall, tostring, type
+local gmatch, lower = string.gmatch, string.lower
 local concat = table.concat
 
 local _M = {}

@@ -10,11 +10,8 @@
 
 local shm = require "kong.runloop.plugin_servers.shm"
 
-local floor = math.floor
-local log = math.log
-local ceil = math.ceil
-local ipairs = ipairs
-local setmetatable = setmetatable
+local floor, log, ceil = math.floor, math.log, math.ceil
+local ipairs, setmetatable = ipairs, setmetatable
 local shm_get = shm.get
 
 local _M = {}

@@ -11,9 +11,7 @@ local plugin = require "kong.runloop.plugin_servers.plugin"
 local counters = require "kong.runloop.plugin_servers.counters"
 local metrics = require "kong.runloop.plugin_servers.metrics"
 
-local ipairs = ipairs
-local pcall = pcall
-local tostring = tostring
+local ipairs, pcall, tostring = ipairs, pcall, tostring
 
 local NO_PLUGIN = "no plugin found"
 

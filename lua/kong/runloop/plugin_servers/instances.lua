@@ -14,10 +14,7 @@
 
 local cjson = require "cjson.safe"
 
-local ngx = ngx
-local tostring = tostring
-local pairs = pairs
-local setmetatable = setmetatable
+local ngx, tostring, pairs, setmetatable = ngx, tostring, pairs, setmetatable
 
 local semaphore
 do

@@ -10,15 +10,10 @@
 local ffi = require "ffi"
 
 local ffi_str = ffi.string
-local require = require
-local error = error
-local ipairs = ipairs
-local pcall = pcall
-local tostring = tostring
+local require, error, ipairs, pcall, tostring = require, error, ipairs, pcall, tostring
 local package = package
 local io_open = io.open
-local gmatch = string.gmatch
-local gsub = string.gsub
+local gmatch, gsub = string.gmatch, string.gsub
 local concat = table.concat
 
 local MODULE = "kong_plugin_servers"

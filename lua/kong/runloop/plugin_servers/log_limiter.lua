@@ -8,9 +8,7 @@
 local shm = require "kong.runloop.plugin_servers.shm"
 
 local ngx = ngx
-local log = ngx.log
-local ERR = ngx.ERR
-local timer_at = ngx.timer.at
+local log, ERR, timer_at = ngx.log, ngx.ERR, ngx.timer.at
 
 local _M = {}
 

@@ -24,17 +24,10 @@ do
   semaphore = ok and mod or nil
 end
 
-local ngx = ngx
-local log = ngx.log
-local ERR = ngx.ERR
-local now = ngx.now
-local update_time = ngx.update_time
+local ngx, pcall, tostring = ngx, pcall, tostring
+local log, ERR, now, update_time = ngx.log, ngx.ERR, ngx.now, ngx.update_time
 local timer_at = ngx.timer.at
-local pcall = pcall
-local tostring = tostring
-local max = math.max
-local min = math.min
-local floor = math.floor
+local max, min, floor = math.max, math.min, math.floor
 
 local _M = {}
 

@@ -4,15 +4,10 @@
 -- Built at scrape time from status(), which already sums the workers; nothing
 -- here runs per request.
 
-local ipairs = ipairs
-local pairs = pairs
-local tostring = tostring
-local type = type
+local ipairs, pairs, tostring, type = ipairs, pairs, tostring, type
 local floor = math.floor
-local format = string.format
-local gsub = string.gsub
-local concat = table.concat
-local sort = table.sort
+local format, gsub = string.format, string.gsub
+local concat, sort = table.concat, table.sort
 
 local _M = {}
 

@@ -21,14 +21,9 @@ do
   state = ok and type(mod) == "table" and mod or nil
 end
 
-local ngx = ngx
-local ERR = ngx.ERR
-local pcall = pcall
-local tostring = tostring
-local type = type
-local ipairs = ipairs
-local pairs = pairs
+local ngx, pcall, tostring, type, ipairs, pairs = ngx, pcall, tostring, type, ipairs, pairs
 local setmetatable = setmetatable
+local ERR = ngx.ERR
 
 local ERROR_BODY = { message = "An unexpected error occurred" }
 

@@ -24,14 +24,8 @@ local state = require "kong.runloop.plugin_servers.state"
 local shm = require "kong.runloop.plugin_servers.shm"
 local conf = require "kong.runloop.plugin_servers.conf"
 
-local require = require
-local ipairs = ipairs
-local pairs = pairs
-local next = next
-local pcall = pcall
-local tonumber = tonumber
-local tostring = tostring
-local type = type
+local require, ipairs, pairs, next, pcall, tonumber = require, ipairs, pairs, next, pcall, tonumber
+local tostring, type = tostring, type
 local concat = table.concat
 local ffi_str = ffi.string
 

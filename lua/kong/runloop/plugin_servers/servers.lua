@@ -9,9 +9,7 @@
 
 local conf = require "kong.runloop.plugin_servers.conf"
 
-local ipairs = ipairs
-local pcall = pcall
-local tostring = tostring
+local ipairs, pcall, tostring = ipairs, pcall, tostring
 local concat = table.concat
 
 local _M = {}

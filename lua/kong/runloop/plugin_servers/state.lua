@@ -16,16 +16,9 @@
 local cjson = require("cjson.safe").new()
 local shm = require "kong.runloop.plugin_servers.shm"
 
-local ngx = ngx
-local type = type
-local ipairs = ipairs
-local pairs = pairs
-local pcall = pcall
-local tostring = tostring
-local floor = math.floor
-local min = math.min
-local ngx_now = ngx.now
-local update_time = ngx.update_time
+local ngx, type, ipairs, pairs, pcall, tostring = ngx, type, ipairs, pairs, pcall, tostring
+local floor, min = math.floor, math.min
+local ngx_now, update_time = ngx.now, ngx.update_time
 
 local OWNER_KEY = "ps:owner"
 local SERVER_KEY = "ps:srv:"

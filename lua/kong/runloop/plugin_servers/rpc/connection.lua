@@ -35,16 +35,10 @@ local lib = require "kong.runloop.plugin_servers.lib"
 local socket = require "kong.runloop.plugin_servers.rpc.socket"
 local pdk = require "kong.runloop.plugin_servers.pdk"
 
-local ffi_gc = ffi.gc
-local ffi_new = ffi.new
-local ffi_str = ffi.string
-local errbuf = lib.errbuf
-local errmsg = lib.errmsg
+local ffi_gc, ffi_new, ffi_str = ffi.gc, ffi.new, ffi.string
+local errbuf, errmsg = lib.errbuf, lib.errmsg
 local refuse = pdk.refuse
-local tostring = tostring
-local tonumber = tonumber
-local error = error
-local ipairs = ipairs
+local tostring, tonumber, error, ipairs = tostring, tonumber, error, ipairs
 local setmetatable = setmetatable
 
 local FREE_STREAMS = 16

@@ -14,13 +14,8 @@
 
 local cjson = require "cjson.safe"
 
-local require = require
-local pairs = pairs
-local pcall = pcall
-local tostring = tostring
-local type = type
-local gsub = string.gsub
-local lower = string.lower
+local require, pairs, pcall, tostring, type = require, pairs, pcall, tostring, type
+local gsub, lower = string.gsub, string.lower
 local concat = table.concat
 
 local _M = {}

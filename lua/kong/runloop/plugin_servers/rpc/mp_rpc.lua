@@ -7,19 +7,11 @@ local ffi = require "ffi"
 local lib = require "kong.runloop.plugin_servers.lib"
 local connection = require "kong.runloop.plugin_servers.rpc.connection"
 
-local C = lib.C
-local bridge = lib.bridge
+local C, bridge, errbuf, errmsg = lib.C, lib.bridge, lib.errbuf, lib.errmsg
 local ffi_str = ffi.string
-local errbuf = lib.errbuf
-local errmsg = lib.errmsg
-local encode = bridge.encode
-local decode = bridge.decode
-local session = connection.session
-local out = connection.out
-local out_len = connection.out_len
-local type = type
-local tostring = tostring
-local tonumber = tonumber
+local encode, decode = bridge.encode, bridge.decode
+local session, out, out_len = connection.session, connection.out, connection.out_len
+local type, tostring, tonumber = type, tostring, tonumber
 
 -- Envelope levels around a value: message array, params array, {EventId, Data},
 -- {Method, Args}; the bridge bounds the value itself.

@@ -14,17 +14,10 @@ local lib = require "kong.runloop.plugin_servers.lib"
 local connection = require "kong.runloop.plugin_servers.rpc.connection"
 local pdk = require "kong.runloop.plugin_servers.pdk"
 
-local ngx = ngx
-local C = lib.C
-local bridge = lib.bridge
+local ngx, type, pcall, tostring = ngx, type, pcall, tostring
+local C, bridge, errbuf, errmsg = lib.C, lib.bridge, lib.errbuf, lib.errmsg
 local ffi_str = ffi.string
-local errbuf = lib.errbuf
-local errmsg = lib.errmsg
-local pb_encode = bridge.pb_encode
-local pb_decode = bridge.pb_decode
-local type = type
-local pcall = pcall
-local tostring = tostring
+local pb_encode, pb_decode = bridge.pb_encode, bridge.pb_decode
 
 -- The one method whose result says where the body is (RawBodyResult).
 local RAW_BODY = bridge.method_index("kong.request.get_raw_body")

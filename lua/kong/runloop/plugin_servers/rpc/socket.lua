@@ -8,15 +8,9 @@
 
 local ffi = require "ffi"
 
-local ngx = ngx
-local tcp = ngx.socket.tcp
-local sleep = ngx.sleep
-local now = ngx.now
-local update_time = ngx.update_time
-local tostring = tostring
-local pcall = pcall
-local find = string.find
-local lower = string.lower
+local ngx, tostring, pcall = ngx, tostring, pcall
+local tcp, sleep, now, update_time = ngx.socket.tcp, ngx.sleep, ngx.now, ngx.update_time
+local find, lower = string.find, string.lower
 
 local _M = {}
 
