@@ -1,4 +1,4 @@
-//! No panic may cross the C boundary (issue 8): every exported function that
+//! No panic may cross the C boundary: every exported function that
 //! reports errors through `errbuf` must run its body inside `ffi::guard` (directly
 //! or through a helper that does), and every exported function documents `# Panics`.
 //! Reads the adapter sources, so that a new export without a guard fails here.
