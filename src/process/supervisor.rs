@@ -813,7 +813,11 @@ impl Supervisor {
             self.log(NGX_INFO, format!("[?:{pid}] {line}"));
             return;
         };
-        self.summarise_server_output(i, now);
+        let lost = self
+            .helper
+            .as_ref()
+            .map_or(0, |h| self.take_dropped(&mut h.dropped(), i));
+        self.summarise_server_output(i, lost, now);
         if self.servers[i].output.admit(now) {
             let name = &self.servers[i].def.name;
             let msg = format!("[{name}:{pid}] {line}");
@@ -823,21 +827,36 @@ impl Supervisor {
 
     /// One line per server whose window with dropped lines has ended.
     fn summarise_output(&mut self, now: Instant) {
-        for i in 0..self.servers.len() {
-            self.summarise_server_output(i, now);
+        // The helper's drop counts of every server under one lock.
+        let lost: Vec<u64> = match self.helper.as_ref() {
+            Some(h) => {
+                let mut counts = h.dropped();
+                (0..self.servers.len())
+                    .map(|i| self.take_dropped(&mut counts, i))
+                    .collect()
+            }
+            None => vec![0; self.servers.len()],
+        };
+        for (i, lost) in lost.into_iter().enumerate() {
+            self.summarise_server_output(i, lost, now);
         }
     }
 
-    fn summarise_server_output(&mut self, i: usize, now: Instant) {
-        let standby_pid = self.servers[i].standby.as_ref().and_then(|b| b.pid);
-        if let Some(h) = self.helper.as_ref() {
-            let lost = [self.servers[i].pid, standby_pid]
-                .into_iter()
-                .flatten()
-                .map(|pid| h.take_dropped(pid))
-                .sum();
-            self.servers[i].output.add_dropped(lost, now);
-        }
+    /// The output lines of server `i` (its process and its standby's) that the
+    /// helper's queue had no room for, taken out of `counts`.
+    fn take_dropped(&self, counts: &mut HashMap<i32, u64>, i: usize) -> u64 {
+        let s = &self.servers[i];
+        [s.pid, s.standby.as_ref().and_then(|b| b.pid)]
+            .into_iter()
+            .flatten()
+            .map(|pid| counts.remove(&pid).unwrap_or(0))
+            .sum()
+    }
+
+    /// Counts `lost` lines of server `i` as dropped; logs the summary of its
+    /// window once that has ended.
+    fn summarise_server_output(&mut self, i: usize, lost: u64, now: Instant) {
+        self.servers[i].output.add_dropped(lost, now);
         let s = &mut self.servers[i];
         if let Some(n) = s.output.summary(now) {
             let msg = format!(
