@@ -4,8 +4,14 @@
 
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
+use std::sync::RwLock;
 
 use mlua::{LightUserData, Lua, Value};
+
+/// Held (write) by a test that changes the error log's level
+/// (`output::set_log_level`), (read) by one that needs the default level
+/// (everything printed) while it runs.
+pub static LOG_LEVEL: RwLock<()> = RwLock::new(());
 
 /// A `sleep 30` in process group `group` (0: a group of its own), as a live
 /// process the test can name, signal and kill.

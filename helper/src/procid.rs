@@ -19,12 +19,27 @@ pub fn start_time(pid: i32) -> Option<u64> {
     parse_start_time(&stat)
 }
 
-/// The start time in the text of a `stat` file. The command name (field 2) is
-/// in parentheses and may contain blanks and parentheses: fields are counted
-/// after its last `)`, where field 3 comes first.
+/// Field 4 of `/proc/<pid>/stat`: the parent's pid; `None` when there is no
+/// such process.
+pub fn parent_pid(pid: i32) -> Option<i32> {
+    if pid <= 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_field(&stat, 4)?.parse().ok()
+}
+
+/// The start time in the text of a `stat` file.
 pub fn parse_start_time(stat: &str) -> Option<u64> {
+    stat_field(stat, 22)?.parse().ok()
+}
+
+/// Field `n` (counted from 1, at least 3) in the text of a `stat` file. The
+/// command name (field 2) is in parentheses and may contain blanks and
+/// parentheses: fields are counted after its last `)`, where field 3 comes first.
+fn stat_field(stat: &str, n: usize) -> Option<&str> {
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_ascii_whitespace().nth(22 - 3)?.parse().ok()
+    rest.split_ascii_whitespace().nth(n.checked_sub(3)?)
 }
 
 /// A pidfd (Linux >= 5.3): it names one process for its whole life, whatever

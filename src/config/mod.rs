@@ -116,16 +116,21 @@ fn trim_trailing_slashes(p: &str) -> String {
     if t.is_empty() { "/".into() } else { t.into() }
 }
 
-/// A path as one shell word (quoted only when needed).
-fn shell_word(path: &str) -> String {
-    if !path.is_empty()
-        && path
+/// Characters besides ASCII letters and digits that a path may hold and still
+/// be a shell word without quotes.
+const PATH_SAFE: &str = "_./+-@%,:";
+
+/// `text` as one shell word: as it is when it is not empty and every character
+/// is an ASCII letter, a digit or one of `safe`, else single-quoted.
+fn shell_word(text: &str, safe: &str) -> String {
+    if !text.is_empty()
+        && text
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_./+-@%,:".contains(c))
+            .all(|c| c.is_ascii_alphanumeric() || safe.contains(c))
     {
-        path.to_string()
+        text.to_string()
     } else {
-        format!("'{}'", path.replace('\'', "'\\''"))
+        format!("'{}'", text.replace('\'', "'\\''"))
     }
 }
 
@@ -280,7 +285,7 @@ impl ServerCheck<'_> {
             Some(v) => self.command("start_cmd", &v, &opts.path),
             None if default_exists => {
                 uses_default.push(self.key("start_cmd"));
-                Some(shell_word(&bin_str))
+                Some(shell_word(&bin_str, PATH_SAFE))
             }
             None => {
                 warnings.push(format!(
@@ -295,7 +300,7 @@ impl ServerCheck<'_> {
                 .unwrap_or_default(),
             None if default_exists => {
                 uses_default.push(self.key("query_cmd"));
-                format!("{} -dump", shell_word(&bin_str))
+                format!("{} -dump", shell_word(&bin_str, PATH_SAFE))
             }
             None => {
                 self.errors

@@ -9,6 +9,7 @@
 
 use serde::Serialize;
 
+use super::shell_word;
 use super::value::Value;
 
 /// What `pluginserver_<k>_standby` asks for.
@@ -128,18 +129,9 @@ fn words(cmd: &str) -> Vec<Word> {
     out
 }
 
-/// A value as one shell word (single-quoted only when needed).
-fn quoted(value: &str) -> String {
-    if !value.is_empty()
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_./+-@%,:=".contains(c))
-    {
-        value.to_string()
-    } else {
-        format!("'{}'", value.replace('\'', "'\\''"))
-    }
-}
+/// Characters besides ASCII letters and digits that a value may hold and still
+/// be a shell word without quotes (an argument such as `--socket=<path>`).
+const VALUE_SAFE: &str = "_./+-@%,:=";
 
 /// The standby's start command: `cmd` with the argument that names `socket`
 /// (its whole path, or its file name, alone or after `=`) naming the standby's
@@ -162,7 +154,12 @@ pub fn standby_command(cmd: &str, socket: &str) -> Option<String> {
         .skip(1)
         .find_map(|(i, w)| Some((i, renamed(w.value.as_deref()?)?)))?;
     let (a, b) = words[i].span;
-    Some(format!("{}{}{}", &cmd[..a], quoted(&new), &cmd[b..]))
+    Some(format!(
+        "{}{}{}",
+        &cmd[..a],
+        shell_word(&new, VALUE_SAFE),
+        &cmd[b..]
+    ))
 }
 
 fn renamed_value(v: &str, socket: &str, file: &str) -> Option<String> {

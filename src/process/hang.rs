@@ -19,7 +19,6 @@
 //! that is gone) is. Nothing of this runs in the request path.
 
 use std::io::{Read, Write};
-use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +28,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 use prost::Message;
 
+use super::probe::connect_probe;
 use crate::codec::protobuf::messages::{Call, CmdGetPluginNames, RpcCall};
 
 /// Longest pause between two questions (shorter for small timeouts): a server
@@ -306,33 +306,14 @@ enum ConnectError {
 /// A non-blocking connect (a full listen queue must not block the watcher), then
 /// a blocking stream with timeouts.
 fn connect(socket: &str) -> Result<UnixStream, ConnectError> {
-    let (addr, len) = super::probe::sockaddr(socket)
-        .map_err(|e| ConnectError::Failed(format!("cannot connect to {socket}: {e}")))?;
-    // SAFETY: plain syscalls on a socket we own; on success the fd moves into the stream.
-    unsafe {
-        let fd = libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        );
-        if fd < 0 {
-            return Err(ConnectError::Busy);
-        }
-        let rc = libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len);
-        let err = std::io::Error::last_os_error();
-        if rc != 0 {
-            libc::close(fd);
-            return Err(match err.raw_os_error() {
-                Some(libc::EAGAIN) | Some(libc::EINPROGRESS) => ConnectError::Busy,
-                _ => ConnectError::Failed(format!("cannot connect to {socket}: {}", plain(&err))),
-            });
-        }
-        let stream = UnixStream::from_raw_fd(fd);
-        stream
-            .set_nonblocking(false)
-            .map_err(|_| ConnectError::Busy)?;
-        Ok(stream)
-    }
+    let stream = connect_probe(socket).map_err(|err| match err.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EINPROGRESS) => ConnectError::Busy,
+        _ => ConnectError::Failed(format!("cannot connect to {socket}: {}", plain(&err))),
+    })?;
+    stream
+        .set_nonblocking(false)
+        .map_err(|_| ConnectError::Busy)?;
+    Ok(stream)
 }
 
 /// An OS error without Rust's " (os error N)" suffix, as nginx words them.

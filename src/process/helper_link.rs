@@ -2,10 +2,10 @@
 //! and turns its report lines into events on a channel (read by a small thread).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
@@ -105,12 +105,15 @@ pub struct HelperLink {
     pub events: Receiver<HelperEvent>,
     reader: Option<JoinHandle<()>>,
     /// Output lines dropped by the reader (full queue), per pid.
-    dropped: Arc<Mutex<HashMap<i32, u64>>>,
+    dropped: Arc<Mutex<DropCounts>>,
 }
 
-/// Queues one event: output lines only when there is room (else counted as
-/// dropped), other events always. False when the supervisor is gone.
-fn forward(tx: &Sender<HelperEvent>, ev: HelperEvent, dropped: &Mutex<HashMap<i32, u64>>) -> bool {
+/// Output lines dropped (the queue was full), per pid.
+type DropCounts = HashMap<i32, u64>;
+
+/// Queues one event: output lines only when there is room (else counted in
+/// `lost`), other events always. False when the supervisor is gone.
+fn forward(tx: &Sender<HelperEvent>, ev: HelperEvent, lost: &mut DropCounts) -> bool {
     if let HelperEvent::Output { pid, .. } = ev {
         if !output::printed(NGX_INFO) {
             return true;
@@ -118,17 +121,54 @@ fn forward(tx: &Sender<HelperEvent>, ev: HelperEvent, dropped: &Mutex<HashMap<i3
         return match tx.try_send(ev) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
-                *dropped
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(pid)
-                    .or_default() += 1;
+                *lost.entry(pid).or_default() += 1;
                 true
             }
             Err(TrySendError::Disconnected(_)) => false,
         };
     }
     tx.send(ev).is_ok()
+}
+
+/// Adds the counts of `lost` to the shared ones (one lock), leaving it empty.
+fn publish_dropped(dropped: &Mutex<DropCounts>, lost: &mut DropCounts) {
+    if lost.is_empty() {
+        return;
+    }
+    let mut counts = dropped.lock().unwrap_or_else(|e| e.into_inner());
+    for (pid, n) in lost.drain() {
+        *counts.entry(pid).or_default() += n;
+    }
+}
+
+/// The reader thread: the helper's report lines as events, then `Gone` when it
+/// exits. The output lines dropped meanwhile are counted here and added to
+/// `dropped` once per read of the pipe, not once per line.
+fn read_events(stdout: impl Read, tx: &Sender<HelperEvent>, dropped: &Mutex<DropCounts>) {
+    let mut reader = BufReader::new(stdout);
+    let mut lost = DropCounts::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if !matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+            break;
+        }
+        // The line without its end (as `lines()` gives it).
+        let text = line
+            .strip_suffix('\n')
+            .map_or(line.as_str(), |l| l.strip_suffix('\r').unwrap_or(l));
+        if let Some(ev) = parse_line(text)
+            && !forward(tx, ev, &mut lost)
+        {
+            return;
+        }
+        if reader.buffer().is_empty() {
+            // All that was read is handled: the next line needs another read.
+            publish_dropped(dropped, &mut lost);
+        }
+    }
+    publish_dropped(dropped, &mut lost);
+    let _ = tx.send(HelperEvent::Gone);
 }
 
 impl HelperLink {
@@ -152,17 +192,7 @@ impl HelperLink {
         let counts = Arc::clone(&dropped);
         let reader = std::thread::Builder::new()
             .name("kps-helper-reader".into())
-            .spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    if let Some(ev) = parse_line(&line)
-                        && !forward(&tx, ev, &counts)
-                    {
-                        return;
-                    }
-                }
-                let _ = tx.send(HelperEvent::Gone);
-            })
+            .spawn(move || read_events(stdout, &tx, &counts))
             .map_err(|e| format!("cannot start the helper reader thread: {e}"))?;
         Ok(HelperLink {
             pid,
@@ -211,13 +241,10 @@ impl HelperLink {
         }
     }
 
-    /// How many output lines of `pid` the queue had no room for (since the last call).
-    pub fn take_dropped(&self, pid: i32) -> u64 {
-        self.dropped
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&pid)
-            .unwrap_or(0)
+    /// How many output lines of each pid the queue had no room for (the caller
+    /// takes out what it reports), locked while the guard lives.
+    pub fn dropped(&self) -> MutexGuard<'_, HashMap<i32, u64>> {
+        self.dropped.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Closes the helper's stdin and waits for its reader thread (it ends when the
@@ -306,6 +333,68 @@ mod tests {
         );
         assert_eq!(parse_line("exit\t42\tcode\tx"), None);
         assert_eq!(parse_line("nonsense"), None);
+    }
+
+    /// The helper's stdout as the reader sees it: one chunk per read; before
+    /// each read after the first, says so and waits for a go.
+    struct Reads {
+        chunks: Vec<&'static [u8]>,
+        reading: Sender<()>,
+        go: Receiver<()>,
+    }
+
+    impl Read for Reads {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.chunks.is_empty() {
+                return Ok(0);
+            }
+            if self.chunks.len() < 2 {
+                let _ = self.reading.send(());
+                let _ = self.go.recv();
+            }
+            let chunk = self.chunks.remove(0);
+            buf[..chunk.len()].copy_from_slice(chunk);
+            Ok(chunk.len())
+        }
+    }
+
+    #[test]
+    fn lines_without_room_are_counted_per_pid_once_their_read_is_handled() {
+        let _level = crate::test_support::LOG_LEVEL
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        // A queue with room for one event, taken: the output lines are dropped.
+        let (tx, rx) = bounded(1);
+        tx.send(HelperEvent::Gone).unwrap();
+        let dropped = Arc::new(Mutex::new(DropCounts::new()));
+        let counts = Arc::clone(&dropped);
+        let (reading_tx, reading) = bounded(1);
+        let (go, go_rx) = bounded(1);
+        let input = Reads {
+            chunks: vec![
+                b"out\t5\ta\nout\t5\tb\nout\t6\tc\n",
+                b"exit\t5\tcode\t0\r\n",
+            ],
+            reading: reading_tx,
+            go: go_rx,
+        };
+        let reader = std::thread::spawn(move || read_events(input, &tx, &counts));
+        let wait = std::time::Duration::from_secs(5);
+        // The first read is handled: its drops are counted before the next read.
+        reading.recv_timeout(wait).unwrap();
+        assert_eq!(*dropped.lock().unwrap(), HashMap::from([(5, 2), (6, 1)]));
+        go.send(()).unwrap();
+        assert_eq!(rx.recv_timeout(wait).unwrap(), HelperEvent::Gone);
+        // (The line end, CRLF too, is not part of the last field.)
+        assert_eq!(
+            rx.recv_timeout(wait).unwrap(),
+            HelperEvent::Exited {
+                pid: 5,
+                exit: Exit::Code(0)
+            }
+        );
+        assert_eq!(rx.recv_timeout(wait).unwrap(), HelperEvent::Gone);
+        reader.join().unwrap();
     }
 
     #[test]

@@ -10,7 +10,9 @@ pub mod fds;
 #[path = "../../helper/src/procid.rs"]
 mod procid;
 
-pub use procid::{Identity, Pidfd, is_same, parse_start_time, signal_if_same, start_time};
+pub use procid::{
+    Identity, Pidfd, is_same, parent_pid, parse_start_time, signal_if_same, start_time,
+};
 
 /// A server of a previous generation as its supervisor recorded it in the shared
 /// dict: `{ "pid": n, "start": t, "standby": { "pid": n, "start": t } }` (the
@@ -91,6 +93,19 @@ mod tests {
         let me = std::process::id() as i32;
         assert!(start_time(me).is_some());
         assert_eq!(start_time(me), start_time(me));
+    }
+
+    #[test]
+    fn the_parent_is_field_4() {
+        let mut child = sleeper(0);
+        let me = std::process::id() as i32;
+        assert_eq!(parent_pid(child.id() as i32), Some(me));
+        // SAFETY: getppid has no preconditions.
+        assert_eq!(parent_pid(me), Some(unsafe { libc::getppid() }));
+        assert_eq!(parent_pid(0), None);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(parent_pid(child.id() as i32), None);
     }
 
     #[test]

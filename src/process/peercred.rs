@@ -4,6 +4,7 @@
 //! its group makes the server ready; another process on its socket is reported.
 
 use std::io;
+use std::os::fd::AsRawFd;
 
 use super::probe::connect_probe;
 
@@ -48,8 +49,8 @@ pub fn belongs_to(listener: i32, server: i32) -> bool {
 /// Probes `path` and says who accepted. An error when nothing accepts yet, and
 /// also when the backlog is full (`EAGAIN`: who listens cannot be told then).
 pub fn probe_server(path: &str, server: i32) -> io::Result<Listener> {
-    let fd = connect_probe(path)?;
-    let pid = peer_pid(fd.0)?;
+    let stream = connect_probe(path)?;
+    let pid = peer_pid(stream.as_raw_fd())?;
     Ok(if belongs_to(pid, server) {
         Listener::Ours
     } else {

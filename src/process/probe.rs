@@ -4,6 +4,8 @@
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::FromRawFd;
+use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 /// Probe schedule of a starting server.
@@ -25,7 +27,7 @@ impl Probe {
     }
 }
 
-pub(super) fn sockaddr(path: &str) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+fn sockaddr(path: &str) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
     // SAFETY: sockaddr_un is plain data.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
@@ -45,21 +47,13 @@ pub(super) fn sockaddr(path: &str) -> io::Result<(libc::sockaddr_un, libc::sockl
     Ok((addr, len as libc::socklen_t))
 }
 
-/// A connected probe socket, closed on drop.
-pub struct ProbeFd(pub libc::c_int);
-
-impl Drop for ProbeFd {
-    fn drop(&mut self) {
-        // SAFETY: closing our own fd once.
-        unsafe { libc::close(self.0) };
-    }
-}
-
-/// Connects to `path` without blocking. Ok with the connected socket when
-/// something accepts; a full backlog (`EAGAIN`) is an error of that kind.
-pub fn connect_probe(path: &str) -> io::Result<ProbeFd> {
+/// Connects to `path` without blocking (a full listen queue must not block the
+/// caller). Ok with the connected socket, still non-blocking, when something
+/// accepts; a full backlog (`EAGAIN`) is an error of that kind.
+pub fn connect_probe(path: &str) -> io::Result<UnixStream> {
     let (addr, len) = sockaddr(path)?;
-    // SAFETY: plain syscalls on a socket we own (closed by ProbeFd).
+    // SAFETY: plain syscalls; the fd is owned by the stream (closed on drop)
+    // from the moment it exists.
     unsafe {
         let fd = libc::socket(
             libc::AF_UNIX,
@@ -69,9 +63,9 @@ pub fn connect_probe(path: &str) -> io::Result<ProbeFd> {
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        let fd = ProbeFd(fd);
-        if libc::connect(fd.0, (&addr as *const libc::sockaddr_un).cast(), len) == 0 {
-            return Ok(fd);
+        let stream = UnixStream::from_raw_fd(fd);
+        if libc::connect(fd, (&addr as *const libc::sockaddr_un).cast(), len) == 0 {
+            return Ok(stream);
         }
         Err(io::Error::last_os_error())
     }

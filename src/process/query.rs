@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::identity::{Pidfd, fds, start_time};
+use super::identity::{Identity, Pidfd, fds, is_same, parent_pid, start_time};
 use crate::config::ServerDef;
 
 /// Protocol of a dump that does not name one (Python and JS).
@@ -202,16 +202,6 @@ struct ShellIdentity {
     start: Option<u64>,
 }
 
-/// Field 4 of `/proc/<pid>/stat`: the parent pid.
-fn parent_of(pid: libc::pid_t) -> Option<libc::pid_t> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 1..]
-        .split_ascii_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 impl ShellIdentity {
     /// Right after spawn: the pid is our child's unless nginx reaped it already;
     /// a pidfd whose process has us as parent (checked while it is alive) is it.
@@ -220,7 +210,7 @@ impl ShellIdentity {
         let start = start_time(pid);
         // SAFETY: getpid has no preconditions.
         let me = unsafe { libc::getpid() };
-        let ours = parent_of(pid) == Some(me) && pidfd.as_ref().is_none_or(|p| p.signal(0));
+        let ours = parent_pid(pid) == Some(me) && pidfd.as_ref().is_none_or(|p| p.signal(0));
         if ours {
             ShellIdentity { pidfd, start }
         } else {
@@ -236,7 +226,9 @@ impl ShellIdentity {
     fn kill_group(&self, pid: libc::pid_t) {
         let alive = match (&self.pidfd, self.start) {
             (Some(p), _) => p.signal(0),
-            (None, Some(start)) => start_time(pid) == Some(start),
+            // No pidfd of the shell: its start time, read now (through a pidfd of
+            // whatever the pid names, when the kernel has them).
+            (None, Some(start)) => is_same(pid, start) == Identity::Ours,
             (None, None) => false,
         };
         // A group id stays reserved while its leader lives; once the leader is

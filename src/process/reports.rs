@@ -124,6 +124,7 @@ impl ReportSink {
 mod tests {
     use super::super::supervisor::State;
     use super::*;
+    use crate::test_support::LOG_LEVEL;
     use crossbeam_channel::bounded;
 
     fn state(name: &str, state: State) -> Report {
@@ -147,6 +148,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_logs_and_keeps_the_newest_state_of_each_server() {
+        let _level = LOG_LEVEL.read().unwrap_or_else(|e| e.into_inner());
         let (tx, rx) = bounded(RESERVED_FOR_STATES * 2 + 4);
         let mut sink = ReportSink::new(tx);
         for i in 0..10_000 {
@@ -187,6 +189,7 @@ mod tests {
 
     #[test]
     fn lines_the_error_log_would_not_print_are_not_queued() {
+        let _level = LOG_LEVEL.write().unwrap_or_else(|e| e.into_inner());
         let (tx, rx) = bounded(16);
         let mut sink = ReportSink::new(tx);
         output::set_log_level(4);

@@ -217,11 +217,11 @@ fn wall_now() -> f64 {
         .unwrap_or(0.0)
 }
 
-fn pid_alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks for existence.
-    pid > 0
-        && (unsafe { libc::kill(pid, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+/// Why a previous generation's recorded pid is neither waited for nor signalled.
+fn not_that_server(pid: i32, name: &str) -> String {
+    format!(
+        "[pluginserver] pid {pid}, recorded for the previous pluginserver '{name}', is not that server (it exited, or its start time was not recorded); not waiting for it or signalling it"
+    )
 }
 
 impl Supervisor {
@@ -234,6 +234,7 @@ impl Supervisor {
         reports: Sender<Report>,
     ) -> Self {
         let now = Instant::now();
+        let mut not_ours = Vec::new();
         let servers = defs
             .into_iter()
             .filter_map(|def| {
@@ -243,17 +244,23 @@ impl Supervisor {
                 };
                 let old_standby = old_pids.get(&def.name).and_then(|o| o.standby());
                 let standby = Some(Standby::new(&def, &command, old_standby, now));
-                let phase = match old_pids.get(&def.name) {
-                    Some(&old) if pid_alive(old.pid()) => Phase::WaitOld {
+                // Only the recorded process itself (its pid and start time) is
+                // waited for: a pid that now names another process is not.
+                let phase = match old_pids.get(&def.name).map(|&old| (old, old.identity())) {
+                    Some((old, Identity::Ours)) => Phase::WaitOld {
                         old,
                         deadline: now + Duration::from_millis(def.stop_timeout),
                     },
+                    Some((old, Identity::Foreign)) => {
+                        not_ours.push(not_that_server(old.pid(), &def.name));
+                        Phase::Backoff { until: now }
+                    }
                     _ => Phase::Backoff { until: now },
                 };
                 Some(Server::new(def, command, phase, standby))
             })
             .collect();
-        Supervisor {
+        let mut sup = Supervisor {
             servers,
             reports: ReportSink::new(reports),
             helper_path,
@@ -262,7 +269,11 @@ impl Supervisor {
             stopping: false,
             protocols: HashMap::new(),
             beats: crossbeam_channel::unbounded(),
+        };
+        for msg in not_ours {
+            sup.log(NGX_NOTICE, msg);
         }
+        sup
     }
 
     fn log(&mut self, level: u8, msg: String) {
@@ -411,10 +422,7 @@ impl Supervisor {
                         );
                         self.spawn(i);
                     } else if identity == Identity::Foreign {
-                        self.log(
-                            NGX_NOTICE,
-                            format!("[pluginserver] pid {pid}, recorded for the previous pluginserver '{name}', is not that server (it exited, or its start time was not recorded); not waiting for it or signalling it"),
-                        );
+                        self.log(NGX_NOTICE, not_that_server(pid, &name));
                         self.spawn(i);
                     } else if now >= deadline {
                         self.kill_previous(&format!("pluginserver '{name}'"), old);
@@ -805,7 +813,11 @@ impl Supervisor {
             self.log(NGX_INFO, format!("[?:{pid}] {line}"));
             return;
         };
-        self.summarise_server_output(i, now);
+        let lost = self
+            .helper
+            .as_ref()
+            .map_or(0, |h| self.take_dropped(&mut h.dropped(), i));
+        self.summarise_server_output(i, lost, now);
         if self.servers[i].output.admit(now) {
             let name = &self.servers[i].def.name;
             let msg = format!("[{name}:{pid}] {line}");
@@ -815,21 +827,36 @@ impl Supervisor {
 
     /// One line per server whose window with dropped lines has ended.
     fn summarise_output(&mut self, now: Instant) {
-        for i in 0..self.servers.len() {
-            self.summarise_server_output(i, now);
+        // The helper's drop counts of every server under one lock.
+        let lost: Vec<u64> = match self.helper.as_ref() {
+            Some(h) => {
+                let mut counts = h.dropped();
+                (0..self.servers.len())
+                    .map(|i| self.take_dropped(&mut counts, i))
+                    .collect()
+            }
+            None => vec![0; self.servers.len()],
+        };
+        for (i, lost) in lost.into_iter().enumerate() {
+            self.summarise_server_output(i, lost, now);
         }
     }
 
-    fn summarise_server_output(&mut self, i: usize, now: Instant) {
-        let standby_pid = self.servers[i].standby.as_ref().and_then(|b| b.pid);
-        if let Some(h) = self.helper.as_ref() {
-            let lost = [self.servers[i].pid, standby_pid]
-                .into_iter()
-                .flatten()
-                .map(|pid| h.take_dropped(pid))
-                .sum();
-            self.servers[i].output.add_dropped(lost, now);
-        }
+    /// The output lines of server `i` (its process and its standby's) that the
+    /// helper's queue had no room for, taken out of `counts`.
+    fn take_dropped(&self, counts: &mut HashMap<i32, u64>, i: usize) -> u64 {
+        let s = &self.servers[i];
+        [s.pid, s.standby.as_ref().and_then(|b| b.pid)]
+            .into_iter()
+            .flatten()
+            .map(|pid| counts.remove(&pid).unwrap_or(0))
+            .sum()
+    }
+
+    /// Counts `lost` lines of server `i` as dropped; logs the summary of its
+    /// window once that has ended.
+    fn summarise_server_output(&mut self, i: usize, lost: u64, now: Instant) {
+        self.servers[i].output.add_dropped(lost, now);
         let s = &mut self.servers[i];
         if let Some(n) = s.output.summary(now) {
             let msg = format!(
@@ -863,4 +890,87 @@ mod standby_checks;
 pub fn stop_bound(defs: &[ServerDef]) -> Duration {
     let grace = defs.iter().map(|d| d.stop_timeout).max().unwrap_or(0);
     Duration::from_millis(grace) + KILL_WAIT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::identity::start_time;
+    use crate::test_support::{sleeper, tmp_socket};
+
+    fn def(name: &str) -> ServerDef {
+        ServerDef {
+            name: name.into(),
+            socket: tmp_socket(&format!("sup-{name}")),
+            start_command: Some("sleep 100".into()),
+            query_command: String::new(),
+            path: String::new(),
+            query_timeout: 1000,
+            stop_timeout: 1000,
+            respawn_delay: 1000,
+            respawn_delay_max: 1000,
+            respawn_reset: 1000,
+            ready_timeout: 1000,
+            connect_timeout: 1000,
+            send_timeout: 1000,
+            read_timeout: 1000,
+            fail_open: false,
+            max_message_size: 1024,
+            log_window: 1000,
+            log_queue_max: 1,
+            hang_timeout: 0,
+            standby: Default::default(),
+        }
+    }
+
+    /// A supervisor (no helper: nothing can be signalled) of servers "a", "b",
+    /// ..., one per recorded previous process.
+    fn with_previous(recorded: &[Recorded]) -> Supervisor {
+        let names: Vec<String> = (0..recorded.len())
+            .map(|i| char::from(b'a' + i as u8).to_string())
+            .collect();
+        let old = names
+            .iter()
+            .cloned()
+            .zip(recorded.iter().copied())
+            .collect();
+        let defs = names.iter().map(|n| def(n)).collect();
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        Supervisor::new(defs, old, "/nonexistent".into(), tx)
+    }
+
+    fn waits(sup: &Supervisor, i: usize) -> bool {
+        match sup.servers[i].phase {
+            Phase::WaitOld { .. } => true,
+            Phase::Backoff { .. } => false,
+            ref other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_previous_pid_whose_start_time_differs_is_not_waited_for() {
+        let mut other = sleeper(0);
+        let pid = other.id() as i32;
+        let start = start_time(pid).unwrap();
+        let recorded = |start| Recorded::Process {
+            pid,
+            start,
+            standby: None,
+        };
+        // The live process with its own start time is the previous server; with
+        // another start time, or none, the pid names some other process.
+        let sup = with_previous(&[
+            recorded(Some(start)),
+            recorded(Some(start + 1)),
+            Recorded::Pid(pid),
+        ]);
+        assert!(waits(&sup, 0));
+        assert!(!waits(&sup, 1), "a pid of another process is waited for");
+        assert!(!waits(&sup, 2), "a bare pid is waited for");
+        assert!(other.try_wait().unwrap().is_none());
+        other.kill().unwrap();
+        other.wait().unwrap();
+        // Gone: nothing to wait for.
+        assert!(!waits(&with_previous(&[recorded(Some(start))]), 0));
+    }
 }
