@@ -283,6 +283,19 @@ local function log_handler(self, conf)
   if q.size >= (def.log_queue_max or DEFAULT_QUEUE_MAX) then
     return refuse(self, q)
   end
+  -- one more drain for this event: always up to LOG_CONNECTIONS, past them while
+  -- more events wait than drains run, within the limit. Started before the event is
+  -- saved (a timer runs only after this handler returns), so that an event nothing
+  -- would run fails before any work. Inline and without a loop: this runs in every
+  -- request's log phase, and both a loop and a helper's return aborted its JIT
+  -- trace (make jit-aborts).
+  local waiting = q.last - q.first + 2
+  local running = q.running
+  if running < q.limit and (running < LOG_CONNECTIONS or waiting > running) and timer_at(0, drain, q) then
+    q.running = running + 1
+  elseif running == 0 then
+    return self:fail("log", "cannot start the log timer", "protocol")
+  end
   local ok, saved = pcall(pdk.save_request, self.name)
   if not ok then
     return self:fail("log", "cannot save the request data: " .. tostring(saved), "protocol")
@@ -292,24 +305,8 @@ local function log_handler(self, conf)
   q[last] = { plugin = self, conf = conf, saved = saved, queued = now() }
   q.last = last
   q.size = q.size + 1
-  local waiting = last - q.first + 1
   if waiting >= LOG_BACKLOG then
     q.behind = true
-  end
-  -- one more drain for this event: always up to LOG_CONNECTIONS, past them while
-  -- more events wait than drains run, within the limit. Inline and without a loop:
-  -- this runs in every request's log phase, and both a loop and a helper's return
-  -- aborted its JIT trace (make jit-aborts).
-  local running = q.running
-  if running < q.limit and (running < LOG_CONNECTIONS or waiting > running) and timer_at(0, drain, q) then
-    q.running = running + 1
-  end
-  if q.running == 0 then
-    -- nothing would run the event
-    q[last] = nil
-    q.last = last - 1
-    q.size = q.size - 1
-    return self:fail("log", "cannot start the log timer", "protocol")
   end
 end
 
