@@ -9,7 +9,9 @@
 --
 -- Prints, per implementation, the shares of the samples per VM state (compiled code,
 -- interpreter, C functions, garbage collector, JIT compiler) and per Lua function
--- (innermost frame), and perf's shares per object.
+-- (innermost frame), perf's shares per object, and `perf stat`'s counts per request
+-- in the worker and the plugin server (system calls, wake-ups, context switches, CPU).
+-- KPS_PROFILE_PIN=1 places the worker on core 0 and the server and wrk on core 1.
 package.path = "./?.lua;" .. package.path
 
 local nginx = require "spec.helpers.nginx"
@@ -20,6 +22,7 @@ local NAME = arg[1] or "go-hello"
 local CONNECTIONS = tonumber(arg[2]) or 16
 local SECONDS = tonumber(arg[3]) or 4
 local ONLY = arg[4]
+local PIN = os.getenv("KPS_PROFILE_PIN") == "1"
 local KONG_SRC = os.getenv("KONG_SRC")
 local PB_DIR = os.getenv("KONG_PB_DIR")
 if PB_DIR == "" then PB_DIR = nil end
@@ -94,18 +97,59 @@ end
 local VM = { N = "compiled (JIT) code", I = "interpreter", C = "C functions", G = "garbage collector",
              J = "JIT compiler" }
 
+-- What `perf stat` counts per request in the worker and in the plugin server:
+-- the messages' system calls and the wake-ups and context switches around them.
+local STAT_EVENTS = "syscalls:sys_enter_sendto,syscalls:sys_enter_recvfrom,syscalls:sys_enter_epoll_wait,"
+  .. "syscalls:sys_enter_read,syscalls:sys_enter_write,sched:sched_wakeup,context-switches,task-clock"
+
+-- The plugin server's pid: started by the bench (Kong's host) or our supervisor.
+local function server_pid(h)
+  if h.server_pid then
+    return h.server_pid
+  end
+  local list = h:eval_json([[return require("kong.runloop.plugin_servers").status()]]) or {}
+  for _, e in pairs(list) do
+    if e.pid then return e.pid end
+  end
+end
+
+local function print_stat(what, path, requests)
+  local f = io.open(path, "rb")
+  local text = f and f:read("*a") or ""
+  if f then f:close() end
+  print("  perf stat, " .. what .. " per request:")
+  for line in text:gmatch("[^\n]+") do
+    local value, name = line:match("^([%d%.]+),[^,]*,([^,]+)")
+    if value then
+      local unit = name == "task-clock" and " ms" or ""
+      print(string.format("   %10.3f%s  %s", tonumber(value) / math.max(requests, 1), unit, name))
+    end
+  end
+end
+
 local function profile(impl)
   local h = start_host(impl)
   local worker = h:worker_pids()[1]
+  local server = server_pid(h)
+  if PIN then
+    -- as make bench-kong places them: the worker on core 0, the server and wrk on core 1
+    sh("taskset -pc 0 " .. worker .. " >/dev/null")
+    sh("taskset -a -pc 1 " .. server .. " >/dev/null 2>&1")
+  end
   assert(h:eval(START))
   local perf_out = h.prefix .. "/perf.data"
   local have_perf = sh("command -v perf >/dev/null 2>&1")
   if have_perf then
     sh(string.format("perf record -q -o %s -p %d -- sleep %d >/dev/null 2>&1 & echo $! >%s.pid", perf_out, worker,
                      SECONDS, perf_out))
+    -- the counts run on past wrk, while the log events still queued finish
+    for who, pid in pairs { worker = worker, server = server } do
+      sh(string.format("perf stat -x, -e %s -p %d -o %s/stat_%s.txt -- sleep %d >/dev/null 2>&1 &", STAT_EVENTS, pid,
+                       h.prefix, who, SECONDS + 3))
+    end
   end
-  local out = capture(string.format("wrk -t2 -c%d -d%ds http://127.0.0.1:%d/ 2>&1", CONNECTIONS, SECONDS,
-                                    h.port))
+  local out = capture(string.format("%swrk -t2 -c%d -d%ds http://127.0.0.1:%d/ 2>&1", PIN and "taskset -c 1 " or "",
+                                    CONNECTIONS, SECONDS, h.port))
   local requests = tonumber(out:match("(%d+) requests in")) or 0
   local res = assert(h:eval_json(STOP), "no profile from the worker")
   print(string.format("\n### %s: %d requests in %d s at %d connections; %d samples (1 ms) in the worker",
@@ -126,6 +170,9 @@ local function profile(impl)
     local report = capture(string.format("perf report -q -i %s --sort dso 2>/dev/null | head -12", perf_out))
     print("  perf, worker CPU per object:")
     for line in report:gmatch("[^\n]+") do print("   " .. line) end
+    sh("sleep 4")
+    print_stat("worker", h.prefix .. "/stat_worker.txt", requests)
+    print_stat("plugin server", h.prefix .. "/stat_server.txt", requests)
   end
   h:stop()
   if h.server_pid then procs.kill(h.server_pid, "TERM") end

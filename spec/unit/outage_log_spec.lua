@@ -102,6 +102,35 @@ describe("log events in flight", function()
     ngx.shared.kong_plugin_servers = nil
   end)
 
+  it("fails a log event before saving its request when no drain runs and none can start", function()
+    local timer_at = ngx.timer.at
+    ngx.timer.at = function() return nil, "too many pending timers" end
+    package.loaded["kong.runloop.plugin_servers.plugin"] = nil
+    package.loaded["kong.runloop.plugin_servers.log_queue"] = nil
+    local pdk = require "kong.runloop.plugin_servers.pdk"
+    local save = pdk.save_request
+    local saves = 0
+    pdk.save_request = function(...)
+      saves = saves + 1
+      return save(...)
+    end
+    local ok, err = pcall(function()
+      plugin = require "kong.runloop.plugin_servers.plugin"
+      log_queue = require "kong.runloop.plugin_servers.log_queue"
+      -- a queue of one place: a failed event must not keep it
+      local p = counting_plugin { name = "one", log_queue_max = 1 }
+      local conf = { __plugin_id = "x", __seq__ = 1 }
+      log_events(p, conf, 2)
+      assert.equal(0, saves)
+      assert.equal(0, p.runs)
+      assert.equal(2, count_logs("cannot start the log timer"))
+      assert.equal(0, count_logs("refused"))
+    end)
+    ngx.timer.at = timer_at
+    pdk.save_request = save
+    assert(ok, err)
+  end)
+
   it("refuses nothing below log_queue_max, whatever the burst", function()
     local p = counting_plugin()
     local conf = { __plugin_id = "x", __seq__ = 1 }
