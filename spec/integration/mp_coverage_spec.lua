@@ -454,7 +454,7 @@ describe("MessagePack coverage", function()
                        err_of("access", "kong.response.set_header", "table name"), 1, true)
         assert.matches("invalid header name: got table, expected string",
                        err_of("access", "kong.service.request.set_header", "list name"), 1, true)
-        -- a name outside the PDK: refused (the exact text is the security issue's)
+        -- a name outside the PDK: refused (the exact text of pdk.refuse)
         assert.matches("kong.nope.nothing", err_of("access", "kong.nope.nothing", "unknown method"), 1, true)
         assert.matches("function cannot be called in log phase",
                        err_of("log", "kong.response.set_header", "forbidden phase"), 1, true)

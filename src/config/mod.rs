@@ -1,4 +1,4 @@
-//! Validation of Kong's `pluginserver_*` settings (config issue): Kong's own
+//! Validation of Kong's `pluginserver_*` settings: Kong's own
 //! behaviour and messages, plus the defects Kong lets through, all reported at once.
 
 mod keys;

@@ -1,4 +1,4 @@
-//! Plugin info queries and the plugin server supervisor (process issue).
+//! Plugin info queries and the plugin server supervisor.
 //!
 //! - [`query`]: runs the query commands (in the nginx master, at `init`).
 //! - [`supervisor`]: the thread that owns the managed servers (worker 0), with
