@@ -42,24 +42,17 @@ local MAX_LOG_CONNECTIONS = 32
 -- Waiting events (queued, not yet taken by a drain) that mean the drains are
 -- behind: from here on the climb measures, and the queue may get more drains.
 local LOG_BACKLOG = 16
+-- Past LOG_HOLD waiting events, a request of a route with the server's plugins
+-- waits (rewrite, access, preread) until the drains have brought the queue down
+-- to LOG_BACKLOG, at most LOG_HOLD_MS (or read_timeout when smaller): the
+-- gateway slows to the server's pace instead of piling up its requests' data.
+-- Not while the server is down: then only the wait for readiness applies.
+local LOG_HOLD = 2 * LOG_BACKLOG
+local LOG_HOLD_MS = 1000
+local HOLD_PHASES = { rewrite = true, access = true, preread = true }
 -- Events queued or running per server and worker past which a new one is
 -- refused, when the server definition has no log_queue_max (the Rust default).
 local DEFAULT_QUEUE_MAX = 4096
--- The hold: once half of log_queue_max waits (2048 events by default), a request
--- of a route with the server's plugins waits (rewrite, access, preread) until the
--- drains have taken a quarter of that mark, at most LOG_HOLD_MS (or read_timeout
--- when smaller). A burst is absorbed (its events wait, bounded, as Kong's timers
--- would); a lasting excess slows the gateway to the server's pace before any event
--- is refused. Not while the server is down: then only the wait for readiness applies.
-local LOG_HOLD_MS = 1000
-local HOLD_PHASES = { rewrite = true, access = true, preread = true }
-
--- The waiting events at which requests are held, and at which they are let go.
-local function hold_marks(def)
-  local hold = max(floor((def.log_queue_max or DEFAULT_QUEUE_MAX) / 2), 1)
-  return hold, hold - max(floor(hold / 4), 1)
-end
-local LOG_HOLD, LOG_RELEASE = hold_marks({})
 
 -- The climb: every CLIMB_WINDOW_S with at least CLIMB_MIN_DONE completions while
 -- the drains are behind, the completions per second are compared with the
@@ -78,7 +71,6 @@ _M.LOG_CONNECTIONS = LOG_CONNECTIONS
 _M.MAX_LOG_CONNECTIONS = MAX_LOG_CONNECTIONS
 _M.LOG_BACKLOG = LOG_BACKLOG
 _M.LOG_HOLD = LOG_HOLD
-_M.LOG_RELEASE = LOG_RELEASE
 _M.LOG_HOLD_MS = LOG_HOLD_MS
 _M.DEFAULT_QUEUE_MAX = DEFAULT_QUEUE_MAX
 _M.CLIMB_WINDOW_S = CLIMB_WINDOW_S
@@ -87,9 +79,8 @@ _M.CLIMB_REST = CLIMB_REST
 
 -- Per server name, this worker's queue: { first, last, [i] = entry (waiting
 -- events), size = events queued or running, running = drain timers, limit =
--- drain timers allowed, sema = where held requests wait, release = the waiting
--- events at which they are let go, def; the climb's win_start, done, behind,
--- rate, step, rest, probes }.
+-- drain timers allowed, sema = where held requests wait, def; the climb's
+-- win_start, done, behind, rate, step, rest, probes }.
 local log_queues = {}
 
 -- A managed server the supervisor reports as not ready (down, restarting).
@@ -104,7 +95,7 @@ local function log_queue(def)
   if not q then
     update_time()
     q = { first = 1, last = 0, size = 0, running = 0, limit = LOG_CONNECTIONS, def = def,
-          sema = semaphore and semaphore.new(), release = LOG_RELEASE,
+          sema = semaphore and semaphore.new(),
           win_start = now(), done = 0, behind = false, step = 1, rest = 0, probes = 0 }
     log_queues[name] = q
   end
@@ -117,11 +108,10 @@ local function hold_for_log_backlog(self, phase)
   if not (q and q.sema and HOLD_PHASES[phase]) then
     return
   end
-  local hold, release = hold_marks(def)
-  if q.last - q.first + 1 < hold or server_down(def) then
+  local mark = min(LOG_HOLD, max(floor((def.log_queue_max or DEFAULT_QUEUE_MAX) / 2), 1))
+  if q.last - q.first + 1 < mark or server_down(def) then
     return
   end
-  q.release = release
   -- pcall: a phase where nginx forbids yielding only skips the wait
   pcall(q.sema.wait, q.sema, min(def.read_timeout or LOG_HOLD_MS, LOG_HOLD_MS) / 1000)
 end
@@ -135,9 +125,9 @@ local function pop(q)
   q[i] = nil
   q.first = i + 1
   -- wake the held requests (a negative count: that many wait) once the queue is
-  -- down to the release mark
+  -- down to the backlog mark
   local sema = q.sema
-  if sema and q.last - i <= q.release then
+  if sema and q.last - i <= LOG_BACKLOG then
     local count = sema:count()
     if count < 0 then
       sema:post(-count)
