@@ -8,10 +8,39 @@ use std::sync::RwLock;
 
 use mlua::{LightUserData, Lua, Value};
 
+use crate::config::ServerDef;
+
 /// Held (write) by a test that changes the error log's level
 /// (`output::set_log_level`), (read) by one that needs the default level
 /// (everything printed) while it runs.
 pub static LOG_LEVEL: RwLock<()> = RwLock::new(());
+
+/// A server definition with short test bounds, on `socket`, neither started nor
+/// queried: tests set the fields they are about with struct update syntax.
+pub fn server_def(name: &str, socket: &str) -> ServerDef {
+    ServerDef {
+        name: name.into(),
+        socket: socket.into(),
+        start_command: None,
+        query_command: String::new(),
+        path: String::new(),
+        query_timeout: 1000,
+        stop_timeout: 1000,
+        respawn_delay: 1000,
+        respawn_delay_max: 1000,
+        respawn_reset: 1000,
+        ready_timeout: 1000,
+        connect_timeout: 1000,
+        send_timeout: 1000,
+        read_timeout: 1000,
+        fail_open: false,
+        max_message_size: 1024,
+        log_window: 1000,
+        log_queue_max: 1,
+        hang_timeout: 0,
+        standby: Default::default(),
+    }
+}
 
 /// A `sleep 30` in process group `group` (0: a group of its own), as a live
 /// process the test can name, signal and kill.

@@ -896,30 +896,12 @@ pub fn stop_bound(defs: &[ServerDef]) -> Duration {
 mod tests {
     use super::*;
     use crate::process::identity::start_time;
-    use crate::test_support::{sleeper, tmp_socket};
+    use crate::test_support::{server_def, sleeper, tmp_socket};
 
     fn def(name: &str) -> ServerDef {
         ServerDef {
-            name: name.into(),
-            socket: tmp_socket(&format!("sup-{name}")),
             start_command: Some("sleep 100".into()),
-            query_command: String::new(),
-            path: String::new(),
-            query_timeout: 1000,
-            stop_timeout: 1000,
-            respawn_delay: 1000,
-            respawn_delay_max: 1000,
-            respawn_reset: 1000,
-            ready_timeout: 1000,
-            connect_timeout: 1000,
-            send_timeout: 1000,
-            read_timeout: 1000,
-            fail_open: false,
-            max_message_size: 1024,
-            log_window: 1000,
-            log_queue_max: 1,
-            hang_timeout: 0,
-            standby: Default::default(),
+            ..server_def(name, &tmp_socket(&format!("sup-{name}")))
         }
     }
 

@@ -464,31 +464,15 @@ mod tests {
     use super::super::super::identity::start_time;
     use super::*;
     use crate::config::{ServerDef, StandbyMode};
+    use crate::test_support::server_def;
     use std::collections::HashMap;
     use std::os::unix::net::UnixListener;
 
     fn def(socket: &str) -> ServerDef {
         ServerDef {
-            name: "t".into(),
-            socket: socket.into(),
             start_command: Some(format!("srv {socket}")),
-            query_command: String::new(),
-            path: String::new(),
-            query_timeout: 1000,
-            stop_timeout: 1000,
-            respawn_delay: 1000,
-            respawn_delay_max: 1000,
-            respawn_reset: 1000,
-            ready_timeout: 1000,
-            connect_timeout: 1000,
-            send_timeout: 1000,
-            read_timeout: 1000,
-            fail_open: false,
-            max_message_size: 1024,
-            log_window: 1000,
-            log_queue_max: 1,
-            hang_timeout: 0,
             standby: StandbyMode::On,
+            ..server_def("t", socket)
         }
     }
 
