@@ -18,6 +18,7 @@ local ngx, type, pcall, tostring = ngx, type, pcall, tostring
 local C, bridge, errbuf, errmsg = lib.C, lib.bridge, lib.errbuf, lib.errmsg
 local ffi_str = ffi.string
 local pb_encode, pb_decode = bridge.pb_encode, bridge.pb_decode
+local out, out_len = connection.out, connection.out_len
 
 -- The one method whose result says where the body is (RawBodyResult).
 local RAW_BODY = bridge.method_index("kong.request.get_raw_body")
@@ -69,7 +70,7 @@ local function reply(_, c, _, index, name, ok, value)
     return false, "cannot encode the result of " .. name .. ": " .. tostring(eerr)
   end
   local buf, len = errbuf()
-  if C.kps_pb_stream_reply(c.st.stream, bytes, #bytes, connection.out, connection.out_len, buf, len) ~= 0 then
+  if C.kps_pb_stream_reply(c.st.stream, bytes, #bytes, out, out_len, buf, len) ~= 0 then
     return false, errmsg()
   end
   return true
