@@ -131,6 +131,28 @@ describe("log events in flight", function()
     assert(ok, err)
   end)
 
+  it("fails a log event whose request cannot be saved, and its drain ends with nothing to run", function()
+    local pdk = require "kong.runloop.plugin_servers.pdk"
+    local save = pdk.save_request
+    pdk.save_request = function() error("no request here") end
+    local p = counting_plugin { name = "unsaved", log_queue_max = 1 }
+    local conf = { __plugin_id = "x", __seq__ = 1 }
+    local ok, err = pcall(p.log, p, conf)
+    pdk.save_request = save
+    assert(ok, err)
+    assert.equal(1, count_logs("cannot save the request data: "))
+    -- the drain started for it finds nothing and ends
+    assert.equal(1, #timers)
+    fire(table.remove(timers, 1))
+    assert.equal(0, p.runs)
+    -- the failed event kept no place (log_queue_max 1): the next one is queued and runs
+    p:log(conf)
+    assert.equal(0, count_logs("refused"))
+    assert.equal(1, #timers)
+    fire(table.remove(timers, 1))
+    assert.equal(1, p.runs)
+  end)
+
   it("refuses nothing below log_queue_max, whatever the burst", function()
     local p = counting_plugin()
     local conf = { __plugin_id = "x", __seq__ = 1 }
