@@ -147,7 +147,7 @@ end
 -- One scenario ---------------------------------------------------------------
 local function counters(h, name)
   if not name then return { events = 0, pdk_calls = 0 } end
-  local list = h:eval_json([[return require("kong.runloop.plugin_servers").status()]]) or {}
+  local list = h:status_list() or {}
   for _, s in ipairs(list) do
     if s.name == name then return s.counters end
   end
@@ -155,7 +155,7 @@ local function counters(h, name)
 end
 
 local function state_of(h, name)
-  local list = h:eval_json([[return require("kong.runloop.plugin_servers").status()]]) or {}
+  local list = h:status_list() or {}
   for _, s in ipairs(list) do
     if s.name == name then return s.state end
   end

@@ -177,7 +177,7 @@ local function start_host(impl, names, workers)
     -- a warm standby (node servers, by default) starts after its server is ready:
     -- wait for it, so that its start is not measured and it is pinned with the servers
     nginx.wait_until(function()
-      local list = h:eval_json([[return require("kong.runloop.plugin_servers").status()]]) or {}
+      local list = h:status_list() or {}
       for _, e in ipairs(list) do
         if e.standby == "starting" then return false end
       end
@@ -213,7 +213,7 @@ local function start_host(impl, names, workers)
 end
 
 local function ours_counters(h)
-  local list = h:eval_json([[return require("kong.runloop.plugin_servers").status()]]) or {}
+  local list = h:status_list() or {}
   local refused, failed = 0, 0
   for _, s in ipairs(list) do
     local c = s.counters or {}

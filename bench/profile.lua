@@ -107,7 +107,7 @@ local function server_pid(h)
   if h.server_pid then
     return h.server_pid
   end
-  local list = h:eval_json([[return require("kong.runloop.plugin_servers").status()]]) or {}
+  local list = h:status_list() or {}
   for _, e in pairs(list) do
     if e.pid then return e.pid end
   end
