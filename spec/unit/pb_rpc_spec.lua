@@ -168,6 +168,10 @@ describe("pb_rpc", function()
       if name == "kong.request.get_path" then
         return false, "boom"
       end
+      if name == "kong.request.get_scheme" then
+        -- in the Protobuf service, but refused by the PDK dispatch
+        return false, "method 'kong.request.get_scheme' is not part of the PDK", "refused"
+      end
       return true, { f = print }
     end
     local cases = {
@@ -177,6 +181,8 @@ describe("pb_rpc", function()
       { one_call("os.execute", "\10\2id"), "method 'os.execute' is not part of the PDK", "refused_method" },
       { one_call("kong.request.get_header", "\10\5ab"), "protocol error: arguments of kong.request.get_header: " },
       { one_call("kong.request.get_path"), "kong.request.get_path failed: boom" },
+      { one_call("kong.request.get_scheme"),
+        "kong.request.get_scheme failed: method 'kong.request.get_scheme' is not part of the PDK" },
       { one_call("kong.ctx.shared.get", "\10\1k"), "cannot encode the result of kong.ctx.shared.get: " ..
                                                   "cannot encode a function value (at f)" },
     }
@@ -190,7 +196,7 @@ describe("pb_rpc", function()
       assert.is_false(queue.log[1].kept)
       assert.equal(1, #queue.log[1].sent)   -- nothing answered
     end
-    assert.equal(2, called)
+    assert.equal(3, called)
   end)
 
   it("wraps raw bodies as content, body file or error", function()
