@@ -51,6 +51,13 @@ function _M.install(queue)
   end
 end
 
+-- The fake sockets the next connects get (fresh log): returns the log, where each
+-- socket handed out is recorded.
+function _M.expect(queue, ...)
+  queue.sockets, queue.log = { ... }, {}
+  return queue.log
+end
+
 -- The server definition the RPC unit specs use: server `name` at /tmp/<name>.socket,
 -- distinct connect, send and read timeouts (11, 22, 33 ms) so that a spec can tell
 -- them apart on the fake, 1 MiB messages.

@@ -38,7 +38,7 @@ describe("mp_rpc", function()
   end)
 
   before_each(function()
-    queue.sockets, queue.log = {}, {}
+    fake_cosocket.expect(queue)
   end)
 
   -- Connection n (in the order opened) was closed, not kept for reuse.
@@ -78,7 +78,7 @@ describe("mp_rpc", function()
     for _, label in ipairs { "handle_event", "step_string", "step_multimap", "step_raw_body", "step_error", "step_nil" } do
       event[#event + 1] = { reply = conv[label].reply }
     end
-    queue.sockets, queue.log = { fake(event) }, {}
+    fake_cosocket.expect(queue, fake(event))
     local calls = {}
     local answers = {
       ["kong.request.get_header"] = { true, "example.com" },
@@ -115,11 +115,11 @@ describe("mp_rpc", function()
     assert.same({ 1, "two" }, calls[4].args)
     assert.equal("SAVED", calls[4].saved)
 
-    queue.sockets, queue.log = { fake({ { reply = conv.close_instance.reply } }) }, {}
+    fake_cosocket.expect(queue, fake({ { reply = conv.close_instance.reply } }))
     assert.is_true(rpc:close_instance(0))
     assert.equal(conv.close_instance.request, queue.log[1].sent[1])
 
-    queue.sockets, queue.log = { fake({ { reply = conv.no_instance.reply } }) }, {}
+    fake_cosocket.expect(queue, fake({ { reply = conv.no_instance.reply } }))
     assert.equal("event access failed on srv: no plugin instance #0",
                  failure("no_instance", rpc:handle_event(0, "access", dispatch)))
     dropped(1)

@@ -58,7 +58,7 @@ describe("pb_rpc", function()
   end)
 
   before_each(function()
-    queue.sockets, queue.log = {}, {}
+    fake_cosocket.expect(queue)
   end)
 
   it("is what rpc/init.lua picks for ProtoBuf:1", function()
@@ -92,7 +92,7 @@ describe("pb_rpc", function()
       return true, answers[name .. " " .. tostring(args and args[1])]
     end
     for _, phase in ipairs { "access", "response", "log" } do
-      queue.sockets, queue.log = { fake(copy(conv[phase].turns)) }, {}
+      fake_cosocket.expect(queue, fake(copy(conv[phase].turns)))
       local ok, err, cause, stats = rpc:handle_event(7, phase, dispatch, "SAVED")
       assert.is_nil(err)
       assert.is_nil(cause)
@@ -109,7 +109,7 @@ describe("pb_rpc", function()
     assert.equal(2, calls[7].n)
     assert.is_nil(calls[14].args)   -- kong.log.serialize: no arguments
 
-    queue.sockets, queue.log = { fake(copy(conv.close_instance.turns)) }, {}
+    fake_cosocket.expect(queue, fake(copy(conv.close_instance.turns)))
     assert.is_true(rpc:close_instance(7))
     assert.equal(conv.close_instance.sends[1], queue.log[1].sent[1])
   end)
@@ -148,7 +148,7 @@ describe("pb_rpc", function()
     assert.is_true(queue.log[1].closed)
     assert.not_equal(queue.log[1].pool, queue.log[2].pool)
     -- no retry on a fresh connection: StartInstance closed early is a connect failure
-    queue.sockets, queue.log = { fake({ { reply = "", read_error = "closed" } }, 0) }, {}
+    fake_cosocket.expect(queue, fake({ { reply = "", read_error = "closed" } }, 0))
     local id2, err2, cause2 = rpc:start_instance("{}")
     assert.is_nil(id2)
     assert.equal("connect", cause2)
@@ -187,7 +187,7 @@ describe("pb_rpc", function()
                                                   "cannot encode a function value (at f)" },
     }
     for _, case in ipairs(cases) do
-      queue.sockets, queue.log = { fake({ { reply = case[1] } }, 0) }, {}
+      fake_cosocket.expect(queue, fake({ { reply = case[1] } }, 0))
       local ok, err, cause = rpc:handle_event(7, "access", dispatch)
       assert.is_nil(ok)
       assert.equal(case[3] or "protocol", cause)
@@ -209,7 +209,7 @@ describe("pb_rpc", function()
     end
     local replies = {}
     for n = 1, 3 do
-      queue.sockets, queue.log = { fake({ { reply = one_call("kong.request.get_raw_body") }, { reply = "" } }, 0) }, {}
+      fake_cosocket.expect(queue, fake({ { reply = one_call("kong.request.get_raw_body") }, { reply = "" } }, 0))
       rpc:handle_event(7, "access", dispatch)
       replies[n] = queue.log[1].sent[2]
     end

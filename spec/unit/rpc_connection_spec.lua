@@ -13,8 +13,7 @@ describe("rpc/connection", function()
   end
 
   local function expect(...)
-    queue.sockets, queue.log = { ... }, {}
-    return queue.log
+    return fake_cosocket.expect(queue, ...)
   end
 
   setup(function()
