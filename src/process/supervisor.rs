@@ -459,8 +459,6 @@ impl Supervisor {
             self.servers[i].phase = Phase::Stopped;
             return;
         }
-        let id = self.next_id;
-        self.next_id += 1;
         let s = &self.servers[i];
         let name = s.def.name.clone();
         remove_stale_socket(&s.def.socket);
@@ -469,13 +467,20 @@ impl Supervisor {
             NGX_NOTICE,
             format!("[pluginserver] starting pluginserver process for {name}"),
         );
-        let sent = match self.helper.as_mut() {
-            Some(h) => h.spawn(id, &path, &command),
-            None => Err("kps-helper is not running".into()),
-        };
-        match sent {
-            Ok(()) => self.servers[i].phase = Phase::Spawning { id },
+        match self.request_spawn(&path, &command) {
+            Ok(id) => self.servers[i].phase = Phase::Spawning { id },
             Err(e) => self.spawn_failed(i, &e),
+        }
+    }
+
+    /// Asks the helper to spawn `command` in `path`; returns the request's id,
+    /// which is used up even when there is no helper to ask.
+    fn request_spawn(&mut self, path: &str, command: &str) -> Result<u64, String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        match self.helper.as_mut() {
+            Some(h) => h.spawn(id, path, command).map(|()| id),
+            None => Err("kps-helper is not running".into()),
         }
     }
 

@@ -126,8 +126,6 @@ impl Supervisor {
             return;
         };
         let socket = sb.socket.clone();
-        let id = self.next_id;
-        self.next_id += 1;
         let (name, path) = (
             self.servers[i].def.name.clone(),
             self.servers[i].def.path.clone(),
@@ -137,12 +135,8 @@ impl Supervisor {
             NGX_NOTICE,
             format!("[pluginserver] starting standby pluginserver process for {name} on {socket}"),
         );
-        let sent = match self.helper.as_mut() {
-            Some(h) => h.spawn(id, &path, &command),
-            None => Err("kps-helper is not running".into()),
-        };
-        match sent {
-            Ok(()) => {
+        match self.request_spawn(&path, &command) {
+            Ok(id) => {
                 if let Some(sb) = self.sb(i) {
                     sb.phase = Sb::Spawning;
                     sb.spawn_id = Some(id);
