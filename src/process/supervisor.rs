@@ -484,6 +484,15 @@ impl Supervisor {
         }
     }
 
+    /// Has the helper signal the process group of its child `pid` (when
+    /// known), only if that child started at `start` (when given); nothing is
+    /// sent without a helper, and a failure to send is not reported.
+    fn signal(&mut self, pid: Option<i32>, sig: i32, start: Option<u64>) {
+        if let (Some(pid), Some(h)) = (pid, self.helper.as_mut()) {
+            let _ = h.signal(pid, sig, start);
+        }
+    }
+
     fn spawn_failed(&mut self, i: usize, err: &str) {
         let name = self.servers[i].def.name.clone();
         self.log(
@@ -742,9 +751,8 @@ impl Supervisor {
             deadline,
             killed: false,
         };
-        if let (Some(pid), Some(h)) = (s.pid, self.helper.as_mut()) {
-            let _ = h.signal(pid, libc::SIGTERM, s.pid_start);
-        }
+        let (pid, start) = (s.pid, s.pid_start);
+        self.signal(pid, libc::SIGTERM, start);
     }
 
     fn begin_stop(&mut self) {
@@ -793,9 +801,7 @@ impl Supervisor {
                 NGX_WARN,
                 format!("[pluginserver] pluginserver '{name}', pid {pid}, did not stop within {grace} ms of SIGTERM; sending SIGKILL"),
             );
-            if let Some(h) = self.helper.as_mut() {
-                let _ = h.signal(pid, libc::SIGKILL, start);
-            }
+            self.signal(Some(pid), libc::SIGKILL, start);
         } else {
             s.phase = Phase::Stopped;
             self.log(

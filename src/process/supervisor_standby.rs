@@ -210,9 +210,7 @@ impl Supervisor {
         self.report_state(i);
         if stopped_meanwhile {
             // stopped before its pid was known: the SIGTERM goes out now
-            if let Some(h) = self.helper.as_mut() {
-                let _ = h.signal(pid, libc::SIGTERM, start);
-            }
+            self.signal(Some(pid), libc::SIGTERM, start);
         } else if self.stopping {
             self.terminate_standby(i);
         }
@@ -376,9 +374,7 @@ impl Supervisor {
                 deadline: Instant::now() + KILL_WAIT,
                 killed: true,
             };
-            if let (Some(pid), Some(h)) = (pid, self.helper.as_mut()) {
-                let _ = h.signal(pid, libc::SIGKILL, start);
-            }
+            self.signal(pid, libc::SIGKILL, start);
         } else {
             sb.clear_process();
             sb.phase = Sb::Idle;
@@ -399,9 +395,7 @@ impl Supervisor {
                 };
                 let (pid, start) = (sb.pid, sb.pid_start);
                 // Spawning: the pid is not known yet; SIGTERM goes out when it is.
-                if let (Some(pid), Some(h)) = (pid, self.helper.as_mut()) {
-                    let _ = h.signal(pid, libc::SIGTERM, start);
-                }
+                self.signal(pid, libc::SIGTERM, start);
             }
             Sb::Idle | Sb::WaitOld { .. } | Sb::Backoff { .. } => {
                 sb.phase = Sb::Idle;
@@ -438,9 +432,7 @@ impl Supervisor {
             NGX_WARN,
             format!("[pluginserver] standby of pluginserver '{name}', pid {pid}, did not stop within {grace} ms of SIGTERM; sending SIGKILL"),
         );
-        if let Some(h) = self.helper.as_mut() {
-            let _ = h.signal(pid, libc::SIGKILL, start);
-        }
+        self.signal(Some(pid), libc::SIGKILL, start);
     }
 
     /// The helper died and took the standby along.
