@@ -54,10 +54,10 @@ impl Supervisor {
         match sb.phase {
             Sb::WaitOld { old, deadline } => {
                 let identity = old.identity();
-                if identity == Identity::Ours && now < deadline {
-                    return;
-                }
                 if identity == Identity::Ours {
+                    if now < deadline {
+                        return;
+                    }
                     let name = self.servers[i].def.name.clone();
                     self.kill_previous(&format!("standby of pluginserver '{name}'"), old);
                 }
@@ -399,8 +399,7 @@ impl Supervisor {
             }
             Sb::Idle | Sb::WaitOld { .. } | Sb::Backoff { .. } => {
                 sb.phase = Sb::Idle;
-                let socket = sb.socket.clone();
-                remove_stale_socket(&socket);
+                remove_stale_socket(&sb.socket);
             }
             Sb::Stopping { .. } => {}
         }
