@@ -189,19 +189,10 @@ fn a_command_that_does_not_name_its_socket_gets_no_standby() {
     let sock = dir.join("n.socket").display().to_string();
     // listens elsewhere than the definition's socket path says: not redirectable
     let other = dir.join("elsewhere").display().to_string();
-    let mut d = with_standby("n", &listen(&other, 0.0), &sock, StandbyMode::On);
-    d.ready_timeout = 200;
+    let d = with_standby("n", &listen(&other, 0.0), &sock, StandbyMode::On);
     let mut run = Running::start(vec![d], HashMap::new());
     let r = run.wait_state("n", State::Starting);
     assert_eq!(standby_of(&r), (StandbyState::Unavailable, None), "{r:?}");
-    run.wait_log("is not accepting connections");
-    assert!(
-        !run.seen.iter().any(
-            |r| matches!(r, Report::Log { msg, .. } if msg.contains("standby pluginserver process"))
-        ),
-        "{:#?}",
-        run.seen
-    );
     run.stop();
 }
 

@@ -40,9 +40,14 @@ impl Received {
         &self.buf[span.clone()]
     }
 
+    /// How many bytes beyond the reported messages are buffered.
+    pub(crate) fn unread(&self) -> usize {
+        self.buf.len() - self.consumed
+    }
+
     /// Whether bytes beyond the reported messages are buffered.
     pub(crate) fn has_unread(&self) -> bool {
-        self.buf.len() > self.consumed
+        self.unread() > 0
     }
 }
 

@@ -10,7 +10,7 @@
 use serde::Serialize;
 
 use super::shell_word;
-use super::value::Value;
+use super::value::{self, Value};
 
 /// What `pluginserver_<k>_standby` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -28,17 +28,13 @@ pub enum StandbyMode {
 impl StandbyMode {
     /// `auto`, `on`/`true` or `off`/`false` (any case, or a real boolean).
     pub fn parse(value: &Value) -> Result<StandbyMode, String> {
-        const EXPECTED: &str = "auto, on or off";
-        match value {
-            Value::Bool(true) => Ok(StandbyMode::On),
-            Value::Bool(false) => Ok(StandbyMode::Off),
-            Value::Text(s) => match s.trim().to_ascii_lowercase().as_str() {
-                "auto" => Ok(StandbyMode::Auto),
-                "on" | "true" => Ok(StandbyMode::On),
-                "off" | "false" => Ok(StandbyMode::Off),
-                _ => Err(EXPECTED.into()),
-            },
-            _ => Err(EXPECTED.into()),
+        if matches!(value, Value::Text(s) if s.trim().eq_ignore_ascii_case("auto")) {
+            return Ok(StandbyMode::Auto);
+        }
+        match value::boolean(value) {
+            Ok(true) => Ok(StandbyMode::On),
+            Ok(false) => Ok(StandbyMode::Off),
+            Err(_) => Err("auto, on or off".into()),
         }
     }
 }
@@ -233,6 +229,10 @@ mod tests {
         );
         assert_eq!(
             StandbyMode::parse(&t("maybe")),
+            Err("auto, on or off".to_string())
+        );
+        assert_eq!(
+            StandbyMode::parse(&Value::Number(1.0)),
             Err("auto, on or off".to_string())
         );
     }

@@ -653,4 +653,44 @@ fn standby_is_auto_by_default_and_on_needs_a_command_naming_the_socket() {
         e,
         ["pluginserver_go_standby (pluginserver go): got 'sometimes'; expected auto, on or off"]
     );
+    // an external server is not started here, so neither is its standby
+    env.path.file("dump-info", 0o755);
+    let e = errors(parse(
+        &settings(
+            &["ext"],
+            &[
+                ("pluginserver_ext_query_cmd", t("dump-info --all")),
+                ("pluginserver_ext_standby", t("on")),
+            ],
+        ),
+        &env.opts(),
+    ));
+    assert_eq!(
+        e,
+        [
+            "pluginserver_ext_standby (pluginserver ext): on, but the server is external (no start_cmd)"
+        ]
+    );
+    // a 100-byte socket fits, its standby's (108 bytes) does not
+    let long = format!("/{}", "d".repeat(99));
+    let e = errors(parse(
+        &settings(
+            &["go"],
+            &[
+                ("pluginserver_go_socket", t(&long)),
+                (
+                    "pluginserver_go_start_cmd",
+                    t(&format!("{go} --sock {long}")),
+                ),
+                ("pluginserver_go_standby", t("on")),
+            ],
+        ),
+        &env.opts(),
+    ));
+    assert_eq!(
+        e,
+        [format!(
+            "pluginserver_go_standby (pluginserver go): on, but the standby socket '{long}.standby' would be longer than 107 bytes"
+        )]
+    );
 }

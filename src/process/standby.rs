@@ -163,26 +163,8 @@ mod tests {
 
     fn def(cmd_socket: &str, mode: StandbyMode) -> ServerDef {
         ServerDef {
-            name: "s".into(),
-            socket: cmd_socket.into(),
-            start_command: None,
-            query_command: String::new(),
-            path: String::new(),
-            query_timeout: 1,
-            stop_timeout: 1,
-            respawn_delay: 1,
-            respawn_delay_max: 1,
-            respawn_reset: 1,
-            ready_timeout: 1,
-            connect_timeout: 1,
-            send_timeout: 1,
-            read_timeout: 1,
-            fail_open: false,
-            max_message_size: 1,
-            log_window: 1,
-            log_queue_max: 1,
-            hang_timeout: 0,
             standby: mode,
+            ..crate::test_support::server_def("s", cmd_socket)
         }
     }
 

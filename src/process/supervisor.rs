@@ -459,8 +459,6 @@ impl Supervisor {
             self.servers[i].phase = Phase::Stopped;
             return;
         }
-        let id = self.next_id;
-        self.next_id += 1;
         let s = &self.servers[i];
         let name = s.def.name.clone();
         remove_stale_socket(&s.def.socket);
@@ -469,13 +467,29 @@ impl Supervisor {
             NGX_NOTICE,
             format!("[pluginserver] starting pluginserver process for {name}"),
         );
-        let sent = match self.helper.as_mut() {
-            Some(h) => h.spawn(id, &path, &command),
-            None => Err("kps-helper is not running".into()),
-        };
-        match sent {
-            Ok(()) => self.servers[i].phase = Phase::Spawning { id },
+        match self.request_spawn(&path, &command) {
+            Ok(id) => self.servers[i].phase = Phase::Spawning { id },
             Err(e) => self.spawn_failed(i, &e),
+        }
+    }
+
+    /// Asks the helper to spawn `command` in `path`; returns the request's id,
+    /// which is used up even when there is no helper to ask.
+    fn request_spawn(&mut self, path: &str, command: &str) -> Result<u64, String> {
+        let id = self.next_id;
+        self.next_id += 1;
+        match self.helper.as_mut() {
+            Some(h) => h.spawn(id, path, command).map(|()| id),
+            None => Err("kps-helper is not running".into()),
+        }
+    }
+
+    /// Has the helper signal the process group of its child `pid` (when
+    /// known), only if that child started at `start` (when given); nothing is
+    /// sent without a helper, and a failure to send is not reported.
+    fn signal(&mut self, pid: Option<i32>, sig: i32, start: Option<u64>) {
+        if let (Some(pid), Some(h)) = (pid, self.helper.as_mut()) {
+            let _ = h.signal(pid, sig, start);
         }
     }
 
@@ -737,9 +751,8 @@ impl Supervisor {
             deadline,
             killed: false,
         };
-        if let (Some(pid), Some(h)) = (s.pid, self.helper.as_mut()) {
-            let _ = h.signal(pid, libc::SIGTERM, s.pid_start);
-        }
+        let (pid, start) = (s.pid, s.pid_start);
+        self.signal(pid, libc::SIGTERM, start);
     }
 
     fn begin_stop(&mut self) {
@@ -788,9 +801,7 @@ impl Supervisor {
                 NGX_WARN,
                 format!("[pluginserver] pluginserver '{name}', pid {pid}, did not stop within {grace} ms of SIGTERM; sending SIGKILL"),
             );
-            if let Some(h) = self.helper.as_mut() {
-                let _ = h.signal(pid, libc::SIGKILL, start);
-            }
+            self.signal(Some(pid), libc::SIGKILL, start);
         } else {
             s.phase = Phase::Stopped;
             self.log(

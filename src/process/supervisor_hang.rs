@@ -135,9 +135,7 @@ impl Supervisor {
         );
         // The start time proves the pid is still the server the helper forked.
         let start = self.servers[i].pid_start;
-        if let Some(h) = self.helper.as_mut() {
-            let _ = h.signal(pid, libc::SIGKILL, start);
-        }
+        self.signal(Some(pid), libc::SIGKILL, start);
     }
 
     /// An external server answered nothing: it cannot be killed from here, so its

@@ -54,10 +54,10 @@ impl Supervisor {
         match sb.phase {
             Sb::WaitOld { old, deadline } => {
                 let identity = old.identity();
-                if identity == Identity::Ours && now < deadline {
-                    return;
-                }
                 if identity == Identity::Ours {
+                    if now < deadline {
+                        return;
+                    }
                     let name = self.servers[i].def.name.clone();
                     self.kill_previous(&format!("standby of pluginserver '{name}'"), old);
                 }
@@ -126,8 +126,6 @@ impl Supervisor {
             return;
         };
         let socket = sb.socket.clone();
-        let id = self.next_id;
-        self.next_id += 1;
         let (name, path) = (
             self.servers[i].def.name.clone(),
             self.servers[i].def.path.clone(),
@@ -137,12 +135,8 @@ impl Supervisor {
             NGX_NOTICE,
             format!("[pluginserver] starting standby pluginserver process for {name} on {socket}"),
         );
-        let sent = match self.helper.as_mut() {
-            Some(h) => h.spawn(id, &path, &command),
-            None => Err("kps-helper is not running".into()),
-        };
-        match sent {
-            Ok(()) => {
+        match self.request_spawn(&path, &command) {
+            Ok(id) => {
                 if let Some(sb) = self.sb(i) {
                     sb.phase = Sb::Spawning;
                     sb.spawn_id = Some(id);
@@ -216,9 +210,7 @@ impl Supervisor {
         self.report_state(i);
         if stopped_meanwhile {
             // stopped before its pid was known: the SIGTERM goes out now
-            if let Some(h) = self.helper.as_mut() {
-                let _ = h.signal(pid, libc::SIGTERM, start);
-            }
+            self.signal(Some(pid), libc::SIGTERM, start);
         } else if self.stopping {
             self.terminate_standby(i);
         }
@@ -382,9 +374,7 @@ impl Supervisor {
                 deadline: Instant::now() + KILL_WAIT,
                 killed: true,
             };
-            if let (Some(pid), Some(h)) = (pid, self.helper.as_mut()) {
-                let _ = h.signal(pid, libc::SIGKILL, start);
-            }
+            self.signal(pid, libc::SIGKILL, start);
         } else {
             sb.clear_process();
             sb.phase = Sb::Idle;
@@ -405,14 +395,11 @@ impl Supervisor {
                 };
                 let (pid, start) = (sb.pid, sb.pid_start);
                 // Spawning: the pid is not known yet; SIGTERM goes out when it is.
-                if let (Some(pid), Some(h)) = (pid, self.helper.as_mut()) {
-                    let _ = h.signal(pid, libc::SIGTERM, start);
-                }
+                self.signal(pid, libc::SIGTERM, start);
             }
             Sb::Idle | Sb::WaitOld { .. } | Sb::Backoff { .. } => {
                 sb.phase = Sb::Idle;
-                let socket = sb.socket.clone();
-                remove_stale_socket(&socket);
+                remove_stale_socket(&sb.socket);
             }
             Sb::Stopping { .. } => {}
         }
@@ -444,9 +431,7 @@ impl Supervisor {
             NGX_WARN,
             format!("[pluginserver] standby of pluginserver '{name}', pid {pid}, did not stop within {grace} ms of SIGTERM; sending SIGKILL"),
         );
-        if let Some(h) = self.helper.as_mut() {
-            let _ = h.signal(pid, libc::SIGKILL, start);
-        }
+        self.signal(Some(pid), libc::SIGKILL, start);
     }
 
     /// The helper died and took the standby along.

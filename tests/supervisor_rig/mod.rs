@@ -91,22 +91,7 @@ impl Running {
 
     /// Waits (bounded) for a report matching `pred`; returns it.
     pub fn wait_for(&mut self, what: &str, pred: impl Fn(&Report) -> bool) -> Report {
-        let deadline = Instant::now() + WAIT;
-        if let Some(r) = self.seen.iter().find(|r| pred(r)) {
-            return r.clone();
-        }
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.reports.recv_timeout(left) {
-                Ok(r) => {
-                    self.seen.push(r.clone());
-                    if pred(&r) {
-                        return r;
-                    }
-                }
-                Err(_) => panic!("no report {what} within {WAIT:?}; seen: {:#?}", self.seen),
-            }
-        }
+        self.wait_after(0, what, pred)
     }
 
     /// Waits (bounded) for a report matching `pred` among those after the first

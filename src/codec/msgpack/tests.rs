@@ -52,7 +52,6 @@ fn idx(name: &str) -> u16 {
     i
 }
 
-/// Builds the request of turn `label` as Kong would.
 /// A session with the default limits and a stream of it.
 fn new() -> (Session, Stream) {
     let session = Session::new(Limits::default());
@@ -60,6 +59,7 @@ fn new() -> (Session, Stream) {
     (session, stream)
 }
 
+/// Builds the request of turn `label` as Kong would.
 fn build(stream: &mut Stream, session: &mut Session, label: &str) -> Vec<u8> {
     let out = match label {
         "start_instance" => stream.start_instance(session, b"vhello", br#"{"message":"hi"}"#),

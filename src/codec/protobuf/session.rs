@@ -264,7 +264,7 @@ impl Stream {
             return Err(format!(
                 "cannot send {}: {} unread bytes from an earlier reply",
                 req.name(),
-                self.input.buf.len() - self.input.consumed
+                self.input.unread()
             ));
         }
         let msg = RpcCall {
@@ -394,7 +394,7 @@ impl Stream {
                     return if self.has_unread() {
                         Err(format!(
                             "{} bytes received with no request pending",
-                            self.input.buf.len() - self.input.consumed
+                            self.input.unread()
                         ))
                     } else {
                         Ok(None)
