@@ -562,5 +562,25 @@ mod tests {
         });
         assert_eq!(err.unwrap_err(), "-2: kps_config_key_prefix: null argument");
         unsafe { kps_config_free(std::ptr::null_mut()) };
+
+        // a live handle does not excuse a null name or a null out
+        let h = kps_config_new();
+        let err = engine_call(|e, l| unsafe {
+            kps_config_key_prefix(h, std::ptr::null(), 1, &mut out, &mut out_len, e, l)
+        });
+        assert_eq!(err.unwrap_err(), "-2: kps_config_key_prefix: null argument");
+        let err = engine_call(|e, l| unsafe {
+            kps_config_key_prefix(
+                h,
+                b"a".as_ptr(),
+                1,
+                std::ptr::null_mut(),
+                &mut out_len,
+                e,
+                l,
+            )
+        });
+        assert_eq!(err.unwrap_err(), "-2: kps_config_key_prefix: null argument");
+        unsafe { kps_config_free(h) };
     }
 }
