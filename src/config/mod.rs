@@ -23,6 +23,7 @@ pub use standby::{StandbyMode, standby_command, standby_socket};
 pub use value::{MAX_INT_SETTING, Value};
 
 use names::Listed;
+use program::PATH_SAFE;
 use suffixes::Kind;
 
 /// The setting suffixes of one server (`pluginserver_<k>_<suffix>`), in doc order.
@@ -115,10 +116,6 @@ fn trim_trailing_slashes(p: &str) -> String {
     let t = p.trim_end_matches('/');
     if t.is_empty() { "/".into() } else { t.into() }
 }
-
-/// Characters besides ASCII letters and digits that a path may hold and still
-/// be a shell word without quotes.
-const PATH_SAFE: &str = "_./+-@%,:";
 
 /// `text` as one shell word: as it is when it is not empty and every character
 /// is an ASCII letter, a digit or one of `safe`, else single-quoted.

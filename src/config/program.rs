@@ -14,9 +14,13 @@ const SHELL_WORDS: &[&str] = &[
     "return", "set", "shift", "times", "trap", "unset", "cd", "command", "ulimit", "umask", "wait",
 ];
 
+/// Characters besides ASCII letters and digits that a path may hold and still
+/// be a shell word without quotes.
+pub(crate) const PATH_SAFE: &str = "_./+-@%,:";
+
 /// Characters that the shell takes literally in a word.
 fn is_plain(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "_./+-@%,:".contains(c)
+    c.is_ascii_alphanumeric() || PATH_SAFE.contains(c)
 }
 
 /// The program of a command line: its first word when that word is a plain path or
